@@ -1,0 +1,927 @@
+//! Configuration: one TOML file plus `WSGATE__SECTION__KEY` environment
+//! overrides, read as raw serde structs and turned into a validated, typed
+//! [`Config`].
+//!
+//! Raw values are read as strings and parsed here, so that one pass reports
+//! every problem at once, each naming its key (`limits.idle_timeout: ...`).
+//! Unknown keys are collected the same way instead of stopping at the first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where `wsgate` looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/wsgate.toml";
+/// The shipped `config/wsgate.toml`, compiled in: used when the default path
+/// does not exist, so the binary runs from any directory.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/wsgate.toml");
+/// Prefix of environment overrides: `WSGATE__LIMITS__IDLE_TIMEOUT=60s`.
+pub const ENV_PREFIX: &str = "WSGATE";
+
+pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8443";
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 16 << 10;
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+
+/// The validated configuration the gateway runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    pub admin: AdminConfig,
+    pub limits: Limits,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    /// Public `wss://` listener.
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// The default certificate: served when no `[[tls.sni]]` entry matches.
+    pub default: CertPair,
+    /// Extra certificates chosen by the client's SNI name.
+    pub sni: Vec<SniCert>,
+    /// Generate a self-signed development certificate at start-up when both
+    /// default files are missing.
+    pub self_signed_if_missing: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SniCert {
+    /// `api.example.com` or `*.example.com`, lower case.
+    pub host: String,
+    pub files: CertPair,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Plain-HTTP admin listener: `/metrics`, `/healthz`, `/readyz`.
+    pub addr: SocketAddr,
+}
+
+/// Every bound and deadline the gateway enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// TLS handshake and HTTP request head together.
+    pub handshake_timeout: Duration,
+    /// No data message either way for this long closes the session; `None`: off.
+    pub idle_timeout: Option<Duration>,
+    /// Server ping period; a ping unanswered by the next one closes; `None`: off.
+    pub ping_interval: Option<Duration>,
+    /// A write to a client that makes no progress for this long closes it.
+    pub send_timeout: Duration,
+    /// How long to wait for the peer's Close reply (and TLS close) at the end.
+    pub close_timeout: Duration,
+    /// How long shutdown waits for sessions after sending them 1001.
+    pub drain_timeout: Duration,
+    pub max_message_size: usize,
+    /// Never larger than `max_message_size` (clamped), so an oversize message
+    /// in one frame is refused from its header, before it is buffered.
+    pub max_frame_size: usize,
+    pub max_header_size: usize,
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Metric label and log field; defaults to the path.
+    pub name: String,
+    /// Lower-case host (`example.com` or `*.example.com`); `None` matches any.
+    pub host: Option<String>,
+    /// Path prefix, starting with `/`.
+    pub path: String,
+    pub kind: RouteKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// Every text and binary message comes back as it is.
+    Echo,
+}
+
+impl RouteKind {
+    const NAMES: &'static [&'static str] = &["echo"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Echo => "echo",
+        }
+    }
+}
+
+/// One problem in a config: the key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.problem)
+    }
+}
+
+/// Every problem found in a config, in file order as far as possible.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config {}:", self.source_name)?;
+        for issue in &self.issues {
+            write!(f, "\n  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    pub fn single(source_name: &str, key: &str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            source_name: source_name.to_owned(),
+            issues: vec![ConfigIssue {
+                key: key.to_owned(),
+                problem: problem.into(),
+            }],
+        }
+    }
+}
+
+/// Where the config text comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource<'a> {
+    /// A file that must exist.
+    File(&'a Path),
+    /// `config/wsgate.toml` if present, else the compiled-in copy of it.
+    Default,
+    /// Text given directly (tests, tools).
+    Text(&'a str),
+}
+
+impl Config {
+    /// Read, override from the environment, and validate.
+    ///
+    /// `env` replaces the process environment as the source of
+    /// `WSGATE__*` overrides when given (tests pass a map; nobody mutates
+    /// the process environment).
+    pub fn load(
+        source: ConfigSource<'_>,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
+        let (name, text) = match source {
+            ConfigSource::File(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::single(&name, "(file)", format!("cannot read: {e}"))
+                })?;
+                (name, text)
+            }
+            ConfigSource::Default => match std::fs::read_to_string(DEFAULT_CONFIG_PATH) {
+                Ok(text) => (DEFAULT_CONFIG_PATH.to_owned(), text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    ("(embedded default)".to_owned(), EMBEDDED_DEFAULT.to_owned())
+                }
+                Err(e) => {
+                    return Err(ConfigError::single(
+                        DEFAULT_CONFIG_PATH,
+                        "(file)",
+                        format!("cannot read: {e}"),
+                    ));
+                }
+            },
+            ConfigSource::Text(text) => ("(inline)".to_owned(), text.to_owned()),
+        };
+        Self::from_toml(&name, &text, env)
+    }
+
+    fn from_toml(
+        name: &str,
+        text: &str,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
+        let env = ::config::Environment::with_prefix(ENV_PREFIX)
+            .separator("__")
+            .source(env);
+        let merged = ::config::Config::builder()
+            .add_source(::config::File::from_str(text, ::config::FileFormat::Toml))
+            .add_source(env)
+            .build()
+            .map_err(|e| ConfigError::single(name, "(syntax)", e.to_string()))?;
+
+        let mut unknown = Vec::new();
+        let raw: RawConfig = serde_ignored::deserialize(merged, |path| {
+            unknown.push(path.to_string());
+        })
+        .map_err(|e| ConfigError::single(name, "(structure)", e.to_string()))?;
+
+        let mut v = Validator::default();
+        for key in unknown {
+            v.issue(&key, "unknown key");
+        }
+        let config = v.config(raw);
+        match config {
+            Some(config) if v.issues.is_empty() => Ok(config),
+            _ => Err(ConfigError {
+                source_name: name.to_owned(),
+                issues: v.issues,
+            }),
+        }
+    }
+
+    /// True when start-up must generate a development certificate:
+    /// `tls.self_signed_if_missing` is on and both default files are missing.
+    pub fn dev_cert_needed(&self) -> bool {
+        self.tls.self_signed_if_missing
+            && !self.tls.default.cert.exists()
+            && !self.tls.default.key.exists()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw, as written. Every scalar is a string so that parsing, and so every
+// error, happens in one place below.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawConfig {
+    listen: RawListen,
+    tls: RawTls,
+    admin: RawAdmin,
+    limits: RawLimits,
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawListen {
+    addr: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
+    self_signed_if_missing: Option<String>,
+    sni: Vec<RawSni>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawSni {
+    host: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawAdmin {
+    addr: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawLimits {
+    max_connections: Option<String>,
+    handshake_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    ping_interval: Option<String>,
+    send_timeout: Option<String>,
+    close_timeout: Option<String>,
+    drain_timeout: Option<String>,
+    max_message_size: Option<String>,
+    max_frame_size: Option<String>,
+    max_header_size: Option<String>,
+    max_headers: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawRoute {
+    name: Option<String>,
+    host: Option<String>,
+    path: Option<String>,
+    kind: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Validation: raw → typed, collecting every issue.
+
+#[derive(Default)]
+struct Validator {
+    issues: Vec<ConfigIssue>,
+}
+
+impl Validator {
+    fn issue(&mut self, key: &str, problem: impl Into<String>) {
+        self.issues.push(ConfigIssue {
+            key: key.to_owned(),
+            problem: problem.into(),
+        });
+    }
+
+    /// Parse `raw` (or `default` when absent) with `parse`; record an issue on error.
+    fn field<T>(
+        &mut self,
+        key: &str,
+        raw: Option<String>,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        match raw {
+            None => Some(default),
+            Some(s) => match parse(s.trim()) {
+                Ok(v) => Some(v),
+                Err(problem) => {
+                    self.issue(key, format!("{problem} (got {s:?})"));
+                    None
+                }
+            },
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let listen = self.field(
+            "listen.addr",
+            raw.listen.addr,
+            default_addr(DEFAULT_LISTEN_ADDR),
+            parse_addr,
+        );
+        let admin = self.field(
+            "admin.addr",
+            raw.admin.addr,
+            default_addr(DEFAULT_ADMIN_ADDR),
+            parse_addr,
+        );
+        if let (Some(l), Some(a)) = (listen, admin)
+            && l == a
+        {
+            self.issue("admin.addr", "must differ from listen.addr");
+        }
+        let tls = self.tls(raw.tls);
+        let limits = self.limits(raw.limits);
+        let routes = self.routes(raw.routes);
+        Some(Config {
+            listen: ListenConfig { addr: listen? },
+            tls: tls?,
+            admin: AdminConfig { addr: admin? },
+            limits: limits?,
+            routes: routes?,
+        })
+    }
+
+    fn tls(&mut self, raw: RawTls) -> Option<TlsConfig> {
+        let self_signed = self.field(
+            "tls.self_signed_if_missing",
+            raw.self_signed_if_missing,
+            false,
+            parse_bool,
+        )?;
+        let cert = PathBuf::from(raw.cert.unwrap_or_else(|| "certs/cert.pem".into()));
+        let key = PathBuf::from(raw.key.unwrap_or_else(|| "certs/key.pem".into()));
+        let generate = self_signed && !cert.exists() && !key.exists();
+        if !generate {
+            self.readable("tls.cert", &cert);
+            self.readable("tls.key", &key);
+        }
+        let mut sni = Vec::new();
+        let mut seen = HashMap::new();
+        for (i, entry) in raw.sni.into_iter().enumerate() {
+            let prefix = format!("tls.sni[{i}]");
+            let Some(host) = self.required(&format!("{prefix}.host"), entry.host) else {
+                continue;
+            };
+            let host = host.to_ascii_lowercase();
+            if let Err(problem) = check_host_pattern(&host) {
+                self.issue(&format!("{prefix}.host"), problem);
+            }
+            if let Some(first) = seen.insert(host.clone(), i) {
+                self.issue(
+                    &format!("{prefix}.host"),
+                    format!("{host:?} is already used by tls.sni[{first}]"),
+                );
+            }
+            let cert = self
+                .required(&format!("{prefix}.cert"), entry.cert)
+                .map(PathBuf::from);
+            let key = self
+                .required(&format!("{prefix}.key"), entry.key)
+                .map(PathBuf::from);
+            if let (Some(cert), Some(key)) = (cert, key) {
+                self.readable(&format!("{prefix}.cert"), &cert);
+                self.readable(&format!("{prefix}.key"), &key);
+                sni.push(SniCert {
+                    host,
+                    files: CertPair { cert, key },
+                });
+            }
+        }
+        Some(TlsConfig {
+            default: CertPair { cert, key },
+            sni,
+            self_signed_if_missing: self_signed,
+        })
+    }
+
+    fn required(&mut self, key: &str, value: Option<String>) -> Option<String> {
+        match value {
+            Some(v) if !v.trim().is_empty() => Some(v),
+            _ => {
+                self.issue(key, "is required");
+                None
+            }
+        }
+    }
+
+    fn readable(&mut self, key: &str, path: &Path) {
+        if let Err(e) = std::fs::File::open(path) {
+            self.issue(key, format!("cannot open {}: {e}", path.display()));
+        }
+    }
+
+    fn limits(&mut self, raw: RawLimits) -> Option<Limits> {
+        let max_connections = self.field(
+            "limits.max_connections",
+            raw.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+            parse_positive,
+        );
+        let handshake_timeout = self.field(
+            "limits.handshake_timeout",
+            raw.handshake_timeout,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            parse_duration,
+        );
+        let idle_timeout = self.field(
+            "limits.idle_timeout",
+            raw.idle_timeout,
+            Some(DEFAULT_IDLE_TIMEOUT),
+            parse_optional_duration,
+        );
+        let ping_interval = self.field(
+            "limits.ping_interval",
+            raw.ping_interval,
+            Some(DEFAULT_PING_INTERVAL),
+            parse_optional_duration,
+        );
+        let send_timeout = self.field(
+            "limits.send_timeout",
+            raw.send_timeout,
+            DEFAULT_SEND_TIMEOUT,
+            parse_duration,
+        );
+        let close_timeout = self.field(
+            "limits.close_timeout",
+            raw.close_timeout,
+            DEFAULT_CLOSE_TIMEOUT,
+            parse_duration,
+        );
+        let drain_timeout = self.field(
+            "limits.drain_timeout",
+            raw.drain_timeout,
+            DEFAULT_DRAIN_TIMEOUT,
+            parse_duration,
+        );
+        let max_message_size = self.field(
+            "limits.max_message_size",
+            raw.max_message_size,
+            DEFAULT_MAX_MESSAGE_SIZE,
+            parse_size,
+        );
+        let max_frame_size = self.field(
+            "limits.max_frame_size",
+            raw.max_frame_size,
+            DEFAULT_MAX_FRAME_SIZE,
+            parse_size,
+        );
+        let max_header_size = self.field(
+            "limits.max_header_size",
+            raw.max_header_size,
+            DEFAULT_MAX_HEADER_SIZE,
+            parse_size,
+        );
+        let max_headers = self.field(
+            "limits.max_headers",
+            raw.max_headers,
+            DEFAULT_MAX_HEADERS,
+            parse_positive,
+        );
+        if max_header_size.is_some_and(|size| size < 1024) {
+            self.issue("limits.max_header_size", "must be at least 1KiB");
+        }
+        let max_message_size = max_message_size?;
+        Some(Limits {
+            max_connections: max_connections?,
+            handshake_timeout: handshake_timeout?,
+            idle_timeout: idle_timeout?,
+            ping_interval: ping_interval?,
+            send_timeout: send_timeout?,
+            close_timeout: close_timeout?,
+            drain_timeout: drain_timeout?,
+            max_message_size,
+            max_frame_size: max_frame_size?.min(max_message_size),
+            max_header_size: max_header_size?,
+            max_headers: max_headers?,
+        })
+    }
+
+    fn routes(&mut self, raw: Vec<RawRoute>) -> Option<Vec<Route>> {
+        if raw.is_empty() {
+            self.issue("routes", "at least one [[routes]] entry is required");
+            return None;
+        }
+        let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
+        let before = self.issues.len();
+        for (i, r) in raw.into_iter().enumerate() {
+            let prefix = format!("routes[{i}]");
+            let path = self.required(&format!("{prefix}.path"), r.path);
+            if let Some(p) = &path {
+                if !p.starts_with('/') {
+                    self.issue(
+                        &format!("{prefix}.path"),
+                        format!("must start with '/' (got {p:?})"),
+                    );
+                } else if p.contains(['?', '#'])
+                    || p.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    self.issue(
+                        &format!("{prefix}.path"),
+                        format!("must be a plain path prefix (got {p:?})"),
+                    );
+                }
+            }
+            let host = r.host.map(|h| h.to_ascii_lowercase());
+            if let Some(h) = &host
+                && let Err(problem) = check_host_pattern(h)
+            {
+                self.issue(&format!("{prefix}.host"), problem);
+            }
+            let kind = self
+                .required(&format!("{prefix}.kind"), r.kind)
+                .and_then(|k| match k.as_str() {
+                    "echo" => Some(RouteKind::Echo),
+                    other => {
+                        self.issue(
+                            &format!("{prefix}.kind"),
+                            format!(
+                                "unknown kind {other:?}; expected one of {:?}",
+                                RouteKind::NAMES
+                            ),
+                        );
+                        None
+                    }
+                });
+            let (Some(path), Some(kind)) = (path, kind) else {
+                continue;
+            };
+            let name = r.name.unwrap_or_else(|| path.clone());
+            if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_graphic()) {
+                self.issue(
+                    &format!("{prefix}.name"),
+                    "must be 1-64 printable ASCII characters",
+                );
+            }
+            if let Some(j) = routes.iter().position(|o| o.name == name) {
+                self.issue(
+                    &format!("{prefix}.name"),
+                    format!("{name:?} is already used by routes[{j}] (names label metrics)"),
+                );
+            }
+            if let Some(j) = routes.iter().position(|o| o.host == host && o.path == path) {
+                self.issue(
+                    &format!("{prefix}.path"),
+                    format!("same host and path as routes[{j}]"),
+                );
+            }
+            routes.push(Route {
+                name,
+                host,
+                path,
+                kind,
+            });
+        }
+        (self.issues.len() == before).then_some(routes)
+    }
+}
+
+fn default_addr(s: &str) -> SocketAddr {
+    s.parse().expect("default address constants parse")
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| "not an IP:port socket address".to_owned())
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected true or false".to_owned()),
+    }
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be greater than 0".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("not a whole number".to_owned()),
+    }
+}
+
+/// `"10s"`, `"1m 30s"`, `"250ms"`; must be greater than zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be greater than 0".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("not a duration like \"10s\" or \"250ms\": {e}")),
+    }
+}
+
+/// Like [`parse_duration`], but `"0s"` (or `"off"`) turns the feature off.
+fn parse_optional_duration(s: &str) -> Result<Option<Duration>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => Ok((!d.is_zero()).then_some(d)),
+        Err(e) => Err(format!("not a duration like \"30s\" (or \"off\"): {e}")),
+    }
+}
+
+/// `"16MiB"`, `"64 KiB"`, `"1000"`, `"1MB"` (decimal units are powers of 1000).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| "not a size like \"16MiB\" or \"4096\"".to_owned())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}; use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
+    };
+    match n.checked_mul(mult).and_then(|v| usize::try_from(v).ok()) {
+        Some(0) => Err("must be greater than 0".to_owned()),
+        Some(v) => Ok(v),
+        None => Err("too large".to_owned()),
+    }
+}
+
+/// A host name or `*.suffix` wildcard, as routes and SNI entries use.
+fn check_host_pattern(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("not a host name or *.wildcard (got {host:?})"))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// `check-config` prints the effective config in the file's own shape.
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn dur(d: Duration) -> String {
+            humantime::format_duration(d).to_string()
+        }
+        fn opt_dur(d: Option<Duration>) -> String {
+            d.map_or_else(|| "off".to_owned(), dur)
+        }
+        let l = &self.limits;
+        let mut out = BTreeMap::new();
+        out.insert("listen", vec![("addr", self.listen.addr.to_string())]);
+        out.insert(
+            "tls",
+            vec![
+                ("cert", self.tls.default.cert.display().to_string()),
+                ("key", self.tls.default.key.display().to_string()),
+                (
+                    "self_signed_if_missing",
+                    self.tls.self_signed_if_missing.to_string(),
+                ),
+            ],
+        );
+        out.insert("admin", vec![("addr", self.admin.addr.to_string())]);
+        out.insert(
+            "limits",
+            vec![
+                ("max_connections", l.max_connections.to_string()),
+                ("handshake_timeout", dur(l.handshake_timeout)),
+                ("idle_timeout", opt_dur(l.idle_timeout)),
+                ("ping_interval", opt_dur(l.ping_interval)),
+                ("send_timeout", dur(l.send_timeout)),
+                ("close_timeout", dur(l.close_timeout)),
+                ("drain_timeout", dur(l.drain_timeout)),
+                ("max_message_size", l.max_message_size.to_string()),
+                ("max_frame_size", l.max_frame_size.to_string()),
+                ("max_header_size", l.max_header_size.to_string()),
+                ("max_headers", l.max_headers.to_string()),
+            ],
+        );
+        for section in ["listen", "tls", "admin", "limits"] {
+            writeln!(f, "[{section}]")?;
+            for (k, v) in &out[section] {
+                match v.parse::<u64>() {
+                    Ok(_) if *k != "addr" => writeln!(f, "{k} = {v}")?,
+                    _ if v == "true" || v == "false" => writeln!(f, "{k} = {v}")?,
+                    _ => writeln!(f, "{k} = {v:?}")?,
+                }
+            }
+            if section == "tls" {
+                for s in &self.tls.sni {
+                    writeln!(
+                        f,
+                        "[[tls.sni]]\nhost = {:?}\ncert = {:?}\nkey = {:?}",
+                        s.host, s.files.cert, s.files.key
+                    )?;
+                }
+            }
+            writeln!(f)?;
+        }
+        for r in &self.routes {
+            writeln!(f, "[[routes]]\nname = {:?}", r.name)?;
+            if let Some(h) = &r.host {
+                writeln!(f, "host = {h:?}")?;
+            }
+            writeln!(f, "path = {:?}\nkind = {:?}\n", r.path, r.kind.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(ConfigSource::Text(text), Some(env))
+    }
+
+    const MINIMAL: &str = r#"
+        [tls]
+        self_signed_if_missing = true
+        cert = "/nonexistent/wsgate-test/cert.pem"
+        key = "/nonexistent/wsgate-test/key.pem"
+        [[routes]]
+        path = "/echo"
+        kind = "echo"
+    "#;
+
+    #[test]
+    fn defaults_apply() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.listen.addr, DEFAULT_LISTEN_ADDR.parse().unwrap());
+        assert_eq!(c.limits.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.limits.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
+        assert_eq!(c.routes[0].name, "/echo");
+        assert!(c.dev_cert_needed());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("WSGATE__LIMITS__MAX_CONNECTIONS", "7"),
+                ("WSGATE__LISTEN__ADDR", "127.0.0.1:1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_connections, 7);
+        assert_eq!(c.listen.addr, "127.0.0.1:1".parse().unwrap());
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_key() {
+        let text = r#"
+            [listen]
+            addr = "nowhere"
+            bogus = 1
+            [tls]
+            cert = "/nonexistent/a.pem"
+            key = "/nonexistent/b.pem"
+            [limits]
+            idle_timeout = "soon"
+            max_message_size = "12 parsecs"
+            max_connections = 0
+            [[routes]]
+            path = "echo"
+            kind = "teleport"
+        "#;
+        let err = load(text, &[]).unwrap_err();
+        let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        for key in [
+            "listen.bogus",
+            "listen.addr",
+            "tls.cert",
+            "tls.key",
+            "limits.idle_timeout",
+            "limits.max_message_size",
+            "limits.max_connections",
+            "routes[0].path",
+            "routes[0].kind",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn frame_size_is_clamped_to_message_size() {
+        let text = format!("{MINIMAL}\n[limits]\nmax_message_size = \"1KiB\"\n");
+        let c = load(&text, &[]).unwrap();
+        assert_eq!(c.limits.max_frame_size, 1024);
+    }
+
+    #[test]
+    fn duplicate_routes_are_refused() {
+        let text =
+            format!("{MINIMAL}\n[[routes]]\npath = \"/echo\"\nkind = \"echo\"\nname = \"other\"\n");
+        let err = load(&text, &[]).unwrap_err();
+        assert_eq!(err.issues[0].key, "routes[1].path");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("64 KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("1MB"), Ok(1_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1 parsec").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_optional_duration("0s"), Ok(None));
+        assert_eq!(parse_optional_duration("off"), Ok(None));
+    }
+
+    #[test]
+    fn shipped_config_is_valid_and_prints_back() {
+        let c = Config::load(ConfigSource::Text(EMBEDDED_DEFAULT), Some(HashMap::new()))
+            .expect("shipped config validates");
+        let printed = c.to_string();
+        // The printed form is itself a valid config with the same meaning
+        // (cert paths aside, which may not exist in a test checkout).
+        let again = load(
+            &printed.replace(
+                "self_signed_if_missing = false",
+                "self_signed_if_missing = true",
+            ),
+            &[],
+        );
+        let again = again.expect("printed config parses");
+        assert_eq!(again.routes, c.routes);
+        assert_eq!(again.limits.max_message_size, c.limits.max_message_size);
+    }
+}

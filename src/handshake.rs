@@ -1,0 +1,302 @@
+//! The HTTP side of the upgrade: a strict RFC 6455 check of the request,
+//! route resolution, then `101 Switching Protocols` (and the session task) or
+//! a short error response whose status comes from `close::Rejection`.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tracing::{Instrument, Span, debug};
+
+use crate::close::Rejection;
+use crate::config::Route;
+use crate::route::RouteTable;
+use crate::{RouteState, Shared, metrics, session};
+
+const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
+const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
+
+pub(crate) type Body = Full<Bytes>;
+
+/// Serve one request: upgrade it or refuse it.
+pub(crate) fn handle(
+    mut req: Request<Incoming>,
+    shared: &Arc<Shared>,
+    permit: &Arc<OwnedSemaphorePermit>,
+) -> Response<Body> {
+    let accepted = check(&req, &shared.routes).and_then(|ok| {
+        if shared.shutdown.token.is_cancelled() {
+            Err(Rejection::Draining)
+        } else {
+            Ok(ok)
+        }
+    });
+    let (route, state, accept_key) = match accepted {
+        Ok(ok) => ok,
+        Err(rejection) => {
+            debug!(
+                reason = rejection.label(),
+                path = req.uri().path(),
+                "upgrade refused"
+            );
+            metrics::handshake_rejected(rejection);
+            return rejection_response(rejection);
+        }
+    };
+    let span = Span::current();
+    span.record("route", route.name.as_str());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    shared.shutdown.tracker.spawn(
+        session::run(on_upgrade, state.clone(), permit.clone(), shared.clone()).instrument(span),
+    );
+    switching_protocols(&accept_key)
+}
+
+/// The pure part: is this a valid WebSocket upgrade for a known route?
+/// Returns the route and the `Sec-WebSocket-Accept` value.
+pub(crate) fn check<'t, B, T>(
+    req: &Request<B>,
+    routes: &'t RouteTable<T>,
+) -> Result<(&'t Route, &'t Arc<T>, String), Rejection> {
+    let headers = req.headers();
+    let upgrade = has_token(headers, &header::UPGRADE, "websocket");
+    let host = single(headers, &header::HOST);
+    let host = match host {
+        Ok(host) => host.and_then(|h| h.to_str().ok()),
+        Err(()) => return Err(Rejection::BadRequest("more than one Host header")),
+    };
+    let (route, state) = routes
+        .resolve(host, req.uri().path())
+        .ok_or(Rejection::NoRoute)?;
+    if !upgrade {
+        return Err(
+            if req.method() == Method::GET || req.method() == Method::HEAD {
+                Rejection::NotWebSocket
+            } else {
+                Rejection::Method
+            },
+        );
+    }
+    if req.method() != Method::GET {
+        return Err(Rejection::Method);
+    }
+    if req.version() != Version::HTTP_11 {
+        return Err(Rejection::BadRequest("a WebSocket upgrade needs HTTP/1.1"));
+    }
+    if host.is_none() {
+        return Err(Rejection::BadRequest("missing Host header"));
+    }
+    if !has_token(headers, &header::CONNECTION, "upgrade") {
+        return Err(Rejection::BadRequest(
+            "Connection header must include \"upgrade\"",
+        ));
+    }
+    match single(headers, &SEC_WEBSOCKET_VERSION) {
+        Ok(Some(v)) if v.as_bytes() == b"13" => {}
+        _ => return Err(Rejection::Version),
+    }
+    let key = match single(headers, &SEC_WEBSOCKET_KEY) {
+        Ok(Some(key)) if is_valid_key(key.as_bytes()) => key,
+        _ => {
+            return Err(Rejection::BadRequest(
+                "Sec-WebSocket-Key must be one base64 value of 16 bytes",
+            ));
+        }
+    };
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Err(Rejection::BadRequest(
+            "an upgrade request must not have a body",
+        ));
+    }
+    Ok((route, state, derive_accept_key(key.as_bytes())))
+}
+
+/// Does any comma-separated value of `name` contain `token` (ASCII case-insensitive)?
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// The header's value if it appears at most once; `Err` if repeated.
+fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h HeaderValue>, ()> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(());
+    }
+    Ok(first)
+}
+
+fn is_valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|raw| raw.len() == 16)
+}
+
+fn switching_protocols(accept_key: &str) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(value) = HeaderValue::from_str(accept_key) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, value);
+    }
+    response
+}
+
+pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
+    let body = format!("{} {}\n", rejection.status().as_u16(), rejection.message());
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = rejection.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    match rejection {
+        Rejection::Version | Rejection::NotWebSocket => {
+            headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        Rejection::Method => {
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+        }
+        Rejection::NoRoute | Rejection::BadRequest(_) | Rejection::Draining => {}
+    }
+    response
+}
+
+impl std::fmt::Debug for RouteState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteState")
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RouteKind;
+
+    fn routes() -> RouteTable<()> {
+        let echo = Route {
+            name: "echo".into(),
+            host: None,
+            path: "/echo".into(),
+            kind: RouteKind::Echo,
+        };
+        RouteTable::new(&[echo], |_| ())
+    }
+
+    fn upgrade(path: &str) -> http::request::Builder {
+        Request::get(path)
+            .header("host", "localhost:8443")
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+    }
+
+    fn status(req: Request<()>) -> Result<String, Rejection> {
+        check(&req, &routes()).map(|(_, _, key)| key)
+    }
+
+    #[test]
+    fn rfc_example_is_accepted() {
+        // RFC 6455 section 1.3: this key gives this accept value.
+        assert_eq!(
+            status(upgrade("/echo?x=1").body(()).unwrap()),
+            Ok("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into())
+        );
+    }
+
+    #[test]
+    fn each_defect_has_its_rejection() {
+        let bad = |b: http::request::Builder| status(b.body(()).unwrap()).unwrap_err();
+        assert_eq!(bad(upgrade("/nowhere")), Rejection::NoRoute);
+        assert_eq!(
+            bad(Request::get("/echo").header("host", "h")),
+            Rejection::NotWebSocket
+        );
+        assert_eq!(
+            bad(Request::post("/echo").header("host", "h")),
+            Rejection::Method
+        );
+        assert_eq!(bad(upgrade("/echo").method("POST")), Rejection::Method);
+        assert_eq!(
+            bad(upgrade("/echo").version(Version::HTTP_10)),
+            Rejection::BadRequest("a WebSocket upgrade needs HTTP/1.1")
+        );
+        assert!(matches!(
+            bad(upgrade("/echo").header("host", "second")),
+            Rejection::BadRequest(_)
+        ));
+        let mut no_conn = upgrade("/echo").body(()).unwrap();
+        no_conn.headers_mut().remove("connection");
+        assert!(matches!(status(no_conn), Err(Rejection::BadRequest(_))));
+        let mut v8 = upgrade("/echo").body(()).unwrap();
+        v8.headers_mut()
+            .insert("sec-websocket-version", HeaderValue::from_static("8"));
+        assert_eq!(status(v8), Err(Rejection::Version));
+        for key in [
+            "",
+            "short",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZXg=",
+            "!!!!!!!!!!!!!!!!!!!!!!==",
+        ] {
+            let mut r = upgrade("/echo").body(()).unwrap();
+            r.headers_mut()
+                .insert("sec-websocket-key", HeaderValue::from_static(key));
+            assert!(
+                matches!(status(r), Err(Rejection::BadRequest(_))),
+                "key {key:?}"
+            );
+        }
+        assert!(matches!(
+            bad(upgrade("/echo").header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")),
+            Rejection::BadRequest(_)
+        ));
+        assert!(matches!(
+            bad(upgrade("/echo").header("content-length", "5")),
+            Rejection::BadRequest(_)
+        ));
+        assert!(matches!(
+            bad(upgrade("/echo").header("transfer-encoding", "chunked")),
+            Rejection::BadRequest(_)
+        ));
+    }
+
+    #[test]
+    fn tokens_are_case_insensitive_lists() {
+        let r = Request::get("/echo")
+            .header("host", "h")
+            .header("connection", "keep-alive")
+            .header("connection", "UPGRADE")
+            .header("upgrade", "WebSocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        assert!(status(r).is_ok());
+    }
+}

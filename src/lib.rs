@@ -1,0 +1,170 @@
+//! wsgate: a TLS-terminating WebSocket gateway.
+//!
+//! A connection's way through the code, one module per stage:
+//!
+//! - [`config`]: TOML + `WSGATE__*` env → validated [`Config`].
+//! - [`tls`]: PEM files → rustls server config (SNI, TLS 1.2/1.3, ALPN http/1.1).
+//! - `listener`: accept loop, admission (`max_connections`, shed and counted).
+//! - `conn`: TLS handshake and HTTP request head under one deadline; hyper.
+//! - `handshake`: strict RFC 6455 upgrade check, [`route`] lookup, 101 or refusal.
+//! - `session`: the upgraded session (echo), pings, idle, close handshake.
+//! - [`close`]: the one place mapping refusals to HTTP statuses and session
+//!   ends to close codes and metric labels.
+//! - [`metrics`], `admin`: Prometheus names and the admin listener.
+//! - [`shutdown`]: cancellation, task tracking, signals, readiness.
+//!
+//! [`run`] takes already-bound listeners and a shutdown future, so tests
+//! start exactly what the binary runs, on port 0.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioTimer;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+mod admin;
+pub mod close;
+pub mod config;
+mod conn;
+pub mod devcert;
+mod handshake;
+mod listener;
+pub mod metrics;
+pub mod route;
+mod session;
+pub mod shutdown;
+pub mod tls;
+
+pub use config::{Config, ConfigError, ConfigSource};
+
+use config::{Limits, RouteKind};
+use metrics::RouteMetrics;
+use route::RouteTable;
+use shutdown::{Readiness, Shutdown};
+
+/// tungstenite's read buffer is allocated up front and zero-filled, so it is
+/// resident for every connection; 4 KiB keeps an idle session small while a
+/// read still takes a whole TLS record's worth of small frames.
+const READ_BUFFER_SIZE: usize = 4 << 10;
+/// Frames are fed into this buffer and written in one go on flush.
+const WRITE_BUFFER_SIZE: usize = 16 << 10;
+
+/// The listeners [`run`] serves, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Public `wss://` listener.
+    pub public: TcpListener,
+    /// Admin listener: `/metrics`, `/healthz`, `/readyz`.
+    pub admin: TcpListener,
+}
+
+/// Why [`run`] could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("TLS configuration:{}", .0.iter().map(|i| format!("\n  {i}")).collect::<String>())]
+    Tls(Vec<config::ConfigIssue>),
+}
+
+/// What every connection shares. Read-only after start-up.
+pub(crate) struct Shared {
+    pub(crate) limits: Limits,
+    pub(crate) routes: RouteTable<RouteState>,
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) http: http1::Builder,
+    pub(crate) ws: WebSocketConfig,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) shutdown: Shutdown,
+}
+
+/// What a route carries at run time.
+pub(crate) struct RouteState {
+    pub(crate) kind: RouteKind,
+    pub(crate) metrics: RouteMetrics,
+}
+
+impl Shared {
+    fn new(config: &Config, tls: Arc<rustls::ServerConfig>) -> Self {
+        let limits = config.limits.clone();
+        let mut http = http1::Builder::new();
+        // Keep-alive stays on: with it off hyper appends `close` to the 101's
+        // `Connection: Upgrade`, which clients such as Qt's QWebSocket
+        // refuse. Every refusal carries `Connection: close` instead.
+        http.timer(TokioTimer::new())
+            .max_headers(limits.max_headers)
+            .max_header_size(limits.max_header_size)
+            .max_buf_size(limits.max_header_size.max(8192) + 1024);
+        let ws = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_SIZE)
+            .write_buffer_size(WRITE_BUFFER_SIZE)
+            // Room for a full buffer plus one largest message and its header.
+            .max_write_buffer_size(WRITE_BUFFER_SIZE + limits.max_message_size + 64)
+            .max_message_size(Some(limits.max_message_size))
+            .max_frame_size(Some(limits.max_frame_size));
+        let routes = RouteTable::new(&config.routes, |r| RouteState {
+            kind: r.kind,
+            metrics: RouteMetrics::new(r),
+        });
+        Shared {
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+            routes,
+            acceptor: TlsAcceptor::from(tls),
+            http,
+            ws,
+            shutdown: Shutdown::default(),
+        }
+    }
+}
+
+/// Serve until `shutdown` resolves, then drain: `/readyz` turns 503, the
+/// listener stops accepting, every session gets Close 1001, and this waits
+/// for them up to `limits.drain_timeout` before returning.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let tls = tls::server_config(&config.tls).map_err(Error::Tls)?;
+    let shared = Arc::new(Shared::new(&config, tls));
+    let ready = Readiness::default();
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn(admin::serve(
+        listeners.admin,
+        metrics,
+        ready.clone(),
+        admin_stop.clone(),
+    ));
+    let public_addr = listeners.public.local_addr().ok();
+    let accept = tokio::spawn(listener::serve(listeners.public, shared.clone()));
+    ready.set(true);
+    info!(addr = ?public_addr, routes = config.routes.len(), "serving");
+
+    shutdown.await;
+    ready.set(false);
+    let open = shared.shutdown.tracker.len();
+    info!(open, drain_timeout = ?config.limits.drain_timeout, "draining");
+    shared.shutdown.token.cancel();
+    let _ = accept.await;
+    shared.shutdown.tracker.close();
+    if tokio::time::timeout(config.limits.drain_timeout, shared.shutdown.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = shared.shutdown.tracker.len(),
+            "drain deadline passed; cutting what is left"
+        );
+    }
+    admin_stop.cancel();
+    let _ = admin.await;
+    info!("stopped");
+    Ok(())
+}

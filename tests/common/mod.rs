@@ -1,0 +1,236 @@
+//! Test harness: a real gateway on 127.0.0.1:0 with certificates made in the
+//! test, and real rustls + tokio-tungstenite clients.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use wsgate::{Config, ConfigSource, Listeners, devcert};
+
+/// Every test body runs under this bound, so a hang fails fast.
+pub async fn within<F: Future>(secs: u64, fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .expect("test timed out")
+}
+
+/// A dev CA and leaf written to a temporary directory.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn certs(hosts: &[&str]) -> Certs {
+    let dir = tempfile::tempdir().unwrap();
+    certs_in(dir, hosts)
+}
+
+fn certs_in(dir: tempfile::TempDir, hosts: &[&str]) -> Certs {
+    let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    let made = devcert::generate(&hosts).unwrap();
+    let w = made
+        .write(&dir.path().join("cert.pem"), &dir.path().join("key.pem"))
+        .unwrap();
+    Certs {
+        ca: w.ca,
+        cert: w.cert,
+        key: w.key,
+        dir,
+    }
+}
+
+/// The config text a test gateway starts with: the default cert, an echo
+/// route, and whatever `extra` adds (extra `[limits]` keys go in `limits`).
+pub fn config_text(certs: &Certs, limits: &str, extra: &str) -> String {
+    format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\n\n[limits]\n{limits}\n\n{extra}\n[[routes]]\npath = \"/echo\"\nkind = \"echo\"\n",
+        certs.cert, certs.key
+    )
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub certs: Certs,
+    stop: Option<oneshot::Sender<()>>,
+    pub join: JoinHandle<Result<(), wsgate::Error>>,
+}
+
+/// Start a gateway on the echo config plus `limits`.
+pub async fn start(limits: &str) -> Running {
+    let certs = certs(&["localhost", "127.0.0.1"]);
+    let text = config_text(&certs, limits, "");
+    start_with(certs, &text).await
+}
+
+pub async fn start_with(certs: Certs, text: &str) -> Running {
+    let config =
+        Config::load(ConfigSource::Text(text), Some(HashMap::new())).expect("test config is valid");
+    let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let metrics = wsgate::metrics::install();
+    let join = tokio::spawn(wsgate::run(
+        Listeners { public, admin },
+        config,
+        metrics,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Running {
+        addr,
+        admin: admin_addr,
+        certs,
+        stop: Some(stop),
+        join,
+    }
+}
+
+impl Running {
+    /// Trigger shutdown (as SIGTERM does) without waiting.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub async fn ws(&self, path: &str) -> Ws {
+        ws_connect(self.addr, "localhost", path, &self.certs.ca)
+            .await
+            .expect("websocket connects")
+    }
+
+    /// Send raw bytes over TLS and return everything the server sends back
+    /// until it closes the connection.
+    pub async fn raw(&self, request: &[u8]) -> String {
+        let mut tls = tls_connect(self.addr, "localhost", &self.certs.ca)
+            .await
+            .unwrap();
+        tls.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Send raw bytes over TLS and return the response head only (for a
+    /// 101, after which the connection stays open).
+    pub async fn raw_head(&self, request: &[u8]) -> String {
+        let mut tls = tls_connect(self.addr, "localhost", &self.certs.ca)
+            .await
+            .unwrap();
+        tls.write_all(request).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tls.read_u8().await.unwrap());
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
+    /// GET a path on the admin listener; returns (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path).await
+    }
+}
+
+pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+pub fn client_config(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(wsgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+pub async fn tls_connect(
+    addr: SocketAddr,
+    name: &str,
+    ca: &std::path::Path,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    TlsConnector::from(client_config(ca))
+        .connect(name, tcp)
+        .await
+}
+
+pub async fn ws_connect(
+    addr: SocketAddr,
+    name: &str,
+    path: &str,
+    ca: &std::path::Path,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let tls = tls_connect(addr, name, ca).await?;
+    let url = format!("wss://{name}:{}{path}", addr.port());
+    let (ws, _response) = tokio_tungstenite::client_async(url, tls).await?;
+    Ok(ws)
+}
+
+/// A minimal HTTP/1.1 GET over plain TCP; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample in a Prometheus text scrape, e.g.
+/// `metric(&body, "wsgate_connections_rejected_total{reason=\"capacity\"}")`.
+pub fn metric(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+/// Status line of a raw HTTP response.
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A valid upgrade request for `path`, with `extra` header lines.
+pub fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+}

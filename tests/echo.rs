@@ -1,0 +1,242 @@
+//! The echo route over wss: message fidelity, limits, keepalive, close.
+
+mod common;
+
+use common::{Ws, start, within};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+
+async fn next_data(ws: &mut Ws) -> Message {
+    loop {
+        match ws.next().await.expect("stream open").expect("no error") {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn expect_close(ws: &mut Ws) -> CloseFrame {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => return frame,
+            Some(Ok(Message::Close(None))) => panic!("close without a code"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a Close frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn echoes_text_binary_empty_and_large_messages() {
+    within(30, async {
+        let gw = start("").await;
+        let mut ws = gw.ws("/echo").await;
+        let large: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let messages = vec![
+            Message::text("hello, wsgate"),
+            Message::text("ünïcödé ✓"),
+            Message::binary(vec![0u8, 1, 2, 255]),
+            Message::text(""),
+            Message::binary(Vec::new()),
+            Message::binary(large),
+        ];
+        for msg in &messages {
+            ws.send(msg.clone()).await.unwrap();
+        }
+        for msg in messages {
+            assert_eq!(next_data(&mut ws).await, msg);
+        }
+        // Many small messages in one burst come back in order.
+        for i in 0..500 {
+            ws.feed(Message::text(i.to_string())).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+        for i in 0..500 {
+            assert_eq!(next_data(&mut ws).await, Message::text(i.to_string()));
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn fragmented_messages_come_back_whole() {
+    within(10, async {
+        let gw = start("").await;
+        let mut ws = gw.ws("/echo").await;
+        ws.send(Message::Frame(Frame::message(
+            "frag",
+            OpCode::Data(Data::Text),
+            false,
+        )))
+        .await
+        .unwrap();
+        // A ping between fragments is allowed and answered.
+        ws.send(Message::Ping("between".into())).await.unwrap();
+        ws.send(Message::Frame(Frame::message(
+            "men",
+            OpCode::Data(Data::Continue),
+            false,
+        )))
+        .await
+        .unwrap();
+        ws.send(Message::Frame(Frame::message(
+            "ted",
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .await
+        .unwrap();
+        ws.send(Message::Frame(Frame::message(
+            vec![1u8],
+            OpCode::Data(Data::Binary),
+            false,
+        )))
+        .await
+        .unwrap();
+        ws.send(Message::Frame(Frame::message(
+            vec![2u8],
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            match ws.next().await.unwrap().unwrap() {
+                Message::Ping(_) => {}
+                m => got.push(m),
+            }
+        }
+        assert_eq!(got[0], Message::Pong("between".into()));
+        assert_eq!(got[1], Message::text("fragmented"));
+        assert_eq!(got[2], Message::binary(vec![1u8, 2]));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn close_is_answered_with_the_same_code() {
+    within(10, async {
+        let gw = start("").await;
+        let mut ws = gw.ws("/echo").await;
+        ws.send(Message::text("before")).await.unwrap();
+        ws.close(Some(CloseFrame {
+            code: CloseCode::Library(4000),
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text("before"));
+        let frame = expect_close(&mut ws).await;
+        assert_eq!(frame.code, CloseCode::Library(4000));
+        assert_eq!(frame.reason.as_str(), "bye");
+        // Then the server ends the connection.
+        assert!(matches!(ws.next().await, None | Some(Err(_))));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn oversize_messages_close_with_1009() {
+    within(10, async {
+        let gw = start("max_message_size = \"1KiB\"").await;
+        // One frame over the limit: refused from its header.
+        let mut ws = gw.ws("/echo").await;
+        ws.send(Message::binary(vec![7u8; 1024])).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::binary(vec![7u8; 1024]));
+        ws.send(Message::binary(vec![7u8; 1025])).await.unwrap();
+        assert_eq!(expect_close(&mut ws).await.code, CloseCode::Size);
+
+        // Fragments that add up to more than the limit.
+        let mut ws = gw.ws("/echo").await;
+        ws.send(Message::Frame(Frame::message(
+            vec![1u8; 600],
+            OpCode::Data(Data::Binary),
+            false,
+        )))
+        .await
+        .unwrap();
+        ws.send(Message::Frame(Frame::message(
+            vec![1u8; 600],
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .await
+        .unwrap();
+        assert_eq!(expect_close(&mut ws).await.code, CloseCode::Size);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn pings_keep_an_answering_client_alive() {
+    within(10, async {
+        let gw = start("ping_interval = \"100ms\"").await;
+        let mut ws = gw.ws("/echo").await;
+        // tungstenite answers each ping as it reads on; three pings means the
+        // session outlived two ping deadlines.
+        let mut pings = 0;
+        while pings < 3 {
+            if let Message::Ping(_) = ws.next().await.unwrap().unwrap() {
+                pings += 1;
+            }
+        }
+        ws.send(Message::text("still here")).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text("still here"));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_pinged_then_dropped() {
+    within(10, async {
+        let gw = start("ping_interval = \"100ms\"\nclose_timeout = \"200ms\"").await;
+        // A raw client: completes the upgrade, then never answers anything.
+        let mut tls = common::tls_connect(gw.addr, "localhost", &gw.certs.ca)
+            .await
+            .unwrap();
+        tls.write_all(common::upgrade_request("/echo", "").as_bytes())
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tls.read_u8().await.unwrap());
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        let mut opcodes = Vec::new();
+        let close_code = loop {
+            let b0 = tls.read_u8().await.unwrap();
+            let len = tls.read_u8().await.unwrap() & 0x7f;
+            let mut payload = vec![0u8; len as usize];
+            tls.read_exact(&mut payload).await.unwrap();
+            opcodes.push(b0 & 0x0f);
+            if b0 & 0x0f == 0x8 {
+                break u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        };
+        assert_eq!(opcodes[0], 0x9, "first frame is a ping");
+        assert_eq!(close_code, 1011, "ping timeout closes with 1011");
+        // And the connection is then closed (after close_timeout).
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn idle_sessions_are_closed_with_1001() {
+    within(10, async {
+        let gw = start("idle_timeout = \"200ms\"\nping_interval = \"off\"").await;
+        let mut ws = gw.ws("/echo").await;
+        ws.send(Message::text("x")).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text("x"));
+        let frame = expect_close(&mut ws).await;
+        assert_eq!(frame.code, CloseCode::Away);
+        assert_eq!(frame.reason.as_str(), "idle timeout");
+    })
+    .await
+}

@@ -1,0 +1,53 @@
+//! Admission: past `max_connections` a connection is refused at once and
+//! counted; the slot comes back when a session ends.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{start, within};
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn the_connection_limit_sheds_fast_and_counts() {
+    within(20, async {
+        let gw = start("max_connections = 1").await;
+        let mut first = gw.ws("/echo").await;
+        first.send(Message::text("one")).await.unwrap();
+        assert_eq!(first.next().await.unwrap().unwrap(), Message::text("one"));
+
+        let started = Instant::now();
+        let refused = common::ws_connect(gw.addr, "localhost", "/echo", &gw.certs.ca).await;
+        assert!(refused.is_err(), "second connection must be refused");
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(2), "refused after {waited:?}");
+
+        let (_, scrape) = gw.admin_get("/metrics").await;
+        let series = "wsgate_connections_rejected_total{reason=\"capacity\"}";
+        assert_eq!(common::metric(&scrape, series), Some(1.0), "{scrape}");
+
+        // The admitted session is untouched.
+        first.send(Message::text("two")).await.unwrap();
+        assert_eq!(first.next().await.unwrap().unwrap(), Message::text("two"));
+
+        // Its slot is released when it ends: after the close handshake a new
+        // connection is admitted (the release follows the server's TCP close
+        // by a moment, so a few attempts are allowed).
+        first.close(None).await.unwrap();
+        while first.next().await.is_some() {}
+        let mut admitted = None;
+        for _ in 0..100 {
+            if let Ok(ws) = common::ws_connect(gw.addr, "localhost", "/echo", &gw.certs.ca).await {
+                admitted = Some(ws);
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let mut again = admitted.expect("slot released after the session ended");
+        again.send(Message::text("three")).await.unwrap();
+        assert_eq!(again.next().await.unwrap().unwrap(), Message::text("three"));
+    })
+    .await
+}

@@ -1,0 +1,79 @@
+//! Drain: readiness turns 503 first, open sessions get Close 1001, and
+//! `run()` returns within the drain deadline even if a client never answers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{start, upgrade_request, within};
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+#[tokio::test]
+async fn sessions_get_1001_and_run_returns_within_the_drain_deadline() {
+    within(20, async {
+        let mut gw = start("drain_timeout = \"1500ms\"\nclose_timeout = \"10s\"").await;
+        assert_eq!(gw.admin_get("/readyz").await.0, 200);
+        let mut a = gw.ws("/echo").await;
+        let mut b = gw.ws("/echo").await;
+        // A raw client that completes the upgrade and then never answers, so
+        // the drain has something to wait for.
+        let mut stuck = common::tls_connect(gw.addr, "localhost", &gw.certs.ca)
+            .await
+            .unwrap();
+        stuck
+            .write_all(upgrade_request("/echo", "").as_bytes())
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(stuck.read_u8().await.unwrap());
+        }
+
+        let started = Instant::now();
+        gw.stop();
+        for ws in [&mut a, &mut b] {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    assert_eq!(frame.code, CloseCode::Away);
+                    assert_eq!(frame.reason.as_str(), "server shutting down");
+                }
+                other => panic!("expected Close 1001, got {other:?}"),
+            }
+        }
+        // Draining: not ready, still alive.
+        assert_eq!(gw.admin_get("/readyz").await.0, 503);
+        assert_eq!(gw.admin_get("/healthz").await.0, 200);
+
+        let result = (&mut gw.join).await.expect("run() did not panic");
+        assert!(result.is_ok());
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1400),
+            "waited for the stuck session: {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "returned within the drain deadline: {took:?}"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_cooperative_client_lets_shutdown_finish_at_once() {
+    within(10, async {
+        let mut gw = start("drain_timeout = \"30s\"").await;
+        let mut ws = gw.ws("/echo").await;
+        let started = Instant::now();
+        gw.stop();
+        // The client answers the server's Close as a normal client does.
+        while let Some(Ok(_)) = ws.next().await {}
+        (&mut gw.join).await.unwrap().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+    })
+    .await
+}
