@@ -384,6 +384,7 @@ impl Validator {
         );
         if let (Some(l), Some(a)) = (listen, admin)
             && l == a
+            && l.port() != 0
         {
             self.issue("admin.addr", "must differ from listen.addr");
         }

@@ -142,10 +142,14 @@ pub async fn run(
         ready.clone(),
         admin_stop.clone(),
     ));
-    let public_addr = listeners.public.local_addr().ok();
+    let public_addr = listeners
+        .public
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let accept = tokio::spawn(listener::serve(listeners.public, shared.clone()));
     ready.set(true);
-    info!(addr = ?public_addr, routes = config.routes.len(), "serving");
+    info!(addr = %public_addr, routes = config.routes.len(), "serving");
 
     shutdown.await;
     ready.set(false);

@@ -1,7 +1,7 @@
 //! The `wsgate` binary: parse the command line, load the config (exit 64 if
 //! it is bad), bind, run, drain, exit.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -50,6 +50,8 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, not for journald or a file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let source = match &cli.config {
         Some(path) => ConfigSource::File(path),

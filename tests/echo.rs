@@ -240,3 +240,56 @@ async fn idle_sessions_are_closed_with_1001() {
     })
     .await
 }
+
+/// Complete an upgrade by hand, send raw frame bytes, and return the close
+/// code the gateway answers with.
+async fn close_code_for(gw: &common::Running, frame: &[u8]) -> u16 {
+    let mut tls = common::tls_connect(gw.addr, "localhost", &gw.certs.ca)
+        .await
+        .unwrap();
+    tls.write_all(common::upgrade_request("/echo", "").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tls.read_u8().await.unwrap());
+    }
+    tls.write_all(frame).await.unwrap();
+    loop {
+        let b0 = tls.read_u8().await.unwrap();
+        let len = tls.read_u8().await.unwrap() & 0x7f;
+        let mut payload = vec![0u8; len as usize];
+        tls.read_exact(&mut payload).await.unwrap();
+        if b0 & 0x0f == 0x8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+/// A masked client frame (mask key 0, so the payload reads as written).
+fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![b0, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn protocol_violations_close_1002_and_bad_utf8_1007() {
+    within(10, async {
+        let gw = start("").await;
+        // Unmasked client frame.
+        assert_eq!(close_code_for(&gw, &[0x81, 0x02, b'h', b'i']).await, 1002);
+        // Reserved bit set (no extension negotiated).
+        assert_eq!(close_code_for(&gw, &masked(0xC1, b"hi")).await, 1002);
+        // Reserved opcode 0x3.
+        assert_eq!(close_code_for(&gw, &masked(0x83, b"hi")).await, 1002);
+        // Fragmented control frame (ping without FIN).
+        assert_eq!(close_code_for(&gw, &masked(0x09, b"hi")).await, 1002);
+        // Invalid UTF-8 in a text message.
+        assert_eq!(
+            close_code_for(&gw, &masked(0x81, &[0xff, 0xfe])).await,
+            1007
+        );
+    })
+    .await
+}
