@@ -6,7 +6,7 @@
 //! every problem at once, each naming its key (`limits.idle_timeout: ...`).
 //! Unknown keys are collected the same way instead of stopping at the first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -736,56 +736,49 @@ impl fmt::Display for Config {
             d.map_or_else(|| "off".to_owned(), dur)
         }
         let l = &self.limits;
-        let mut out = BTreeMap::new();
-        out.insert("listen", vec![("addr", self.listen.addr.to_string())]);
-        out.insert(
-            "tls",
-            vec![
-                ("cert", self.tls.default.cert.display().to_string()),
-                ("key", self.tls.default.key.display().to_string()),
-                (
-                    "self_signed_if_missing",
-                    self.tls.self_signed_if_missing.to_string(),
-                ),
-            ],
-        );
-        out.insert("admin", vec![("addr", self.admin.addr.to_string())]);
-        out.insert(
-            "limits",
-            vec![
-                ("max_connections", l.max_connections.to_string()),
-                ("handshake_timeout", dur(l.handshake_timeout)),
-                ("idle_timeout", opt_dur(l.idle_timeout)),
-                ("ping_interval", opt_dur(l.ping_interval)),
-                ("send_timeout", dur(l.send_timeout)),
-                ("close_timeout", dur(l.close_timeout)),
-                ("drain_timeout", dur(l.drain_timeout)),
-                ("max_message_size", l.max_message_size.to_string()),
-                ("max_frame_size", l.max_frame_size.to_string()),
-                ("max_header_size", l.max_header_size.to_string()),
-                ("max_headers", l.max_headers.to_string()),
-            ],
-        );
-        for section in ["listen", "tls", "admin", "limits"] {
-            writeln!(f, "[{section}]")?;
-            for (k, v) in &out[section] {
-                match v.parse::<u64>() {
-                    Ok(_) if *k != "addr" => writeln!(f, "{k} = {v}")?,
-                    _ if v == "true" || v == "false" => writeln!(f, "{k} = {v}")?,
-                    _ => writeln!(f, "{k} = {v:?}")?,
-                }
-            }
-            if section == "tls" {
-                for s in &self.tls.sni {
-                    writeln!(
-                        f,
-                        "[[tls.sni]]\nhost = {:?}\ncert = {:?}\nkey = {:?}",
-                        s.host, s.files.cert, s.files.key
-                    )?;
-                }
-            }
-            writeln!(f)?;
+        let tls = [
+            ("cert", self.tls.default.cert.display().to_string()),
+            ("key", self.tls.default.key.display().to_string()),
+        ];
+        let limits = [
+            ("handshake_timeout", dur(l.handshake_timeout)),
+            ("idle_timeout", opt_dur(l.idle_timeout)),
+            ("ping_interval", opt_dur(l.ping_interval)),
+            ("send_timeout", dur(l.send_timeout)),
+            ("close_timeout", dur(l.close_timeout)),
+            ("drain_timeout", dur(l.drain_timeout)),
+        ];
+        writeln!(f, "[listen]\naddr = \"{}\"\n", self.listen.addr)?;
+        writeln!(f, "[tls]")?;
+        for (k, v) in tls {
+            writeln!(f, "{k} = {v:?}")?;
         }
+        writeln!(
+            f,
+            "self_signed_if_missing = {}\n",
+            self.tls.self_signed_if_missing
+        )?;
+        for s in &self.tls.sni {
+            writeln!(
+                f,
+                "[[tls.sni]]\nhost = {:?}\ncert = {:?}\nkey = {:?}\n",
+                s.host, s.files.cert, s.files.key
+            )?;
+        }
+        writeln!(f, "[admin]\naddr = \"{}\"\n", self.admin.addr)?;
+        writeln!(f, "[limits]\nmax_connections = {}", l.max_connections)?;
+        for (k, v) in limits {
+            writeln!(f, "{k} = {v:?}")?;
+        }
+        for (k, v) in [
+            ("max_message_size", l.max_message_size),
+            ("max_frame_size", l.max_frame_size),
+            ("max_header_size", l.max_header_size),
+            ("max_headers", l.max_headers),
+        ] {
+            writeln!(f, "{k} = {v}")?;
+        }
+        writeln!(f)?;
         for r in &self.routes {
             writeln!(f, "[[routes]]\nname = {:?}", r.name)?;
             if let Some(h) = &r.host {

@@ -17,7 +17,7 @@ use tracing::{Instrument, Span, debug};
 use crate::close::Rejection;
 use crate::config::Route;
 use crate::route::RouteTable;
-use crate::{RouteState, Shared, metrics, session};
+use crate::{Shared, metrics, session};
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
@@ -182,14 +182,6 @@ pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
         Rejection::NoRoute | Rejection::BadRequest(_) | Rejection::Draining => {}
     }
     response
-}
-
-impl std::fmt::Debug for RouteState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouteState")
-            .field("kind", &self.kind)
-            .finish()
-    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,7 @@ pub(crate) struct Shared {
 }
 
 /// What a route carries at run time.
+#[derive(Debug)]
 pub(crate) struct RouteState {
     pub(crate) kind: RouteKind,
     pub(crate) metrics: RouteMetrics,

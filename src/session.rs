@@ -124,7 +124,13 @@ where
             }
             ws.flush().await.map_err(|e| SessionEnd::from_ws_error(&e))
         };
-        if let Err(end) = bounded_result(limits.send_timeout, batch).await {
+        // A client that stops reading holds this for at most send_timeout,
+        // and never delays a drain.
+        let written = tokio::select! {
+            written = bounded_result(limits.send_timeout, batch) => written,
+            _ = cancel.cancelled() => Err(SessionEnd::Shutdown),
+        };
+        if let Err(end) = written {
             return end;
         }
     }
