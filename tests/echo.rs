@@ -196,28 +196,8 @@ async fn a_silent_peer_is_pinged_then_dropped() {
     within(10, async {
         let gw = start("ping_interval = \"100ms\"\nclose_timeout = \"200ms\"").await;
         // A raw client: completes the upgrade, then never answers anything.
-        let mut tls = common::tls_connect(gw.addr, "localhost", &gw.certs.ca)
-            .await
-            .unwrap();
-        tls.write_all(common::upgrade_request("/echo", "").as_bytes())
-            .await
-            .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(tls.read_u8().await.unwrap());
-        }
-        assert!(head.starts_with(b"HTTP/1.1 101"));
-        let mut opcodes = Vec::new();
-        let close_code = loop {
-            let b0 = tls.read_u8().await.unwrap();
-            let len = tls.read_u8().await.unwrap() & 0x7f;
-            let mut payload = vec![0u8; len as usize];
-            tls.read_exact(&mut payload).await.unwrap();
-            opcodes.push(b0 & 0x0f);
-            if b0 & 0x0f == 0x8 {
-                break u16::from_be_bytes([payload[0], payload[1]]);
-            }
-        };
+        let mut tls = gw.raw_upgrade("/echo").await;
+        let (opcodes, close_code) = common::read_until_close(&mut tls).await;
         assert_eq!(opcodes[0], 0x9, "first frame is a ping");
         assert_eq!(close_code, 1011, "ping timeout closes with 1011");
         // And the connection is then closed (after close_timeout).
@@ -244,26 +224,9 @@ async fn idle_sessions_are_closed_with_1001() {
 /// Complete an upgrade by hand, send raw frame bytes, and return the close
 /// code the gateway answers with.
 async fn close_code_for(gw: &common::Running, frame: &[u8]) -> u16 {
-    let mut tls = common::tls_connect(gw.addr, "localhost", &gw.certs.ca)
-        .await
-        .unwrap();
-    tls.write_all(common::upgrade_request("/echo", "").as_bytes())
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(tls.read_u8().await.unwrap());
-    }
+    let mut tls = gw.raw_upgrade("/echo").await;
     tls.write_all(frame).await.unwrap();
-    loop {
-        let b0 = tls.read_u8().await.unwrap();
-        let len = tls.read_u8().await.unwrap() & 0x7f;
-        let mut payload = vec![0u8; len as usize];
-        tls.read_exact(&mut payload).await.unwrap();
-        if b0 & 0x0f == 0x8 {
-            return u16::from_be_bytes([payload[0], payload[1]]);
-        }
-    }
+    common::read_until_close(&mut tls).await.1
 }
 
 /// A masked client frame (mask key 0, so the payload reads as written).

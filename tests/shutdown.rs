@@ -5,9 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start, upgrade_request, within};
+use common::{start, within};
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -21,17 +20,7 @@ async fn sessions_get_1001_and_run_returns_within_the_drain_deadline() {
         let mut b = gw.ws("/echo").await;
         // A raw client that completes the upgrade and then never answers, so
         // the drain has something to wait for.
-        let mut stuck = common::tls_connect(gw.addr, "localhost", &gw.certs.ca)
-            .await
-            .unwrap();
-        stuck
-            .write_all(upgrade_request("/echo", "").as_bytes())
-            .await
-            .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(stuck.read_u8().await.unwrap());
-        }
+        let _stuck = gw.raw_upgrade("/echo").await;
 
         let started = Instant::now();
         gw.stop();

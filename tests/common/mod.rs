@@ -133,6 +133,20 @@ impl Running {
     /// Send raw bytes over TLS and return the response head only (for a
     /// 101, after which the connection stays open).
     pub async fn raw_head(&self, request: &[u8]) -> String {
+        self.raw_upgrade_with(request).await.0
+    }
+
+    /// Complete a valid upgrade to `path` by hand; returns the open stream,
+    /// for tests that play a misbehaving client at the frame level.
+    pub async fn raw_upgrade(&self, path: &str) -> TlsStream<TcpStream> {
+        let (head, tls) = self
+            .raw_upgrade_with(upgrade_request(path, "").as_bytes())
+            .await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        tls
+    }
+
+    async fn raw_upgrade_with(&self, request: &[u8]) -> (String, TlsStream<TcpStream>) {
         let mut tls = tls_connect(self.addr, "localhost", &self.certs.ca)
             .await
             .unwrap();
@@ -141,7 +155,7 @@ impl Running {
         while !head.ends_with(b"\r\n\r\n") {
             head.push(tls.read_u8().await.unwrap());
         }
-        String::from_utf8_lossy(&head).into_owned()
+        (String::from_utf8_lossy(&head).into_owned(), tls)
     }
 
     /// GET a path on the admin listener; returns (status, body).
@@ -233,4 +247,27 @@ pub fn upgrade_request(path: &str, extra: &str) -> String {
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
     )
+}
+
+/// Read one server frame (unmasked, payload under 126 bytes: control frames
+/// and the small messages these tests use); returns (opcode, payload).
+pub async fn read_small_frame(tls: &mut TlsStream<TcpStream>) -> (u8, Vec<u8>) {
+    let b0 = tls.read_u8().await.unwrap();
+    let len = tls.read_u8().await.unwrap() & 0x7f;
+    assert!(len < 126, "frame too large for this helper");
+    let mut payload = vec![0u8; len as usize];
+    tls.read_exact(&mut payload).await.unwrap();
+    (b0 & 0x0f, payload)
+}
+
+/// Read frames until a Close; returns its code.
+pub async fn read_until_close(tls: &mut TlsStream<TcpStream>) -> (Vec<u8>, u16) {
+    let mut opcodes = Vec::new();
+    loop {
+        let (opcode, payload) = read_small_frame(tls).await;
+        opcodes.push(opcode);
+        if opcode == 0x8 {
+            return (opcodes, u16::from_be_bytes([payload[0], payload[1]]));
+        }
+    }
 }
