@@ -1,10 +1,12 @@
 //! How things end: the one place that maps a refused handshake to an HTTP
-//! status and a session's end to a close code, a metric label and a log level.
-//! Every match here is exhaustive, so a new variant cannot silently become a
-//! 500 or a wrong close code.
+//! status, and a session's end to what each side is sent (a close code, the
+//! other side's forwarded Close, or nothing) and to a metric label. Every
+//! match here is exhaustive, so a new variant cannot silently become a 500 or
+//! a wrong close code.
 
 use http::StatusCode;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// Why an HTTP request was not upgraded.
@@ -22,6 +24,15 @@ pub enum Rejection {
     BadRequest(&'static str),
     /// The gateway is shutting down.
     Draining,
+    /// Every pool member is in its failure backoff; nothing was dialled.
+    UpstreamsDown,
+    /// The member refused or failed the connection or TLS (after failover).
+    UpstreamUnreachable,
+    /// Connecting to, or the upgrade answer from, the member took too long.
+    UpstreamTimeout,
+    /// The member answered the upgrade with something other than 101 that
+    /// is not an HTTP error status (the error statuses pass through as they are).
+    UpstreamBadHandshake,
 }
 
 impl Rejection {
@@ -31,7 +42,11 @@ impl Rejection {
             Rejection::NotWebSocket | Rejection::Version => StatusCode::UPGRADE_REQUIRED,
             Rejection::Method => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Rejection::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Draining | Rejection::UpstreamsDown => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::UpstreamUnreachable | Rejection::UpstreamBadHandshake => {
+                StatusCode::BAD_GATEWAY
+            }
+            Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -44,10 +59,14 @@ impl Rejection {
             Rejection::Version => "version",
             Rejection::BadRequest(_) => "bad_request",
             Rejection::Draining => "draining",
+            Rejection::UpstreamsDown => "upstreams_down",
+            Rejection::UpstreamUnreachable => "upstream_unreachable",
+            Rejection::UpstreamTimeout => "upstream_timeout",
+            Rejection::UpstreamBadHandshake => "upstream_bad_handshake",
         }
     }
 
-    /// Short body text. Says what is wrong with the request, nothing internal.
+    /// Short body text. Says what is wrong, nothing internal.
     pub fn message(self) -> &'static str {
         match self {
             Rejection::NoRoute => "no route for this host and path",
@@ -56,6 +75,10 @@ impl Rejection {
             Rejection::Version => "only WebSocket version 13 is supported",
             Rejection::BadRequest(why) => why,
             Rejection::Draining => "shutting down",
+            Rejection::UpstreamsDown => "no upstream available",
+            Rejection::UpstreamUnreachable => "upstream unreachable",
+            Rejection::UpstreamTimeout => "upstream timed out",
+            Rejection::UpstreamBadHandshake => "upstream refused the WebSocket upgrade",
         }
     }
 }
@@ -86,21 +109,16 @@ impl EarlyFailure {
     }
 }
 
-/// How an upgraded session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionEnd {
-    /// The client sent Close; its code (if any) was echoed back.
-    ClientClosed(Option<u16>),
-    /// The client's connection ended without a Close frame.
-    ClientGone,
-    /// The gateway is draining.
-    Shutdown,
-    /// No message either way for `idle_timeout`.
-    Idle,
-    /// A server ping was not answered before the next one was due.
-    PingTimeout,
-    /// A write to the client made no progress for `send_timeout`.
-    SendTimeout,
+/// The two ends of a session. An echo session has only a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+}
+
+/// What broke a side's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
     /// A message or frame over the configured size.
     TooBig,
     /// A frame that breaks RFC 6455.
@@ -111,74 +129,127 @@ pub enum SessionEnd {
     Io,
 }
 
+/// How an upgraded session ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEnd {
+    /// That side sent Close (tungstenite queued the reply); the frame goes on
+    /// to the other side as it came.
+    Closed(Side, Option<CloseFrame>),
+    /// That side's connection ended without a Close frame.
+    Gone(Side),
+    /// That side sent something that breaks the protocol or a limit.
+    Broken(Side, Fault),
+    /// A write to that side made no progress for `send_timeout`.
+    SendTimeout(Side),
+    /// The gateway is draining.
+    Shutdown,
+    /// No message either way for `idle_timeout`.
+    Idle,
+    /// A server ping to the client was not answered before the next was due.
+    PingTimeout,
+}
+
+/// What to send one side at the end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClosePlan {
+    /// Our own Close with this code and reason.
+    Send(CloseCode, &'static str),
+    /// The other side's Close, passed through (code and reason as they came).
+    Forward(Option<CloseFrame>),
+    /// This side closed first; flush the reply tungstenite queued.
+    Reply,
+    /// Nothing can or should be sent; just close the connection.
+    Nothing,
+}
+
 impl SessionEnd {
-    /// Classify an error from the client side of a session.
-    pub fn from_ws_error(err: &WsError) -> SessionEnd {
-        match err {
-            WsError::ConnectionClosed | WsError::AlreadyClosed => SessionEnd::ClientGone,
+    /// Classify an error from one side's stream.
+    pub fn from_ws_error(side: Side, err: &WsError) -> SessionEnd {
+        let fault = match err {
+            WsError::ConnectionClosed | WsError::AlreadyClosed => return SessionEnd::Gone(side),
             WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-                SessionEnd::ClientGone
+                return SessionEnd::Gone(side);
             }
-            WsError::Protocol(_) => SessionEnd::Protocol,
-            WsError::Capacity(CapacityError::MessageTooLong { .. }) => SessionEnd::TooBig,
-            WsError::Capacity(CapacityError::TooManyHeaders) => SessionEnd::Protocol,
-            WsError::Utf8(_) => SessionEnd::InvalidUtf8,
-            WsError::Io(_) | WsError::Tls(_) => SessionEnd::Io,
-            // Cannot happen on an established server-side stream; treat as a
-            // broken transport rather than inventing a close code.
+            WsError::Protocol(_) | WsError::Capacity(CapacityError::TooManyHeaders) => {
+                Fault::Protocol
+            }
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => Fault::TooBig,
+            WsError::Utf8(_) => Fault::InvalidUtf8,
+            WsError::Io(_) | WsError::Tls(_) => Fault::Io,
+            // Cannot happen on an established stream; treat as a broken
+            // transport rather than inventing a close code.
             WsError::WriteBufferFull(_)
             | WsError::Url(_)
             | WsError::Http(_)
             | WsError::HttpFormat(_)
-            | WsError::AttackAttempt => SessionEnd::Io,
-        }
+            | WsError::AttackAttempt => Fault::Io,
+        };
+        SessionEnd::Broken(side, fault)
     }
 
-    /// The close code the gateway sends, or `None` when no Close frame can or
-    /// should be sent (the peer is gone, or already sent Close and got it back).
-    pub fn close_code(&self) -> Option<CloseCode> {
+    /// What `side` is sent. The relay rules: a Close passes through; a side
+    /// that vanishes is reported to the other as 1001 (client gone) or 1011
+    /// (upstream gone); a side that breaks the protocol is told why.
+    pub fn plan(&self, side: Side) -> ClosePlan {
+        let other_gone = |culprit: Side| match culprit {
+            Side::Client => ClosePlan::Send(CloseCode::Away, "client gone"),
+            Side::Upstream => ClosePlan::Send(CloseCode::Error, "upstream gone"),
+        };
         match self {
-            SessionEnd::ClientClosed(_)
-            | SessionEnd::ClientGone
-            | SessionEnd::SendTimeout
-            | SessionEnd::Io => None,
-            SessionEnd::Shutdown | SessionEnd::Idle => Some(CloseCode::Away),
-            SessionEnd::PingTimeout => Some(CloseCode::Error),
-            SessionEnd::TooBig => Some(CloseCode::Size),
-            SessionEnd::Protocol => Some(CloseCode::Protocol),
-            SessionEnd::InvalidUtf8 => Some(CloseCode::Invalid),
-        }
-    }
-
-    /// Close reason text sent with [`Self::close_code`].
-    pub fn reason(&self) -> &'static str {
-        match self {
-            SessionEnd::ClientClosed(_)
-            | SessionEnd::ClientGone
-            | SessionEnd::SendTimeout
-            | SessionEnd::Io => "",
-            SessionEnd::Shutdown => "server shutting down",
-            SessionEnd::Idle => "idle timeout",
-            SessionEnd::PingTimeout => "ping timeout",
-            SessionEnd::TooBig => "message too big",
-            SessionEnd::Protocol => "protocol error",
-            SessionEnd::InvalidUtf8 => "invalid utf-8",
+            SessionEnd::Closed(by, _) if *by == side => ClosePlan::Reply,
+            SessionEnd::Closed(_, frame) => ClosePlan::Forward(frame.clone()),
+            SessionEnd::Gone(by) | SessionEnd::SendTimeout(by) if *by == side => ClosePlan::Nothing,
+            SessionEnd::Gone(by) | SessionEnd::SendTimeout(by) => other_gone(*by),
+            SessionEnd::Broken(by, fault) if *by == side => match fault {
+                Fault::TooBig => ClosePlan::Send(CloseCode::Size, "message too big"),
+                Fault::Protocol => ClosePlan::Send(CloseCode::Protocol, "protocol error"),
+                Fault::InvalidUtf8 => ClosePlan::Send(CloseCode::Invalid, "invalid utf-8"),
+                Fault::Io => ClosePlan::Nothing,
+            },
+            SessionEnd::Broken(by, _) => other_gone(*by),
+            SessionEnd::Shutdown => ClosePlan::Send(CloseCode::Away, "server shutting down"),
+            SessionEnd::Idle => ClosePlan::Send(CloseCode::Away, "idle timeout"),
+            SessionEnd::PingTimeout => match side {
+                Side::Client => ClosePlan::Send(CloseCode::Error, "ping timeout"),
+                Side::Upstream => ClosePlan::Send(CloseCode::Away, "client gone"),
+            },
         }
     }
 
     /// Metric label and log field.
     pub fn label(&self) -> &'static str {
+        use Side::{Client, Upstream};
         match self {
-            SessionEnd::ClientClosed(_) => "client_closed",
-            SessionEnd::ClientGone => "client_gone",
+            SessionEnd::Closed(Client, _) => "client_closed",
+            SessionEnd::Closed(Upstream, _) => "upstream_closed",
+            SessionEnd::Gone(Client) => "client_gone",
+            SessionEnd::Gone(Upstream) => "upstream_gone",
+            SessionEnd::SendTimeout(Client) => "client_send_timeout",
+            SessionEnd::SendTimeout(Upstream) => "upstream_send_timeout",
+            SessionEnd::Broken(Client, Fault::TooBig) => "client_too_big",
+            SessionEnd::Broken(Client, Fault::Protocol) => "client_protocol_error",
+            SessionEnd::Broken(Client, Fault::InvalidUtf8) => "client_invalid_utf8",
+            SessionEnd::Broken(Client, Fault::Io) => "client_io_error",
+            SessionEnd::Broken(Upstream, Fault::TooBig) => "upstream_too_big",
+            SessionEnd::Broken(Upstream, Fault::Protocol) => "upstream_protocol_error",
+            SessionEnd::Broken(Upstream, Fault::InvalidUtf8) => "upstream_invalid_utf8",
+            SessionEnd::Broken(Upstream, Fault::Io) => "upstream_io_error",
             SessionEnd::Shutdown => "shutdown",
             SessionEnd::Idle => "idle_timeout",
             SessionEnd::PingTimeout => "ping_timeout",
-            SessionEnd::SendTimeout => "send_timeout",
-            SessionEnd::TooBig => "too_big",
-            SessionEnd::Protocol => "protocol_error",
-            SessionEnd::InvalidUtf8 => "invalid_utf8",
-            SessionEnd::Io => "io_error",
+        }
+    }
+
+    /// The close code the client was sent or sent itself, for the log line.
+    pub fn client_code(&self) -> Option<u16> {
+        match self.plan(Side::Client) {
+            ClosePlan::Send(code, _) => Some(code.into()),
+            ClosePlan::Forward(frame) => frame.map(|f| f.code.into()),
+            ClosePlan::Reply => match self {
+                SessionEnd::Closed(_, frame) => frame.as_ref().map(|f| f.code.into()),
+                _ => None,
+            },
+            ClosePlan::Nothing => None,
         }
     }
 }
@@ -186,6 +257,7 @@ impl SessionEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Side::{Client, Upstream};
 
     #[test]
     fn rejection_table() {
@@ -196,6 +268,14 @@ mod tests {
             (Rejection::Version, 426, "version"),
             (Rejection::BadRequest("x"), 400, "bad_request"),
             (Rejection::Draining, 503, "draining"),
+            (Rejection::UpstreamsDown, 503, "upstreams_down"),
+            (Rejection::UpstreamUnreachable, 502, "upstream_unreachable"),
+            (Rejection::UpstreamTimeout, 504, "upstream_timeout"),
+            (
+                Rejection::UpstreamBadHandshake,
+                502,
+                "upstream_bad_handshake",
+            ),
         ];
         for (r, status, label) in table {
             assert_eq!(r.status().as_u16(), status, "{r:?}");
@@ -203,28 +283,74 @@ mod tests {
         }
     }
 
+    fn code(plan: ClosePlan) -> Option<u16> {
+        match plan {
+            ClosePlan::Send(code, _) => Some(code.into()),
+            ClosePlan::Forward(frame) => frame.map(|f| f.code.into()),
+            ClosePlan::Reply | ClosePlan::Nothing => None,
+        }
+    }
+
     #[test]
     fn session_end_table() {
-        let table: [(SessionEnd, Option<u16>); 10] = [
-            (SessionEnd::ClientClosed(Some(1000)), None),
-            (SessionEnd::ClientGone, None),
-            (SessionEnd::Shutdown, Some(1001)),
-            (SessionEnd::Idle, Some(1001)),
-            (SessionEnd::PingTimeout, Some(1011)),
-            (SessionEnd::SendTimeout, None),
-            (SessionEnd::TooBig, Some(1009)),
-            (SessionEnd::Protocol, Some(1002)),
-            (SessionEnd::InvalidUtf8, Some(1007)),
-            (SessionEnd::Io, None),
+        let bye = CloseFrame {
+            code: CloseCode::Library(4001),
+            reason: "bye".into(),
+        };
+        // (end, what the client gets, what the upstream gets)
+        let table: Vec<(SessionEnd, Option<u16>, Option<u16>)> = vec![
+            (
+                SessionEnd::Closed(Client, Some(bye.clone())),
+                None,
+                Some(4001),
+            ),
+            (SessionEnd::Closed(Upstream, Some(bye)), Some(4001), None),
+            (SessionEnd::Gone(Client), None, Some(1001)),
+            (SessionEnd::Gone(Upstream), Some(1011), None),
+            (SessionEnd::SendTimeout(Client), None, Some(1001)),
+            (
+                SessionEnd::Broken(Client, Fault::TooBig),
+                Some(1009),
+                Some(1001),
+            ),
+            (
+                SessionEnd::Broken(Client, Fault::Protocol),
+                Some(1002),
+                Some(1001),
+            ),
+            (
+                SessionEnd::Broken(Client, Fault::InvalidUtf8),
+                Some(1007),
+                Some(1001),
+            ),
+            (SessionEnd::Broken(Client, Fault::Io), None, Some(1001)),
+            (
+                SessionEnd::Broken(Upstream, Fault::TooBig),
+                Some(1011),
+                Some(1009),
+            ),
+            (
+                SessionEnd::Broken(Upstream, Fault::Protocol),
+                Some(1011),
+                Some(1002),
+            ),
+            (SessionEnd::Shutdown, Some(1001), Some(1001)),
+            (SessionEnd::Idle, Some(1001), Some(1001)),
+            (SessionEnd::PingTimeout, Some(1011), Some(1001)),
         ];
-        for (end, code) in table {
-            assert_eq!(end.close_code().map(u16::from), code, "{end:?}");
+        for (end, client, upstream) in table {
+            assert_eq!(code(end.plan(Client)), client, "client side of {end:?}");
             assert_eq!(
-                end.close_code().is_some(),
-                !end.reason().is_empty(),
-                "{end:?}"
+                code(end.plan(Upstream)),
+                upstream,
+                "upstream side of {end:?}"
             );
         }
+        assert_eq!(
+            SessionEnd::Closed(Client, None).plan(Client),
+            ClosePlan::Reply
+        );
+        assert_eq!(SessionEnd::Gone(Client).plan(Client), ClosePlan::Nothing);
     }
 
     #[test]
@@ -233,12 +359,18 @@ mod tests {
             size: 2,
             max_size: 1,
         });
-        assert_eq!(SessionEnd::from_ws_error(&too_long), SessionEnd::TooBig);
-        let unmasked = WsError::Protocol(ProtocolError::UnmaskedFrameFromClient);
-        assert_eq!(SessionEnd::from_ws_error(&unmasked), SessionEnd::Protocol);
         assert_eq!(
-            SessionEnd::from_ws_error(&WsError::ConnectionClosed),
-            SessionEnd::ClientGone
+            SessionEnd::from_ws_error(Client, &too_long),
+            SessionEnd::Broken(Client, Fault::TooBig)
+        );
+        let unmasked = WsError::Protocol(ProtocolError::UnmaskedFrameFromClient);
+        assert_eq!(
+            SessionEnd::from_ws_error(Client, &unmasked),
+            SessionEnd::Broken(Client, Fault::Protocol)
+        );
+        assert_eq!(
+            SessionEnd::from_ws_error(Upstream, &WsError::ConnectionClosed),
+            SessionEnd::Gone(Upstream)
         );
     }
 }

@@ -63,7 +63,7 @@ pub struct TlsConfig {
     pub self_signed_if_missing: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertPair {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -117,21 +117,131 @@ pub struct Route {
     pub kind: RouteKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteKind {
     /// Every text and binary message comes back as it is.
     Echo,
+    /// Each session is bridged to a member of an upstream pool.
+    Upstream(Box<UpstreamConfig>),
 }
 
 impl RouteKind {
-    const NAMES: &'static [&'static str] = &["echo"];
+    const NAMES: &'static [&'static str] = &["echo", "upstream"];
 
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             RouteKind::Echo => "echo",
+            RouteKind::Upstream(_) => "upstream",
         }
     }
 }
+
+/// A `kind = "upstream"` route's pool and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub members: Vec<UpstreamUrl>,
+    /// Remove the route's path prefix before appending the request path to
+    /// the member's path.
+    pub strip_prefix: bool,
+    pub balance: Balance,
+    /// TCP connect to a member.
+    pub connect_timeout: Duration,
+    /// TLS handshake and the member's answer to the upgrade, together.
+    pub handshake_timeout: Duration,
+    /// A member that fails is skipped for `backoff`, doubling per failure up
+    /// to `backoff_max` (each with up to 20 % jitter).
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+    /// Active check (TCP connect) of every member this often; `None`: off.
+    pub health_check_interval: Option<Duration>,
+    pub tls: UpstreamTls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConnections,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConnections => "least_connections",
+        }
+    }
+}
+
+/// TLS to `wss://` members.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTls {
+    /// Trust these CAs (PEM) instead of the system roots.
+    pub ca: Option<PathBuf>,
+    /// Name sent as SNI and verified, instead of the member's host.
+    pub server_name: Option<String>,
+    /// Client certificate for mutual TLS.
+    pub client_cert: Option<CertPair>,
+}
+
+/// `ws://host:port/path?query` or `wss://...`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// As written in the config; the metric label.
+    pub url: String,
+    pub secure: bool,
+    /// Host without brackets (`::1`, `10.0.0.5`, `api.internal`).
+    pub host: String,
+    pub port: u16,
+    /// `Host` header value: host, plus the port when not the default.
+    pub authority: String,
+    /// Path without a trailing `/` (empty for the root).
+    pub path: String,
+    pub query: Option<String>,
+}
+
+impl UpstreamUrl {
+    pub fn parse(url: &str) -> Result<UpstreamUrl, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+        let secure = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => return Err("must start with ws:// or wss://".into()),
+        };
+        let authority = uri.authority().ok_or("has no host")?;
+        if authority.as_str().contains('@') {
+            return Err("must not carry user:password".into());
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if host.is_empty() {
+            return Err("has no host".into());
+        }
+        let default_port = if secure { 443 } else { 80 };
+        let port = authority.port_u16().unwrap_or(default_port);
+        let authority = if port == default_port {
+            authority.host().to_owned()
+        } else {
+            format!("{}:{port}", authority.host())
+        };
+        Ok(UpstreamUrl {
+            url: url.to_owned(),
+            secure,
+            host,
+            port,
+            authority,
+            path: uri.path().trim_end_matches('/').to_owned(),
+            query: uri.query().map(str::to_owned),
+        })
+    }
+}
+
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_UPSTREAM_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_UPSTREAM_BACKOFF: Duration = Duration::from_secs(1);
+pub const DEFAULT_UPSTREAM_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// One problem in a config: the key and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,6 +441,19 @@ struct RawRoute {
     host: Option<String>,
     path: Option<String>,
     kind: Option<String>,
+    // kind = "upstream"
+    upstreams: Option<Vec<String>>,
+    strip_prefix: Option<String>,
+    balance: Option<String>,
+    connect_timeout: Option<String>,
+    handshake_timeout: Option<String>,
+    backoff: Option<String>,
+    backoff_max: Option<String>,
+    health_check_interval: Option<String>,
+    tls_ca: Option<String>,
+    tls_server_name: Option<String>,
+    tls_client_cert: Option<String>,
+    tls_client_key: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -564,7 +687,8 @@ impl Validator {
         let before = self.issues.len();
         for (i, r) in raw.into_iter().enumerate() {
             let prefix = format!("routes[{i}]");
-            let path = self.required(&format!("{prefix}.path"), r.path);
+            let name = r.name.clone();
+            let path = self.required(&format!("{prefix}.path"), r.path.clone());
             if let Some(p) = &path {
                 if !p.starts_with('/') {
                     self.issue(
@@ -580,31 +704,39 @@ impl Validator {
                     );
                 }
             }
-            let host = r.host.map(|h| h.to_ascii_lowercase());
+            let host = r.host.clone().map(|h| h.to_ascii_lowercase());
             if let Some(h) = &host
                 && let Err(problem) = check_host_pattern(h)
             {
                 self.issue(&format!("{prefix}.host"), problem);
             }
-            let kind = self
-                .required(&format!("{prefix}.kind"), r.kind)
-                .and_then(|k| match k.as_str() {
-                    "echo" => Some(RouteKind::Echo),
-                    other => {
-                        self.issue(
-                            &format!("{prefix}.kind"),
-                            format!(
-                                "unknown kind {other:?}; expected one of {:?}",
-                                RouteKind::NAMES
-                            ),
-                        );
-                        None
-                    }
-                });
+            let kind = match self
+                .required(&format!("{prefix}.kind"), r.kind.clone())
+                .as_deref()
+            {
+                Some("echo") => {
+                    self.no_upstream_keys(&prefix, &r);
+                    Some(RouteKind::Echo)
+                }
+                Some("upstream") => self
+                    .upstream(&prefix, r)
+                    .map(|u| RouteKind::Upstream(Box::new(u))),
+                Some(other) => {
+                    self.issue(
+                        &format!("{prefix}.kind"),
+                        format!(
+                            "unknown kind {other:?}; expected one of {:?}",
+                            RouteKind::NAMES
+                        ),
+                    );
+                    None
+                }
+                None => None,
+            };
             let (Some(path), Some(kind)) = (path, kind) else {
                 continue;
             };
-            let name = r.name.unwrap_or_else(|| path.clone());
+            let name = name.unwrap_or_else(|| path.clone());
             if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_graphic()) {
                 self.issue(
                     &format!("{prefix}.name"),
@@ -631,6 +763,151 @@ impl Validator {
             });
         }
         (self.issues.len() == before).then_some(routes)
+    }
+}
+
+impl Validator {
+    fn no_upstream_keys(&mut self, prefix: &str, r: &RawRoute) {
+        let set = [
+            ("upstreams", r.upstreams.is_some()),
+            ("strip_prefix", r.strip_prefix.is_some()),
+            ("balance", r.balance.is_some()),
+            ("connect_timeout", r.connect_timeout.is_some()),
+            ("handshake_timeout", r.handshake_timeout.is_some()),
+            ("backoff", r.backoff.is_some()),
+            ("backoff_max", r.backoff_max.is_some()),
+            ("health_check_interval", r.health_check_interval.is_some()),
+            ("tls_ca", r.tls_ca.is_some()),
+            ("tls_server_name", r.tls_server_name.is_some()),
+            ("tls_client_cert", r.tls_client_cert.is_some()),
+            ("tls_client_key", r.tls_client_key.is_some()),
+        ];
+        for (key, present) in set {
+            if present {
+                self.issue(
+                    &format!("{prefix}.{key}"),
+                    "only applies to kind = \"upstream\"",
+                );
+            }
+        }
+    }
+
+    fn upstream(&mut self, prefix: &str, r: RawRoute) -> Option<UpstreamConfig> {
+        let key = |k: &str| format!("{prefix}.{k}");
+        let before = self.issues.len();
+        let mut members = Vec::new();
+        match r.upstreams {
+            Some(urls) if !urls.is_empty() => {
+                for (j, url) in urls.iter().enumerate() {
+                    match UpstreamUrl::parse(url.trim()) {
+                        Ok(u) => members.push(u),
+                        Err(problem) => self.issue(
+                            &format!("{prefix}.upstreams[{j}]"),
+                            format!("{problem} (got {url:?})"),
+                        ),
+                    }
+                }
+            }
+            _ => self.issue(
+                &key("upstreams"),
+                "a list of at least one ws:// or wss:// URL is required",
+            ),
+        }
+        let strip_prefix = self.field(&key("strip_prefix"), r.strip_prefix, false, parse_bool);
+        let balance = self.field(
+            &key("balance"),
+            r.balance,
+            Balance::RoundRobin,
+            |s| match s {
+                "round_robin" => Ok(Balance::RoundRobin),
+                "least_connections" => Ok(Balance::LeastConnections),
+                _ => Err("expected \"round_robin\" or \"least_connections\"".to_owned()),
+            },
+        );
+        let connect_timeout = self.field(
+            &key("connect_timeout"),
+            r.connect_timeout,
+            DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+            parse_duration,
+        );
+        let handshake_timeout = self.field(
+            &key("handshake_timeout"),
+            r.handshake_timeout,
+            DEFAULT_UPSTREAM_HANDSHAKE_TIMEOUT,
+            parse_duration,
+        );
+        let backoff = self.field(
+            &key("backoff"),
+            r.backoff,
+            DEFAULT_UPSTREAM_BACKOFF,
+            parse_duration,
+        );
+        let backoff_max = self.field(
+            &key("backoff_max"),
+            r.backoff_max,
+            DEFAULT_UPSTREAM_BACKOFF_MAX,
+            parse_duration,
+        );
+        if let (Some(b), Some(m)) = (backoff, backoff_max)
+            && m < b
+        {
+            self.issue(&key("backoff_max"), "must not be less than backoff");
+        }
+        let health_check_interval = self.field(
+            &key("health_check_interval"),
+            r.health_check_interval,
+            None,
+            parse_optional_duration,
+        );
+        let ca = r.tls_ca.map(PathBuf::from);
+        if let Some(ca) = &ca {
+            self.readable(&key("tls_ca"), ca);
+        }
+        let server_name = r.tls_server_name.map(|n| n.to_ascii_lowercase());
+        if let Some(name) = &server_name
+            && name.parse::<std::net::IpAddr>().is_err()
+            && let Err(problem) = check_host_pattern(name)
+        {
+            self.issue(&key("tls_server_name"), problem);
+        }
+        let client_cert = match (r.tls_client_cert, r.tls_client_key) {
+            (Some(cert), Some(key_path)) => {
+                let pair = CertPair {
+                    cert: cert.into(),
+                    key: key_path.into(),
+                };
+                self.readable(&key("tls_client_cert"), &pair.cert);
+                self.readable(&key("tls_client_key"), &pair.key);
+                Some(pair)
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                self.issue(&key("tls_client_key"), "is required with tls_client_cert");
+                None
+            }
+            (None, Some(_)) => {
+                self.issue(&key("tls_client_cert"), "is required with tls_client_key");
+                None
+            }
+        };
+        if self.issues.len() != before {
+            return None;
+        }
+        Some(UpstreamConfig {
+            members,
+            strip_prefix: strip_prefix?,
+            balance: balance?,
+            connect_timeout: connect_timeout?,
+            handshake_timeout: handshake_timeout?,
+            backoff: backoff?,
+            backoff_max: backoff_max?,
+            health_check_interval: health_check_interval?,
+            tls: UpstreamTls {
+                ca,
+                server_name,
+                client_cert,
+            },
+        })
     }
 }
 
@@ -784,7 +1061,35 @@ impl fmt::Display for Config {
             if let Some(h) = &r.host {
                 writeln!(f, "host = {h:?}")?;
             }
-            writeln!(f, "path = {:?}\nkind = {:?}\n", r.path, r.kind.as_str())?;
+            writeln!(f, "path = {:?}\nkind = {:?}", r.path, r.kind.as_str())?;
+            if let RouteKind::Upstream(u) = &r.kind {
+                let urls: Vec<&str> = u.members.iter().map(|m| m.url.as_str()).collect();
+                writeln!(f, "upstreams = {urls:?}\nstrip_prefix = {}", u.strip_prefix)?;
+                writeln!(f, "balance = {:?}", u.balance.as_str())?;
+                for (k, v) in [
+                    ("connect_timeout", dur(u.connect_timeout)),
+                    ("handshake_timeout", dur(u.handshake_timeout)),
+                    ("backoff", dur(u.backoff)),
+                    ("backoff_max", dur(u.backoff_max)),
+                    ("health_check_interval", opt_dur(u.health_check_interval)),
+                ] {
+                    writeln!(f, "{k} = {v:?}")?;
+                }
+                if let Some(ca) = &u.tls.ca {
+                    writeln!(f, "tls_ca = {ca:?}")?;
+                }
+                if let Some(name) = &u.tls.server_name {
+                    writeln!(f, "tls_server_name = {name:?}")?;
+                }
+                if let Some(pair) = &u.tls.client_cert {
+                    writeln!(
+                        f,
+                        "tls_client_cert = {:?}\ntls_client_key = {:?}",
+                        pair.cert, pair.key
+                    )?;
+                }
+            }
+            writeln!(f)?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! enabled. The session itself runs in its own task (see `session`).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
@@ -15,7 +16,12 @@ use tracing::{Span, debug};
 use crate::close::EarlyFailure;
 use crate::{Shared, handshake, metrics};
 
-pub(crate) async fn serve(tcp: TcpStream, permit: OwnedSemaphorePermit, shared: Arc<Shared>) {
+pub(crate) async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+) {
     let deadline = Instant::now() + shared.limits.handshake_timeout;
     let token = &shared.shutdown.token;
 
@@ -36,8 +42,8 @@ pub(crate) async fn serve(tcp: TcpStream, permit: OwnedSemaphorePermit, shared: 
     let permit = Arc::new(permit);
     let service_shared = shared.clone();
     let service = service_fn(move |req| {
-        let response = handshake::handle(req, &service_shared, &permit);
-        async move { Ok::<_, Infallible>(response) }
+        let (shared, permit) = (service_shared.clone(), permit.clone());
+        async move { Ok::<_, Infallible>(handshake::handle(req, shared, permit, peer).await) }
     });
 
     let mut http = shared.http.clone();

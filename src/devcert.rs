@@ -50,7 +50,11 @@ pub fn generate(hosts: &[String]) -> Result<DevCert, rcgen::Error> {
     let mut leaf = CertificateParams::new(hosts.to_vec())?;
     let cn = hosts.first().map_or("wsgate", String::as_str);
     leaf.distinguished_name.push(DnType::CommonName, cn);
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // Server and client: the same dev leaf can try out mTLS to a backend.
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.not_before = not_before;
     leaf.not_after = not_after;

@@ -2,6 +2,7 @@
 //! route resolution, then `101 Switching Protocols` (and the session task) or
 //! a short error response whose status comes from `close::Rejection`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -17,6 +18,7 @@ use tracing::{Instrument, Span, debug};
 use crate::close::Rejection;
 use crate::config::Route;
 use crate::route::RouteTable;
+use crate::upstream::DialError;
 use crate::{Shared, metrics, session};
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
@@ -25,11 +27,13 @@ const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-
 
 pub(crate) type Body = Full<Bytes>;
 
-/// Serve one request: upgrade it or refuse it.
-pub(crate) fn handle(
+/// Serve one request: upgrade it (for an upstream route, only once the
+/// upstream has answered 101) or refuse it.
+pub(crate) async fn handle(
     mut req: Request<Incoming>,
-    shared: &Arc<Shared>,
-    permit: &Arc<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+    permit: Arc<OwnedSemaphorePermit>,
+    peer: SocketAddr,
 ) -> Response<Body> {
     let accepted = check(&req, &shared.routes).and_then(|ok| {
         if shared.shutdown.token.is_cancelled() {
@@ -40,23 +44,57 @@ pub(crate) fn handle(
     });
     let (route, state, accept_key) = match accepted {
         Ok(ok) => ok,
-        Err(rejection) => {
-            debug!(
-                reason = rejection.label(),
-                path = req.uri().path(),
-                "upgrade refused"
-            );
-            metrics::handshake_rejected(rejection);
-            return rejection_response(rejection);
-        }
+        Err(rejection) => return refuse(rejection, req.uri().path()),
     };
     let span = Span::current();
     span.record("route", route.name.as_str());
+    let state = state.clone();
+    let (upstream, protocol) = match &state.pool {
+        None => (None, None),
+        Some(pool) => match pool.dial(req.uri(), req.headers(), peer.ip()).await {
+            Ok(dialed) => {
+                let protocol = dialed.protocol.clone();
+                (Some(dialed), protocol)
+            }
+            Err(DialError::Rejected(rejection)) => return refuse(rejection, req.uri().path()),
+            Err(DialError::Status(response)) => {
+                metrics::handshake_failed("upstream_status");
+                return upstream_status(response);
+            }
+        },
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    shared.shutdown.tracker.spawn(
-        session::run(on_upgrade, state.clone(), permit.clone(), shared.clone()).instrument(span),
-    );
-    switching_protocols(&accept_key)
+    shared
+        .shutdown
+        .tracker
+        .spawn(session::run(on_upgrade, state, permit, shared.clone(), upstream).instrument(span));
+    switching_protocols(&accept_key, protocol)
+}
+
+fn refuse(rejection: Rejection, path: &str) -> Response<Body> {
+    debug!(reason = rejection.label(), path, "upgrade refused");
+    metrics::handshake_failed(rejection.label());
+    rejection_response(rejection)
+}
+
+/// The upstream's own refusal (403, 401, 500, ...) as the client's answer:
+/// its status, content type, and the body bytes that came with its head.
+fn upstream_status(upstream: Response<Option<Vec<u8>>>) -> Response<Body> {
+    const MAX_BODY: usize = 64 << 10;
+    let (parts, body) = upstream.into_parts();
+    let mut body = body.unwrap_or_default();
+    body.truncate(MAX_BODY);
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = parts.status;
+    if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type.clone());
+    }
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// The pure part: is this a valid WebSocket upgrade for a known route?
@@ -149,7 +187,7 @@ fn is_valid_key(key: &[u8]) -> bool {
             .is_ok_and(|raw| raw.len() == 16)
 }
 
-fn switching_protocols(accept_key: &str) -> Response<Body> {
+fn switching_protocols(accept_key: &str, protocol: Option<HeaderValue>) -> Response<Body> {
     let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -157,6 +195,9 @@ fn switching_protocols(accept_key: &str) -> Response<Body> {
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     if let Ok(value) = HeaderValue::from_str(accept_key) {
         headers.insert(SEC_WEBSOCKET_ACCEPT, value);
+    }
+    if let Some(protocol) = protocol {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
     }
     response
 }
@@ -179,7 +220,13 @@ pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
         Rejection::Method => {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
         }
-        Rejection::NoRoute | Rejection::BadRequest(_) | Rejection::Draining => {}
+        Rejection::NoRoute
+        | Rejection::BadRequest(_)
+        | Rejection::Draining
+        | Rejection::UpstreamsDown
+        | Rejection::UpstreamUnreachable
+        | Rejection::UpstreamTimeout
+        | Rejection::UpstreamBadHandshake => {}
     }
     response
 }

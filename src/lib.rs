@@ -7,7 +7,9 @@
 //! - `listener`: accept loop, admission (`max_connections`, shed and counted).
 //! - `conn`: TLS handshake and HTTP request head under one deadline; hyper.
 //! - `handshake`: strict RFC 6455 upgrade check, [`route`] lookup, 101 or refusal.
-//! - `session`: the upgraded session (echo), pings, idle, close handshake.
+//! - `upstream`: pools, dialling members (TCP, TLS, upgrade), failover, health.
+//! - `session`: the upgraded session task; echo; pings, idle, close handshake.
+//! - `relay`: client ↔ upstream frames, with backpressure.
 //! - [`close`]: the one place mapping refusals to HTTP statuses and session
 //!   ends to close codes and metric labels.
 //! - [`metrics`], `admin`: Prometheus names and the admin listener.
@@ -37,10 +39,12 @@ pub mod devcert;
 mod handshake;
 mod listener;
 pub mod metrics;
+mod relay;
 pub mod route;
 mod session;
 pub mod shutdown;
 pub mod tls;
+mod upstream;
 
 pub use config::{Config, ConfigError, ConfigSource};
 
@@ -48,6 +52,7 @@ use config::{Limits, RouteKind};
 use metrics::RouteMetrics;
 use route::RouteTable;
 use shutdown::{Readiness, Shutdown};
+use upstream::Pool;
 
 /// tungstenite's read buffer is allocated up front and zero-filled, so it is
 /// resident for every connection; 4 KiB keeps an idle session small while a
@@ -68,8 +73,9 @@ pub struct Listeners {
 /// Why [`run`] could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("TLS configuration:{}", .0.iter().map(|i| format!("\n  {i}")).collect::<String>())]
-    Tls(Vec<config::ConfigIssue>),
+    /// Certificates, keys or CA files that cannot be used; each names its key.
+    #[error("configuration:{}", .0.iter().map(|i| format!("\n  {i}")).collect::<String>())]
+    Config(Vec<config::ConfigIssue>),
 }
 
 /// What every connection shares. Read-only after start-up.
@@ -84,14 +90,15 @@ pub(crate) struct Shared {
 }
 
 /// What a route carries at run time.
-#[derive(Debug)]
 pub(crate) struct RouteState {
-    pub(crate) kind: RouteKind,
+    /// `None` for an echo route.
+    pub(crate) pool: Option<Arc<Pool>>,
     pub(crate) metrics: RouteMetrics,
 }
 
 impl Shared {
-    fn new(config: &Config, tls: Arc<rustls::ServerConfig>) -> Self {
+    fn new(config: &Config) -> Result<Self, Error> {
+        let tls = tls::server_config(&config.tls).map_err(Error::Config)?;
         let limits = config.limits.clone();
         let mut http = http1::Builder::new();
         // Keep-alive stays on: with it off hyper appends `close` to the 101's
@@ -108,11 +115,29 @@ impl Shared {
             .max_write_buffer_size(WRITE_BUFFER_SIZE + limits.max_message_size + 64)
             .max_message_size(Some(limits.max_message_size))
             .max_frame_size(Some(limits.max_frame_size));
+        let mut pools = Vec::new();
+        let mut issues = Vec::new();
+        for route in &config.routes {
+            pools.push(match &route.kind {
+                RouteKind::Echo => None,
+                RouteKind::Upstream(upstream) => match Pool::new(route, upstream, ws) {
+                    Ok(pool) => Some(Arc::new(pool)),
+                    Err(mut e) => {
+                        issues.append(&mut e);
+                        None
+                    }
+                },
+            });
+        }
+        if !issues.is_empty() {
+            return Err(Error::Config(issues));
+        }
+        let mut pools = pools.into_iter();
         let routes = RouteTable::new(&config.routes, |r| RouteState {
-            kind: r.kind,
+            pool: pools.next().flatten(),
             metrics: RouteMetrics::new(r),
         });
-        Shared {
+        Ok(Shared {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
             routes,
@@ -120,8 +145,15 @@ impl Shared {
             http,
             ws,
             shutdown: Shutdown::default(),
-        }
+        })
     }
+}
+
+/// Check everything in `config` that needs files read: certificates, keys,
+/// CA files. `run` does the same at start; this lets `main` and
+/// `check-config` report it before anything is bound.
+pub fn preflight(config: &Config) -> Result<(), Error> {
+    Shared::new(config).map(drop)
 }
 
 /// Serve until `shutdown` resolves, then drain: `/readyz` turns 503, the
@@ -133,8 +165,17 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let tls = tls::server_config(&config.tls).map_err(Error::Tls)?;
-    let shared = Arc::new(Shared::new(&config, tls));
+    let shared = Arc::new(Shared::new(&config)?);
+    for (_, state) in shared.routes.iter() {
+        if let Some(pool) = &state.pool
+            && let Some(every) = pool.health_check_interval()
+        {
+            tokio::spawn(
+                pool.clone()
+                    .health_check(every, shared.shutdown.token.clone()),
+            );
+        }
+    }
     let ready = Readiness::default();
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(admin::serve(

@@ -47,7 +47,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         shared
             .shutdown
             .tracker
-            .spawn(conn::serve(tcp, permit, shared.clone()).instrument(span));
+            .spawn(conn::serve(tcp, peer, permit, shared.clone()).instrument(span));
     }
 }
 

@@ -116,10 +116,8 @@ fn load(source: ConfigSource<'_>) -> Result<Config, ExitCode> {
             }
         }
     }
-    if let Err(issues) = wsgate::tls::server_config(&config.tls) {
-        for issue in issues {
-            eprintln!("{issue}");
-        }
+    if let Err(e) = wsgate::preflight(&config) {
+        eprintln!("{e}");
         return Err(ExitCode::from(EXIT_CONFIG));
     }
     Ok(config)
@@ -137,10 +135,8 @@ fn check_config(source: ConfigSource<'_>) -> ExitCode {
         eprintln!(
             "note: tls.cert and tls.key are missing; a development certificate will be generated at start-up"
         );
-    } else if let Err(issues) = wsgate::tls::server_config(&config.tls) {
-        for issue in issues {
-            eprintln!("{issue}");
-        }
+    } else if let Err(e) = wsgate::preflight(&config) {
+        eprintln!("{e}");
         return ExitCode::from(EXIT_CONFIG);
     }
     // A closed stdout (`| head`) is not an error worth a panic.

@@ -10,7 +10,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::close::{EarlyFailure, Rejection, SessionEnd};
+use crate::close::{EarlyFailure, SessionEnd, Side};
 use crate::config::Route;
 
 pub const CONNECTIONS_TOTAL: &str = "wsgate_connections_total";
@@ -22,6 +22,9 @@ pub const HANDSHAKE_FAILURES_TOTAL: &str = "wsgate_handshake_failures_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "wsgate_tls_handshake_failures_total";
 pub const SESSIONS_ENDED_TOTAL: &str = "wsgate_sessions_ended_total";
 pub const SESSION_DURATION_SECONDS: &str = "wsgate_session_duration_seconds";
+pub const UPSTREAM_CONNECT_SECONDS: &str = "wsgate_upstream_connect_seconds";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "wsgate_upstream_errors_total";
+pub const UPSTREAM_HEALTHY: &str = "wsgate_upstream_healthy";
 
 /// Direction labels. For an echo route the echo itself plays the upstream.
 pub const CLIENT_TO_UPSTREAM: &str = "client_to_upstream";
@@ -29,6 +32,9 @@ pub const UPSTREAM_TO_CLIENT: &str = "upstream_to_client";
 
 const DURATION_BUCKETS: &[f64] = &[
     0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0,
+];
+const CONNECT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Install the Prometheus recorder for this process (once; later calls
@@ -41,6 +47,11 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Full(SESSION_DURATION_SECONDS.into()),
                     DURATION_BUCKETS,
+                )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(UPSTREAM_CONNECT_SECONDS.into()),
+                    CONNECT_BUCKETS,
                 )
                 .expect("bucket list is not empty")
                 .build_recorder();
@@ -124,6 +135,17 @@ impl RouteMetrics {
         }
     }
 
+    /// One data message of `len` bytes read from `from` (for an echo route,
+    /// `Side::Upstream` is the echo coming back).
+    pub fn count(&self, from: Side, len: u64) {
+        let (messages, bytes) = match from {
+            Side::Client => (&self.messages_in, &self.bytes_in),
+            Side::Upstream => (&self.messages_out, &self.bytes_out),
+        };
+        messages.increment(1);
+        bytes.increment(len);
+    }
+
     pub fn session_ended(&self, end: &SessionEnd, seconds: f64) {
         self.active.decrement(1.0);
         self.duration.record(seconds);
@@ -136,8 +158,9 @@ pub fn connection_rejected(reason: &'static str) {
     counter!(CONNECTIONS_REJECTED_TOTAL, "reason" => reason).increment(1);
 }
 
-pub fn handshake_rejected(rejection: Rejection) {
-    counter!(HANDSHAKE_FAILURES_TOTAL, "reason" => rejection.label()).increment(1);
+/// A request not upgraded; `reason` is a [`Rejection`] label or `upstream_status`.
+pub fn handshake_failed(reason: &'static str) {
+    counter!(HANDSHAKE_FAILURES_TOTAL, "reason" => reason).increment(1);
 }
 
 pub fn early_failure(failure: EarlyFailure) {
@@ -147,4 +170,16 @@ pub fn early_failure(failure: EarlyFailure) {
         HANDSHAKE_FAILURES_TOTAL
     };
     counter!(name, "reason" => failure.label()).increment(1);
+}
+
+pub fn upstream_healthy(route: &str, upstream: &str) -> Gauge {
+    gauge!(UPSTREAM_HEALTHY, "route" => route.to_owned(), "upstream" => upstream.to_owned())
+}
+
+pub fn upstream_connect_seconds(route: &str) -> Histogram {
+    histogram!(UPSTREAM_CONNECT_SECONDS, "route" => route.to_owned())
+}
+
+pub fn upstream_error(route: &str, reason: &'static str) {
+    counter!(UPSTREAM_ERRORS_TOTAL, "route" => route.to_owned(), "reason" => reason).increment(1);
 }

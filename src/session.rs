@@ -1,6 +1,6 @@
-//! An upgraded WebSocket session: one task, one `select!` loop with named
-//! arms (cancel, client frame, keepalive ping, idle deadline), every write
-//! bounded by `send_timeout`, and a bounded close handshake at the end.
+//! An upgraded WebSocket session: the task that owns it, the echo loop, and
+//! what every session loop shares: keepalive pings, the idle deadline,
+//! bounded writes, and a bounded close handshake at the end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,48 +13,75 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Interval, MissedTickBehavior, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::close::SessionEnd;
-use crate::config::{Limits, RouteKind};
+use crate::close::{ClosePlan, SessionEnd, Side};
+use crate::config::Limits;
 use crate::metrics::RouteMetrics;
-use crate::{RouteState, Shared};
+use crate::upstream::Dialed;
+use crate::{RouteState, Shared, relay};
 
-/// Run the session for an accepted upgrade. `permit` is the connection's
-/// admission slot; it is released when this returns.
+/// Payload of the gateway's own pings to clients; pongs carrying it are
+/// consumed, not relayed.
+pub(crate) const KEEPALIVE: &[u8] = b"wsgate-keepalive";
+
+/// Run the session for an accepted upgrade: echo, or relay to `upstream`.
+/// `permit` is the connection's admission slot, released when this returns.
 pub(crate) async fn run(
     on_upgrade: OnUpgrade,
     route: Arc<RouteState>,
     permit: Arc<OwnedSemaphorePermit>,
     shared: Arc<Shared>,
+    upstream: Option<Dialed>,
 ) {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
             debug!(error = %e, "upgrade did not complete");
+            if let Some(mut dialed) = upstream {
+                let gone = SessionEnd::Gone(Side::Client).plan(Side::Upstream);
+                finish(&mut dialed.ws, gone, shared.limits.close_timeout).await;
+            }
             return;
         }
     };
-    // Boxed: the steady-state task keeps only a pointer in its future.
-    let mut ws = Box::new(
+    // Boxed: the steady-state task keeps only pointers in its future.
+    let mut client = Box::new(
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(shared.ws))
             .await,
     );
     let metrics = &route.metrics;
+    let limits = &shared.limits;
+    let cancel = &shared.shutdown.token;
     let started = Instant::now();
     metrics.opened.increment(1);
     metrics.active.increment(1.0);
 
-    let end = match route.kind {
-        RouteKind::Echo => echo(&mut ws, metrics, &shared.limits, &shared.shutdown.token).await,
+    let end = match upstream {
+        None => {
+            let end = echo(&mut client, metrics, limits, cancel).await;
+            finish(&mut client, end.plan(Side::Client), limits.close_timeout).await;
+            end
+        }
+        Some(mut dialed) => {
+            let end = relay::run(&mut client, &mut dialed.ws, metrics, limits, cancel).await;
+            futures_util::join!(
+                finish(&mut client, end.plan(Side::Client), limits.close_timeout),
+                finish(
+                    &mut dialed.ws,
+                    end.plan(Side::Upstream),
+                    limits.close_timeout
+                ),
+            );
+            end
+        }
     };
-    finish(&mut ws, &end, shared.limits.close_timeout).await;
 
     let elapsed = started.elapsed();
     metrics.session_ended(&end, elapsed.as_secs_f64());
-    info!(end = end.label(), code = ?end.close_code().map(u16::from), duration_ms = elapsed.as_millis() as u64, "session ended");
+    info!(end = end.label(), code = ?end.client_code(), duration_ms = elapsed.as_millis() as u64, "session ended");
     drop(permit);
 }
 
@@ -77,11 +104,7 @@ where
             _ = cancel.cancelled() => return SessionEnd::Shutdown,
             msg = ws.next() => msg,
             _ = keepalive.tick() => {
-                if keepalive.awaiting_pong {
-                    return SessionEnd::PingTimeout;
-                }
-                keepalive.awaiting_pong = true;
-                if let Err(end) = bounded(limits.send_timeout, ws.send(Message::Ping(Default::default()))).await {
+                if let Err(end) = keepalive.ping(ws, limits.send_timeout).await {
                     return end;
                 }
                 continue;
@@ -97,62 +120,56 @@ where
         let batch = async {
             let mut next = Some(first);
             while let Some(msg) = next {
-                let echo = match msg {
-                    None => return Err(SessionEnd::ClientGone),
-                    Some(Err(e)) => return Err(SessionEnd::from_ws_error(&e)),
+                let msg = match msg {
+                    None => return Err(SessionEnd::Gone(Side::Client)),
+                    Some(Err(e)) => return Err(SessionEnd::from_ws_error(Side::Client, &e)),
                     Some(Ok(msg)) => msg,
                 };
-                match echo {
+                match msg {
                     Message::Text(_) | Message::Binary(_) => {
-                        let len = echo.len() as u64;
-                        metrics.messages_in.increment(1);
-                        metrics.bytes_in.increment(len);
-                        ws.feed(echo)
+                        let len = msg.len() as u64;
+                        metrics.count(Side::Client, len);
+                        ws.feed(msg)
                             .await
-                            .map_err(|e| SessionEnd::from_ws_error(&e))?;
-                        metrics.messages_out.increment(1);
-                        metrics.bytes_out.increment(len);
+                            .map_err(|e| SessionEnd::from_ws_error(Side::Client, &e))?;
+                        metrics.count(Side::Upstream, len);
                         idle.touch();
                     }
-                    Message::Pong(_) => keepalive.awaiting_pong = false,
-                    Message::Close(frame) => {
-                        return Err(SessionEnd::ClientClosed(frame.map(|f| u16::from(f.code))));
-                    }
+                    Message::Pong(_) => keepalive.pong(),
+                    Message::Close(frame) => return Err(SessionEnd::Closed(Side::Client, frame)),
                     Message::Ping(_) | Message::Frame(_) => {}
                 }
                 next = ws.next().now_or_never();
             }
-            ws.flush().await.map_err(|e| SessionEnd::from_ws_error(&e))
+            ws.flush()
+                .await
+                .map_err(|e| SessionEnd::from_ws_error(Side::Client, &e))
         };
-        // A client that stops reading holds this for at most send_timeout,
-        // and never delays a drain.
-        let written = tokio::select! {
-            written = bounded_result(limits.send_timeout, batch) => written,
-            _ = cancel.cancelled() => Err(SessionEnd::Shutdown),
-        };
-        if let Err(end) = written {
+        if let Err(end) = bounded(Side::Client, limits.send_timeout, cancel, batch).await {
             return end;
         }
     }
 }
 
-/// Send our Close (or the reply tungstenite queued for the client's), wait a
-/// bounded time for the peer's Close, then close TLS and TCP.
-async fn finish<S>(ws: &mut WebSocketStream<S>, end: &SessionEnd, close_timeout: Duration)
+/// Carry out one side's part of the end, within `limit`: send our Close (or
+/// pass the other side's on, or flush the reply to theirs), wait for the
+/// peer's Close, then close TLS and TCP.
+pub(crate) async fn finish<S>(ws: &mut WebSocketStream<S>, plan: ClosePlan, limit: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = timeout(close_timeout, async {
-        let sent = match end.close_code() {
-            Some(code) => {
-                let frame = CloseFrame {
+    let _ = timeout(limit, async {
+        let sent = match plan {
+            ClosePlan::Send(code, reason) => {
+                ws.close(Some(CloseFrame {
                     code,
-                    reason: end.reason().into(),
-                };
-                ws.close(Some(frame)).await
+                    reason: reason.into(),
+                }))
+                .await
             }
-            None if matches!(end, SessionEnd::ClientClosed(_)) => ws.flush().await,
-            None => return,
+            ClosePlan::Forward(frame) => ws.close(frame).await,
+            ClosePlan::Reply => ws.flush().await,
+            ClosePlan::Nothing => return,
         };
         if sent.is_ok() {
             while let Some(Ok(_)) = ws.next().await {}
@@ -162,33 +179,30 @@ where
     .await;
 }
 
-async fn bounded(
+/// Run a write batch to `to` under `send_timeout`, giving way to shutdown:
+/// a peer that stops reading holds a session for at most that long, and
+/// never delays a drain.
+pub(crate) async fn bounded(
+    to: Side,
     limit: Duration,
-    write: impl Future<Output = Result<(), WsError>>,
-) -> Result<(), SessionEnd> {
-    bounded_result(limit, async {
-        write.await.map_err(|e| SessionEnd::from_ws_error(&e))
-    })
-    .await
-}
-
-async fn bounded_result(
-    limit: Duration,
+    cancel: &CancellationToken,
     work: impl Future<Output = Result<(), SessionEnd>>,
 ) -> Result<(), SessionEnd> {
-    timeout(limit, work)
-        .await
-        .unwrap_or(Err(SessionEnd::SendTimeout))
+    tokio::select! {
+        written = timeout(limit, work) => written.unwrap_or(Err(SessionEnd::SendTimeout(to))),
+        _ = cancel.cancelled() => Err(SessionEnd::Shutdown),
+    }
 }
 
-/// Server pings: a ping still unanswered when the next is due ends the session.
-struct Keepalive {
+/// Server pings to the client: a ping still unanswered when the next is due
+/// ends the session.
+pub(crate) struct Keepalive {
     interval: Option<Interval>,
     awaiting_pong: bool,
 }
 
 impl Keepalive {
-    fn new(period: Option<Duration>) -> Self {
+    pub(crate) fn new(period: Option<Duration>) -> Self {
         let interval = period.map(|p| {
             let mut i = tokio::time::interval_at(Instant::now() + p, p);
             i.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -200,7 +214,7 @@ impl Keepalive {
         }
     }
 
-    async fn tick(&mut self) {
+    pub(crate) async fn tick(&mut self) {
         match &mut self.interval {
             Some(i) => {
                 i.tick().await;
@@ -208,18 +222,43 @@ impl Keepalive {
             None => std::future::pending().await,
         }
     }
+
+    /// After a tick: end the session if the last ping went unanswered, else ping.
+    pub(crate) async fn ping<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        limit: Duration,
+    ) -> Result<(), SessionEnd>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.awaiting_pong {
+            return Err(SessionEnd::PingTimeout);
+        }
+        self.awaiting_pong = true;
+        let ping = ws.send(Message::Ping(Bytes::from_static(KEEPALIVE)));
+        match timeout(limit, ping).await {
+            Ok(sent) => sent.map_err(|e| SessionEnd::from_ws_error(Side::Client, &e)),
+            Err(_) => Err(SessionEnd::SendTimeout(Side::Client)),
+        }
+    }
+
+    /// Any pong from the client shows it is alive.
+    pub(crate) fn pong(&mut self) {
+        self.awaiting_pong = false;
+    }
 }
 
 /// Idle deadline without a timer reset per message: activity only records
 /// the time; when the timer fires it is re-armed from the last activity.
-struct IdleTimer {
+pub(crate) struct IdleTimer {
     limit: Option<Duration>,
     last: Instant,
     deadline: Instant,
 }
 
 impl IdleTimer {
-    fn new(limit: Option<Duration>) -> Self {
+    pub(crate) fn new(limit: Option<Duration>) -> Self {
         let now = Instant::now();
         IdleTimer {
             limit,
@@ -228,11 +267,11 @@ impl IdleTimer {
         }
     }
 
-    fn touch(&mut self) {
+    pub(crate) fn touch(&mut self) {
         self.last = Instant::now();
     }
 
-    async fn expired(&self) {
+    pub(crate) async fn expired(&self) {
         match self.limit {
             Some(_) => sleep_until(self.deadline).await,
             None => std::future::pending().await,
@@ -240,7 +279,7 @@ impl IdleTimer {
     }
 
     /// After the timer fired: true if really idle, else re-armed.
-    fn check(&mut self) -> bool {
+    pub(crate) fn check(&mut self) -> bool {
         let Some(limit) = self.limit else {
             return false;
         };

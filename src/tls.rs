@@ -11,7 +11,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{CertPair, ConfigIssue, TlsConfig};
+use crate::config::{CertPair, ConfigIssue, TlsConfig, UpstreamTls};
 
 /// The crypto provider wsgate uses everywhere (server and test clients).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -56,51 +56,129 @@ fn load_pair(
     section: &str,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<Arc<CertifiedKey>> {
-    let mut issue = |key: &str, path: &Path, problem: String| {
-        issues.push(ConfigIssue {
-            key: format!("{section}.{key}"),
-            problem: format!("{}: {problem}", path.display()),
-        });
-    };
-    let chain: Vec<CertificateDer<'static>> = match CertificateDer::pem_file_iter(&pair.cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-    {
-        Ok(chain) if chain.is_empty() => {
-            issue("cert", &pair.cert, "no CERTIFICATE block found".into());
-            None
-        }
-        Ok(chain) => Some(chain),
-        Err(e) => {
-            issue(
-                "cert",
-                &pair.cert,
-                format!("cannot read PEM certificates: {e}"),
-            );
-            None
-        }
-    }?;
-    let key = match PrivateKeyDer::from_pem_file(&pair.key) {
-        Ok(key) => key,
-        Err(e) => {
-            issue(
-                "key",
-                &pair.key,
-                format!("cannot read a PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
-            );
-            return None;
-        }
-    };
+    let (chain, key) = read_pair(
+        pair,
+        &format!("{section}.cert"),
+        &format!("{section}.key"),
+        issues,
+    )?;
     match CertifiedKey::from_der(chain, key, provider) {
         Ok(certified) => Some(Arc::new(certified)),
         Err(e) => {
-            issue(
-                "key",
+            issues.push(issue(
+                &format!("{section}.key"),
                 &pair.key,
                 format!("unusable with {}: {e}", pair.cert.display()),
-            );
+            ));
             None
         }
     }
+}
+
+fn issue(key: &str, path: &Path, problem: String) -> ConfigIssue {
+    ConfigIssue {
+        key: key.to_owned(),
+        problem: format!("{}: {problem}", path.display()),
+    }
+}
+
+/// A PEM certificate chain (at least one certificate).
+fn read_chain(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, ConfigIssue> {
+    match CertificateDer::pem_file_iter(path).and_then(|it| it.collect::<Result<Vec<_>, _>>()) {
+        Ok(chain) if chain.is_empty() => Err(issue(key, path, "no CERTIFICATE block found".into())),
+        Ok(chain) => Ok(chain),
+        Err(e) => Err(issue(
+            key,
+            path,
+            format!("cannot read PEM certificates: {e}"),
+        )),
+    }
+}
+
+/// A certificate chain and its private key (PKCS#8, PKCS#1 or SEC1).
+fn read_pair(
+    pair: &CertPair,
+    cert_key: &str,
+    key_key: &str,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let chain = read_chain(&pair.cert, cert_key)
+        .map_err(|i| issues.push(i))
+        .ok()?;
+    match PrivateKeyDer::from_pem_file(&pair.key) {
+        Ok(key) => Some((chain, key)),
+        Err(e) => {
+            issues.push(issue(
+                key_key,
+                &pair.key,
+                format!("cannot read a PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
+            ));
+            None
+        }
+    }
+}
+
+/// The client side of TLS to `wss://` members: trust `ca` (or the system
+/// roots), present a client certificate when configured, offer http/1.1.
+/// Errors name the route's keys (`{prefix}.tls_ca`, ...).
+pub fn client_config(
+    tls: &UpstreamTls,
+    prefix: &str,
+) -> Result<Arc<rustls::ClientConfig>, Vec<ConfigIssue>> {
+    let mut issues = Vec::new();
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca {
+        Some(ca) => match read_chain(ca, &format!("{prefix}.tls_ca")) {
+            Ok(certs) => {
+                for cert in certs {
+                    if let Err(e) = roots.add(cert) {
+                        issues.push(issue(
+                            &format!("{prefix}.tls_ca"),
+                            ca,
+                            format!("not a usable CA certificate: {e}"),
+                        ));
+                    }
+                }
+            }
+            Err(i) => issues.push(i),
+        },
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                issues.push(ConfigIssue {
+                    key: format!("{prefix}.tls_ca"),
+                    problem: "no system CA certificates found; set tls_ca".into(),
+                });
+            }
+        }
+    }
+    let client_auth = tls.client_cert.as_ref().and_then(|pair| {
+        read_pair(
+            pair,
+            &format!("{prefix}.tls_client_cert"),
+            &format!("{prefix}.tls_client_key"),
+            &mut issues,
+        )
+    });
+    if !issues.is_empty() {
+        return Err(issues);
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots);
+    let mut config = match client_auth {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
+            vec![ConfigIssue {
+                key: format!("{prefix}.tls_client_key"),
+                problem: format!("unusable with tls_client_cert: {e}"),
+            }]
+        })?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Exact SNI name, then one-label wildcard, then the default.

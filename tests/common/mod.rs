@@ -2,6 +2,8 @@
 //! test, and real rustls + tokio-tungstenite clients.
 #![allow(dead_code)]
 
+pub mod backend;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;

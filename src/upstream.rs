@@ -1,0 +1,631 @@
+//! Upstream pools: choose a member (round-robin or least connections,
+//! skipping members in their failure backoff), dial it (TCP, optional TLS,
+//! WebSocket upgrade) under deadlines, fail over, and track member health.
+
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ::metrics::{Gauge, Histogram};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::close::Rejection;
+use crate::config::{Balance, ConfigIssue, Route, UpstreamConfig, UpstreamUrl};
+use crate::{metrics, tls};
+
+/// A route's upstream members and how to reach them.
+pub(crate) struct Pool {
+    route: String,
+    /// The route's path prefix, for `strip_prefix`.
+    route_path: String,
+    config: UpstreamConfig,
+    members: Vec<Member>,
+    next: AtomicUsize,
+    tls: Option<TlsConnector>,
+    ws: WebSocketConfig,
+    connect_seconds: Histogram,
+}
+
+struct Member {
+    url: UpstreamUrl,
+    server_name: ServerName<'static>,
+    /// Open sessions, for least-connections.
+    active: AtomicUsize,
+    health: Mutex<Health>,
+    healthy: Gauge,
+}
+
+#[derive(Default)]
+struct Health {
+    failures: u32,
+    down_until: Option<Instant>,
+}
+
+/// An established upstream session and the member it holds.
+pub(crate) struct Dialed {
+    pub(crate) ws: Box<WebSocketStream<UpstreamIo>>,
+    /// The subprotocol the member chose, for the client's 101.
+    pub(crate) protocol: Option<HeaderValue>,
+    /// Held for its `Drop`: counts the session against the member.
+    pub(crate) _lease: Lease,
+}
+
+/// Counts the session against its member while it lives.
+pub(crate) struct Lease {
+    pool: Arc<Pool>,
+    member: usize,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.members[self.member]
+            .active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why no upstream session was established.
+pub(crate) enum DialError {
+    /// Answered before or instead of dialling: 502/503/504.
+    Rejected(Rejection),
+    /// The member answered the upgrade with an HTTP error; it goes to the
+    /// client as it is (status, content type, the part of the body that came
+    /// with the head).
+    Status(Response<Option<Vec<u8>>>),
+}
+
+/// One failed attempt on one member.
+enum Attempt {
+    Unreachable(io::Error),
+    Timeout,
+    BadHandshake(WsError),
+    Status(Response<Option<Vec<u8>>>),
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Attempt::Unreachable(e) => write!(f, "unreachable: {e}"),
+            Attempt::Timeout => f.write_str("timed out"),
+            Attempt::BadHandshake(e) => write!(f, "bad upgrade answer: {e}"),
+            Attempt::Status(r) => write!(f, "answered {}", r.status()),
+        }
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(
+        route: &Route,
+        config: &UpstreamConfig,
+        ws: WebSocketConfig,
+    ) -> Result<Pool, Vec<ConfigIssue>> {
+        let prefix = format!("routes[{}]", route.name);
+        let tls = if config.members.iter().any(|m| m.secure) {
+            Some(TlsConnector::from(tls::client_config(
+                &config.tls,
+                &prefix,
+            )?))
+        } else {
+            None
+        };
+        let mut issues = Vec::new();
+        let members = config
+            .members
+            .iter()
+            .filter_map(|url| {
+                let name = config
+                    .tls
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| url.host.clone());
+                match ServerName::try_from(name) {
+                    Ok(server_name) => Some(Member {
+                        healthy: metrics::upstream_healthy(&route.name, &url.url),
+                        url: url.clone(),
+                        server_name,
+                        active: AtomicUsize::new(0),
+                        health: Mutex::new(Health::default()),
+                    }),
+                    Err(e) => {
+                        issues.push(ConfigIssue {
+                            key: format!("{prefix}.upstreams"),
+                            problem: format!("{}: not a TLS server name: {e}", url.url),
+                        });
+                        None
+                    }
+                }
+            })
+            .collect::<Vec<_>>();
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        for m in &members {
+            m.healthy.set(1.0);
+        }
+        Ok(Pool {
+            route: route.name.clone(),
+            route_path: route.path.clone(),
+            config: config.clone(),
+            members,
+            next: AtomicUsize::new(0),
+            tls,
+            ws,
+            connect_seconds: metrics::upstream_connect_seconds(&route.name),
+        })
+    }
+
+    /// Dial the first member that answers, in balance order, skipping those
+    /// in backoff. `uri` and `headers` are the client's request.
+    pub(crate) async fn dial(
+        self: &Arc<Self>,
+        uri: &Uri,
+        headers: &HeaderMap,
+        peer: IpAddr,
+    ) -> Result<Dialed, DialError> {
+        let mut last = None;
+        for index in self.candidates() {
+            let member = &self.members[index];
+            let request = self.request(&member.url, uri, headers, peer);
+            let started = Instant::now();
+            match self.dial_member(member, request).await {
+                Ok((ws, response)) => {
+                    self.connect_seconds.record(started.elapsed().as_secs_f64());
+                    self.succeeded(member);
+                    member.active.fetch_add(1, Ordering::Relaxed);
+                    let protocol = response
+                        .headers()
+                        .get(header::SEC_WEBSOCKET_PROTOCOL)
+                        .cloned();
+                    let lease = Lease {
+                        pool: self.clone(),
+                        member: index,
+                    };
+                    return Ok(Dialed {
+                        ws: Box::new(ws),
+                        protocol,
+                        _lease: lease,
+                    });
+                }
+                // An HTTP answer is the application speaking: no failover.
+                Err(Attempt::Status(response)) if response.status().as_u16() >= 400 => {
+                    self.succeeded(member);
+                    debug!(upstream = %member.url.url, status = %response.status(), "upstream refused the upgrade");
+                    return Err(DialError::Status(response));
+                }
+                Err(attempt) => {
+                    metrics::upstream_error(&self.route, attempt_label(&attempt));
+                    self.failed(member, &attempt);
+                    last = Some(attempt);
+                }
+            }
+        }
+        Err(DialError::Rejected(match last {
+            None => Rejection::UpstreamsDown,
+            Some(Attempt::Timeout) => Rejection::UpstreamTimeout,
+            Some(Attempt::Unreachable(_)) => Rejection::UpstreamUnreachable,
+            Some(Attempt::BadHandshake(_) | Attempt::Status(_)) => Rejection::UpstreamBadHandshake,
+        }))
+    }
+
+    /// Members to try, in order: balance order, those in backoff left out.
+    fn candidates(&self) -> Vec<usize> {
+        let n = self.members.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+        if self.config.balance == Balance::LeastConnections {
+            // Stable: ties keep the rotating order.
+            order.sort_by_key(|&i| self.members[i].active.load(Ordering::Relaxed));
+        }
+        let now = Instant::now();
+        order.retain(|&i| {
+            let health = self.members[i]
+                .health
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            health.down_until.is_none_or(|until| until <= now)
+        });
+        order
+    }
+
+    async fn dial_member(
+        &self,
+        member: &Member,
+        request: Request<()>,
+    ) -> Result<(WebSocketStream<UpstreamIo>, Response<Option<Vec<u8>>>), Attempt> {
+        let addr = (member.url.host.as_str(), member.url.port);
+        let tcp = match timeout(self.config.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Err(Attempt::Unreachable(e)),
+            Err(_) => return Err(Attempt::Timeout),
+        };
+        let _ = tcp.set_nodelay(true);
+        let handshake = async {
+            let io = match (&self.tls, member.url.secure) {
+                (Some(tls), true) => UpstreamIo::Tls(Box::new(
+                    tls.connect(member.server_name.clone(), tcp)
+                        .await
+                        .map_err(Attempt::Unreachable)?,
+                )),
+                _ => UpstreamIo::Plain(tcp),
+            };
+            tokio_tungstenite::client_async_with_config(request, io, Some(self.ws))
+                .await
+                .map_err(|e| match e {
+                    WsError::Http(response) => Attempt::Status(*response),
+                    WsError::Io(e) => Attempt::Unreachable(e),
+                    other => Attempt::BadHandshake(other),
+                })
+        };
+        timeout(self.config.handshake_timeout, handshake)
+            .await
+            .unwrap_or(Err(Attempt::Timeout))
+    }
+
+    /// The upgrade request the member gets: the client's path (less the
+    /// route prefix with `strip_prefix`) under the member's path, the
+    /// client's query, its end-to-end headers (subprotocols, cookies,
+    /// `Authorization`, ...), and the forwarding headers.
+    fn request(
+        &self,
+        member: &UpstreamUrl,
+        uri: &Uri,
+        headers: &HeaderMap,
+        peer: IpAddr,
+    ) -> Request<()> {
+        let client_path = uri.path();
+        let rest = if self.config.strip_prefix {
+            client_path
+                .strip_prefix(self.route_path.trim_end_matches('/'))
+                .unwrap_or(client_path)
+        } else {
+            client_path
+        };
+        let mut target = member.path.clone();
+        if !rest.starts_with('/') && !rest.is_empty() {
+            target.push('/');
+        }
+        target.push_str(rest);
+        if target.is_empty() {
+            target.push('/');
+        }
+        match (member.query.as_deref(), uri.query()) {
+            (Some(a), Some(b)) => target.extend(["?", a, "&", b]),
+            (Some(q), None) | (None, Some(q)) => target.extend(["?", q]),
+            (None, None) => {}
+        }
+
+        let mut out = HeaderMap::with_capacity(headers.len() + 8);
+        let listed_in_connection: Vec<String> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect();
+        for (name, value) in headers {
+            if !is_hop_by_hop(name) && !listed_in_connection.iter().any(|t| t == name.as_str()) {
+                out.append(name.clone(), value.clone());
+            }
+        }
+        let client_host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        append_list(&mut out, X_FORWARDED_FOR, &peer.to_string());
+        let for_ = match peer {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("\"[{ip}]\""),
+        };
+        append_list(
+            &mut out,
+            header::FORWARDED,
+            &format!("for={for_};host=\"{client_host}\";proto=https"),
+        );
+        insert(&mut out, X_FORWARDED_PROTO, "https");
+        insert(&mut out, X_FORWARDED_HOST, client_host);
+        insert(&mut out, header::HOST, &member.authority);
+        insert(&mut out, header::CONNECTION, "Upgrade");
+        insert(&mut out, header::UPGRADE, "websocket");
+        insert(&mut out, header::SEC_WEBSOCKET_VERSION, "13");
+        insert(&mut out, header::SEC_WEBSOCKET_KEY, &generate_key());
+
+        // tungstenite wants the absolute URI; only its path and query go on the wire.
+        let scheme = if member.secure { "wss" } else { "ws" };
+        let mut request = Request::new(());
+        *request.uri_mut() = format!("{scheme}://{}{target}", member.authority)
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        *request.headers_mut() = out;
+        request
+    }
+
+    fn failed(&self, member: &Member, why: &dyn fmt::Display) {
+        let (failures, backoff) = {
+            let mut health = member.health.lock().unwrap_or_else(|e| e.into_inner());
+            health.failures = health.failures.saturating_add(1);
+            let doubled = self
+                .config
+                .backoff
+                .saturating_mul(1 << (health.failures - 1).min(20));
+            let base = doubled.min(self.config.backoff_max);
+            let backoff = base + base.mul_f64(rand::random_range(0.0..0.2));
+            health.down_until = Some(Instant::now() + backoff);
+            (health.failures, backoff)
+        };
+        member.healthy.set(0.0);
+        if failures == 1 {
+            warn!(route = %self.route, upstream = %member.url.url, error = %why, ?backoff, "upstream member down");
+        } else {
+            debug!(route = %self.route, upstream = %member.url.url, error = %why, failures, ?backoff, "upstream member still down");
+        }
+    }
+
+    fn succeeded(&self, member: &Member) {
+        let was_down = {
+            let mut health = member.health.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *health).failures > 0
+        };
+        if was_down {
+            member.healthy.set(1.0);
+            info!(route = %self.route, upstream = %member.url.url, "upstream member up");
+        }
+    }
+
+    /// The optional active check: a TCP connect to every member each period.
+    pub(crate) async fn health_check(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for member in &self.members {
+                let addr = (member.url.host.as_str(), member.url.port);
+                match timeout(self.config.connect_timeout, TcpStream::connect(addr)).await {
+                    Ok(Ok(_)) => self.succeeded(member),
+                    Ok(Err(e)) => self.failed(member, &Attempt::Unreachable(e)),
+                    Err(_) => self.failed(member, &Attempt::Timeout),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn health_check_interval(&self) -> Option<Duration> {
+        self.config.health_check_interval
+    }
+}
+
+fn attempt_label(attempt: &Attempt) -> &'static str {
+    match attempt {
+        Attempt::Unreachable(_) => "unreachable",
+        Attempt::Timeout => "timeout",
+        Attempt::BadHandshake(_) | Attempt::Status(_) => "bad_handshake",
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that belong to one hop (RFC 9110 section 7.6.1), the client's
+/// own upgrade handshake (the member gets a fresh one), extensions wsgate does
+/// not relay (permessage-deflate), and the ones wsgate sets itself.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    const DROPPED: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-accept",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ];
+    DROPPED.contains(&name.as_str())
+}
+
+/// Append `value` to a comma-separated list header, merging repeats.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let existing: Vec<&str> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let joined = if existing.is_empty() {
+        value.to_owned()
+    } else {
+        format!("{}, {value}", existing.join(", "))
+    };
+    insert(headers, name, &joined);
+}
+
+fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// A plain or TLS connection to a member.
+pub(crate) enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RouteKind, UpstreamTls};
+
+    fn pool(strip_prefix: bool, member: &str, route_path: &str) -> Pool {
+        let config = UpstreamConfig {
+            members: vec![UpstreamUrl::parse(member).unwrap()],
+            strip_prefix,
+            balance: Balance::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(1),
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            health_check_interval: None,
+            tls: UpstreamTls::default(),
+        };
+        let route = Route {
+            name: "r".into(),
+            host: None,
+            path: route_path.into(),
+            kind: RouteKind::Upstream(Box::new(config.clone())),
+        };
+        Pool::new(&route, &config, WebSocketConfig::default()).unwrap()
+    }
+
+    fn target(strip: bool, member: &str, route: &str, client: &str) -> String {
+        let p = pool(strip, member, route);
+        let uri: Uri = client.parse().unwrap();
+        let r = p.request(
+            &p.members[0].url,
+            &uri,
+            &HeaderMap::new(),
+            "10.0.0.1".parse().unwrap(),
+        );
+        r.uri().path_and_query().unwrap().to_string()
+    }
+
+    #[test]
+    fn paths_and_queries_are_joined() {
+        let cases = [
+            (false, "ws://h:1/", "/app", "/app/room?x=1", "/app/room?x=1"),
+            (true, "ws://h:1/", "/app", "/app/room?x=1", "/room?x=1"),
+            (true, "ws://h:1/", "/app", "/app", "/"),
+            (true, "ws://h:1/base", "/app", "/app", "/base"),
+            (true, "ws://h:1/base/", "/app", "/app/x", "/base/x"),
+            (
+                false,
+                "ws://h:1/base?k=v",
+                "/",
+                "/chat?x=1",
+                "/base/chat?k=v&x=1",
+            ),
+            (true, "ws://h:1", "/", "/chat", "/chat"),
+        ];
+        for (strip, member, route, client, want) in cases {
+            assert_eq!(
+                target(strip, member, route, client),
+                want,
+                "{member} {route} {client} strip={strip}"
+            );
+        }
+    }
+
+    #[test]
+    fn headers_are_forwarded_and_hop_by_hop_dropped() {
+        let p = pool(false, "ws://backend:9000/", "/");
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("host", "gw.example:8443"),
+            ("connection", "Upgrade, X-Secret"),
+            ("x-secret", "hop"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-extensions", "permessage-deflate"),
+            ("sec-websocket-protocol", "chat.v2, chat.v1"),
+            ("cookie", "session=abc"),
+            ("authorization", "Bearer t"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-proto", "http"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        let uri: Uri = "/".parse().unwrap();
+        let r = p.request(&p.members[0].url, &uri, &h, "2001:db8::7".parse().unwrap());
+        let get = |k: &str| r.headers().get(k).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(get("host").as_deref(), Some("backend:9000"));
+        assert_eq!(get("x-secret"), None, "named in Connection");
+        assert_eq!(get("sec-websocket-extensions"), None);
+        assert_ne!(
+            get("sec-websocket-key").as_deref(),
+            Some("dGhlIHNhbXBsZSBub25jZQ==")
+        );
+        assert_eq!(
+            get("sec-websocket-protocol").as_deref(),
+            Some("chat.v2, chat.v1")
+        );
+        assert_eq!(get("cookie").as_deref(), Some("session=abc"));
+        assert_eq!(get("authorization").as_deref(), Some("Bearer t"));
+        assert_eq!(
+            get("x-forwarded-for").as_deref(),
+            Some("192.0.2.1, 2001:db8::7")
+        );
+        assert_eq!(get("x-forwarded-proto").as_deref(), Some("https"));
+        assert_eq!(get("x-forwarded-host").as_deref(), Some("gw.example:8443"));
+        assert_eq!(
+            get("forwarded").as_deref(),
+            Some("for=\"[2001:db8::7]\";host=\"gw.example:8443\";proto=https")
+        );
+        assert_eq!(get("connection").as_deref(), Some("Upgrade"));
+    }
+}

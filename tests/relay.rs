@@ -1,0 +1,585 @@
+//! Upstream routes against real backends: fidelity, handshake pass-through,
+//! errors, pools and failover, close semantics, backpressure, wss upstreams.
+
+mod common;
+
+use std::time::Duration;
+
+use common::backend::{Backend, Event, Options};
+use common::{Running, certs, config_text, start_with, within};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// A gateway whose `routes` (TOML) come before the default echo route.
+async fn gateway(limits: &str, routes: &str) -> Running {
+    let certs = certs(&["localhost"]);
+    let text = config_text(&certs, limits, routes);
+    start_with(certs, &text).await
+}
+
+fn upstream_route(name: &str, path: &str, members: &[String], extra: &str) -> String {
+    format!(
+        "[[routes]]\nname = {name:?}\npath = {path:?}\nkind = \"upstream\"\nupstreams = {members:?}\n{extra}\n"
+    )
+}
+
+async fn next_data(ws: &mut common::Ws) -> Message {
+    loop {
+        match ws.next().await.expect("open").expect("no error") {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            m => return m,
+        }
+    }
+}
+
+async fn next_close(ws: &mut common::Ws) -> Option<CloseFrame> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(frame))) => return frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected Close, got {other:?}"),
+        }
+    }
+}
+
+/// Connect with extra request headers (subprotocols, cookies).
+async fn ws_with(
+    gw: &Running,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (common::Ws, http::Response<Option<Vec<u8>>>) {
+    let tls = common::tls_connect(gw.addr, "localhost", &gw.certs.ca)
+        .await
+        .unwrap();
+    let mut req = format!("wss://localhost:{}{path}", gw.addr.port())
+        .into_client_request()
+        .unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    tokio_tungstenite::client_async(req, tls).await.unwrap()
+}
+
+#[tokio::test]
+async fn messages_pings_and_headers_pass_through() {
+    within(30, async {
+        let mut backend = Backend::plain().await;
+        let member = format!("ws://{}/base", backend.addr);
+        let gw = gateway("", &upstream_route("app", "/app", &[member], "")).await;
+        let (mut ws, response) = ws_with(
+            &gw,
+            "/app/room?user=ann&x=1",
+            &[
+                ("sec-websocket-protocol", "chat.v2, chat.v1"),
+                ("cookie", "session=abc"),
+                ("authorization", "Bearer t0k"),
+            ],
+        )
+        .await;
+        // The backend chose the last offered subprotocol; the client got it.
+        assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v1");
+        let (path, headers) = backend.next_upgrade().await;
+        assert_eq!(path, "/base/app/room?user=ann&x=1");
+        assert_eq!(headers["cookie"], "session=abc");
+        assert_eq!(headers["authorization"], "Bearer t0k");
+        assert_eq!(headers["sec-websocket-protocol"], "chat.v2, chat.v1");
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(
+            headers["x-forwarded-host"],
+            format!("localhost:{}", gw.addr.port())
+        );
+        assert_eq!(
+            headers["forwarded"],
+            format!(
+                "for=127.0.0.1;host=\"localhost:{}\";proto=https",
+                gw.addr.port()
+            )
+        );
+        assert_eq!(headers["host"], backend.addr.to_string());
+        assert!(headers.get("sec-websocket-extensions").is_none());
+
+        let large: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let messages = vec![
+            Message::text("hello through the relay"),
+            Message::binary(vec![0u8, 1, 2, 255]),
+            Message::text(""),
+            Message::binary(Vec::new()),
+            Message::binary(large),
+        ];
+        for m in &messages {
+            ws.send(m.clone()).await.unwrap();
+        }
+        for m in messages {
+            assert_eq!(next_data(&mut ws).await, m);
+        }
+        for i in 0..300 {
+            ws.feed(Message::text(i.to_string())).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+        for i in 0..300 {
+            assert_eq!(next_data(&mut ws).await, Message::text(i.to_string()));
+        }
+
+        // Client ping reaches the backend with its payload; the client gets a pong for it.
+        ws.send(Message::Ping("from-client".into())).await.unwrap();
+        loop {
+            if let Event::Ping(p) = backend.next().await {
+                assert_eq!(&p[..], b"from-client");
+                break;
+            }
+        }
+        loop {
+            if let Message::Pong(p) = ws.next().await.unwrap().unwrap() {
+                assert_eq!(&p[..], b"from-client");
+                break;
+            }
+        }
+        // Backend ping reaches the client; the client's pong reaches the backend.
+        ws.send(Message::text("cmd:ping:from-backend"))
+            .await
+            .unwrap();
+        loop {
+            if let Message::Ping(p) = ws.next().await.unwrap().unwrap() {
+                assert_eq!(&p[..], b"from-backend");
+                break;
+            }
+        }
+        ws.flush().await.unwrap(); // sends the queued pong
+        loop {
+            if let Event::Pong(p) = backend.next().await {
+                assert_eq!(&p[..], b"from-backend");
+                break;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn strip_prefix_and_member_query() {
+    within(10, async {
+        let mut backend = Backend::plain().await;
+        let member = format!("ws://{}/v2?tenant=7", backend.addr);
+        let gw = gateway(
+            "",
+            &upstream_route("api", "/api", &[member], "strip_prefix = true"),
+        )
+        .await;
+        let _ws = gw.ws("/api/stream?since=5").await;
+        assert_eq!(
+            backend.next_upgrade().await.0,
+            "/v2/stream?tenant=7&since=5"
+        );
+        let _ws = gw.ws("/api").await;
+        assert_eq!(backend.next_upgrade().await.0, "/v2?tenant=7");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn close_codes_pass_both_ways_and_vanishing_sides_are_reported() {
+    within(20, async {
+        let mut backend = Backend::plain().await;
+        let gw = gateway(
+            "",
+            &upstream_route("app", "/app", &[format!("ws://{}", backend.addr)], ""),
+        )
+        .await;
+
+        // Backend closes 4001 "bye": the client sees exactly that.
+        let mut ws = gw.ws("/app").await;
+        ws.send(Message::text("cmd:close:4001:bye")).await.unwrap();
+        let frame = next_close(&mut ws).await.unwrap();
+        assert_eq!(
+            (frame.code, frame.reason.as_str()),
+            (CloseCode::Library(4001), "bye")
+        );
+        // The backend's close handshake completes: it gets its own code back.
+        assert_eq!(
+            backend.next_close().await.unwrap().code,
+            CloseCode::Library(4001)
+        );
+
+        // Client closes 4000 "later": the backend sees exactly that.
+        let mut ws = gw.ws("/app").await;
+        ws.close(Some(CloseFrame {
+            code: CloseCode::Library(4000),
+            reason: "later".into(),
+        }))
+        .await
+        .unwrap();
+        let frame = backend.next_close().await.unwrap();
+        assert_eq!(
+            (frame.code, frame.reason.as_str()),
+            (CloseCode::Library(4000), "later")
+        );
+        assert_eq!(
+            next_close(&mut ws).await.unwrap().code,
+            CloseCode::Library(4000)
+        );
+
+        // A Qt-style client: sends Close and drops the connection at once.
+        let mut tls = gw.raw_upgrade("/app").await;
+        // Masked close frame, code 1000, reason "qt".
+        tls.write_all(&[0x88, 0x84, 0, 0, 0, 0, 0x03, 0xE8, b'q', b't'])
+            .await
+            .unwrap();
+        drop(tls);
+        let frame = backend.next_close().await.unwrap();
+        assert_eq!(
+            (frame.code, frame.reason.as_str()),
+            (CloseCode::Normal, "qt")
+        );
+
+        // A client that vanishes without a Close: the backend gets 1001.
+        let ws = gw.ws("/app").await;
+        drop(ws);
+        assert_eq!(backend.next_close().await.unwrap().code, CloseCode::Away);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_killed_backend_closes_the_client_with_1011() {
+    within(10, async {
+        let mut backend = Backend::plain().await;
+        let gw = gateway(
+            "",
+            &upstream_route("app", "/app", &[format!("ws://{}", backend.addr)], ""),
+        )
+        .await;
+        let mut ws = gw.ws("/app").await;
+        ws.send(Message::text("alive?")).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text("alive?"));
+        backend.kill();
+        let frame = next_close(&mut ws).await.unwrap();
+        assert_eq!(
+            (frame.code, frame.reason.as_str()),
+            (CloseCode::Error, "upstream gone")
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn upstream_failures_have_their_statuses() {
+    within(20, async {
+        let backend = Backend::start(
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            Options {
+                forbid: true,
+                ..Options::default()
+            },
+        );
+        // A member that accepts TCP and never answers the upgrade.
+        let hang = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = dead_port().await;
+        let routes = [
+            upstream_route("ok", "/ok", &[format!("ws://{}", backend.addr)], ""),
+            upstream_route(
+                "hang",
+                "/hang",
+                &[format!("ws://{}", hang.local_addr().unwrap())],
+                "handshake_timeout = \"300ms\"",
+            ),
+            upstream_route(
+                "dead",
+                "/dead",
+                &[format!("ws://{dead}"), format!("ws://{dead}/again")],
+                "",
+            ),
+        ]
+        .concat();
+        let gw = gateway("", &routes).await;
+        let upgrade = |path: &str| common::upgrade_request(path, "");
+
+        let forbidden = gw.raw(upgrade("/ok/forbidden").as_bytes()).await;
+        assert_eq!(common::status_of(&forbidden), 403, "{forbidden}");
+        assert!(
+            forbidden.ends_with("no entry for you"),
+            "the backend's body passes through: {forbidden}"
+        );
+
+        let hung = gw.raw(upgrade("/hang").as_bytes()).await;
+        assert_eq!(common::status_of(&hung), 504, "{hung}");
+
+        // Both members refuse: 502, and both go into backoff...
+        let refused = gw.raw(upgrade("/dead").as_bytes()).await;
+        assert_eq!(common::status_of(&refused), 502, "{refused}");
+        // ...so the next request finds every member down: 503, nothing dialled.
+        let down = gw.raw(upgrade("/dead").as_bytes()).await;
+        assert_eq!(common::status_of(&down), 503, "{down}");
+
+        let (_, scrape) = gw.admin_get("/metrics").await;
+        for (series, at_least) in [
+            (
+                "wsgate_handshake_failures_total{reason=\"upstream_status\"}",
+                1.0,
+            ),
+            (
+                "wsgate_handshake_failures_total{reason=\"upstream_timeout\"}",
+                1.0,
+            ),
+            (
+                "wsgate_handshake_failures_total{reason=\"upstream_unreachable\"}",
+                1.0,
+            ),
+            (
+                "wsgate_handshake_failures_total{reason=\"upstreams_down\"}",
+                1.0,
+            ),
+            (
+                "wsgate_upstream_errors_total{route=\"dead\",reason=\"unreachable\"}",
+                2.0,
+            ),
+        ] {
+            assert!(
+                common::metric(&scrape, series).unwrap_or(0.0) >= at_least,
+                "{series} in\n{scrape}"
+            );
+        }
+        drop(hang);
+    })
+    .await
+}
+
+/// A loopback port with nothing listening (bound, then released).
+async fn dead_port() -> std::net::SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn failover_and_recovery_after_backoff() {
+    within(20, async {
+        // Member 1's port is reserved, then released: it refuses connections.
+        let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let first_addr = first.local_addr().unwrap();
+        drop(first);
+        let mut second = Backend::plain().await;
+        let members = [
+            format!("ws://{first_addr}"),
+            format!("ws://{}", second.addr),
+        ];
+        let gw = gateway(
+            "",
+            &upstream_route(
+                "pool",
+                "/pool",
+                &members,
+                "backoff = \"100ms\"\nbackoff_max = \"200ms\"",
+            ),
+        )
+        .await;
+
+        // Every session is served (by member 2) while member 1 is down.
+        for _ in 0..4 {
+            let mut ws = gw.ws("/pool").await;
+            ws.send(Message::text("x")).await.unwrap();
+            assert_eq!(next_data(&mut ws).await, Message::text("x"));
+            second.next_upgrade().await;
+        }
+        let (_, scrape) = gw.admin_get("/metrics").await;
+        let health =
+            format!("wsgate_upstream_healthy{{route=\"pool\",upstream=\"ws://{first_addr}\"}}");
+        assert_eq!(common::metric(&scrape, &health), Some(0.0), "{scrape}");
+
+        // Member 1 comes back on its port; once its backoff has passed it is
+        // tried again and serves. Each attempt is a real session.
+        let mut first = Backend::start(
+            TcpListener::bind(first_addr).await.unwrap(),
+            Options::default(),
+        );
+        let mut served_by_first = false;
+        for _ in 0..2000 {
+            let _ws = gw.ws("/pool").await;
+            if let Ok(Event::Upgrade { .. }) = first.events.try_recv() {
+                served_by_first = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(served_by_first, "member 1 was never retried");
+        let (_, scrape) = gw.admin_get("/metrics").await;
+        assert_eq!(common::metric(&scrape, &health), Some(1.0), "{scrape}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn least_connections_prefers_the_idler_member() {
+    within(10, async {
+        let mut a = Backend::plain().await;
+        let mut b = Backend::plain().await;
+        let members = [format!("ws://{}", a.addr), format!("ws://{}", b.addr)];
+        let gw = gateway(
+            "",
+            &upstream_route("lc", "/lc", &members, "balance = \"least_connections\""),
+        )
+        .await;
+        // Three sessions: whichever member took the first, the second goes to
+        // the other (0 < 1 open), and the third to either; hold them open.
+        let _s1 = gw.ws("/lc").await;
+        let _s2 = gw.ws("/lc").await;
+        let (mut on_a, mut on_b) = (0, 0);
+        for _ in 0..2 {
+            tokio::select! {
+                _ = a.next_upgrade() => on_a += 1,
+                _ = b.next_upgrade() => on_b += 1,
+            }
+        }
+        assert_eq!((on_a, on_b), (1, 1));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn wss_upstreams_with_ca_sni_override_and_client_certificates() {
+    within(20, async {
+        // The backend's certificate names "backend.internal"; we dial 127.0.0.1.
+        let backend_certs = certs(&["backend.internal"]);
+        let mut plain_tls = Backend::tls(&backend_certs).await;
+        // A second backend that requires a client certificate from a CA it trusts.
+        let client_certs = certs(&["wsgate-client"]);
+        let mut mtls = Backend::start(
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            Options {
+                tls: Some((backend_certs.cert.clone(), backend_certs.key.clone())),
+                client_ca: Some(client_certs.ca.clone()),
+                ..Options::default()
+            },
+        );
+        let tls_keys = format!(
+            "tls_ca = {:?}\ntls_server_name = \"backend.internal\"",
+            backend_certs.ca
+        );
+        let routes = [
+            upstream_route(
+                "tls",
+                "/tls",
+                &[format!("wss://{}", plain_tls.addr)],
+                &tls_keys,
+            ),
+            upstream_route(
+                "mtls",
+                "/mtls",
+                &[format!("wss://{}", mtls.addr)],
+                &format!(
+                    "{tls_keys}\ntls_client_cert = {:?}\ntls_client_key = {:?}",
+                    client_certs.cert, client_certs.key
+                ),
+            ),
+            // Same backend, no client certificate: its TLS refuses us.
+            upstream_route(
+                "nocert",
+                "/nocert",
+                &[format!("wss://{}", mtls.addr)],
+                &tls_keys,
+            ),
+            // Wrong name: verification fails.
+            upstream_route(
+                "badname",
+                "/badname",
+                &[format!("wss://{}", plain_tls.addr)],
+                &format!("tls_ca = {:?}", backend_certs.ca),
+            ),
+        ]
+        .concat();
+        let gw = gateway("", &routes).await;
+        for (path, backend) in [("/tls", &mut plain_tls), ("/mtls", &mut mtls)] {
+            let mut ws = gw.ws(path).await;
+            ws.send(Message::text(path)).await.unwrap();
+            assert_eq!(next_data(&mut ws).await, Message::text(path));
+            backend.next_upgrade().await;
+        }
+        for path in ["/nocert", "/badname"] {
+            let answer = gw.raw(common::upgrade_request(path, "").as_bytes()).await;
+            assert_eq!(common::status_of(&answer), 502, "{path}: {answer}");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_does_not_make_the_gateway_buffer() {
+    within(60, async {
+        let mut backend = Backend::plain().await;
+        let gw = gateway(
+            "",
+            &upstream_route("flood", "/flood", &[format!("ws://{}", backend.addr)], ""),
+        )
+        .await;
+        // The client's receive buffer is small and fixed, and it never reads.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 << 10).unwrap();
+        let tcp = socket.connect(gw.addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(common::client_config(&gw.certs.ca))
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let url = format!("wss://localhost:{}/flood", gw.addr.port());
+        let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+        // 64 MiB in 256 KiB messages: far more than every socket buffer on
+        // the way (4 MiB send, 32 MiB receive at most here) can hold.
+        const COUNT: usize = 256;
+        const SIZE: usize = 256 << 10;
+        ws.send(Message::text(format!("cmd:flood:{COUNT}:{SIZE}")))
+            .await
+            .unwrap();
+
+        // The backend cannot finish: the gateway reads from it only as fast
+        // as the client takes. Give it ample time to show otherwise.
+        let mut sent = 0;
+        let stalled = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                if let Event::Flooded(n) = backend.next().await {
+                    sent = n;
+                    if n == COUNT {
+                        break;
+                    }
+                }
+            }
+        })
+        .await
+        .is_err();
+        assert!(
+            stalled,
+            "the backend sent all {COUNT} messages to a client that reads nothing"
+        );
+
+        // What the gateway took from the backend and forwarded is bounded by
+        // what the client side can hold, not by what the backend sent.
+        let (_, scrape) = gw.admin_get("/metrics").await;
+        let series = "wsgate_bytes_total{route=\"flood\",direction=\"upstream_to_client\"}";
+        let forwarded = common::metric(&scrape, series).unwrap_or(0.0);
+        assert!(
+            forwarded <= (12 << 20) as f64,
+            "gateway took {forwarded} bytes from the backend"
+        );
+        assert!(sent < COUNT);
+
+        // Nothing was lost: once the client reads, every message arrives.
+        for _ in 0..COUNT {
+            match next_data(&mut ws).await {
+                Message::Binary(b) => assert_eq!(b.len(), SIZE),
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+}
