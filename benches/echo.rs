@@ -39,7 +39,10 @@ struct Params {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--baseline-server") {
-        return baseline_server(&args[i + 1], &args[i + 2]);
+        return baseline_server(Some((&args[i + 1], &args[i + 2])));
+    }
+    if args.iter().any(|a| a == "--baseline-server-plain") {
+        return baseline_server(None);
     }
     let quick = args.iter().any(|a| a == "--quick");
     let params = if quick {
@@ -121,56 +124,109 @@ async fn compare(p: Params) {
         .unwrap()
         .write(&dir.path().join("cert.pem"), &dir.path().join("key.pem"))
         .unwrap();
-    let config = dir.path().join("wsgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n\
-             [limits]\nmax_connections = {}\n[[routes]]\npath = \"/echo\"\nkind = \"echo\"\n",
-            written.cert,
-            written.key,
-            p.idle_connections + 100
-        ),
-    )
-    .unwrap();
     let connector = connector(&written.ca);
+    let gateway_config = |name: &str, routes: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n\
+                 [limits]\nmax_connections = {}\n{routes}",
+                written.cert,
+                written.key,
+                p.idle_connections + 100
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+        cmd.arg("--config").arg(path);
+        cmd
+    };
+    let baseline_cmd = |plain: bool| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        if plain {
+            cmd.arg("--baseline-server-plain");
+        } else {
+            cmd.arg("--baseline-server")
+                .arg(&written.cert)
+                .arg(&written.key);
+        }
+        cmd
+    };
 
-    let mut baseline_cmd = Command::new(std::env::current_exe().unwrap());
-    baseline_cmd
-        .arg("--baseline-server")
-        .arg(&written.cert)
-        .arg(&written.key);
-    let baseline = measure("baseline", spawn(baseline_cmd), &connector, &p).await;
-    let mut wsgate_cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
-    wsgate_cmd.arg("--config").arg(&config);
-    let gateway = measure("wsgate", spawn(wsgate_cmd), &connector, &p).await;
+    // 1. Direct: clients to the baseline server over wss.
+    let direct = measure(
+        "baseline (direct)",
+        &spawn(baseline_cmd(false)),
+        "/",
+        &connector,
+        &p,
+    )
+    .await;
+    // 2. wsgate's echo route.
+    let echo_gw = spawn(gateway_config(
+        "echo.toml",
+        "[[routes]]\npath = \"/echo\"\nkind = \"echo\"\n",
+    ));
+    let echo = measure("wsgate echo", &echo_gw, "/echo", &connector, &p).await;
+    drop(echo_gw);
+    // 3. Relay: clients to wsgate over wss, wsgate to a plain-ws baseline
+    //    backend (its own process, so wsgate's RSS is wsgate's alone).
+    let backend = spawn(baseline_cmd(true));
+    let relay_routes = format!(
+        "[[routes]]\npath = \"/relay\"\nkind = \"upstream\"\nupstreams = [\"ws://{}\"]\n",
+        backend.addr
+    );
+    let relay = measure(
+        "wsgate relay",
+        &spawn(gateway_config("relay.toml", &relay_routes)),
+        "/relay",
+        &connector,
+        &p,
+    )
+    .await;
+    drop(backend);
 
-    println!();
+    let table = |title: &str, base_name: &str, base: &Measured, name: &str, other: &Measured| {
+        println!("\n{title}");
+        println!(
+            "{:<40} {:>14} {:>14} {:>8}",
+            "measure", base_name, name, "ratio"
+        );
+        let row = |label: &str, b: f64, w: f64| {
+            println!("{label:<40} {b:>14.1} {w:>14.1} {:>8.2}", w / b)
+        };
+        row("KiB per idle connection", base.idle_kib, other.idle_kib);
+        row(
+            "KiB per connection after one 100 B msg",
+            base.after_message_kib,
+            other.after_message_kib,
+        );
+        row("round trip p50 (us)", base.p50_us, other.p50_us);
+        row("round trip p99 (us)", base.p99_us, other.p99_us);
+        row(
+            "echo throughput (msgs/s)",
+            base.msgs_per_sec,
+            other.msgs_per_sec,
+        );
+    };
+    table(
+        "echo: wsgate vs a plain tokio-tungstenite server",
+        "baseline",
+        &direct,
+        "wsgate echo",
+        &echo,
+    );
+    table(
+        "relay: client -> wsgate -> backend vs client -> backend",
+        "direct",
+        &direct,
+        "via wsgate",
+        &relay,
+    );
     println!(
-        "{:<40} {:>12} {:>12} {:>8}",
-        "measure", "baseline", "wsgate", "ratio"
-    );
-    let row =
-        |name: &str, b: f64, w: f64| println!("{name:<40} {b:>12.1} {w:>12.1} {:>8.2}", w / b);
-    row(
-        "KiB per idle connection",
-        baseline.idle_kib,
-        gateway.idle_kib,
-    );
-    row(
-        "KiB per connection after one 100 B msg",
-        baseline.after_message_kib,
-        gateway.after_message_kib,
-    );
-    row("round trip p50 (us)", baseline.p50_us, gateway.p50_us);
-    row("round trip p99 (us)", baseline.p99_us, gateway.p99_us);
-    row(
-        "echo throughput (msgs/s)",
-        baseline.msgs_per_sec,
-        gateway.msgs_per_sec,
-    );
-    println!(
-        "\n({} idle connections; {} sequential round trips; {} connections x {} messages of 128 B)",
+        "\n({} idle connections; {} sequential round trips; {} connections x {} messages of 128 B; \
+         relay memory is wsgate's alone, per relayed session)",
         p.idle_connections, p.latency_round_trips, p.throughput_connections, p.throughput_messages
     );
 }
@@ -179,22 +235,28 @@ fn connector(ca: &std::path::Path) -> TlsConnector {
     TlsConnector::from(common::client_config(ca))
 }
 
-async fn connect(addr: SocketAddr, connector: &TlsConnector) -> Ws {
+async fn connect(addr: SocketAddr, connector: &TlsConnector, path: &str) -> Ws {
     let tcp = TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    let url = format!("wss://localhost:{}/echo", addr.port());
+    let url = format!("wss://localhost:{}{path}", addr.port());
     tokio_tungstenite::client_async(url, tls).await.unwrap().0
 }
 
-async fn measure(name: &str, server: Server, connector: &TlsConnector, p: &Params) -> Measured {
+async fn measure(
+    name: &str,
+    server: &Server,
+    path: &str,
+    connector: &TlsConnector,
+    p: &Params,
+) -> Measured {
     eprintln!("measuring {name} at {}", server.addr);
     let pid = server.child.id();
     // Warm up allocator and runtime with one connection, then take the baseline.
-    let mut warm = connect(server.addr, connector).await;
+    let mut warm = connect(server.addr, connector, path).await;
     round_trip(&mut warm, 100).await;
     let before = rss_kib(pid);
 
@@ -202,11 +264,12 @@ async fn measure(name: &str, server: Server, connector: &TlsConnector, p: &Param
     for chunk in 0..p.idle_connections.div_ceil(100) {
         let n = 100.min(p.idle_connections - chunk * 100);
         let batch =
-            futures_util::future::join_all((0..n).map(|_| connect(server.addr, connector))).await;
+            futures_util::future::join_all((0..n).map(|_| connect(server.addr, connector, path)))
+                .await;
         idle.extend(batch);
     }
     // One round trip on a fresh connection: every earlier session is set up.
-    let mut last = connect(server.addr, connector).await;
+    let mut last = connect(server.addr, connector, path).await;
     round_trip(&mut last, 1).await;
     let idle_kib = (rss_kib(pid) - before) as f64 / p.idle_connections as f64;
     futures_util::future::join_all(idle.iter_mut().map(|ws| round_trip(ws, 100))).await;
@@ -226,7 +289,7 @@ async fn measure(name: &str, server: Server, connector: &TlsConnector, p: &Param
 
     let mut conns = Vec::new();
     for _ in 0..p.throughput_connections {
-        conns.push(connect(server.addr, connector).await);
+        conns.push(connect(server.addr, connector, path).await);
     }
     let started = Instant::now();
     futures_util::future::join_all(
@@ -272,22 +335,25 @@ async fn pipelined(ws: &mut Ws, count: usize) {
     }
 }
 
-/// The baseline: accept, TLS, tungstenite handshake, echo; default settings.
-fn baseline_server(cert: &str, key: &str) {
+/// The baseline: accept, TLS (unless plain), tungstenite handshake, echo;
+/// default settings.
+fn baseline_server(tls: Option<(&str, &str)>) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let chain: Vec<_> = CertificateDer::pem_file_iter(cert)
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let key = PrivateKeyDer::from_pem_file(key).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let acceptor = tls.map(|(cert, key)| {
+            let chain: Vec<_> = CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(key).unwrap();
+            let config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap();
+            TlsAcceptor::from(Arc::new(config))
+        });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         eprintln!("baseline serving addr={}", listener.local_addr().unwrap());
         loop {
@@ -295,18 +361,27 @@ fn baseline_server(cert: &str, key: &str) {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        return;
+                match acceptor {
+                    Some(acceptor) => {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        echo(tls).await;
                     }
+                    None => echo(tcp).await,
                 }
             });
         }
     });
+}
+
+async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: S) {
+    let Ok(mut ws) = tokio_tungstenite::accept_async(io).await else {
+        return;
+    };
+    while let Some(Ok(msg)) = ws.next().await {
+        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+            return;
+        }
+    }
 }

@@ -1191,6 +1191,64 @@ mod tests {
     }
 
     #[test]
+    fn upstream_routes_validate_every_key() {
+        let text = r#"
+            [tls]
+            self_signed_if_missing = true
+            cert = "/nonexistent/wsgate-test/cert.pem"
+            key = "/nonexistent/wsgate-test/key.pem"
+            [[routes]]
+            path = "/echo"
+            kind = "echo"
+            strip_prefix = true
+            [[routes]]
+            path = "/app"
+            kind = "upstream"
+            upstreams = ["http://x:1/", "ws://user:pw@x:1/", "wss://api.internal/ws"]
+            balance = "random"
+            backoff = "10s"
+            backoff_max = "1s"
+            tls_client_cert = "/nonexistent/c.pem"
+            [[routes]]
+            path = "/none"
+            kind = "upstream"
+        "#;
+        let err = load(text, &[]).unwrap_err();
+        let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        for key in [
+            "routes[0].strip_prefix",
+            "routes[1].upstreams[0]",
+            "routes[1].upstreams[1]",
+            "routes[1].balance",
+            "routes[1].backoff_max",
+            "routes[1].tls_client_key",
+            "routes[2].upstreams",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        assert!(
+            !keys.contains(&"routes[1].upstreams[2]"),
+            "wss://api.internal/ws is valid"
+        );
+    }
+
+    #[test]
+    fn upstream_urls_parse() {
+        let u = UpstreamUrl::parse("wss://[::1]:9443/ws/?a=b").unwrap();
+        assert_eq!((u.secure, u.host.as_str(), u.port), (true, "::1", 9443));
+        assert_eq!(
+            (u.authority.as_str(), u.path.as_str(), u.query.as_deref()),
+            ("[::1]:9443", "/ws", Some("a=b"))
+        );
+        let u = UpstreamUrl::parse("ws://backend").unwrap();
+        assert_eq!(
+            (u.port, u.authority.as_str(), u.path.as_str()),
+            (80, "backend", "")
+        );
+        assert!(UpstreamUrl::parse("tcp://x:1").is_err());
+    }
+
+    #[test]
     fn sizes_and_durations_parse() {
         assert_eq!(parse_size("16MiB"), Ok(16 << 20));
         assert_eq!(parse_size("64 KiB"), Ok(64 << 10));

@@ -583,3 +583,49 @@ async fn a_client_that_never_reads_does_not_make_the_gateway_buffer() {
     })
     .await
 }
+
+/// Scrape until `series` has `value` (each scrape is a real request).
+async fn wait_for_metric(gw: &Running, series: &str, value: f64) {
+    loop {
+        let (_, scrape) = gw.admin_get("/metrics").await;
+        if common::metric(&scrape, series) == Some(value) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn the_active_check_marks_members_down_and_up_without_traffic() {
+    within(20, async {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let member = format!("ws://{addr}");
+        let gw = gateway(
+            "",
+            &upstream_route(
+                "checked",
+                "/checked",
+                std::slice::from_ref(&member),
+                "health_check_interval = \"50ms\"\nbackoff = \"30s\"",
+            ),
+        )
+        .await;
+        let series = format!("wsgate_upstream_healthy{{route=\"checked\",upstream=\"{member}\"}}");
+        wait_for_metric(&gw, &series, 0.0).await;
+        let refused = gw
+            .raw(common::upgrade_request("/checked", "").as_bytes())
+            .await;
+        assert_eq!(common::status_of(&refused), 503, "in backoff: {refused}");
+        // The member comes back; the check (not a 30 s backoff) puts it in service.
+        let mut backend =
+            Backend::start(TcpListener::bind(addr).await.unwrap(), Options::default());
+        wait_for_metric(&gw, &series, 1.0).await;
+        let _ws = gw.ws("/checked").await;
+        backend.next_upgrade().await;
+    })
+    .await
+}
