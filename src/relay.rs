@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::close::{SessionEnd, Side};
 use crate::config::Limits;
 use crate::metrics::RouteMetrics;
-use crate::session::{IdleTimer, KEEPALIVE, Keepalive, bounded};
+use crate::session::{KEEPALIVE, Timers, bounded};
 
 type Next = Option<Result<Message, WsError>>;
 
@@ -34,38 +34,23 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut keepalive = Keepalive::new(limits.ping_interval);
-    let mut idle = IdleTimer::new(limits.idle_timeout);
+    let mut timers = Timers::new(limits);
     loop {
         // Unbiased between the two sides, so neither can starve the other.
         let (from, first) = tokio::select! {
             msg = client.next() => (Side::Client, msg),
             msg = upstream.next() => (Side::Upstream, msg),
             _ = cancel.cancelled() => return SessionEnd::Shutdown,
-            _ = keepalive.tick() => {
-                if let Err(end) = keepalive.ping(client, limits.send_timeout).await {
+            tick = timers.next() => {
+                if let Err(end) = timers.handle(tick, client, limits.send_timeout).await {
                     return end;
-                }
-                continue;
-            }
-            _ = idle.expired() => {
-                if idle.check() {
-                    return SessionEnd::Idle;
                 }
                 continue;
             }
         };
         let written = match from {
             Side::Client => {
-                let batch = pump(
-                    Side::Client,
-                    client,
-                    upstream,
-                    first,
-                    metrics,
-                    &mut keepalive,
-                    &mut idle,
-                );
+                let batch = pump(Side::Client, client, upstream, first, metrics, &mut timers);
                 bounded(Side::Upstream, limits.send_timeout, cancel, batch).await
             }
             Side::Upstream => {
@@ -75,8 +60,7 @@ where
                     client,
                     first,
                     metrics,
-                    &mut keepalive,
-                    &mut idle,
+                    &mut timers,
                 );
                 bounded(Side::Client, limits.send_timeout, cancel, batch).await
             }
@@ -95,8 +79,7 @@ async fn pump<S, D>(
     dst: &mut WebSocketStream<D>,
     first: Next,
     metrics: &RouteMetrics,
-    keepalive: &mut Keepalive,
-    idle: &mut IdleTimer,
+    timers: &mut Timers,
 ) -> Result<(), SessionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -117,11 +100,11 @@ where
         match msg {
             Message::Text(_) | Message::Binary(_) => {
                 metrics.count(from, msg.len() as u64);
-                idle.touch();
+                timers.touch();
                 dst.feed(msg).await.map_err(write_err)?;
             }
             Message::Pong(ref payload) if from == Side::Client => {
-                keepalive.pong();
+                timers.pong();
                 if payload.as_ref() != KEEPALIVE {
                     dst.feed(msg).await.map_err(write_err)?;
                 }

@@ -96,22 +96,15 @@ async fn echo<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut keepalive = Keepalive::new(limits.ping_interval);
-    let mut idle = IdleTimer::new(limits.idle_timeout);
+    let mut timers = Timers::new(limits);
     loop {
         let first = tokio::select! {
             biased;
             _ = cancel.cancelled() => return SessionEnd::Shutdown,
             msg = ws.next() => msg,
-            _ = keepalive.tick() => {
-                if let Err(end) = keepalive.ping(ws, limits.send_timeout).await {
+            tick = timers.next() => {
+                if let Err(end) = timers.handle(tick, ws, limits.send_timeout).await {
                     return end;
-                }
-                continue;
-            }
-            _ = idle.expired() => {
-                if idle.check() {
-                    return SessionEnd::Idle;
                 }
                 continue;
             }
@@ -133,9 +126,9 @@ where
                             .await
                             .map_err(|e| SessionEnd::from_ws_error(Side::Client, &e))?;
                         metrics.count(Side::Upstream, len);
-                        idle.touch();
+                        timers.touch();
                     }
-                    Message::Pong(_) => keepalive.pong(),
+                    Message::Pong(_) => timers.pong(),
                     Message::Close(frame) => return Err(SessionEnd::Closed(Side::Client, frame)),
                     Message::Ping(_) | Message::Frame(_) => {}
                 }
@@ -194,15 +187,72 @@ pub(crate) async fn bounded(
     }
 }
 
+/// The session's clocks: keepalive pings to the client and the idle deadline.
+pub(crate) struct Timers {
+    keepalive: Keepalive,
+    idle: IdleTimer,
+}
+
+/// Which clock fired.
+pub(crate) enum Tick {
+    Ping,
+    Idle,
+}
+
+impl Timers {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Timers {
+            keepalive: Keepalive::new(limits.ping_interval),
+            idle: IdleTimer::new(limits.idle_timeout),
+        }
+    }
+
+    /// Wait for the next tick; a `select!` arm beside the stream reads.
+    pub(crate) async fn next(&mut self) -> Tick {
+        tokio::select! {
+            _ = self.keepalive.tick() => Tick::Ping,
+            _ = self.idle.expired() => Tick::Idle,
+        }
+    }
+
+    /// Act on a tick: ping the client (or end the session if the last ping
+    /// went unanswered), or end an idle session.
+    pub(crate) async fn handle<S>(
+        &mut self,
+        tick: Tick,
+        client: &mut WebSocketStream<S>,
+        limit: Duration,
+    ) -> Result<(), SessionEnd>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match tick {
+            Tick::Ping => self.keepalive.ping(client, limit).await,
+            Tick::Idle if self.idle.check() => Err(SessionEnd::Idle),
+            Tick::Idle => Ok(()),
+        }
+    }
+
+    /// A data message went through.
+    pub(crate) fn touch(&mut self) {
+        self.idle.touch();
+    }
+
+    /// A pong came from the client.
+    pub(crate) fn pong(&mut self) {
+        self.keepalive.pong();
+    }
+}
+
 /// Server pings to the client: a ping still unanswered when the next is due
 /// ends the session.
-pub(crate) struct Keepalive {
+struct Keepalive {
     interval: Option<Interval>,
     awaiting_pong: bool,
 }
 
 impl Keepalive {
-    pub(crate) fn new(period: Option<Duration>) -> Self {
+    fn new(period: Option<Duration>) -> Self {
         let interval = period.map(|p| {
             let mut i = tokio::time::interval_at(Instant::now() + p, p);
             i.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -214,7 +264,7 @@ impl Keepalive {
         }
     }
 
-    pub(crate) async fn tick(&mut self) {
+    async fn tick(&mut self) {
         match &mut self.interval {
             Some(i) => {
                 i.tick().await;
@@ -224,7 +274,7 @@ impl Keepalive {
     }
 
     /// After a tick: end the session if the last ping went unanswered, else ping.
-    pub(crate) async fn ping<S>(
+    async fn ping<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
         limit: Duration,
@@ -244,21 +294,21 @@ impl Keepalive {
     }
 
     /// Any pong from the client shows it is alive.
-    pub(crate) fn pong(&mut self) {
+    fn pong(&mut self) {
         self.awaiting_pong = false;
     }
 }
 
 /// Idle deadline without a timer reset per message: activity only records
 /// the time; when the timer fires it is re-armed from the last activity.
-pub(crate) struct IdleTimer {
+struct IdleTimer {
     limit: Option<Duration>,
     last: Instant,
     deadline: Instant,
 }
 
 impl IdleTimer {
-    pub(crate) fn new(limit: Option<Duration>) -> Self {
+    fn new(limit: Option<Duration>) -> Self {
         let now = Instant::now();
         IdleTimer {
             limit,
@@ -267,11 +317,11 @@ impl IdleTimer {
         }
     }
 
-    pub(crate) fn touch(&mut self) {
+    fn touch(&mut self) {
         self.last = Instant::now();
     }
 
-    pub(crate) async fn expired(&self) {
+    async fn expired(&self) {
         match self.limit {
             Some(_) => sleep_until(self.deadline).await,
             None => std::future::pending().await,
@@ -279,7 +329,7 @@ impl IdleTimer {
     }
 
     /// After the timer fired: true if really idle, else re-armed.
-    pub(crate) fn check(&mut self) -> bool {
+    fn check(&mut self) -> bool {
         let Some(limit) = self.limit else {
             return false;
         };

@@ -22,6 +22,15 @@ async fn gateway(limits: &str, routes: &str) -> Running {
     start_with(certs, &text).await
 }
 
+/// A gateway with one upstream route `/app` to `backend`.
+async fn gateway_to(backend: &Backend) -> Running {
+    gateway(
+        "",
+        &upstream_route("app", "/app", &[format!("ws://{}", backend.addr)], ""),
+    )
+    .await
+}
+
 fn upstream_route(name: &str, path: &str, members: &[String], extra: &str) -> String {
     format!(
         "[[routes]]\nname = {name:?}\npath = {path:?}\nkind = \"upstream\"\nupstreams = {members:?}\n{extra}\n"
@@ -189,11 +198,7 @@ async fn strip_prefix_and_member_query() {
 async fn close_codes_pass_both_ways_and_vanishing_sides_are_reported() {
     within(20, async {
         let mut backend = Backend::plain().await;
-        let gw = gateway(
-            "",
-            &upstream_route("app", "/app", &[format!("ws://{}", backend.addr)], ""),
-        )
-        .await;
+        let gw = gateway_to(&backend).await;
 
         // Backend closes 4001 "bye": the client sees exactly that.
         let mut ws = gw.ws("/app").await;
@@ -252,11 +257,7 @@ async fn close_codes_pass_both_ways_and_vanishing_sides_are_reported() {
 async fn a_killed_backend_closes_the_client_with_1011() {
     within(10, async {
         let mut backend = Backend::plain().await;
-        let gw = gateway(
-            "",
-            &upstream_route("app", "/app", &[format!("ws://{}", backend.addr)], ""),
-        )
-        .await;
+        let gw = gateway_to(&backend).await;
         let mut ws = gw.ws("/app").await;
         ws.send(Message::text("alive?")).await.unwrap();
         assert_eq!(next_data(&mut ws).await, Message::text("alive?"));
@@ -521,19 +522,8 @@ async fn a_client_that_never_reads_does_not_make_the_gateway_buffer() {
             &upstream_route("flood", "/flood", &[format!("ws://{}", backend.addr)], ""),
         )
         .await;
-        // The client's receive buffer is small and fixed, and it never reads.
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(16 << 10).unwrap();
-        let tcp = socket.connect(gw.addr).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(common::client_config(&gw.certs.ca))
-            .connect(
-                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
-        let url = format!("wss://localhost:{}/flood", gw.addr.port());
-        let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+        // Never reads; a small, fixed receive buffer.
+        let mut ws = common::ws_small_rcvbuf(&gw, "/flood").await;
         // 64 MiB in 256 KiB messages: far more than every socket buffer on
         // the way (4 MiB send, 32 MiB receive at most here) can hold.
         const COUNT: usize = 256;
@@ -584,17 +574,6 @@ async fn a_client_that_never_reads_does_not_make_the_gateway_buffer() {
     .await
 }
 
-/// Scrape until `series` has `value` (each scrape is a real request).
-async fn wait_for_metric(gw: &Running, series: &str, value: f64) {
-    loop {
-        let (_, scrape) = gw.admin_get("/metrics").await;
-        if common::metric(&scrape, series) == Some(value) {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-}
-
 #[tokio::test]
 async fn the_active_check_marks_members_down_and_up_without_traffic() {
     within(20, async {
@@ -615,7 +594,7 @@ async fn the_active_check_marks_members_down_and_up_without_traffic() {
         )
         .await;
         let series = format!("wsgate_upstream_healthy{{route=\"checked\",upstream=\"{member}\"}}");
-        wait_for_metric(&gw, &series, 0.0).await;
+        common::wait_for_metric(&gw, &series, 0.0).await;
         let refused = gw
             .raw(common::upgrade_request("/checked", "").as_bytes())
             .await;
@@ -623,7 +602,7 @@ async fn the_active_check_marks_members_down_and_up_without_traffic() {
         // The member comes back; the check (not a 30 s backoff) puts it in service.
         let mut backend =
             Backend::start(TcpListener::bind(addr).await.unwrap(), Options::default());
-        wait_for_metric(&gw, &series, 1.0).await;
+        common::wait_for_metric(&gw, &series, 1.0).await;
         let _ws = gw.ws("/checked").await;
         backend.next_upgrade().await;
     })

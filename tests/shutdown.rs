@@ -77,20 +77,8 @@ async fn a_client_that_stops_reading_does_not_hold_up_the_drain() {
             "[[routes]]\nname = \"flood\"\npath = \"/flood\"\nkind = \"echo\"\n",
         );
         let mut gw = common::start_with(certs, &text).await;
-        // A small, fixed receive buffer: the echo of a 6 MiB message cannot
-        // fit between the server's send buffer (4 MiB at most here) and us.
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(16 << 10).unwrap();
-        let tcp = socket.connect(gw.addr).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(common::client_config(&gw.certs.ca))
-            .connect(
-                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
-        let url = format!("wss://localhost:{}/flood", gw.addr.port());
-        let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+        // Never reads; a small, fixed receive buffer.
+        let mut ws = common::ws_small_rcvbuf(&gw, "/flood").await;
         let sending = tokio::spawn(async move {
             use futures_util::SinkExt;
             let _ = ws.send(Message::binary(vec![0u8; 6 << 20])).await;
@@ -99,13 +87,7 @@ async fn a_client_that_stops_reading_does_not_hold_up_the_drain() {
         // Wait until the gateway has the whole message: it is now writing
         // the echo to a client that does not read.
         let series = "wsgate_messages_total{route=\"flood\",direction=\"client_to_upstream\"}";
-        loop {
-            let (_, scrape) = gw.admin_get("/metrics").await;
-            if common::metric(&scrape, series) == Some(1.0) {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        common::wait_for_metric(&gw, series, 1.0).await;
         let started = Instant::now();
         gw.stop();
         (&mut gw.join).await.unwrap().unwrap();

@@ -273,3 +273,30 @@ pub async fn read_until_close(tls: &mut TlsStream<TcpStream>) -> (Vec<u8>, u16) 
         }
     }
 }
+
+/// A client whose receive buffer is small and fixed (so the kernel cannot
+/// absorb much on its behalf), connected over wss to `path`. Tests that
+/// never read from it see the gateway's backpressure.
+pub async fn ws_small_rcvbuf(gw: &Running, path: &str) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let tcp = socket.connect(gw.addr).await.unwrap();
+    let tls = TlsConnector::from(client_config(&gw.certs.ca))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let url = format!("wss://localhost:{}{path}", gw.addr.port());
+    tokio_tungstenite::client_async(url, tls).await.unwrap().0
+}
+
+/// Scrape the admin listener until `series` has `value` (each scrape is a
+/// real request; the caller's `within` bounds the wait).
+pub async fn wait_for_metric(gw: &Running, series: &str, value: f64) {
+    loop {
+        let (_, scrape) = gw.admin_get("/metrics").await;
+        if metric(&scrape, series) == Some(value) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
