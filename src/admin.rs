@@ -1,6 +1,7 @@
 //! The admin listener (plain HTTP, separate address): `/metrics`,
 //! `/healthz` (200 while the process lives), `/readyz` (200 only while
-//! serving; 503 while starting and from the moment draining begins).
+//! serving; 503 while starting and from the moment draining begins), and the
+//! hub's HTTP API under `/api/`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -16,17 +18,23 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::hub::{self, Hub};
 use crate::shutdown::Readiness;
 
 const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) async fn serve(
-    listener: TcpListener,
-    metrics: PrometheusHandle,
-    ready: Readiness,
-    stop: CancellationToken,
-) {
+/// What the admin listener serves from.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub(crate) metrics: PrometheusHandle,
+    pub(crate) ready: Readiness,
+    pub(crate) hub: Hub,
+    /// Largest API request body (`limits.max_message_size`).
+    pub(crate) max_body: usize,
+}
+
+pub(crate) async fn serve(listener: TcpListener, ctx: Context, stop: CancellationToken) {
     let mut upkeep = tokio::time::interval(UPKEEP_PERIOD);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -35,7 +43,7 @@ pub(crate) async fn serve(
         let tcp = tokio::select! {
             _ = stop.cancelled() => return,
             _ = upkeep.tick() => {
-                metrics.run_upkeep();
+                ctx.metrics.run_upkeep();
                 continue;
             }
             accepted = listener.accept() => match accepted {
@@ -47,12 +55,18 @@ pub(crate) async fn serve(
                 }
             },
         };
-        let (metrics, ready, stop, http) =
-            (metrics.clone(), ready.clone(), stop.clone(), http.clone());
+        let (ctx, stop, http) = (ctx.clone(), stop.clone(), http.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let response = respond(&req, &metrics, &ready);
-                async move { Ok::<_, Infallible>(response) }
+            let service = service_fn(move |req: Request<Incoming>| {
+                let ctx = ctx.clone();
+                async move {
+                    let response = if req.uri().path().starts_with("/api/") {
+                        hub::api::handle(req, &ctx.hub, ctx.max_body).await
+                    } else {
+                        respond(&req, &ctx.metrics, &ctx.ready)
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let conn = http.serve_connection(TokioIo::new(tcp), service);
             tokio::pin!(conn);

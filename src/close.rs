@@ -33,6 +33,10 @@ pub enum Rejection {
     /// The member answered the upgrade with something other than 101 that
     /// is not an HTTP error status (the error statuses pass through as they are).
     UpstreamBadHandshake,
+    /// A hub route with `names = "unique"`: that name is already connected.
+    NameTaken,
+    /// The hub is at `max_channels` and the room does not exist yet.
+    HubFull,
 }
 
 impl Rejection {
@@ -42,11 +46,14 @@ impl Rejection {
             Rejection::NotWebSocket | Rejection::Version => StatusCode::UPGRADE_REQUIRED,
             Rejection::Method => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Rejection::Draining | Rejection::UpstreamsDown => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Draining | Rejection::UpstreamsDown | Rejection::HubFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Rejection::UpstreamUnreachable | Rejection::UpstreamBadHandshake => {
                 StatusCode::BAD_GATEWAY
             }
             Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Rejection::NameTaken => StatusCode::CONFLICT,
         }
     }
 
@@ -63,6 +70,8 @@ impl Rejection {
             Rejection::UpstreamUnreachable => "upstream_unreachable",
             Rejection::UpstreamTimeout => "upstream_timeout",
             Rejection::UpstreamBadHandshake => "upstream_bad_handshake",
+            Rejection::NameTaken => "name_taken",
+            Rejection::HubFull => "hub_full",
         }
     }
 
@@ -79,6 +88,8 @@ impl Rejection {
             Rejection::UpstreamUnreachable => "upstream unreachable",
             Rejection::UpstreamTimeout => "upstream timed out",
             Rejection::UpstreamBadHandshake => "upstream refused the WebSocket upgrade",
+            Rejection::NameTaken => "that name is already connected",
+            Rejection::HubFull => "the hub is at its channel limit",
         }
     }
 }
@@ -147,6 +158,12 @@ pub enum SessionEnd {
     Idle,
     /// A server ping to the client was not answered before the next was due.
     PingTimeout,
+    /// A hub client's outbound queue overflowed (slow-consumer policy `close`).
+    SlowConsumer,
+    /// A raw hub client published faster than its route allows.
+    RateLimited,
+    /// The gateway cannot take this session now (hub channel limit).
+    Overloaded,
 }
 
 /// What to send one side at the end.
@@ -213,6 +230,14 @@ impl SessionEnd {
                 Side::Client => ClosePlan::Send(CloseCode::Error, "ping timeout"),
                 Side::Upstream => ClosePlan::Send(CloseCode::Away, "client gone"),
             },
+            SessionEnd::SlowConsumer | SessionEnd::RateLimited | SessionEnd::Overloaded
+                if side == Side::Upstream =>
+            {
+                ClosePlan::Send(CloseCode::Away, "client gone")
+            }
+            SessionEnd::SlowConsumer => ClosePlan::Send(CloseCode::Policy, "slow consumer"),
+            SessionEnd::RateLimited => ClosePlan::Send(CloseCode::Policy, "rate limit exceeded"),
+            SessionEnd::Overloaded => ClosePlan::Send(CloseCode::Again, "try again later"),
         }
     }
 
@@ -237,6 +262,9 @@ impl SessionEnd {
             SessionEnd::Shutdown => "shutdown",
             SessionEnd::Idle => "idle_timeout",
             SessionEnd::PingTimeout => "ping_timeout",
+            SessionEnd::SlowConsumer => "slow_consumer",
+            SessionEnd::RateLimited => "rate_limited",
+            SessionEnd::Overloaded => "overloaded",
         }
     }
 
@@ -337,6 +365,9 @@ mod tests {
             (SessionEnd::Shutdown, Some(1001), Some(1001)),
             (SessionEnd::Idle, Some(1001), Some(1001)),
             (SessionEnd::PingTimeout, Some(1011), Some(1001)),
+            (SessionEnd::SlowConsumer, Some(1008), Some(1001)),
+            (SessionEnd::RateLimited, Some(1008), Some(1001)),
+            (SessionEnd::Overloaded, Some(1013), Some(1001)),
         ];
         for (end, client, upstream) in table {
             assert_eq!(code(end.plan(Client)), client, "client side of {end:?}");

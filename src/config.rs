@@ -43,8 +43,27 @@ pub struct Config {
     pub tls: TlsConfig,
     pub admin: AdminConfig,
     pub limits: Limits,
+    pub hub: HubConfig,
     pub routes: Vec<Route>,
 }
+
+/// Settings of the pub/sub hub shared by every hub route: channels are one
+/// namespace across routes and the HTTP API.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Bearer tokens accepted by the HTTP API; empty: the API is off.
+    pub api_tokens: Vec<String>,
+    /// Messages a channel keeps for `since` resume.
+    pub history_size: usize,
+    /// How long a kept message stays resumable.
+    pub history_ttl: Duration,
+    /// Most channels at once (subscribed or holding history).
+    pub max_channels: usize,
+}
+
+pub const DEFAULT_HUB_HISTORY_SIZE: usize = 100;
+pub const DEFAULT_HUB_HISTORY_TTL: Duration = Duration::from_secs(300);
+pub const DEFAULT_HUB_MAX_CHANNELS: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct ListenConfig {
@@ -106,7 +125,7 @@ pub struct Limits {
     pub max_headers: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     /// Metric label and log field; defaults to the path.
     pub name: String,
@@ -117,24 +136,84 @@ pub struct Route {
     pub kind: RouteKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RouteKind {
     /// Every text and binary message comes back as it is.
     Echo,
     /// Each session is bridged to a member of an upstream pool.
     Upstream(Box<UpstreamConfig>),
+    /// wsgate itself serves pub/sub: channels, direct messages, presence.
+    Hub(Box<HubRoute>),
 }
 
 impl RouteKind {
-    const NAMES: &'static [&'static str] = &["echo", "upstream"];
+    const NAMES: &'static [&'static str] = &["echo", "upstream", "hub"];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             RouteKind::Echo => "echo",
             RouteKind::Upstream(_) => "upstream",
+            RouteKind::Hub(_) => "hub",
         }
     }
 }
+
+/// A `kind = "hub"` route: how its clients speak and what bounds them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubRoute {
+    pub protocol: HubProtocol,
+    /// raw: the channel every client of the route is in (default: the route name).
+    pub channel: String,
+    /// raw: the channel is the path below the route's prefix (`/chat/{room}`).
+    pub channel_from_path: bool,
+    /// raw: the sender gets its own frames too.
+    pub echo: bool,
+    /// raw: a text frame that is a JSON object with this string field goes
+    /// only to the client(s) of that name.
+    pub direct_field: Option<String>,
+    pub names: NamePolicy,
+    /// Send this route's clients join/leave events for their channels.
+    pub presence_events: bool,
+    pub max_channels_per_client: usize,
+    /// Outbound queue bound per connection, in messages and bytes.
+    pub queue_messages: usize,
+    pub queue_bytes: usize,
+    pub slow_consumer: SlowConsumer,
+    /// Token bucket per connection for publish/send: messages per second
+    /// and burst.
+    pub publish_rate: f64,
+    pub publish_burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubProtocol {
+    /// Frames go to the room unchanged.
+    Raw,
+    /// The JSON envelope protocol.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamePolicy {
+    /// A name connected anywhere cannot connect again (409).
+    Unique,
+    /// Several connections may share a name; direct messages reach them all.
+    Shared,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// Close the connection with 1008 "slow consumer".
+    Close,
+    /// Drop the oldest queued messages and tell the client (`lagged`).
+    DropOldest,
+}
+
+pub const DEFAULT_HUB_MAX_CHANNELS_PER_CLIENT: usize = 64;
+pub const DEFAULT_HUB_QUEUE_MESSAGES: usize = 1024;
+pub const DEFAULT_HUB_QUEUE_BYTES: usize = 4 << 20;
+pub const DEFAULT_HUB_PUBLISH_RATE: f64 = 100.0;
+pub const DEFAULT_HUB_PUBLISH_BURST: u32 = 200;
 
 /// A `kind = "upstream"` route's pool and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -386,7 +465,17 @@ struct RawConfig {
     tls: RawTls,
     admin: RawAdmin,
     limits: RawLimits,
+    hub: RawHub,
     routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawHub {
+    api_tokens: Vec<String>,
+    history_size: Option<String>,
+    history_ttl: Option<String>,
+    max_channels: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -454,6 +543,20 @@ struct RawRoute {
     tls_server_name: Option<String>,
     tls_client_cert: Option<String>,
     tls_client_key: Option<String>,
+    // kind = "hub"
+    protocol: Option<String>,
+    channel: Option<String>,
+    channel_from_path: Option<String>,
+    echo: Option<String>,
+    direct_field: Option<String>,
+    names: Option<String>,
+    presence_events: Option<String>,
+    max_channels_per_client: Option<String>,
+    queue_messages: Option<String>,
+    queue_bytes: Option<String>,
+    slow_consumer: Option<String>,
+    publish_rate: Option<String>,
+    publish_burst: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -513,12 +616,14 @@ impl Validator {
         }
         let tls = self.tls(raw.tls);
         let limits = self.limits(raw.limits);
+        let hub = self.hub(raw.hub);
         let routes = self.routes(raw.routes);
         Some(Config {
             listen: ListenConfig { addr: listen? },
             tls: tls?,
             admin: AdminConfig { addr: admin? },
             limits: limits?,
+            hub: hub?,
             routes: routes?,
         })
     }
@@ -715,12 +820,22 @@ impl Validator {
                 .as_deref()
             {
                 Some("echo") => {
-                    self.no_upstream_keys(&prefix, &r);
+                    self.foreign_keys(&prefix, &r, "echo");
                     Some(RouteKind::Echo)
                 }
-                Some("upstream") => self
-                    .upstream(&prefix, r)
-                    .map(|u| RouteKind::Upstream(Box::new(u))),
+                Some("upstream") => {
+                    self.foreign_keys(&prefix, &r, "upstream");
+                    self.upstream(&prefix, r)
+                        .map(|u| RouteKind::Upstream(Box::new(u)))
+                }
+                Some("hub") => {
+                    self.foreign_keys(&prefix, &r, "hub");
+                    let name = name
+                        .clone()
+                        .unwrap_or_else(|| path.clone().unwrap_or_default());
+                    self.hub_route(&prefix, r, &name)
+                        .map(|h| RouteKind::Hub(Box::new(h)))
+                }
                 Some(other) => {
                     self.issue(
                         &format!("{prefix}.kind"),
@@ -767,29 +882,208 @@ impl Validator {
 }
 
 impl Validator {
-    fn no_upstream_keys(&mut self, prefix: &str, r: &RawRoute) {
-        let set = [
-            ("upstreams", r.upstreams.is_some()),
-            ("strip_prefix", r.strip_prefix.is_some()),
-            ("balance", r.balance.is_some()),
-            ("connect_timeout", r.connect_timeout.is_some()),
-            ("handshake_timeout", r.handshake_timeout.is_some()),
-            ("backoff", r.backoff.is_some()),
-            ("backoff_max", r.backoff_max.is_some()),
-            ("health_check_interval", r.health_check_interval.is_some()),
-            ("tls_ca", r.tls_ca.is_some()),
-            ("tls_server_name", r.tls_server_name.is_some()),
-            ("tls_client_cert", r.tls_client_cert.is_some()),
-            ("tls_client_key", r.tls_client_key.is_some()),
+    /// Report keys that belong to another route kind than `kind`.
+    fn foreign_keys(&mut self, prefix: &str, r: &RawRoute, kind: &str) {
+        let keys = [
+            ("upstreams", r.upstreams.is_some(), "upstream"),
+            ("strip_prefix", r.strip_prefix.is_some(), "upstream"),
+            ("balance", r.balance.is_some(), "upstream"),
+            ("connect_timeout", r.connect_timeout.is_some(), "upstream"),
+            (
+                "handshake_timeout",
+                r.handshake_timeout.is_some(),
+                "upstream",
+            ),
+            ("backoff", r.backoff.is_some(), "upstream"),
+            ("backoff_max", r.backoff_max.is_some(), "upstream"),
+            (
+                "health_check_interval",
+                r.health_check_interval.is_some(),
+                "upstream",
+            ),
+            ("tls_ca", r.tls_ca.is_some(), "upstream"),
+            ("tls_server_name", r.tls_server_name.is_some(), "upstream"),
+            ("tls_client_cert", r.tls_client_cert.is_some(), "upstream"),
+            ("tls_client_key", r.tls_client_key.is_some(), "upstream"),
+            ("protocol", r.protocol.is_some(), "hub"),
+            ("channel", r.channel.is_some(), "hub"),
+            ("channel_from_path", r.channel_from_path.is_some(), "hub"),
+            ("echo", r.echo.is_some(), "hub"),
+            ("direct_field", r.direct_field.is_some(), "hub"),
+            ("names", r.names.is_some(), "hub"),
+            ("presence_events", r.presence_events.is_some(), "hub"),
+            (
+                "max_channels_per_client",
+                r.max_channels_per_client.is_some(),
+                "hub",
+            ),
+            ("queue_messages", r.queue_messages.is_some(), "hub"),
+            ("queue_bytes", r.queue_bytes.is_some(), "hub"),
+            ("slow_consumer", r.slow_consumer.is_some(), "hub"),
+            ("publish_rate", r.publish_rate.is_some(), "hub"),
+            ("publish_burst", r.publish_burst.is_some(), "hub"),
         ];
-        for (key, present) in set {
-            if present {
+        for (key, present, owner) in keys {
+            if present && owner != kind {
                 self.issue(
                     &format!("{prefix}.{key}"),
-                    "only applies to kind = \"upstream\"",
+                    format!("only applies to kind = \"{owner}\""),
                 );
             }
         }
+    }
+
+    fn hub(&mut self, raw: RawHub) -> Option<HubConfig> {
+        let history_size = self.field(
+            "hub.history_size",
+            raw.history_size,
+            DEFAULT_HUB_HISTORY_SIZE,
+            |s| {
+                s.parse::<usize>()
+                    .map_err(|_| "not a whole number".to_owned())
+            },
+        );
+        let history_ttl = self.field(
+            "hub.history_ttl",
+            raw.history_ttl,
+            DEFAULT_HUB_HISTORY_TTL,
+            parse_duration,
+        );
+        let max_channels = self.field(
+            "hub.max_channels",
+            raw.max_channels,
+            DEFAULT_HUB_MAX_CHANNELS,
+            parse_positive,
+        );
+        for (i, token) in raw.api_tokens.iter().enumerate() {
+            if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+                self.issue(
+                    &format!("hub.api_tokens[{i}]"),
+                    "must be at least 16 printable ASCII characters",
+                );
+            }
+        }
+        Some(HubConfig {
+            api_tokens: raw.api_tokens,
+            history_size: history_size?,
+            history_ttl: history_ttl?,
+            max_channels: max_channels?,
+        })
+    }
+
+    fn hub_route(&mut self, prefix: &str, r: RawRoute, route_name: &str) -> Option<HubRoute> {
+        let key = |k: &str| format!("{prefix}.{k}");
+        let before = self.issues.len();
+        let protocol = self.field(
+            &key("protocol"),
+            r.protocol,
+            HubProtocol::Json,
+            |s| match s {
+                "json" => Ok(HubProtocol::Json),
+                "raw" => Ok(HubProtocol::Raw),
+                _ => Err("expected \"json\" or \"raw\"".to_owned()),
+            },
+        );
+        let channel = r
+            .channel
+            .unwrap_or_else(|| route_name.trim_start_matches('/').to_owned());
+        if let Err(problem) = check_channel_name(&channel) {
+            self.issue(&key("channel"), problem);
+        }
+        let channel_from_path = self.field(
+            &key("channel_from_path"),
+            r.channel_from_path,
+            false,
+            parse_bool,
+        );
+        let echo = self.field(&key("echo"), r.echo, false, parse_bool);
+        let direct_field = r.direct_field;
+        if protocol == Some(HubProtocol::Json) {
+            for (k, set) in [
+                ("channel_from_path", channel_from_path == Some(true)),
+                ("echo", echo == Some(true)),
+                ("direct_field", direct_field.is_some()),
+            ] {
+                if set {
+                    self.issue(&key(k), "only applies to protocol = \"raw\"");
+                }
+            }
+        }
+        let names = self.field(&key("names"), r.names, NamePolicy::Shared, |s| match s {
+            "unique" => Ok(NamePolicy::Unique),
+            "shared" => Ok(NamePolicy::Shared),
+            _ => Err("expected \"unique\" or \"shared\"".to_owned()),
+        });
+        let presence_events = self.field(
+            &key("presence_events"),
+            r.presence_events,
+            false,
+            parse_bool,
+        );
+        let max_channels_per_client = self.field(
+            &key("max_channels_per_client"),
+            r.max_channels_per_client,
+            DEFAULT_HUB_MAX_CHANNELS_PER_CLIENT,
+            parse_positive,
+        );
+        let queue_messages = self.field(
+            &key("queue_messages"),
+            r.queue_messages,
+            DEFAULT_HUB_QUEUE_MESSAGES,
+            parse_positive,
+        );
+        let queue_bytes = self.field(
+            &key("queue_bytes"),
+            r.queue_bytes,
+            DEFAULT_HUB_QUEUE_BYTES,
+            parse_size,
+        );
+        let slow_consumer = self.field(
+            &key("slow_consumer"),
+            r.slow_consumer,
+            SlowConsumer::Close,
+            |s| match s {
+                "close" => Ok(SlowConsumer::Close),
+                "drop_oldest" => Ok(SlowConsumer::DropOldest),
+                _ => Err("expected \"close\" or \"drop_oldest\"".to_owned()),
+            },
+        );
+        let publish_rate = self.field(
+            &key("publish_rate"),
+            r.publish_rate,
+            DEFAULT_HUB_PUBLISH_RATE,
+            |s| match s.parse::<f64>() {
+                Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+                _ => Err("must be a number of messages per second greater than 0".to_owned()),
+            },
+        );
+        let publish_burst = self.field(
+            &key("publish_burst"),
+            r.publish_burst,
+            DEFAULT_HUB_PUBLISH_BURST,
+            |s| match s.parse::<u32>() {
+                Ok(v) if v > 0 => Ok(v),
+                _ => Err("must be a whole number greater than 0".to_owned()),
+            },
+        );
+        if self.issues.len() != before {
+            return None;
+        }
+        Some(HubRoute {
+            protocol: protocol?,
+            channel,
+            channel_from_path: channel_from_path?,
+            echo: echo?,
+            direct_field,
+            names: names?,
+            presence_events: presence_events?,
+            max_channels_per_client: max_channels_per_client?,
+            queue_messages: queue_messages?,
+            queue_bytes: queue_bytes?,
+            slow_consumer: slow_consumer?,
+            publish_rate: publish_rate?,
+            publish_burst: publish_burst?,
+        })
     }
 
     fn upstream(&mut self, prefix: &str, r: RawRoute) -> Option<UpstreamConfig> {
@@ -984,6 +1278,39 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Channel names: 1-128 characters from `A-Z a-z 0-9 _ - . : /` (no other
+/// bytes, so a name is safe in a URL path segment, a log line and JSON).
+pub fn check_channel_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.:/".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "not a channel name: 1-128 of A-Z a-z 0-9 _ - . : / (got {name:?})"
+        ))
+    }
+}
+
+/// Client names: 1-64 characters from `A-Z a-z 0-9 _ - . @`.
+pub fn check_client_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "not a client name: 1-64 of A-Z a-z 0-9 _ - . @ (got {name:?})"
+        ))
+    }
+}
+
 /// A host name or `*.suffix` wildcard, as routes and SNI entries use.
 fn check_host_pattern(host: &str) -> Result<(), String> {
     let name = host.strip_prefix("*.").unwrap_or(host);
@@ -1043,6 +1370,14 @@ impl fmt::Display for Config {
             )?;
         }
         writeln!(f, "[admin]\naddr = \"{}\"\n", self.admin.addr)?;
+        let tokens: Vec<&str> = self.hub.api_tokens.iter().map(|_| "(set)").collect();
+        writeln!(
+            f,
+            "[hub]\napi_tokens = {tokens:?}\nhistory_size = {}\nhistory_ttl = {:?}\nmax_channels = {}\n",
+            self.hub.history_size,
+            dur(self.hub.history_ttl),
+            self.hub.max_channels
+        )?;
         writeln!(f, "[limits]\nmax_connections = {}", l.max_connections)?;
         for (k, v) in limits {
             writeln!(f, "{k} = {v:?}")?;
@@ -1088,6 +1423,42 @@ impl fmt::Display for Config {
                         pair.cert, pair.key
                     )?;
                 }
+            }
+            if let RouteKind::Hub(h) = &r.kind {
+                let protocol = match h.protocol {
+                    HubProtocol::Json => "json",
+                    HubProtocol::Raw => "raw",
+                };
+                writeln!(f, "protocol = {protocol:?}")?;
+                if h.protocol == HubProtocol::Raw {
+                    writeln!(
+                        f,
+                        "channel = {:?}\nchannel_from_path = {}\necho = {}",
+                        h.channel, h.channel_from_path, h.echo
+                    )?;
+                    if let Some(field) = &h.direct_field {
+                        writeln!(f, "direct_field = {field:?}")?;
+                    }
+                }
+                let names = match h.names {
+                    NamePolicy::Unique => "unique",
+                    NamePolicy::Shared => "shared",
+                };
+                let slow = match h.slow_consumer {
+                    SlowConsumer::Close => "close",
+                    SlowConsumer::DropOldest => "drop_oldest",
+                };
+                writeln!(
+                    f,
+                    "names = {names:?}\npresence_events = {}\nmax_channels_per_client = {}\nqueue_messages = {}\n\
+                     queue_bytes = {}\nslow_consumer = {slow:?}\npublish_rate = {}\npublish_burst = {}",
+                    h.presence_events,
+                    h.max_channels_per_client,
+                    h.queue_messages,
+                    h.queue_bytes,
+                    h.publish_rate,
+                    h.publish_burst
+                )?;
             }
             writeln!(f)?;
         }

@@ -17,9 +17,12 @@ use tracing::{Instrument, Span, debug};
 
 use crate::close::Rejection;
 use crate::config::Route;
+use crate::config::{HubProtocol, HubRoute, check_channel_name, check_client_name};
+use crate::hub::Hub;
 use crate::route::RouteTable;
+use crate::session::Peer;
 use crate::upstream::DialError;
-use crate::{Shared, metrics, session};
+use crate::{Shared, Target, metrics, session};
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
@@ -49,12 +52,12 @@ pub(crate) async fn handle(
     let span = Span::current();
     span.record("route", route.name.as_str());
     let state = state.clone();
-    let (upstream, protocol) = match &state.pool {
-        None => (None, None),
-        Some(pool) => match pool.dial(req.uri(), req.headers(), peer.ip()).await {
+    let (peer_side, protocol) = match &state.target {
+        Target::Echo => (Peer::Echo, None),
+        Target::Upstream(pool) => match pool.dial(req.uri(), req.headers(), peer.ip()).await {
             Ok(dialed) => {
                 let protocol = dialed.protocol.clone();
-                (Some(dialed), protocol)
+                (Peer::Upstream(dialed), protocol)
             }
             Err(DialError::Rejected(rejection)) => return refuse(rejection, req.uri().path()),
             Err(DialError::Status(response)) => {
@@ -62,13 +65,98 @@ pub(crate) async fn handle(
                 return upstream_status(response);
             }
         },
+        Target::Hub(hub_route) => match hub_client(&req, &state.path, hub_route, &shared.hub) {
+            Ok(peer) => (peer, None),
+            Err(rejection) => return refuse(rejection, req.uri().path()),
+        },
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     shared
         .shutdown
         .tracker
-        .spawn(session::run(on_upgrade, state, permit, shared.clone(), upstream).instrument(span));
+        .spawn(session::run(on_upgrade, state, permit, shared.clone(), peer_side).instrument(span));
     switching_protocols(&accept_key, protocol)
+}
+
+/// Name and register a hub client (and find its room on a raw route)
+/// before the 101, so a taken name or a bad room is an HTTP refusal.
+fn hub_client<B>(
+    req: &Request<B>,
+    route_path: &str,
+    route: &Arc<HubRoute>,
+    hub: &Hub,
+) -> Result<Peer, Rejection> {
+    let name = query_param(req.uri().query().unwrap_or(""), "name");
+    if let Some(name) = &name
+        && check_client_name(name).is_err()
+    {
+        return Err(Rejection::BadRequest(
+            "name must be 1-64 of A-Z a-z 0-9 _ - . @",
+        ));
+    }
+    let room = match route.protocol {
+        HubProtocol::Json => None,
+        HubProtocol::Raw if route.channel_from_path => {
+            let room = req
+                .uri()
+                .path()
+                .strip_prefix(route_path)
+                .unwrap_or("")
+                .trim_matches('/');
+            if check_channel_name(room).is_err() {
+                return Err(Rejection::BadRequest(
+                    "the path must name a room: 1-128 of A-Z a-z 0-9 _ - . : /",
+                ));
+            }
+            Some(room.to_owned())
+        }
+        HubProtocol::Raw => Some(route.channel.clone()),
+    };
+    let registration = hub
+        .register(name.as_deref(), route)
+        .map_err(|_| Rejection::NameTaken)?;
+    // Join the room now, so a message sent right after this client's 101
+    // reaches it.
+    if let Some(room) = &room
+        && hub
+            .subscribe(&registration.conn, room, None, usize::MAX)
+            .is_err()
+    {
+        return Err(Rejection::HubFull);
+    }
+    Ok(Peer::Hub {
+        registration,
+        route: route.clone(),
+        room,
+    })
+}
+
+/// The first value of `key` in a query string, percent-decoded.
+fn query_param(query: &str, key: &str) -> Option<String> {
+    let raw = query.split('&').find_map(|pair| {
+        pair.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix('='))
+    })?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 fn refuse(rejection: Rejection, path: &str) -> Response<Body> {
@@ -226,7 +314,9 @@ pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
         | Rejection::UpstreamsDown
         | Rejection::UpstreamUnreachable
         | Rejection::UpstreamTimeout
-        | Rejection::UpstreamBadHandshake => {}
+        | Rejection::UpstreamBadHandshake
+        | Rejection::NameTaken
+        | Rejection::HubFull => {}
     }
     response
 }

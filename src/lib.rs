@@ -10,6 +10,7 @@
 //! - `upstream`: pools, dialling members (TCP, TLS, upgrade), failover, health.
 //! - `session`: the upgraded session task; echo; pings, idle, close handshake.
 //! - `relay`: client ↔ upstream frames, with backpressure.
+//! - `hub`: pub/sub channels, direct messages, presence, resume, HTTP API.
 //! - [`close`]: the one place mapping refusals to HTTP statuses and session
 //!   ends to close codes and metric labels.
 //! - [`metrics`], `admin`: Prometheus names and the admin listener.
@@ -37,6 +38,7 @@ pub mod config;
 mod conn;
 pub mod devcert;
 mod handshake;
+mod hub;
 mod listener;
 pub mod metrics;
 mod relay;
@@ -49,6 +51,7 @@ mod upstream;
 pub use config::{Config, ConfigError, ConfigSource};
 
 use config::{Limits, RouteKind};
+use hub::Hub;
 use metrics::RouteMetrics;
 use route::RouteTable;
 use shutdown::{Readiness, Shutdown};
@@ -85,15 +88,24 @@ pub(crate) struct Shared {
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) http: http1::Builder,
     pub(crate) ws: WebSocketConfig,
+    pub(crate) hub: Hub,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) shutdown: Shutdown,
 }
 
 /// What a route carries at run time.
 pub(crate) struct RouteState {
-    /// `None` for an echo route.
-    pub(crate) pool: Option<Arc<Pool>>,
+    /// The route's path prefix.
+    pub(crate) path: String,
+    pub(crate) target: Target,
     pub(crate) metrics: RouteMetrics,
+}
+
+/// Where a route's sessions go.
+pub(crate) enum Target {
+    Echo,
+    Upstream(Arc<Pool>),
+    Hub(Arc<config::HubRoute>),
 }
 
 impl Shared {
@@ -115,16 +127,17 @@ impl Shared {
             .max_write_buffer_size(WRITE_BUFFER_SIZE + limits.max_message_size + 64)
             .max_message_size(Some(limits.max_message_size))
             .max_frame_size(Some(limits.max_frame_size));
-        let mut pools = Vec::new();
+        let mut targets = Vec::new();
         let mut issues = Vec::new();
         for route in &config.routes {
-            pools.push(match &route.kind {
-                RouteKind::Echo => None,
+            targets.push(match &route.kind {
+                RouteKind::Echo => Target::Echo,
+                RouteKind::Hub(hub) => Target::Hub(Arc::new((**hub).clone())),
                 RouteKind::Upstream(upstream) => match Pool::new(route, upstream, ws) {
-                    Ok(pool) => Some(Arc::new(pool)),
+                    Ok(pool) => Target::Upstream(Arc::new(pool)),
                     Err(mut e) => {
                         issues.append(&mut e);
-                        None
+                        Target::Echo
                     }
                 },
             });
@@ -132,9 +145,10 @@ impl Shared {
         if !issues.is_empty() {
             return Err(Error::Config(issues));
         }
-        let mut pools = pools.into_iter();
+        let mut targets = targets.into_iter();
         let routes = RouteTable::new(&config.routes, |r| RouteState {
-            pool: pools.next().flatten(),
+            path: r.path.clone(),
+            target: targets.next().unwrap_or(Target::Echo),
             metrics: RouteMetrics::new(r),
         });
         Ok(Shared {
@@ -144,6 +158,7 @@ impl Shared {
             acceptor: TlsAcceptor::from(tls),
             http,
             ws,
+            hub: Hub::new(config.hub.clone()),
             shutdown: Shutdown::default(),
         })
     }
@@ -167,23 +182,23 @@ pub async fn run(
 ) -> Result<(), Error> {
     let shared = Arc::new(Shared::new(&config)?);
     for (_, state) in shared.routes.iter() {
-        if let Some(pool) = &state.pool
+        if let Target::Upstream(pool) = &state.target
             && let Some(every) = pool.health_check_interval()
         {
-            tokio::spawn(
-                pool.clone()
-                    .health_check(every, shared.shutdown.token.clone()),
-            );
+            let cancel = shared.shutdown.token.clone();
+            tokio::spawn(pool.clone().health_check(every, cancel));
         }
     }
+    tokio::spawn(shared.hub.clone().sweeper(shared.shutdown.token.clone()));
     let ready = Readiness::default();
     let admin_stop = CancellationToken::new();
-    let admin = tokio::spawn(admin::serve(
-        listeners.admin,
+    let admin_ctx = admin::Context {
         metrics,
-        ready.clone(),
-        admin_stop.clone(),
-    ));
+        ready: ready.clone(),
+        hub: shared.hub.clone(),
+        max_body: config.limits.max_message_size,
+    };
+    let admin = tokio::spawn(admin::serve(listeners.admin, admin_ctx, admin_stop.clone()));
     let public_addr = listeners
         .public
         .local_addr()

@@ -25,6 +25,14 @@ pub const SESSION_DURATION_SECONDS: &str = "wsgate_session_duration_seconds";
 pub const UPSTREAM_CONNECT_SECONDS: &str = "wsgate_upstream_connect_seconds";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "wsgate_upstream_errors_total";
 pub const UPSTREAM_HEALTHY: &str = "wsgate_upstream_healthy";
+pub const HUB_CLIENTS: &str = "wsgate_hub_clients";
+pub const HUB_CHANNELS: &str = "wsgate_hub_channels";
+pub const HUB_SUBSCRIPTIONS: &str = "wsgate_hub_subscriptions";
+pub const HUB_PUBLISHED_TOTAL: &str = "wsgate_hub_published_total";
+pub const HUB_DIRECT_TOTAL: &str = "wsgate_hub_direct_total";
+pub const HUB_DELIVERED_TOTAL: &str = "wsgate_hub_delivered_total";
+pub const HUB_DROPPED_TOTAL: &str = "wsgate_hub_dropped_total";
+pub const HUB_API_REQUESTS_TOTAL: &str = "wsgate_hub_api_requests_total";
 
 /// Direction labels. For an echo route the echo itself plays the upstream.
 pub const CLIENT_TO_UPSTREAM: &str = "client_to_upstream";
@@ -182,4 +190,43 @@ pub fn upstream_connect_seconds(route: &str) -> Histogram {
 
 pub fn upstream_error(route: &str, reason: &'static str) {
     counter!(UPSTREAM_ERRORS_TOTAL, "route" => route.to_owned(), "reason" => reason).increment(1);
+}
+
+/// The hub's series, registered once.
+pub struct HubMetrics {
+    pub clients: Gauge,
+    pub channels: Gauge,
+    pub subscriptions: Gauge,
+    pub published: Counter,
+    pub direct: Counter,
+    pub delivered: Counter,
+    pub dropped_slow: Counter,
+    pub dropped_lagged: Counter,
+    pub dropped_no_recipient: Counter,
+}
+
+impl HubMetrics {
+    pub fn new() -> Self {
+        HubMetrics {
+            clients: gauge!(HUB_CLIENTS),
+            channels: gauge!(HUB_CHANNELS),
+            subscriptions: gauge!(HUB_SUBSCRIPTIONS),
+            published: counter!(HUB_PUBLISHED_TOTAL),
+            direct: counter!(HUB_DIRECT_TOTAL),
+            delivered: counter!(HUB_DELIVERED_TOTAL),
+            dropped_slow: counter!(HUB_DROPPED_TOTAL, "reason" => "slow_consumer"),
+            dropped_lagged: counter!(HUB_DROPPED_TOTAL, "reason" => "lagged"),
+            dropped_no_recipient: counter!(HUB_DROPPED_TOTAL, "reason" => "no_recipient"),
+        }
+    }
+
+    pub fn api_request(&self, status: http::StatusCode) {
+        counter!(HUB_API_REQUESTS_TOTAL, "status" => status.as_str().to_owned()).increment(1);
+    }
+}
+
+impl Default for HubMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::close::{ClosePlan, SessionEnd, Side};
+use crate::config::HubRoute;
 use crate::config::Limits;
+use crate::hub::{self, Registration};
 use crate::metrics::RouteMetrics;
 use crate::upstream::Dialed;
 use crate::{RouteState, Shared, relay};
@@ -27,20 +29,32 @@ use crate::{RouteState, Shared, relay};
 /// consumed, not relayed.
 pub(crate) const KEEPALIVE: &[u8] = b"wsgate-keepalive";
 
-/// Run the session for an accepted upgrade: echo, or relay to `upstream`.
-/// `permit` is the connection's admission slot, released when this returns.
+/// What a session's client is connected to, set up before the 101.
+pub(crate) enum Peer {
+    Echo,
+    Upstream(Dialed),
+    /// A registered hub client; `room` is its channel on a raw route.
+    Hub {
+        registration: Registration,
+        route: Arc<HubRoute>,
+        room: Option<String>,
+    },
+}
+
+/// Run the session for an accepted upgrade. `permit` is the connection's
+/// admission slot, released when this returns.
 pub(crate) async fn run(
     on_upgrade: OnUpgrade,
     route: Arc<RouteState>,
     permit: Arc<OwnedSemaphorePermit>,
     shared: Arc<Shared>,
-    upstream: Option<Dialed>,
+    peer: Peer,
 ) {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
             debug!(error = %e, "upgrade did not complete");
-            if let Some(mut dialed) = upstream {
+            if let Peer::Upstream(mut dialed) = peer {
                 let gone = SessionEnd::Gone(Side::Client).plan(Side::Upstream);
                 finish(&mut dialed.ws, gone, shared.limits.close_timeout).await;
             }
@@ -59,13 +73,36 @@ pub(crate) async fn run(
     metrics.opened.increment(1);
     metrics.active.increment(1.0);
 
-    let end = match upstream {
-        None => {
+    let end = match peer {
+        Peer::Echo => {
             let end = echo(&mut client, metrics, limits, cancel).await;
             finish(&mut client, end.plan(Side::Client), limits.close_timeout).await;
             end
         }
-        Some(mut dialed) => {
+        Peer::Hub {
+            registration,
+            route: hub_route,
+            room,
+        } => {
+            let hub = &shared.hub;
+            let conn = &registration.conn;
+            let end = hub::session::run(
+                &mut client,
+                hub,
+                conn,
+                &hub_route,
+                room.as_deref(),
+                metrics,
+                limits,
+                cancel,
+            )
+            .await;
+            // Leave the hub (and tell presence listeners) before the close handshake.
+            drop(registration);
+            finish(&mut client, end.plan(Side::Client), limits.close_timeout).await;
+            end
+        }
+        Peer::Upstream(mut dialed) => {
             let end = relay::run(&mut client, &mut dialed.ws, metrics, limits, cancel).await;
             futures_util::join!(
                 finish(&mut client, end.plan(Side::Client), limits.close_timeout),

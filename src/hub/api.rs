@@ -1,0 +1,232 @@
+//! The hub's HTTP API on the admin listener, for backends that do not speak
+//! WebSocket. Bearer-token protected (`[hub] api_tokens`; none: the API is off).
+//!
+//! - `POST /api/channels/{channel}/publish`: the body is the message
+//!   (`application/json` → JSON `data`; `text/*` → text; anything else → binary)
+//! - `POST /api/clients/{name}/send`: a direct message, same body rules
+//! - `GET /api/channels`: every channel with its subscribers and last seq
+//! - `GET /api/channels/{channel}/presence`: the names subscribed
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::Hub;
+use super::protocol::{Body, push_json_string};
+use crate::config::{check_channel_name, check_client_name};
+
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    hub: &Hub,
+    max_body: usize,
+) -> Response<Full<Bytes>> {
+    let response = route(req, hub, max_body).await;
+    hub.metrics().api_request(response.status());
+    response
+}
+
+async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<Full<Bytes>> {
+    let tokens = &hub.config().api_tokens;
+    if tokens.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "api_off",
+            "the hub API is off: set [hub] api_tokens",
+        );
+    }
+    if !authorized(&req, tokens) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"wsgate\""),
+        );
+        return r;
+    }
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    if path == "/api/channels" {
+        return match method {
+            Method::GET => channels(hub),
+            _ => not_allowed("GET"),
+        };
+    }
+    if let Some(channel) = path
+        .strip_prefix("/api/channels/")
+        .and_then(|p| p.strip_suffix("/publish"))
+    {
+        if method != Method::POST {
+            return not_allowed("POST");
+        }
+        if let Err(why) = check_channel_name(channel) {
+            return error(StatusCode::BAD_REQUEST, "bad_channel", &why);
+        }
+        let body = match read_body(req, max_body).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        return match hub.publish(channel, None, body, true) {
+            Ok((seq, delivered)) => {
+                let mut out = String::from(r#"{"channel":"#);
+                push_json_string(&mut out, channel);
+                out.push_str(&format!(r#","seq":{seq},"delivered":{delivered}}}"#));
+                json(StatusCode::OK, out)
+            }
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.message()),
+        };
+    }
+    if let Some(channel) = path
+        .strip_prefix("/api/channels/")
+        .and_then(|p| p.strip_suffix("/presence"))
+    {
+        if method != Method::GET {
+            return not_allowed("GET");
+        }
+        return match hub.presence(channel) {
+            Some(clients) => {
+                let mut out = String::from(r#"{"channel":"#);
+                push_json_string(&mut out, channel);
+                out.push_str(r#","clients":"#);
+                out.push_str(&serde_json::to_string(&clients).unwrap_or_else(|_| "[]".into()));
+                out.push('}');
+                json(StatusCode::OK, out)
+            }
+            None => error(StatusCode::NOT_FOUND, "no_such_channel", "no such channel"),
+        };
+    }
+    if let Some(name) = path
+        .strip_prefix("/api/clients/")
+        .and_then(|p| p.strip_suffix("/send"))
+    {
+        if method != Method::POST {
+            return not_allowed("POST");
+        }
+        if let Err(why) = check_client_name(name) {
+            return error(StatusCode::BAD_REQUEST, "bad_name", &why);
+        }
+        let body = match read_body(req, max_body).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        return match hub.send(name, None, body) {
+            0 => error(
+                StatusCode::NOT_FOUND,
+                "no_such_client",
+                "no client of that name is connected",
+            ),
+            delivered => json(StatusCode::OK, format!(r#"{{"delivered":{delivered}}}"#)),
+        };
+    }
+    error(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+}
+
+fn authorized<B>(req: &Request<B>, tokens: &[String]) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    // Compare every token in full, so timing does not tell how much matched.
+    tokens.iter().fold(false, |ok, token| {
+        ok | constant_time_eq(token.as_bytes(), given.trim().as_bytes())
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The body as a message: JSON, text or binary by content type; bounded.
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Body, Response<Full<Bytes>>> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let bytes = match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            let why =
+                format!("body larger than {max} bytes (limits.max_message_size) or unreadable");
+            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &why));
+        }
+    };
+    let is_json = content_type == "application/json" || content_type.ends_with("+json");
+    if is_json || content_type.starts_with("text/") {
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| error(StatusCode::BAD_REQUEST, "bad_body", "the body is not UTF-8"))?;
+        if is_json {
+            serde_json::from_str::<&RawValue>(&text).map_err(|e| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    &format!("the body is not JSON: {e}"),
+                )
+            })?;
+            return Ok(Body::Json(Utf8Bytes::from(text)));
+        }
+        return Ok(Body::Text(Utf8Bytes::from(text)));
+    }
+    Ok(Body::Binary(bytes))
+}
+
+fn channels(hub: &Hub) -> Response<Full<Bytes>> {
+    let mut out = String::from(r#"{"channels":["#);
+    for (i, c) in hub.channels().iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(r#"{"name":"#);
+        push_json_string(&mut out, &c.name);
+        out.push_str(&format!(
+            r#","subscribers":{},"last_seq":{}}}"#,
+            c.subscribers, c.last_seq
+        ));
+    }
+    out.push_str("]}");
+    json(StatusCode::OK, out)
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let mut out = String::from(r#"{"error":"#);
+    push_json_string(&mut out, code);
+    out.push_str(r#","message":"#);
+    push_json_string(&mut out, message);
+    out.push('}');
+    json(status, out)
+}
+
+fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method",
+        &format!("use {allow}"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    r
+}

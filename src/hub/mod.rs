@@ -1,0 +1,506 @@
+//! The pub/sub hub: channels with ordered, resumable history; a registry of
+//! named clients for direct messages; presence. One namespace of channels
+//! serves every hub route and the HTTP API.
+//!
+//! Locking: the hub's maps are locked only to find or insert an entry; a
+//! channel's own lock covers its sequence number, history and subscriber set,
+//! and is held while a message is queued to each subscriber, so every
+//! subscriber sees a channel's messages in sequence order. Queueing never
+//! waits (a full queue trips that subscriber's slow-consumer policy), and no
+//! lock is ever held across an `.await`.
+
+pub(crate) mod api;
+pub(crate) mod protocol;
+mod queue;
+pub(crate) mod session;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{HubConfig, HubProtocol, HubRoute, NamePolicy};
+use crate::metrics::HubMetrics;
+use protocol::Body;
+use queue::Pushed;
+pub(crate) use queue::Queue;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A cheap, cloneable handle to the hub.
+#[derive(Clone)]
+pub(crate) struct Hub(Arc<Inner>);
+
+struct Inner {
+    config: HubConfig,
+    channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
+    clients: Mutex<HashMap<Arc<str>, Vec<Arc<Conn>>>>,
+    next_id: AtomicU64,
+    metrics: HubMetrics,
+}
+
+pub(crate) struct Channel {
+    name: Arc<str>,
+    state: Mutex<ChannelState>,
+}
+
+#[derive(Default)]
+struct ChannelState {
+    seq: u64,
+    history: VecDeque<Arc<Msg>>,
+    subscribers: HashMap<u64, Arc<Conn>>,
+}
+
+/// A channel message: serialized at most once per representation, shared by
+/// every recipient.
+struct Msg {
+    seq: u64,
+    at: Instant,
+    channel: Arc<str>,
+    from: Option<Arc<str>>,
+    body: Body,
+    envelope: OnceLock<Utf8Bytes>,
+}
+
+impl Msg {
+    fn frame(&self, json: bool) -> Message {
+        if json {
+            let envelope = self.envelope.get_or_init(|| {
+                protocol::message(&self.channel, self.seq, self.from.as_deref(), &self.body)
+            });
+            Message::Text(envelope.clone())
+        } else {
+            raw_frame(&self.body)
+        }
+    }
+}
+
+fn raw_frame(body: &Body) -> Message {
+    match body {
+        Body::Json(t) | Body::Text(t) => Message::Text(t.clone()),
+        Body::Binary(b) => Message::Binary(b.clone()),
+    }
+}
+
+/// One connected hub client.
+pub(crate) struct Conn {
+    id: u64,
+    pub(crate) name: Arc<str>,
+    /// Speaks the JSON envelope protocol (else raw frames).
+    json: bool,
+    /// Wants join/leave events.
+    presence: bool,
+    pub(crate) queue: Queue,
+    channels: Mutex<Vec<Arc<Channel>>>,
+}
+
+impl Conn {
+    fn push(&self, frame: Message, metrics: &HubMetrics) -> bool {
+        match self.queue.push(frame) {
+            Pushed::Queued => true,
+            Pushed::DroppedOldest(n) => {
+                metrics.dropped_lagged.increment(n);
+                true
+            }
+            Pushed::Overflow => {
+                metrics.dropped_slow.increment(1);
+                false
+            }
+        }
+    }
+
+    /// Queue a reply to this client itself.
+    pub(crate) fn reply(&self, text: Utf8Bytes) {
+        let _ = self.queue.push(Message::Text(text));
+    }
+}
+
+/// Why a hub operation was refused; the JSON protocol's error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HubError {
+    NameTaken,
+    TooManyChannels,
+    ChannelLimit,
+    NotSubscribed,
+}
+
+impl HubError {
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            HubError::NameTaken => "name_taken",
+            HubError::TooManyChannels => "too_many_channels",
+            HubError::ChannelLimit => "channel_limit",
+            HubError::NotSubscribed => "not_subscribed",
+        }
+    }
+
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            HubError::NameTaken => "that name is already connected",
+            HubError::TooManyChannels => "the hub is at its channel limit",
+            HubError::ChannelLimit => {
+                "this connection is subscribed to its maximum number of channels"
+            }
+            HubError::NotSubscribed => "not subscribed to that channel",
+        }
+    }
+}
+
+/// A subscription's starting point.
+pub(crate) struct Subscribed {
+    /// The channel's last sequence number when the subscription began.
+    pub(crate) seq: u64,
+    /// `since` could not be honoured: history does not reach back that far
+    /// (or the channel restarted below it). The subscription is live from now.
+    pub(crate) gap: bool,
+}
+
+/// Channel listing for the API.
+pub(crate) struct ChannelInfo {
+    pub(crate) name: Arc<str>,
+    pub(crate) subscribers: usize,
+    pub(crate) last_seq: u64,
+}
+
+/// Keeps a client registered; unregisters (and unsubscribes) on drop.
+pub(crate) struct Registration {
+    hub: Hub,
+    pub(crate) conn: Arc<Conn>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.unregister(&self.conn);
+    }
+}
+
+impl Hub {
+    pub(crate) fn new(config: HubConfig) -> Hub {
+        Hub(Arc::new(Inner {
+            config,
+            channels: Mutex::default(),
+            clients: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            metrics: HubMetrics::new(),
+        }))
+    }
+
+    pub(crate) fn config(&self) -> &HubConfig {
+        &self.0.config
+    }
+
+    pub(crate) fn metrics(&self) -> &HubMetrics {
+        &self.0.metrics
+    }
+
+    /// Register a client of `route`, named or `guest-N`.
+    pub(crate) fn register(
+        &self,
+        name: Option<&str>,
+        route: &HubRoute,
+    ) -> Result<Registration, HubError> {
+        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        let name: Arc<str> = match name {
+            Some(name) => name.into(),
+            None => format!("guest-{id}").into(),
+        };
+        let conn = Arc::new(Conn {
+            id,
+            name: name.clone(),
+            json: route.protocol == HubProtocol::Json,
+            presence: route.presence_events,
+            queue: Queue::new(route.queue_messages, route.queue_bytes, route.slow_consumer),
+            channels: Mutex::default(),
+        });
+        {
+            let mut clients = lock(&self.0.clients);
+            let entry = clients.entry(name).or_default();
+            if route.names == NamePolicy::Unique && !entry.is_empty() {
+                return Err(HubError::NameTaken);
+            }
+            entry.push(conn.clone());
+        }
+        self.0.metrics.clients.increment(1.0);
+        Ok(Registration {
+            hub: self.clone(),
+            conn,
+        })
+    }
+
+    fn unregister(&self, conn: &Arc<Conn>) {
+        let channels = std::mem::take(&mut *lock(&conn.channels));
+        for channel in channels {
+            self.leave(&channel, conn);
+        }
+        let mut clients = lock(&self.0.clients);
+        if let Some(list) = clients.get_mut(&conn.name) {
+            list.retain(|c| c.id != conn.id);
+            if list.is_empty() {
+                clients.remove(&conn.name);
+            }
+        }
+        drop(clients);
+        self.0.metrics.clients.decrement(1.0);
+    }
+
+    /// Find a channel, creating it (within `max_channels`) if `create`.
+    fn channel(&self, name: &str, create: bool) -> Result<Option<Arc<Channel>>, HubError> {
+        let mut channels = lock(&self.0.channels);
+        if let Some(channel) = channels.get(name) {
+            return Ok(Some(channel.clone()));
+        }
+        if !create {
+            return Ok(None);
+        }
+        if channels.len() >= self.0.config.max_channels {
+            self.sweep_locked(&mut channels);
+            if channels.len() >= self.0.config.max_channels {
+                return Err(HubError::TooManyChannels);
+            }
+        }
+        let name: Arc<str> = name.into();
+        let channel = Arc::new(Channel {
+            name: name.clone(),
+            state: Mutex::default(),
+        });
+        channels.insert(name, channel.clone());
+        self.0.metrics.channels.set(channels.len() as f64);
+        Ok(Some(channel))
+    }
+
+    /// Publish to a channel: assign the next sequence number, keep it in
+    /// history, queue it to every subscriber (but `from`, unless
+    /// `include_sender`). Returns (seq, subscribers it was queued to).
+    pub(crate) fn publish(
+        &self,
+        channel: &str,
+        from: Option<&Conn>,
+        body: Body,
+        include_sender: bool,
+    ) -> Result<(u64, usize), HubError> {
+        let channel = self
+            .channel(channel, true)?
+            .ok_or(HubError::TooManyChannels)?;
+        let metrics = &self.0.metrics;
+        let now = Instant::now();
+        let mut state = lock(&channel.state);
+        state.seq += 1;
+        let msg = Arc::new(Msg {
+            seq: state.seq,
+            at: now,
+            channel: channel.name.clone(),
+            from: from.map(|c| c.name.clone()),
+            body,
+            envelope: OnceLock::new(),
+        });
+        self.trim_history(&mut state.history, now);
+        if self.0.config.history_size > 0 {
+            state.history.push_back(msg.clone());
+        }
+        let sender = from.map(|c| c.id);
+        let mut delivered = 0;
+        for sub in state.subscribers.values() {
+            if !include_sender && Some(sub.id) == sender {
+                continue;
+            }
+            if sub.push(msg.frame(sub.json), metrics) {
+                delivered += 1;
+            }
+        }
+        let seq = state.seq;
+        drop(state);
+        metrics.published.increment(1);
+        metrics.delivered.increment(delivered as u64);
+        Ok((seq, delivered))
+    }
+
+    fn trim_history(&self, history: &mut VecDeque<Arc<Msg>>, now: Instant) {
+        let keep = self.0.config.history_size.saturating_sub(1);
+        while history.len() > keep {
+            history.pop_front();
+        }
+        let ttl = self.0.config.history_ttl;
+        while history
+            .front()
+            .is_some_and(|m| now.duration_since(m.at) > ttl)
+        {
+            history.pop_front();
+        }
+    }
+
+    /// Subscribe `conn`, replaying what it missed after `since` first, and
+    /// tell the channel's presence listeners.
+    pub(crate) fn subscribe(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &str,
+        since: Option<u64>,
+        max_per_client: usize,
+    ) -> Result<Subscribed, HubError> {
+        {
+            let channels = lock(&conn.channels);
+            if let Some(ch) = channels.iter().find(|c| &*c.name == channel) {
+                let seq = lock(&ch.state).seq;
+                return Ok(Subscribed { seq, gap: false });
+            }
+            if channels.len() >= max_per_client {
+                return Err(HubError::ChannelLimit);
+            }
+        }
+        let channel = self
+            .channel(channel, true)?
+            .ok_or(HubError::TooManyChannels)?;
+        let metrics = &self.0.metrics;
+        let mut state = lock(&channel.state);
+        let now = Instant::now();
+        let mut history = std::mem::take(&mut state.history);
+        self.trim_history(&mut history, now);
+        state.history = history;
+        let mut gap = false;
+        if let Some(since) = since {
+            let oldest = state.history.front().map_or(state.seq + 1, |m| m.seq);
+            if since > state.seq || since + 1 < oldest {
+                gap = true;
+            } else {
+                for msg in state.history.iter().filter(|m| m.seq > since) {
+                    conn.push(msg.frame(conn.json), metrics);
+                }
+            }
+        }
+        if state.subscribers.values().any(|s| s.presence) {
+            let join = protocol::presence_event("join", &channel.name, &conn.name);
+            for sub in state.subscribers.values().filter(|s| s.presence) {
+                sub.push(Message::Text(join.clone()), metrics);
+            }
+        }
+        state.subscribers.insert(conn.id, conn.clone());
+        let seq = state.seq;
+        drop(state);
+        lock(&conn.channels).push(channel);
+        metrics.subscriptions.increment(1.0);
+        Ok(Subscribed { seq, gap })
+    }
+
+    pub(crate) fn unsubscribe(&self, conn: &Arc<Conn>, channel: &str) -> Result<(), HubError> {
+        let found = {
+            let mut channels = lock(&conn.channels);
+            let pos = channels.iter().position(|c| &*c.name == channel);
+            pos.map(|i| channels.swap_remove(i))
+        };
+        let channel = found.ok_or(HubError::NotSubscribed)?;
+        self.leave(&channel, conn);
+        Ok(())
+    }
+
+    fn leave(&self, channel: &Channel, conn: &Conn) {
+        let metrics = &self.0.metrics;
+        let mut state = lock(&channel.state);
+        if state.subscribers.remove(&conn.id).is_none() {
+            return;
+        }
+        if state.subscribers.values().any(|s| s.presence) {
+            let leave = protocol::presence_event("leave", &channel.name, &conn.name);
+            for sub in state.subscribers.values().filter(|s| s.presence) {
+                sub.push(Message::Text(leave.clone()), metrics);
+            }
+        }
+        drop(state);
+        metrics.subscriptions.decrement(1.0);
+    }
+
+    /// Names subscribed to `channel`, sorted, each once; `None` if no such channel.
+    pub(crate) fn presence(&self, channel: &str) -> Option<Vec<String>> {
+        let channel = self.channel(channel, false).ok().flatten()?;
+        let state = lock(&channel.state);
+        let mut names: Vec<String> = state
+            .subscribers
+            .values()
+            .map(|s| s.name.to_string())
+            .collect();
+        drop(state);
+        names.sort_unstable();
+        names.dedup();
+        Some(names)
+    }
+
+    /// A direct message to every connection named `to`. Returns how many
+    /// connections it was queued to.
+    pub(crate) fn send(&self, to: &str, from: Option<&str>, body: Body) -> usize {
+        let targets = lock(&self.0.clients).get(to).cloned().unwrap_or_default();
+        let metrics = &self.0.metrics;
+        let envelope = OnceLock::new();
+        let mut delivered = 0;
+        for conn in targets {
+            let frame = if conn.json {
+                Message::Text(
+                    envelope
+                        .get_or_init(|| protocol::direct(from, &body))
+                        .clone(),
+                )
+            } else {
+                raw_frame(&body)
+            };
+            if conn.push(frame, metrics) {
+                delivered += 1;
+            }
+        }
+        metrics.direct.increment(1);
+        metrics.delivered.increment(delivered as u64);
+        delivered
+    }
+
+    pub(crate) fn channels(&self) -> Vec<ChannelInfo> {
+        let channels: Vec<Arc<Channel>> = lock(&self.0.channels).values().cloned().collect();
+        let mut list: Vec<ChannelInfo> = channels
+            .iter()
+            .map(|c| {
+                let state = lock(&c.state);
+                ChannelInfo {
+                    name: c.name.clone(),
+                    subscribers: state.subscribers.len(),
+                    last_seq: state.seq,
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Forget channels nobody is subscribed to whose history has expired.
+    fn sweep(&self) {
+        self.sweep_locked(&mut lock(&self.0.channels));
+    }
+
+    fn sweep_locked(&self, channels: &mut HashMap<Arc<str>, Arc<Channel>>) {
+        let now = Instant::now();
+        let ttl = self.0.config.history_ttl;
+        channels.retain(|_, channel| {
+            let state = lock(&channel.state);
+            !state.subscribers.is_empty()
+                || state
+                    .history
+                    .back()
+                    .is_some_and(|m| now.duration_since(m.at) <= ttl)
+        });
+        self.0.metrics.channels.set(channels.len() as f64);
+    }
+
+    /// Sweep now and then until cancelled.
+    pub(crate) async fn sweeper(self, cancel: CancellationToken) {
+        let period =
+            (self.0.config.history_ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => self.sweep(),
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The JSON envelope protocol: request parsing and the server's messages.
+//! Envelopes are written directly (strings escaped by serde_json), and a
+//! message's `data` is spliced in as the raw JSON it arrived as, never
+//! parsed into a tree and re-serialized.
+
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
+
+/// A client request. Every field but `type` is optional here; each handler
+/// checks what it needs, so any malformed request can still be answered
+/// with its `id`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Request<'a> {
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    #[serde(borrow, default)]
+    pub(crate) id: Option<&'a RawValue>,
+    #[serde(default)]
+    pub(crate) channel: Option<String>,
+    #[serde(default)]
+    pub(crate) since: Option<u64>,
+    #[serde(borrow, default)]
+    pub(crate) data: Option<&'a RawValue>,
+    #[serde(default)]
+    pub(crate) to: Option<String>,
+}
+
+/// A message body as it travels through the hub.
+#[derive(Debug, Clone)]
+pub(crate) enum Body {
+    /// JSON text (a json client's `data`, an API JSON body, a raw direct frame).
+    Json(Utf8Bytes),
+    /// A text frame or text/* API body.
+    Text(Utf8Bytes),
+    /// A binary frame or other API body.
+    Binary(Bytes),
+}
+
+impl Body {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Body::Json(t) | Body::Text(t) => t.len(),
+            Body::Binary(b) => b.len(),
+        }
+    }
+
+    /// `"data":...` as it appears in an envelope.
+    fn write_data(&self, out: &mut String) {
+        match self {
+            Body::Json(raw) => {
+                out.push_str(r#""data":"#);
+                out.push_str(raw.as_str());
+            }
+            Body::Text(text) => {
+                out.push_str(r#""data":"#);
+                push_json_string(out, text.as_str());
+            }
+            Body::Binary(bytes) => {
+                out.push_str(r#""encoding":"base64","data":""#);
+                base64::engine::general_purpose::STANDARD.encode_string(bytes, out);
+                out.push('"');
+            }
+        }
+    }
+}
+
+pub(crate) fn push_json_string(out: &mut String, s: &str) {
+    // Writing a &str as JSON cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+}
+
+fn finish(out: String) -> Utf8Bytes {
+    Utf8Bytes::from(out)
+}
+
+/// `{"type":"message","channel":..,"seq":..,"from":..,"data":..}`
+pub(crate) fn message(channel: &str, seq: u64, from: Option<&str>, body: &Body) -> Utf8Bytes {
+    let mut out = String::with_capacity(64 + channel.len() + body.len());
+    out.push_str(r#"{"type":"message","channel":"#);
+    push_json_string(&mut out, channel);
+    out.push_str(&format!(r#","seq":{seq},"from":"#));
+    match from {
+        Some(from) => push_json_string(&mut out, from),
+        None => out.push_str("null"),
+    }
+    out.push(',');
+    body.write_data(&mut out);
+    out.push('}');
+    finish(out)
+}
+
+/// `{"type":"direct","from":..,"data":..}`
+pub(crate) fn direct(from: Option<&str>, body: &Body) -> Utf8Bytes {
+    let mut out = String::with_capacity(48 + body.len());
+    out.push_str(r#"{"type":"direct","from":"#);
+    match from {
+        Some(from) => push_json_string(&mut out, from),
+        None => out.push_str("null"),
+    }
+    out.push(',');
+    body.write_data(&mut out);
+    out.push('}');
+    finish(out)
+}
+
+pub(crate) fn welcome(client: &str) -> Utf8Bytes {
+    let mut out = String::from(r#"{"type":"welcome","client":"#);
+    push_json_string(&mut out, client);
+    out.push('}');
+    finish(out)
+}
+
+/// `{"type":"join"|"leave","channel":..,"client":..}`
+pub(crate) fn presence_event(kind: &str, channel: &str, client: &str) -> Utf8Bytes {
+    let mut out = format!(r#"{{"type":"{kind}","channel":"#);
+    push_json_string(&mut out, channel);
+    out.push_str(r#","client":"#);
+    push_json_string(&mut out, client);
+    out.push('}');
+    finish(out)
+}
+
+pub(crate) fn presence(channel: &str, clients: &[String], id: Option<&RawValue>) -> Utf8Bytes {
+    let mut out = String::from(r#"{"type":"presence","channel":"#);
+    push_json_string(&mut out, channel);
+    out.push_str(r#","clients":"#);
+    out.push_str(&serde_json::to_string(clients).unwrap_or_else(|_| "[]".into()));
+    push_id(&mut out, id);
+    out.push('}');
+    finish(out)
+}
+
+/// `{"type":"ack","id":..}` plus extra `"key":number` fields.
+pub(crate) fn ack(id: Option<&RawValue>, channel: Option<&str>, seq: Option<u64>) -> Utf8Bytes {
+    let mut out = String::from(r#"{"type":"ack""#);
+    push_id(&mut out, id);
+    if let Some(channel) = channel {
+        out.push_str(r#","channel":"#);
+        push_json_string(&mut out, channel);
+    }
+    if let Some(seq) = seq {
+        out.push_str(&format!(r#","seq":{seq}"#));
+    }
+    out.push('}');
+    finish(out)
+}
+
+/// `{"type":"error","code":..,"message":..,"id":..}` plus the channel and
+/// its last seq for `gap`.
+pub(crate) fn error(
+    code: &str,
+    message: &str,
+    id: Option<&RawValue>,
+    channel: Option<(&str, u64)>,
+) -> Utf8Bytes {
+    let mut out = String::from(r#"{"type":"error","code":"#);
+    push_json_string(&mut out, code);
+    out.push_str(r#","message":"#);
+    push_json_string(&mut out, message);
+    push_id(&mut out, id);
+    if let Some((channel, seq)) = channel {
+        out.push_str(r#","channel":"#);
+        push_json_string(&mut out, channel);
+        out.push_str(&format!(r#","seq":{seq}"#));
+    }
+    out.push('}');
+    finish(out)
+}
+
+fn push_id(out: &mut String, id: Option<&RawValue>) {
+    if let Some(id) = id {
+        out.push_str(r#","id":"#);
+        out.push_str(id.get());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> serde_json::Value {
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn envelopes_are_valid_json() {
+        let body = Body::Json(Utf8Bytes::from(r#"{"px":1.5}"#.to_owned()));
+        let m = parse(message("prices", 42, Some("bo\"b"), &body).as_str());
+        assert_eq!(m["type"], "message");
+        assert_eq!(m["seq"], 42);
+        assert_eq!(m["from"], "bo\"b");
+        assert_eq!(m["data"]["px"], 1.5);
+        let m = parse(
+            message(
+                "room",
+                1,
+                None,
+                &Body::Binary(Bytes::from_static(&[1, 2, 3])),
+            )
+            .as_str(),
+        );
+        assert_eq!(
+            (m["encoding"].as_str(), m["data"].as_str()),
+            (Some("base64"), Some("AQID"))
+        );
+        assert!(m["from"].is_null());
+        let m = parse(
+            direct(
+                Some("ann"),
+                &Body::Text(Utf8Bytes::from_static("hi \n there")),
+            )
+            .as_str(),
+        );
+        assert_eq!(m["data"], "hi \n there");
+        let id = RawValue::from_string("7".into()).unwrap();
+        let e = parse(error("gap", "too old", Some(&id), Some(("c", 9))).as_str());
+        assert_eq!(
+            (e["id"].as_u64(), e["seq"].as_u64(), e["code"].as_str()),
+            (Some(7), Some(9), Some("gap"))
+        );
+        let p = parse(presence("room", &["a".into(), "b".into()], None).as_str());
+        assert_eq!(p["clients"][1], "b");
+    }
+
+    #[test]
+    fn requests_parse_with_or_without_fields() {
+        let r: Request<'_> = serde_json::from_str(
+            r#"{"type":"publish","channel":"c","data":{"x":[1,2]},"id":"a-1"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.kind.as_str(), r.channel.as_deref()),
+            ("publish", Some("c"))
+        );
+        assert_eq!(r.data.unwrap().get(), r#"{"x":[1,2]}"#);
+        assert_eq!(r.id.unwrap().get(), r#""a-1""#);
+        let r: Request<'_> = serde_json::from_str(r#"{"type":"bogus"}"#).unwrap();
+        assert!(r.id.is_none() && r.data.is_none());
+        assert!(serde_json::from_str::<Request<'_>>(r#"{"no":"type"}"#).is_err());
+    }
+}

@@ -1,0 +1,716 @@
+//! The pub/sub hub: raw rooms, direct routing, presence, the JSON protocol,
+//! resume, the HTTP API, slow consumers, and a large fan-out.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Running, Ws, certs, config_text, start_with, within};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+const TOKEN: &str = "test-token-0123456789";
+
+const ROUTES: &str = r#"
+[hub]
+api_tokens = ["test-token-0123456789"]
+history_size = 50
+
+[[routes]]
+name = "room"
+path = "/room"
+kind = "hub"
+protocol = "raw"
+channel = "lobby"
+direct_field = "dst"
+
+[[routes]]
+name = "rooms"
+path = "/rooms"
+kind = "hub"
+protocol = "raw"
+channel_from_path = true
+
+[[routes]]
+name = "hub"
+path = "/hub"
+kind = "hub"
+names = "unique"
+presence_events = true
+publish_rate = 100000
+publish_burst = 100000
+
+[[routes]]
+name = "fast"
+path = "/fast"
+kind = "hub"
+queue_messages = 100000
+queue_bytes = "1GiB"
+publish_rate = 100000
+publish_burst = 100000
+
+[[routes]]
+name = "slow"
+path = "/slow"
+kind = "hub"
+queue_messages = 8
+"#;
+
+async fn gateway(limits: &str, routes: &str) -> Running {
+    let certs = certs(&["localhost"]);
+    let text = config_text(&certs, limits, routes);
+    start_with(certs, &text).await
+}
+
+/// The next text or binary message, skipping pings and pongs.
+async fn next(ws: &mut Ws) -> Message {
+    loop {
+        match ws.next().await.expect("open").expect("no error") {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            m => return m,
+        }
+    }
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    match next(ws).await {
+        Message::Text(t) => serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t}")),
+        other => panic!("expected a JSON text frame, got {other:?}"),
+    }
+}
+
+async fn send_json(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// A JSON-route client, past its welcome.
+async fn json_client(gw: &Running, path: &str, name: &str) -> Ws {
+    let mut ws = gw.ws(&format!("{path}?name={name}")).await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "welcome", "client": name})
+    );
+    ws
+}
+
+async fn subscribe(ws: &mut Ws, channel: &str, id: u64) -> Value {
+    send_json(
+        ws,
+        json!({"type": "subscribe", "channel": channel, "id": id}),
+    )
+    .await;
+    next_json(ws).await
+}
+
+/// POST to the admin API; returns (status, body).
+async fn api(
+    gw: &Running,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let mut tcp = TcpStream::connect(gw.admin).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (common::status_of(&text), body)
+}
+
+#[tokio::test]
+async fn a_raw_room_reaches_every_other_member_and_direct_frames_one() {
+    within(20, async {
+        let gw = gateway("", ROUTES).await;
+        let mut ann = gw.ws("/room?name=ann").await;
+        let mut bob = gw.ws("/room?name=bob").await;
+        let mut cy = gw.ws("/room?name=cy").await;
+        // One at a time, each waiting for the others to have it: a channel's
+        // messages reach every member in the same order, so a client that got
+        // its own message back would see it first.
+        ann.send(Message::text("from ann")).await.unwrap();
+        assert_eq!(next(&mut bob).await, Message::text("from ann"));
+        assert_eq!(next(&mut cy).await, Message::text("from ann"));
+        bob.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+        assert_eq!(next(&mut ann).await, Message::binary(vec![1u8, 2, 3]));
+        assert_eq!(next(&mut cy).await, Message::binary(vec![1u8, 2, 3]));
+        cy.send(Message::text("from cy")).await.unwrap();
+        assert_eq!(next(&mut ann).await, Message::text("from cy"));
+        assert_eq!(next(&mut bob).await, Message::text("from cy"));
+
+        // A Qt chat client's direct frame goes, unchanged, to the one named.
+        let direct = r#"{"src":"ann","dst":"cy","msg":"psst"}"#;
+        ann.send(Message::text(direct)).await.unwrap();
+        assert_eq!(next(&mut cy).await, Message::text(direct));
+        ann.send(Message::text("to all")).await.unwrap();
+        assert_eq!(
+            next(&mut bob).await,
+            Message::text("to all"),
+            "bob never saw the direct frame"
+        );
+        assert_eq!(next(&mut cy).await, Message::text("to all"));
+
+        // Rooms from the path are separate channels.
+        let mut a = gw.ws("/rooms/blue?name=a").await;
+        let mut b = gw.ws("/rooms/blue?name=b").await;
+        let mut c = gw.ws("/rooms/red?name=c").await;
+        a.send(Message::text("blue only")).await.unwrap();
+        assert_eq!(next(&mut b).await, Message::text("blue only"));
+        c.send(Message::text("red")).await.unwrap();
+        b.send(Message::text("blue again")).await.unwrap();
+        assert_eq!(
+            next(&mut a).await,
+            Message::text("blue again"),
+            "a never saw red"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_json_protocol_answers_every_request() {
+    within(20, async {
+        let gw = gateway("", ROUTES).await;
+        let mut ann = json_client(&gw, "/hub", "ann").await;
+        let mut bob = json_client(&gw, "/hub", "bob").await;
+
+        assert_eq!(
+            subscribe(&mut ann, "prices", 1).await,
+            json!({"type":"ack","id":1,"channel":"prices","seq":0})
+        );
+        assert_eq!(
+            subscribe(&mut bob, "prices", 2).await,
+            json!({"type":"ack","id":2,"channel":"prices","seq":0})
+        );
+        // ann hears bob join (presence events on this route).
+        assert_eq!(
+            next_json(&mut ann).await,
+            json!({"type":"join","channel":"prices","client":"bob"})
+        );
+
+        send_json(
+            &mut ann,
+            json!({"type":"publish","channel":"prices","data":{"px":1.5},"id":"p1"}),
+        )
+        .await;
+        assert_eq!(
+            next_json(&mut ann).await,
+            json!({"type":"ack","id":"p1","channel":"prices","seq":1})
+        );
+        assert_eq!(
+            next_json(&mut bob).await,
+            json!({"type":"message","channel":"prices","seq":1,"from":"ann","data":{"px":1.5}})
+        );
+
+        send_json(
+            &mut ann,
+            json!({"type":"send","to":"bob","data":"hello bob","id":3}),
+        )
+        .await;
+        assert_eq!(next_json(&mut ann).await, json!({"type":"ack","id":3}));
+        assert_eq!(
+            next_json(&mut bob).await,
+            json!({"type":"direct","from":"ann","data":"hello bob"})
+        );
+
+        send_json(
+            &mut ann,
+            json!({"type":"send","to":"nobody","data":1,"id":4}),
+        )
+        .await;
+        let e = next_json(&mut ann).await;
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str(), e["id"].as_u64()),
+            (Some("error"), Some("no_such_client"), Some(4))
+        );
+
+        send_json(
+            &mut ann,
+            json!({"type":"presence","channel":"prices","id":5}),
+        )
+        .await;
+        assert_eq!(
+            next_json(&mut ann).await,
+            json!({"type":"presence","channel":"prices","clients":["ann","bob"],"id":5})
+        );
+
+        send_json(
+            &mut bob,
+            json!({"type":"unsubscribe","channel":"prices","id":6}),
+        )
+        .await;
+        assert_eq!(
+            next_json(&mut bob).await,
+            json!({"type":"ack","id":6,"channel":"prices"})
+        );
+        assert_eq!(
+            next_json(&mut ann).await,
+            json!({"type":"leave","channel":"prices","client":"bob"})
+        );
+        send_json(
+            &mut bob,
+            json!({"type":"unsubscribe","channel":"prices","id":7}),
+        )
+        .await;
+        assert_eq!(next_json(&mut bob).await["code"], "not_subscribed");
+
+        // Bad input gets an error and the connection stays.
+        for (frame, code, id) in [
+            (Message::text("{not json"), "bad_request", Value::Null),
+            (
+                Message::text(r#"{"type":"fly","id":8}"#),
+                "bad_request",
+                json!(8),
+            ),
+            (
+                Message::text(r#"{"type":"subscribe","id":9}"#),
+                "bad_request",
+                json!(9),
+            ),
+            (
+                Message::text(r#"{"type":"subscribe","channel":"no spaces","id":10}"#),
+                "bad_channel",
+                json!(10),
+            ),
+            (
+                Message::text(r#"{"type":"publish","channel":"c","id":11}"#),
+                "bad_request",
+                json!(11),
+            ),
+            (Message::binary(vec![1u8]), "bad_request", Value::Null),
+        ] {
+            bob.send(frame).await.unwrap();
+            let e = next_json(&mut bob).await;
+            assert_eq!(
+                (e["type"].as_str(), e["code"].as_str()),
+                (Some("error"), Some(code)),
+                "{e}"
+            );
+            assert_eq!(e.get("id").cloned().unwrap_or(Value::Null), id);
+        }
+        send_json(
+            &mut bob,
+            json!({"type":"presence","channel":"prices","id":12}),
+        )
+        .await;
+        assert_eq!(next_json(&mut bob).await["clients"], json!(["ann"]));
+
+        // Leaving by disconnecting is a leave too.
+        send_json(&mut bob, json!({"type":"subscribe","channel":"prices"})).await;
+        next_json(&mut bob).await;
+        assert_eq!(next_json(&mut ann).await["type"], "join");
+        drop(bob);
+        assert_eq!(
+            next_json(&mut ann).await,
+            json!({"type":"leave","channel":"prices","client":"bob"})
+        );
+
+        // Names: unique on this route (409), and validated (400).
+        let taken = gw
+            .raw(common::upgrade_request("/hub?name=ann", "").as_bytes())
+            .await;
+        assert_eq!(common::status_of(&taken), 409, "{taken}");
+        let bad = gw
+            .raw(common::upgrade_request("/hub?name=a%20b", "").as_bytes())
+            .await;
+        assert_eq!(common::status_of(&bad), 400, "{bad}");
+        // Without a name a client is a guest.
+        let mut guest = gw.ws("/hub").await;
+        let welcome = next_json(&mut guest).await;
+        assert!(
+            welcome["client"].as_str().unwrap().starts_with("guest-"),
+            "{welcome}"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn resume_replays_exactly_what_was_missed_or_reports_a_gap() {
+    within(20, async {
+        let gw = gateway("", ROUTES).await;
+        let publish = |n: u64| {
+            let gw = &gw;
+            async move {
+                let (status, body) = api(
+                    gw,
+                    "POST",
+                    "/api/channels/feed/publish",
+                    Some(TOKEN),
+                    "application/json",
+                    format!("{{\"n\":{n}}}").as_bytes(),
+                )
+                .await;
+                assert_eq!(status, 200, "{body}");
+            }
+        };
+        let mut ann = json_client(&gw, "/hub", "ann").await;
+        subscribe(&mut ann, "feed", 1).await;
+        for n in 1..=3 {
+            publish(n).await;
+        }
+        for seq in 1..=3 {
+            let m = next_json(&mut ann).await;
+            assert_eq!(
+                (m["seq"].as_u64(), m["data"]["n"].as_u64()),
+                (Some(seq), Some(seq))
+            );
+            assert!(m["from"].is_null(), "published through the API");
+        }
+        drop(ann);
+        for n in 4..=7 {
+            publish(n).await;
+        }
+        // Back, resuming after seq 3: exactly 4..=7, in order, then the ack.
+        let mut ann = json_client(&gw, "/hub", "ann").await;
+        send_json(
+            &mut ann,
+            json!({"type":"subscribe","channel":"feed","since":3,"id":2}),
+        )
+        .await;
+        for seq in 4..=7 {
+            let m = next_json(&mut ann).await;
+            assert_eq!(
+                (m["type"].as_str(), m["seq"].as_u64()),
+                (Some("message"), Some(seq)),
+                "{m}"
+            );
+        }
+        assert_eq!(
+            next_json(&mut ann).await,
+            json!({"type":"ack","id":2,"channel":"feed","seq":7})
+        );
+        // Live from there on.
+        publish(8).await;
+        assert_eq!(next_json(&mut ann).await["seq"], 8);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_since_older_than_the_history_is_a_gap() {
+    within(20, async {
+        let routes = ROUTES.replace("history_size = 50", "history_size = 3");
+        let gw = gateway("", &routes).await;
+        for n in 1..=10 {
+            let body = format!("{n}");
+            let (status, _) = api(
+                &gw,
+                "POST",
+                "/api/channels/short/publish",
+                Some(TOKEN),
+                "application/json",
+                body.as_bytes(),
+            )
+            .await;
+            assert_eq!(status, 200);
+        }
+        let mut ann = json_client(&gw, "/hub", "ann").await;
+        for since in [2, 50] {
+            send_json(&mut ann, json!({"type":"unsubscribe","channel":"short"})).await;
+            next_json(&mut ann).await;
+            send_json(
+                &mut ann,
+                json!({"type":"subscribe","channel":"short","since":since,"id":since}),
+            )
+            .await;
+            let e = next_json(&mut ann).await;
+            assert_eq!(
+                (e["code"].as_str(), e["seq"].as_u64(), e["id"].as_u64()),
+                (Some("gap"), Some(10), Some(since)),
+                "{e}"
+            );
+        }
+        // Still subscribed, live from now.
+        api(
+            &gw,
+            "POST",
+            "/api/channels/short/publish",
+            Some(TOKEN),
+            "application/json",
+            b"11",
+        )
+        .await;
+        assert_eq!(next_json(&mut ann).await["seq"], 11);
+        // A since inside the history replays from there.
+        send_json(&mut ann, json!({"type":"unsubscribe","channel":"short"})).await;
+        next_json(&mut ann).await;
+        send_json(
+            &mut ann,
+            json!({"type":"subscribe","channel":"short","since":9}),
+        )
+        .await;
+        assert_eq!(next_json(&mut ann).await["seq"], 10);
+        assert_eq!(next_json(&mut ann).await["seq"], 11);
+        assert_eq!(next_json(&mut ann).await["type"], "ack");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_http_api_needs_a_token_and_publishes_sends_and_lists() {
+    within(20, async {
+        let gw = gateway("", ROUTES).await;
+        let mut ann = json_client(&gw, "/hub", "ann").await;
+        subscribe(&mut ann, "ticker", 1).await;
+        let mut raw = gw.ws("/room?name=rawbob").await;
+
+        let (status, _) = api(
+            &gw,
+            "POST",
+            "/api/channels/ticker/publish",
+            None,
+            "application/json",
+            b"{}",
+        )
+        .await;
+        assert_eq!(status, 401);
+        let (status, _) = api(
+            &gw,
+            "POST",
+            "/api/channels/ticker/publish",
+            Some("wrong-token-0123456789"),
+            "application/json",
+            b"{}",
+        )
+        .await;
+        assert_eq!(status, 401);
+
+        let (status, body) = api(
+            &gw,
+            "POST",
+            "/api/channels/ticker/publish",
+            Some(TOKEN),
+            "application/json",
+            br#"{"sym":"ACME","px":12.5}"#,
+        )
+        .await;
+        assert_eq!(
+            (status, serde_json::from_str::<Value>(&body).unwrap()),
+            (200, json!({"channel":"ticker","seq":1,"delivered":1}))
+        );
+        assert_eq!(
+            next_json(&mut ann).await["data"],
+            json!({"sym":"ACME","px":12.5})
+        );
+        let (status, _) = api(
+            &gw,
+            "POST",
+            "/api/channels/ticker/publish",
+            Some(TOKEN),
+            "text/plain",
+            b"plain words",
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(next_json(&mut ann).await["data"], "plain words");
+        let (status, _) = api(
+            &gw,
+            "POST",
+            "/api/channels/ticker/publish",
+            Some(TOKEN),
+            "application/json",
+            b"{broken",
+        )
+        .await;
+        assert_eq!(status, 400);
+
+        // Binary to a raw room arrives as a binary frame, unchanged.
+        let (status, _) = api(
+            &gw,
+            "POST",
+            "/api/channels/lobby/publish",
+            Some(TOKEN),
+            "application/octet-stream",
+            &[0, 159, 255],
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(next(&mut raw).await, Message::binary(vec![0u8, 159, 255]));
+
+        let (status, body) = api(
+            &gw,
+            "POST",
+            "/api/clients/ann/send",
+            Some(TOKEN),
+            "application/json",
+            b"[1,2]",
+        )
+        .await;
+        assert_eq!((status, body.as_str()), (200, r#"{"delivered":1}"#));
+        assert_eq!(
+            next_json(&mut ann).await,
+            json!({"type":"direct","from":null,"data":[1,2]})
+        );
+        let (status, _) = api(
+            &gw,
+            "POST",
+            "/api/clients/nobody/send",
+            Some(TOKEN),
+            "application/json",
+            b"1",
+        )
+        .await;
+        assert_eq!(status, 404);
+
+        let (status, body) = api(&gw, "GET", "/api/channels", Some(TOKEN), "text/plain", b"").await;
+        assert_eq!(status, 200);
+        let channels: Value = serde_json::from_str(&body).unwrap();
+        let ticker = channels["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "ticker")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            ticker,
+            json!({"name":"ticker","subscribers":1,"last_seq":2})
+        );
+        let (status, body) = api(
+            &gw,
+            "GET",
+            "/api/channels/lobby/presence",
+            Some(TOKEN),
+            "text/plain",
+            b"",
+        )
+        .await;
+        assert_eq!(
+            (status, serde_json::from_str::<Value>(&body).unwrap()),
+            (200, json!({"channel":"lobby","clients":["rawbob"]}))
+        );
+        let (status, _) = api(
+            &gw,
+            "GET",
+            "/api/channels/nothing-here/presence",
+            Some(TOKEN),
+            "text/plain",
+            b"",
+        )
+        .await;
+        assert_eq!(status, 404);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_while_the_others_get_everything_in_order() {
+    within(60, async {
+        let gw = gateway("close_timeout = \"30s\"", ROUTES).await;
+        let mut fast = json_client(&gw, "/fast", "fast").await;
+        subscribe(&mut fast, "firehose", 1).await;
+        // Never reads (for now); a small, fixed receive buffer.
+        let mut slow = common::ws_small_rcvbuf(&gw, "/slow?name=slow").await;
+        send_json(&mut slow, json!({"type":"subscribe","channel":"firehose"})).await;
+        let mut publisher = json_client(&gw, "/fast", "pub").await;
+        // Far more than the slow client's socket buffers and its 8-message
+        // queue can hold.
+        const COUNT: u64 = 1500;
+        let payload = "x".repeat(8 << 10);
+        for n in 1..=COUNT {
+            send_json(
+                &mut publisher,
+                json!({"type":"publish","channel":"firehose","data":payload,"id":n}),
+            )
+            .await;
+            assert_eq!(next_json(&mut publisher).await["seq"], n);
+        }
+        for seq in 1..=COUNT {
+            assert_eq!(next_json(&mut fast).await["seq"], seq);
+        }
+        common::wait_for_metric(
+            &gw,
+            "wsgate_hub_dropped_total{reason=\"slow_consumer\"}",
+            1.0,
+        )
+        .await;
+        // Now the slow client reads: what it got is in order, then 1008.
+        let mut last = 0;
+        let code = loop {
+            match slow.next().await.unwrap().unwrap() {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if let Some(seq) = v["seq"].as_u64().filter(|_| v["type"] == "message") {
+                        assert_eq!(seq, last + 1, "in order, no gaps");
+                        last = seq;
+                    }
+                }
+                Message::Close(frame) => break frame.unwrap(),
+                _ => {}
+            }
+        };
+        assert_eq!(
+            (code.code, code.reason.as_str()),
+            (CloseCode::Policy, "slow consumer")
+        );
+        assert!(
+            last < COUNT,
+            "the slow client could not have had everything"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn five_thousand_subscribers_all_receive_a_publish() {
+    within(240, async {
+        let gw = gateway("max_connections = 6000", ROUTES).await;
+        const N: usize = 5000;
+        let mut clients = Vec::with_capacity(N);
+        for chunk in 0..N / 100 {
+            let batch = futures_util::future::join_all((0..100).map(|i| {
+                let gw = &gw;
+                async move {
+                    let mut ws = gw.ws(&format!("/fast?name=s{}", chunk * 100 + i)).await;
+                    next_json(&mut ws).await; // welcome
+                    send_json(&mut ws, json!({"type":"subscribe","channel":"big"})).await;
+                    next_json(&mut ws).await; // ack
+                    ws
+                }
+            }))
+            .await;
+            clients.extend(batch);
+        }
+        let (status, body) = api(
+            &gw,
+            "POST",
+            "/api/channels/big/publish",
+            Some(TOKEN),
+            "application/json",
+            b"\"hello, all\"",
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["delivered"],
+            N
+        );
+        let started = tokio::time::Instant::now();
+        let received = futures_util::future::join_all(clients.iter_mut().map(|ws| async move {
+            let m = next_json(ws).await;
+            m["data"] == "hello, all"
+        }))
+        .await;
+        assert!(received.iter().all(|ok| *ok));
+        assert!(started.elapsed() < Duration::from_secs(60));
+    })
+    .await
+}
