@@ -11,23 +11,13 @@
 //!
 //! Run: `cargo bench --bench echo` (add `-- --quick` for a short run).
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-
-#[path = "../tests/common/mod.rs"]
-mod common;
+mod support;
 
 use futures_util::{SinkExt, StreamExt};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::{TcpListener, TcpStream};
+use support::{Server, Setup, Ws, rss_kib};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 struct Params {
     idle_connections: usize,
@@ -64,51 +54,6 @@ fn main() {
     runtime.block_on(compare(params));
 }
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Start a child and read its listening address from the first stderr line
-/// that names one (`addr=127.0.0.1:PORT`).
-fn spawn(mut cmd: Command) -> Server {
-    let mut child = cmd
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "warn,wsgate=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("server starts");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("server printed its address").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 struct Measured {
     idle_kib: f64,
     after_message_kib: f64,
@@ -118,70 +63,37 @@ struct Measured {
 }
 
 async fn compare(p: Params) {
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = vec!["localhost".to_string()];
-    let written = wsgate::devcert::generate(&hosts)
-        .unwrap()
-        .write(&dir.path().join("cert.pem"), &dir.path().join("key.pem"))
-        .unwrap();
-    let connector = connector(&written.ca);
-    let gateway_config = |name: &str, routes: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(
-            &path,
-            format!(
-                "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n\
-                 [limits]\nmax_connections = {}\n{routes}",
-                written.cert,
-                written.key,
-                p.idle_connections + 100
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
-        cmd.arg("--config").arg(path);
-        cmd
-    };
-    let baseline_cmd = |plain: bool| {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        if plain {
-            cmd.arg("--baseline-server-plain");
-        } else {
-            cmd.arg("--baseline-server")
-                .arg(&written.cert)
-                .arg(&written.key);
-        }
-        cmd
-    };
-
+    let setup = Setup::new();
+    let n = p.idle_connections;
     // 1. Direct: clients to the baseline server over wss.
     let direct = measure(
         "baseline (direct)",
-        &spawn(baseline_cmd(false)),
+        &setup,
+        &setup.baseline(&["--baseline-server"]),
         "/",
-        &connector,
         &p,
     )
     .await;
     // 2. wsgate's echo route.
-    let echo_gw = spawn(gateway_config(
+    let echo_gw = setup.gateway(
         "echo.toml",
+        n,
         "[[routes]]\npath = \"/echo\"\nkind = \"echo\"\n",
-    ));
-    let echo = measure("wsgate echo", &echo_gw, "/echo", &connector, &p).await;
+    );
+    let echo = measure("wsgate echo", &setup, &echo_gw, "/echo", &p).await;
     drop(echo_gw);
     // 3. Relay: clients to wsgate over wss, wsgate to a plain-ws baseline
     //    backend (its own process, so wsgate's RSS is wsgate's alone).
-    let backend = spawn(baseline_cmd(true));
-    let relay_routes = format!(
+    let backend = setup.baseline(&["--baseline-server-plain"]);
+    let routes = format!(
         "[[routes]]\npath = \"/relay\"\nkind = \"upstream\"\nupstreams = [\"ws://{}\"]\n",
         backend.addr
     );
     let relay = measure(
         "wsgate relay",
-        &spawn(gateway_config("relay.toml", &relay_routes)),
+        &setup,
+        &setup.gateway("relay.toml", n, &routes),
         "/relay",
-        &connector,
         &p,
     )
     .await;
@@ -231,49 +143,22 @@ async fn compare(p: Params) {
     );
 }
 
-fn connector(ca: &std::path::Path) -> TlsConnector {
-    TlsConnector::from(common::client_config(ca))
-}
-
-async fn connect(addr: SocketAddr, connector: &TlsConnector, path: &str) -> Ws {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    let url = format!("wss://localhost:{}{path}", addr.port());
-    tokio_tungstenite::client_async(url, tls).await.unwrap().0
-}
-
-async fn measure(
-    name: &str,
-    server: &Server,
-    path: &str,
-    connector: &TlsConnector,
-    p: &Params,
-) -> Measured {
+async fn measure(name: &str, setup: &Setup, server: &Server, path: &str, p: &Params) -> Measured {
     eprintln!("measuring {name} at {}", server.addr);
     let pid = server.child.id();
     // Warm up allocator and runtime with one connection, then take the baseline.
-    let mut warm = connect(server.addr, connector, path).await;
+    let mut warm = setup.connect(server.addr, path).await;
     round_trip(&mut warm, 100).await;
     let before = rss_kib(pid);
 
-    let mut idle = Vec::with_capacity(p.idle_connections);
-    for chunk in 0..p.idle_connections.div_ceil(100) {
-        let n = 100.min(p.idle_connections - chunk * 100);
-        let batch =
-            futures_util::future::join_all((0..n).map(|_| connect(server.addr, connector, path)))
-                .await;
-        idle.extend(batch);
-    }
+    let mut idle =
+        support::connect_many(setup, server.addr, |_| path.to_owned(), p.idle_connections).await;
     // One round trip on a fresh connection: every earlier session is set up.
-    let mut last = connect(server.addr, connector, path).await;
+    let mut last = setup.connect(server.addr, path).await;
     round_trip(&mut last, 1).await;
-    let idle_kib = (rss_kib(pid) - before) as f64 / p.idle_connections as f64;
+    let idle_kib = support::kib_per(before, rss_kib(pid), p.idle_connections);
     futures_util::future::join_all(idle.iter_mut().map(|ws| round_trip(ws, 100))).await;
-    let after_message_kib = (rss_kib(pid) - before) as f64 / p.idle_connections as f64;
+    let after_message_kib = support::kib_per(before, rss_kib(pid), p.idle_connections);
     drop(idle);
 
     let mut samples = Vec::with_capacity(p.latency_round_trips);
@@ -287,10 +172,13 @@ async fn measure(
         samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e6
     };
 
-    let mut conns = Vec::new();
-    for _ in 0..p.throughput_connections {
-        conns.push(connect(server.addr, connector, path).await);
-    }
+    let mut conns = support::connect_many(
+        setup,
+        server.addr,
+        |_| path.to_owned(),
+        p.throughput_connections,
+    )
+    .await;
     let started = Instant::now();
     futures_util::future::join_all(
         conns
@@ -308,7 +196,6 @@ async fn measure(
         msgs_per_sec,
     }
 }
-
 async fn round_trip(ws: &mut Ws, size: usize) {
     ws.send(Message::binary(vec![b'x'; size])).await.unwrap();
     loop {
@@ -340,20 +227,7 @@ async fn pipelined(ws: &mut Ws, count: usize) {
 fn baseline_server(tls: Option<(&str, &str)>) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let acceptor = tls.map(|(cert, key)| {
-            let chain: Vec<_> = CertificateDer::pem_file_iter(cert)
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            let key = PrivateKeyDer::from_pem_file(key).unwrap();
-            let config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .unwrap();
-            TlsAcceptor::from(Arc::new(config))
-        });
+        let acceptor = tls.map(|(cert, key)| support::acceptor(cert, key));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         eprintln!("baseline serving addr={}", listener.local_addr().unwrap());
         loop {
