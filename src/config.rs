@@ -243,12 +243,51 @@ pub enum Balance {
 }
 
 impl Balance {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Balance::RoundRobin => "round_robin",
-            Balance::LeastConnections => "least_connections",
-        }
+    const NAMES: &'static [(&'static str, Balance)] = &[
+        ("round_robin", Balance::RoundRobin),
+        ("least_connections", Balance::LeastConnections),
+    ];
+}
+
+impl HubProtocol {
+    const NAMES: &'static [(&'static str, HubProtocol)] =
+        &[("json", HubProtocol::Json), ("raw", HubProtocol::Raw)];
+}
+
+impl NamePolicy {
+    const NAMES: &'static [(&'static str, NamePolicy)] = &[
+        ("unique", NamePolicy::Unique),
+        ("shared", NamePolicy::Shared),
+    ];
+}
+
+impl SlowConsumer {
+    const NAMES: &'static [(&'static str, SlowConsumer)] = &[
+        ("close", SlowConsumer::Close),
+        ("drop_oldest", SlowConsumer::DropOldest),
+    ];
+}
+
+/// A parser for one of a fixed set of names.
+fn choice<T: Copy>(names: &'static [(&'static str, T)]) -> impl Fn(&str) -> Result<T, String> {
+    move |s| {
+        names
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                let all: Vec<&str> = names.iter().map(|(name, _)| *name).collect();
+                format!("expected one of {all:?}")
+            })
     }
+}
+
+/// The config name of `value` in its table.
+fn name_of<T: PartialEq>(names: &'static [(&'static str, T)], value: &T) -> &'static str {
+    names
+        .iter()
+        .find(|(_, v)| v == value)
+        .map_or("?", |(name, _)| *name)
 }
 
 /// TLS to `wss://` members.
@@ -978,11 +1017,7 @@ impl Validator {
             &key("protocol"),
             r.protocol,
             HubProtocol::Json,
-            |s| match s {
-                "json" => Ok(HubProtocol::Json),
-                "raw" => Ok(HubProtocol::Raw),
-                _ => Err("expected \"json\" or \"raw\"".to_owned()),
-            },
+            choice(HubProtocol::NAMES),
         );
         let channel = r
             .channel
@@ -1009,11 +1044,12 @@ impl Validator {
                 }
             }
         }
-        let names = self.field(&key("names"), r.names, NamePolicy::Shared, |s| match s {
-            "unique" => Ok(NamePolicy::Unique),
-            "shared" => Ok(NamePolicy::Shared),
-            _ => Err("expected \"unique\" or \"shared\"".to_owned()),
-        });
+        let names = self.field(
+            &key("names"),
+            r.names,
+            NamePolicy::Shared,
+            choice(NamePolicy::NAMES),
+        );
         let presence_events = self.field(
             &key("presence_events"),
             r.presence_events,
@@ -1042,11 +1078,7 @@ impl Validator {
             &key("slow_consumer"),
             r.slow_consumer,
             SlowConsumer::Close,
-            |s| match s {
-                "close" => Ok(SlowConsumer::Close),
-                "drop_oldest" => Ok(SlowConsumer::DropOldest),
-                _ => Err("expected \"close\" or \"drop_oldest\"".to_owned()),
-            },
+            choice(SlowConsumer::NAMES),
         );
         let publish_rate = self.field(
             &key("publish_rate"),
@@ -1112,11 +1144,7 @@ impl Validator {
             &key("balance"),
             r.balance,
             Balance::RoundRobin,
-            |s| match s {
-                "round_robin" => Ok(Balance::RoundRobin),
-                "least_connections" => Ok(Balance::LeastConnections),
-                _ => Err("expected \"round_robin\" or \"least_connections\"".to_owned()),
-            },
+            choice(Balance::NAMES),
         );
         let connect_timeout = self.field(
             &key("connect_timeout"),
@@ -1400,7 +1428,7 @@ impl fmt::Display for Config {
             if let RouteKind::Upstream(u) = &r.kind {
                 let urls: Vec<&str> = u.members.iter().map(|m| m.url.as_str()).collect();
                 writeln!(f, "upstreams = {urls:?}\nstrip_prefix = {}", u.strip_prefix)?;
-                writeln!(f, "balance = {:?}", u.balance.as_str())?;
+                writeln!(f, "balance = {:?}", name_of(Balance::NAMES, &u.balance))?;
                 for (k, v) in [
                     ("connect_timeout", dur(u.connect_timeout)),
                     ("handshake_timeout", dur(u.handshake_timeout)),
@@ -1425,10 +1453,7 @@ impl fmt::Display for Config {
                 }
             }
             if let RouteKind::Hub(h) = &r.kind {
-                let protocol = match h.protocol {
-                    HubProtocol::Json => "json",
-                    HubProtocol::Raw => "raw",
-                };
+                let protocol = name_of(HubProtocol::NAMES, &h.protocol);
                 writeln!(f, "protocol = {protocol:?}")?;
                 if h.protocol == HubProtocol::Raw {
                     writeln!(
@@ -1440,14 +1465,8 @@ impl fmt::Display for Config {
                         writeln!(f, "direct_field = {field:?}")?;
                     }
                 }
-                let names = match h.names {
-                    NamePolicy::Unique => "unique",
-                    NamePolicy::Shared => "shared",
-                };
-                let slow = match h.slow_consumer {
-                    SlowConsumer::Close => "close",
-                    SlowConsumer::DropOldest => "drop_oldest",
-                };
+                let names = name_of(NamePolicy::NAMES, &h.names);
+                let slow = name_of(SlowConsumer::NAMES, &h.slow_consumer);
                 writeln!(
                     f,
                     "names = {names:?}\npresence_events = {}\nmax_channels_per_client = {}\nqueue_messages = {}\n\

@@ -80,21 +80,20 @@ pub(crate) fn message(channel: &str, seq: u64, from: Option<&str>, body: &Body) 
     let mut out = String::with_capacity(64 + channel.len() + body.len());
     out.push_str(r#"{"type":"message","channel":"#);
     push_json_string(&mut out, channel);
-    out.push_str(&format!(r#","seq":{seq},"from":"#));
-    match from {
-        Some(from) => push_json_string(&mut out, from),
-        None => out.push_str("null"),
-    }
-    out.push(',');
-    body.write_data(&mut out);
-    out.push('}');
-    finish(out)
+    out.push_str(&format!(r#","seq":{seq}"#));
+    from_and_data(out, from, body)
 }
 
 /// `{"type":"direct","from":..,"data":..}`
 pub(crate) fn direct(from: Option<&str>, body: &Body) -> Utf8Bytes {
     let mut out = String::with_capacity(48 + body.len());
-    out.push_str(r#"{"type":"direct","from":"#);
+    out.push_str(r#"{"type":"direct""#);
+    from_and_data(out, from, body)
+}
+
+/// `,"from":..,"data":..}`: the end of a message or direct envelope.
+fn from_and_data(mut out: String, from: Option<&str>, body: &Body) -> Utf8Bytes {
+    out.push_str(r#","from":"#);
     match from {
         Some(from) => push_json_string(&mut out, from),
         None => out.push_str("null"),
