@@ -714,3 +714,74 @@ async fn five_thousand_subscribers_all_receive_a_publish() {
     })
     .await
 }
+
+#[tokio::test]
+async fn per_client_limits_answer_with_errors_or_1008() {
+    within(20, async {
+        let routes = r#"
+[[routes]]
+name = "tight"
+path = "/tight"
+kind = "hub"
+max_channels_per_client = 2
+publish_rate = 0.001
+publish_burst = 2
+
+[[routes]]
+name = "echoroom"
+path = "/echoroom"
+kind = "hub"
+protocol = "raw"
+echo = true
+publish_rate = 0.001
+publish_burst = 3
+"#;
+        let gw = gateway("", routes).await;
+        let mut ann = json_client(&gw, "/tight", "ann").await;
+        assert_eq!(subscribe(&mut ann, "a", 1).await["type"], "ack");
+        assert_eq!(subscribe(&mut ann, "b", 2).await["type"], "ack");
+        let e = subscribe(&mut ann, "c", 3).await;
+        assert_eq!(
+            (e["code"].as_str(), e["id"].as_u64()),
+            (Some("channel_limit"), Some(3)),
+            "{e}"
+        );
+        for id in 4..=5 {
+            send_json(
+                &mut ann,
+                json!({"type":"publish","channel":"a","data":id,"id":id}),
+            )
+            .await;
+            assert_eq!(next_json(&mut ann).await["type"], "ack");
+        }
+        send_json(
+            &mut ann,
+            json!({"type":"publish","channel":"a","data":6,"id":6}),
+        )
+        .await;
+        let e = next_json(&mut ann).await;
+        assert_eq!(
+            (e["code"].as_str(), e["id"].as_u64()),
+            (Some("rate_limited"), Some(6)),
+            "{e}"
+        );
+
+        // A raw room with echo: the sender hears itself; past its rate it is closed 1008.
+        let mut raw = gw.ws("/echoroom?name=solo").await;
+        for n in 0..3 {
+            raw.send(Message::text(format!("m{n}"))).await.unwrap();
+            assert_eq!(next(&mut raw).await, Message::text(format!("m{n}")));
+        }
+        raw.send(Message::text("one too many")).await.unwrap();
+        match raw.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(
+                    (frame.code, frame.reason.as_str()),
+                    (CloseCode::Policy, "rate limit exceeded")
+                )
+            }
+            other => panic!("expected Close 1008, got {other:?}"),
+        }
+    })
+    .await
+}
