@@ -1,6 +1,7 @@
 //! The admin listener (plain HTTP, separate address): `/metrics`,
 //! `/healthz` (200 while the process lives), `/readyz` (200 only while
-//! serving; 503 while starting and from the moment draining begins), and the
+//! serving; 503 while starting, from the moment draining begins, and while
+//! no route can serve), and the
 //! hub's HTTP API under `/api/`.
 
 use std::convert::Infallible;
@@ -20,6 +21,8 @@ use tracing::debug;
 
 use crate::hub::{self, Hub};
 use crate::shutdown::Readiness;
+use crate::{Shared, metrics};
+use std::sync::Arc;
 
 const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,6 +32,8 @@ const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Context {
     pub(crate) metrics: PrometheusHandle,
     pub(crate) ready: Readiness,
+    /// For `/readyz`: is any route able to serve?
+    pub(crate) shared: Arc<Shared>,
     pub(crate) hub: Hub,
     /// Largest API request body (`limits.max_message_size`).
     pub(crate) max_body: usize,
@@ -63,7 +68,7 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
                     let response = if req.uri().path().starts_with("/api/") {
                         hub::api::handle(req, &ctx.hub, ctx.max_body).await
                     } else {
-                        respond(&req, &ctx.metrics, &ctx.ready)
+                        respond(&req, &ctx)
                     };
                     Ok::<_, Infallible>(response)
                 }
@@ -78,17 +83,14 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
     }
 }
 
-fn respond<B>(
-    req: &Request<B>,
-    metrics: &PrometheusHandle,
-    ready: &Readiness,
-) -> Response<Full<Bytes>> {
+fn respond<B>(req: &Request<B>, ctx: &Context) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
+            metrics::collect_process();
+            let mut r = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -96,8 +98,15 @@ fn respond<B>(
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if ready.get() => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/readyz" if !ctx.ready.get() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting or draining\n",
+        ),
+        "/readyz" if !ctx.shared.can_serve() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no route can serve (every upstream member down)\n",
+        ),
+        "/readyz" => text(StatusCode::OK, "ready\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -164,6 +164,17 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Can some route serve a new session? Echo and hub routes always can; an
+    /// upstream route while any member is out of its failure backoff.
+    pub(crate) fn can_serve(&self) -> bool {
+        self.routes.iter().any(|(_, state)| match &state.target {
+            Target::Echo | Target::Hub(_) => true,
+            Target::Upstream(pool) => pool.any_available(),
+        })
+    }
+}
+
 /// Check everything in `config` that needs files read: certificates, keys,
 /// CA files. `run` does the same at start; this lets `main` and
 /// `check-config` report it before anything is bound.
@@ -195,6 +206,7 @@ pub async fn run(
     let admin_ctx = admin::Context {
         metrics,
         ready: ready.clone(),
+        shared: shared.clone(),
         hub: shared.hub.clone(),
         max_body: config.limits.max_message_size,
     };

@@ -32,6 +32,13 @@ enum Command {
     Run,
     /// Validate the config (and its certificates) and print the effective config.
     CheckConfig,
+    /// Probe an admin endpoint: exit 0 on 200, 1 otherwise (for container
+    /// HEALTHCHECKs and exec probes in images without curl).
+    Health {
+        /// Plain http:// URL to GET.
+        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+    },
     /// Write a development CA and a leaf certificate as PEM.
     GenCert {
         /// DNS name or IP address the certificate is for (repeatable).
@@ -60,6 +67,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::GenCert { hosts, out } => report(gen_cert(&hosts, &out)),
         Command::CheckConfig => check_config(source),
+        Command::Health { url } => health(&url),
         Command::Run => {
             let config = match load(source) {
                 Ok(config) => config,
@@ -142,6 +150,43 @@ fn check_config(source: ConfigSource<'_>) -> ExitCode {
     // A closed stdout (`| head`) is not an error worth a panic.
     let _ = write!(std::io::stdout(), "{config}");
     ExitCode::SUCCESS
+}
+
+fn health(url: &str) -> ExitCode {
+    let probe = async {
+        let uri: http::Uri = url.parse().context("not a URL")?;
+        let authority = uri
+            .authority()
+            .context("the URL has no host")?
+            .as_str()
+            .to_owned();
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut tcp = tokio::net::TcpStream::connect(&authority).await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes()).await?;
+        let mut head = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut head).await?;
+        anyhow::Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let healthy = runtime.map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(3), probe).await })
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+    });
+    match healthy {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("{url}: not 200");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{url}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn gen_cert(hosts: &[String], out: &std::path::Path) -> anyhow::Result<()> {

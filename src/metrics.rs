@@ -25,6 +25,8 @@ pub const SESSION_DURATION_SECONDS: &str = "wsgate_session_duration_seconds";
 pub const UPSTREAM_CONNECT_SECONDS: &str = "wsgate_upstream_connect_seconds";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "wsgate_upstream_errors_total";
 pub const UPSTREAM_HEALTHY: &str = "wsgate_upstream_healthy";
+pub const BUILD_INFO: &str = "wsgate_build_info";
+pub const TLS_CERT_NOT_AFTER_SECONDS: &str = "wsgate_tls_cert_not_after_seconds";
 pub const HUB_CLIENTS: &str = "wsgate_hub_clients";
 pub const HUB_CHANNELS: &str = "wsgate_hub_channels";
 pub const HUB_SUBSCRIPTIONS: &str = "wsgate_hub_subscriptions";
@@ -33,6 +35,34 @@ pub const HUB_DIRECT_TOTAL: &str = "wsgate_hub_direct_total";
 pub const HUB_DELIVERED_TOTAL: &str = "wsgate_hub_delivered_total";
 pub const HUB_DROPPED_TOTAL: &str = "wsgate_hub_dropped_total";
 pub const HUB_API_REQUESTS_TOTAL: &str = "wsgate_hub_api_requests_total";
+
+/// Every metric name wsgate exports besides the standard `process_*` ones
+/// (which `metrics-process` provides). Dashboards and alert rules may use
+/// only these; a test checks that they do.
+pub const ALL: &[&str] = &[
+    CONNECTIONS_TOTAL,
+    CONNECTIONS_ACTIVE,
+    CONNECTIONS_REJECTED_TOTAL,
+    MESSAGES_TOTAL,
+    BYTES_TOTAL,
+    HANDSHAKE_FAILURES_TOTAL,
+    TLS_HANDSHAKE_FAILURES_TOTAL,
+    SESSIONS_ENDED_TOTAL,
+    SESSION_DURATION_SECONDS,
+    UPSTREAM_CONNECT_SECONDS,
+    UPSTREAM_ERRORS_TOTAL,
+    UPSTREAM_HEALTHY,
+    BUILD_INFO,
+    TLS_CERT_NOT_AFTER_SECONDS,
+    HUB_CLIENTS,
+    HUB_CHANNELS,
+    HUB_SUBSCRIPTIONS,
+    HUB_PUBLISHED_TOTAL,
+    HUB_DIRECT_TOTAL,
+    HUB_DELIVERED_TOTAL,
+    HUB_DROPPED_TOTAL,
+    HUB_API_REQUESTS_TOTAL,
+];
 
 /// Direction labels. For an echo route the echo itself plays the upstream.
 pub const CLIENT_TO_UPSTREAM: &str = "client_to_upstream";
@@ -68,9 +98,28 @@ pub fn install() -> PrometheusHandle {
             // harness); the handle still renders what this recorder sees.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            process().describe();
             handle
         })
         .clone()
+}
+
+/// Process metrics (`process_resident_memory_bytes`, `process_open_fds`,
+/// `process_cpu_seconds_total`, ...), read at each scrape.
+fn process() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Refresh the process metrics; the admin listener calls this per scrape.
+pub fn collect_process() {
+    process().collect();
+}
+
+/// The expiry of a served certificate, as a Unix time.
+pub fn cert_not_after(sni: &str, unix_seconds: i64) {
+    gauge!(TLS_CERT_NOT_AFTER_SECONDS, "sni" => sni.to_owned()).set(unix_seconds as f64);
 }
 
 fn describe() {
@@ -112,6 +161,51 @@ fn describe() {
         Unit::Seconds,
         "WebSocket session lifetime, by route"
     );
+    describe_histogram!(
+        UPSTREAM_CONNECT_SECONDS,
+        Unit::Seconds,
+        "Time to an upstream's 101 (TCP, TLS, upgrade), by route"
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS_TOTAL,
+        "Failed dials to upstream members, by route and reason"
+    );
+    describe_gauge!(
+        UPSTREAM_HEALTHY,
+        "1 if the upstream member is in service, 0 while in failure backoff"
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which wsgate is running"
+    );
+    describe_gauge!(
+        TLS_CERT_NOT_AFTER_SECONDS,
+        Unit::Seconds,
+        "When a served certificate expires (Unix time), by SNI name (default: the fallback certificate)"
+    );
+    describe_gauge!(HUB_CLIENTS, "Hub connections open now");
+    describe_gauge!(
+        HUB_CHANNELS,
+        "Hub channels that exist now (subscribed or holding history)"
+    );
+    describe_gauge!(
+        HUB_SUBSCRIPTIONS,
+        "Hub channel subscriptions now, over all connections"
+    );
+    describe_counter!(HUB_PUBLISHED_TOTAL, "Messages published to hub channels");
+    describe_counter!(
+        HUB_DIRECT_TOTAL,
+        "Direct messages sent to named hub clients"
+    );
+    describe_counter!(
+        HUB_DELIVERED_TOTAL,
+        "Hub messages queued to a recipient connection"
+    );
+    describe_counter!(
+        HUB_DROPPED_TOTAL,
+        "Hub messages not delivered, by reason (slow_consumer, lagged, no_recipient)"
+    );
+    describe_counter!(HUB_API_REQUESTS_TOTAL, "Hub HTTP API requests, by status");
 }
 
 /// Handles for one route's series, created once.

@@ -12,6 +12,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{CertPair, ConfigIssue, TlsConfig, UpstreamTls};
+use crate::metrics;
 
 /// The crypto provider wsgate uses everywhere (server and test clients).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -22,11 +23,17 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Vec<ConfigIssue>> {
     let provider = provider();
     let mut issues = Vec::new();
-    let default = load_pair(&provider, &tls.default, "tls", &mut issues);
+    let default = load_pair(&provider, &tls.default, "tls", "default", &mut issues);
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     for (i, sni) in tls.sni.iter().enumerate() {
-        if let Some(key) = load_pair(&provider, &sni.files, &format!("tls.sni[{i}]"), &mut issues) {
+        if let Some(key) = load_pair(
+            &provider,
+            &sni.files,
+            &format!("tls.sni[{i}]"),
+            &sni.host,
+            &mut issues,
+        ) {
             match sni.host.strip_prefix("*.") {
                 Some(suffix) => wildcard.insert(suffix.to_owned(), key),
                 None => exact.insert(sni.host.clone(), key),
@@ -54,6 +61,7 @@ fn load_pair(
     provider: &CryptoProvider,
     pair: &CertPair,
     section: &str,
+    sni: &str,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<Arc<CertifiedKey>> {
     let (chain, key) = read_pair(
@@ -62,6 +70,14 @@ fn load_pair(
         &format!("{section}.key"),
         issues,
     )?;
+    match x509_parser::parse_x509_certificate(&chain[0]) {
+        Ok((_, leaf)) => metrics::cert_not_after(sni, leaf.validity().not_after.timestamp()),
+        Err(e) => {
+            let why = format!("the first certificate does not parse: {e}");
+            issues.push(issue(&format!("{section}.cert"), &pair.cert, why));
+            return None;
+        }
+    }
     match CertifiedKey::from_der(chain, key, provider) {
         Ok(certified) => Some(Arc::new(certified)),
         Err(e) => {

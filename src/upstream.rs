@@ -407,6 +407,15 @@ impl Pool {
         }
     }
 
+    /// Is any member in service (not in its failure backoff)?
+    pub(crate) fn any_available(&self) -> bool {
+        let now = Instant::now();
+        self.members.iter().any(|m| {
+            let health = m.health.lock().unwrap_or_else(|e| e.into_inner());
+            health.down_until.is_none_or(|until| until <= now)
+        })
+    }
+
     pub(crate) fn health_check_interval(&self) -> Option<Duration> {
         self.config.health_check_interval
     }
