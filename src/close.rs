@@ -37,6 +37,10 @@ pub enum Rejection {
     NameTaken,
     /// The hub is at `max_channels` and the room does not exist yet.
     HubFull,
+    /// Plain HTTP (not CONNECT) on the TLS port.
+    PlainHttp,
+    /// A CONNECT where tunnelling is off (or inside a tunnel already).
+    ConnectDisabled,
 }
 
 impl Rejection {
@@ -54,6 +58,8 @@ impl Rejection {
             }
             Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Rejection::NameTaken => StatusCode::CONFLICT,
+            Rejection::PlainHttp => StatusCode::BAD_REQUEST,
+            Rejection::ConnectDisabled => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -72,6 +78,8 @@ impl Rejection {
             Rejection::UpstreamBadHandshake => "upstream_bad_handshake",
             Rejection::NameTaken => "name_taken",
             Rejection::HubFull => "hub_full",
+            Rejection::PlainHttp => "plain_http",
+            Rejection::ConnectDisabled => "connect_disabled",
         }
     }
 
@@ -90,6 +98,10 @@ impl Rejection {
             Rejection::UpstreamBadHandshake => "upstream refused the WebSocket upgrade",
             Rejection::NameTaken => "that name is already connected",
             Rejection::HubFull => "the hub is at its channel limit",
+            Rejection::PlainHttp => {
+                "this port speaks TLS (https://, wss://); plain HTTP is for CONNECT only"
+            }
+            Rejection::ConnectDisabled => "CONNECT is not served here",
         }
     }
 }
@@ -304,6 +316,10 @@ mod tests {
                 502,
                 "upstream_bad_handshake",
             ),
+            (Rejection::NameTaken, 409, "name_taken"),
+            (Rejection::HubFull, 503, "hub_full"),
+            (Rejection::PlainHttp, 400, "plain_http"),
+            (Rejection::ConnectDisabled, 405, "connect_disabled"),
         ];
         for (r, status, label) in table {
             assert_eq!(r.status().as_u16(), status, "{r:?}");

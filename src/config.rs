@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,6 +44,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub limits: Limits,
     pub hub: HubConfig,
+    pub tunnel: TunnelConfig,
     pub routes: Vec<Route>,
 }
 
@@ -69,6 +70,201 @@ pub const DEFAULT_HUB_MAX_CHANNELS: usize = 10_000;
 pub struct ListenConfig {
     /// Public `wss://` listener.
     pub addr: SocketAddr,
+    /// Accept HTTP `CONNECT` on the same port, in plaintext and inside TLS.
+    pub connect_tunnel: bool,
+}
+
+/// HTTP `CONNECT` into the gateway (`[tunnel]`).
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    /// Extra names that mean this gateway (besides `localhost`, loopback and
+    /// listen addresses, and the `[[tls.sni]]` hosts).
+    pub names: Vec<String>,
+    /// Targets other than the gateway itself that may be tunnelled to.
+    pub allow: Vec<AllowRule>,
+    /// `Proxy-Authorization: Basic` credentials; empty: none required.
+    pub users: Vec<(String, String)>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// `host:port`, `*.suffix:port`, `10.1.0.0/16:port`; the port may be `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowRule {
+    pub host: HostPattern,
+    /// `None`: any port.
+    pub port: Option<u16>,
+}
+
+/// A host name, a `*.suffix` wildcard (one or more labels), or an IP network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Name(String),
+    Suffix(String),
+    Net(IpAddr, u8),
+}
+
+impl HostPattern {
+    pub fn parse(s: &str) -> Result<HostPattern, String> {
+        let s = s
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if let Some((ip, len)) = s.split_once('/') {
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| format!("{s:?}: not an IP network"))?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let len: u8 = len
+                .parse()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or(format!("{s:?}: bad prefix length"))?;
+            return Ok(HostPattern::Net(ip, len));
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(HostPattern::Net(ip, if ip.is_ipv4() { 32 } else { 128 }));
+        }
+        match s.strip_prefix("*.") {
+            Some(suffix) => {
+                check_host_pattern(suffix).map(|_| HostPattern::Suffix(suffix.to_owned()))
+            }
+            None => check_host_pattern(&s).map(|_| HostPattern::Name(s.clone())),
+        }
+    }
+
+    /// Does the name (as asked for) match?
+    pub fn matches_name(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Name(n) => n == host,
+            HostPattern::Suffix(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|rest| rest.ends_with('.')),
+            HostPattern::Net(..) => host.parse::<IpAddr>().is_ok_and(|ip| self.matches_ip(ip)),
+        }
+    }
+
+    pub fn matches_ip(&self, ip: IpAddr) -> bool {
+        let HostPattern::Net(net, len) = self else {
+            return false;
+        };
+        match (net, canonical(ip)) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+                u32::from(*n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
+                u128::from(*n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl AllowRule {
+    pub fn parse(s: &str) -> Result<AllowRule, String> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or(format!("{s:?}: expected host:port"))?;
+        let port = match port {
+            "*" => None,
+            p => Some(p.parse::<u16>().map_err(|_| format!("{s:?}: bad port"))?),
+        };
+        Ok(AllowRule {
+            host: HostPattern::parse(host)?,
+            port,
+        })
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Name(n) => f.write_str(n),
+            HostPattern::Suffix(s) => write!(f, "*.{s}"),
+            HostPattern::Net(IpAddr::V4(ip), len) => write!(f, "{ip}/{len}"),
+            HostPattern::Net(IpAddr::V6(ip), len) => write!(f, "[{ip}/{len}]"),
+        }
+    }
+}
+
+impl fmt::Display for AllowRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.host),
+            None => write!(f, "{}:*", self.host),
+        }
+    }
+}
+
+pub const DEFAULT_TUNNEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// An egress HTTP proxy for an upstream route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressProxy {
+    /// As written, password hidden: for logs.
+    pub display: String,
+    pub host: String,
+    pub port: u16,
+    /// `Proxy-Authorization` value, if the URL carried user:password.
+    pub authorization: Option<String>,
+    /// Members whose host matches one of these are dialled directly.
+    pub no_proxy: Vec<HostPattern>,
+}
+
+impl EgressProxy {
+    pub fn parse(url: &str, no_proxy: &[String]) -> Result<EgressProxy, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err("must be an http:// proxy URL".into());
+        }
+        let authority = uri.authority().ok_or("has no host")?;
+        let (userinfo, hostport) = match authority.as_str().rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority.as_str()),
+        };
+        let hostport: http::uri::Authority = hostport.parse().map_err(|_| "bad host")?;
+        let authorization = userinfo.map(|u| {
+            use base64::Engine;
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(u)
+            )
+        });
+        let host = hostport
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = hostport.port_u16().unwrap_or(3128);
+        let no_proxy = no_proxy
+            .iter()
+            .map(|p| HostPattern::parse(p))
+            .collect::<Result<_, _>>()?;
+        Ok(EgressProxy {
+            display: format!("http://{}:{port}", hostport.host()),
+            host,
+            port,
+            authorization,
+            no_proxy,
+        })
+    }
+
+    /// Should `host` be reached through this proxy?
+    pub fn applies_to(&self, host: &str) -> bool {
+        !self.no_proxy.iter().any(|p| p.matches_name(host))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +430,8 @@ pub struct UpstreamConfig {
     /// Active check (TCP connect) of every member this often; `None`: off.
     pub health_check_interval: Option<Duration>,
     pub tls: UpstreamTls,
+    /// Dial members through this HTTP CONNECT proxy.
+    pub proxy: Option<EgressProxy>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -505,6 +703,7 @@ struct RawConfig {
     admin: RawAdmin,
     limits: RawLimits,
     hub: RawHub,
+    tunnel: RawTunnel,
     routes: Vec<RawRoute>,
 }
 
@@ -521,6 +720,17 @@ struct RawHub {
 #[serde(default)]
 struct RawListen {
     addr: Option<String>,
+    connect_tunnel: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawTunnel {
+    names: Vec<String>,
+    allow: Vec<String>,
+    users: Vec<String>,
+    connect_timeout: Option<String>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -582,6 +792,8 @@ struct RawRoute {
     tls_server_name: Option<String>,
     tls_client_cert: Option<String>,
     tls_client_key: Option<String>,
+    proxy: Option<String>,
+    no_proxy: Vec<String>,
     // kind = "hub"
     protocol: Option<String>,
     channel: Option<String>,
@@ -656,13 +868,24 @@ impl Validator {
         let tls = self.tls(raw.tls);
         let limits = self.limits(raw.limits);
         let hub = self.hub(raw.hub);
+        let connect_tunnel = self.field(
+            "listen.connect_tunnel",
+            raw.listen.connect_tunnel,
+            false,
+            parse_bool,
+        );
+        let tunnel = self.tunnel(raw.tunnel);
         let routes = self.routes(raw.routes);
         Some(Config {
-            listen: ListenConfig { addr: listen? },
+            listen: ListenConfig {
+                addr: listen?,
+                connect_tunnel: connect_tunnel?,
+            },
             tls: tls?,
             admin: AdminConfig { addr: admin? },
             limits: limits?,
             hub: hub?,
+            tunnel: tunnel?,
             routes: routes?,
         })
     }
@@ -944,6 +1167,8 @@ impl Validator {
             ("tls_server_name", r.tls_server_name.is_some(), "upstream"),
             ("tls_client_cert", r.tls_client_cert.is_some(), "upstream"),
             ("tls_client_key", r.tls_client_key.is_some(), "upstream"),
+            ("proxy", r.proxy.is_some(), "upstream"),
+            ("no_proxy", !r.no_proxy.is_empty(), "upstream"),
             ("protocol", r.protocol.is_some(), "hub"),
             ("channel", r.channel.is_some(), "hub"),
             ("channel_from_path", r.channel_from_path.is_some(), "hub"),
@@ -970,6 +1195,51 @@ impl Validator {
                 );
             }
         }
+    }
+
+    fn tunnel(&mut self, raw: RawTunnel) -> Option<TunnelConfig> {
+        let mut names = Vec::new();
+        for (i, name) in raw.names.iter().enumerate() {
+            match check_host_pattern(&name.to_ascii_lowercase()) {
+                Ok(()) => names.push(name.to_ascii_lowercase()),
+                Err(problem) => self.issue(&format!("tunnel.names[{i}]"), problem),
+            }
+        }
+        let mut allow = Vec::new();
+        for (i, rule) in raw.allow.iter().enumerate() {
+            match AllowRule::parse(rule) {
+                Ok(rule) => allow.push(rule),
+                Err(problem) => self.issue(&format!("tunnel.allow[{i}]"), problem),
+            }
+        }
+        let mut users = Vec::new();
+        for (i, user) in raw.users.iter().enumerate() {
+            match user.split_once(':') {
+                Some((u, p)) if !u.is_empty() && !p.is_empty() => {
+                    users.push((u.to_owned(), p.to_owned()))
+                }
+                _ => self.issue(&format!("tunnel.users[{i}]"), "expected \"user:password\""),
+            }
+        }
+        let connect_timeout = self.field(
+            "tunnel.connect_timeout",
+            raw.connect_timeout,
+            DEFAULT_TUNNEL_CONNECT_TIMEOUT,
+            parse_duration,
+        );
+        let idle_timeout = self.field(
+            "tunnel.idle_timeout",
+            raw.idle_timeout,
+            DEFAULT_TUNNEL_IDLE_TIMEOUT,
+            parse_duration,
+        );
+        Some(TunnelConfig {
+            names,
+            allow,
+            users,
+            connect_timeout: connect_timeout?,
+            idle_timeout: idle_timeout?,
+        })
     }
 
     fn hub(&mut self, raw: RawHub) -> Option<HubConfig> {
@@ -1212,6 +1482,20 @@ impl Validator {
                 None
             }
         };
+        let proxy = match (r.proxy, r.no_proxy.is_empty()) {
+            (Some(url), _) => match EgressProxy::parse(&url, &r.no_proxy) {
+                Ok(proxy) => Some(proxy),
+                Err(problem) => {
+                    self.issue(&key("proxy"), problem);
+                    None
+                }
+            },
+            (None, false) => {
+                self.issue(&key("no_proxy"), "only applies with proxy");
+                None
+            }
+            (None, true) => None,
+        };
         if self.issues.len() != before {
             return None;
         }
@@ -1229,6 +1513,7 @@ impl Validator {
                 server_name,
                 client_cert,
             },
+            proxy,
         })
     }
 }
@@ -1380,7 +1665,11 @@ impl fmt::Display for Config {
             ("close_timeout", dur(l.close_timeout)),
             ("drain_timeout", dur(l.drain_timeout)),
         ];
-        writeln!(f, "[listen]\naddr = \"{}\"\n", self.listen.addr)?;
+        writeln!(
+            f,
+            "[listen]\naddr = \"{}\"\nconnect_tunnel = {}\n",
+            self.listen.addr, self.listen.connect_tunnel
+        )?;
         writeln!(f, "[tls]")?;
         for (k, v) in tls {
             writeln!(f, "{k} = {v:?}")?;
@@ -1398,6 +1687,20 @@ impl fmt::Display for Config {
             )?;
         }
         writeln!(f, "[admin]\naddr = \"{}\"\n", self.admin.addr)?;
+        let t = &self.tunnel;
+        let allow: Vec<String> = t.allow.iter().map(ToString::to_string).collect();
+        let users: Vec<String> = t
+            .users
+            .iter()
+            .map(|(u, _)| format!("{u}:(hidden)"))
+            .collect();
+        writeln!(
+            f,
+            "[tunnel]\nnames = {:?}\nallow = {allow:?}\nusers = {users:?}\nconnect_timeout = {:?}\nidle_timeout = {:?}\n",
+            t.names,
+            dur(t.connect_timeout),
+            dur(t.idle_timeout)
+        )?;
         let tokens: Vec<&str> = self.hub.api_tokens.iter().map(|_| "(set)").collect();
         writeln!(
             f,
@@ -1443,6 +1746,12 @@ impl fmt::Display for Config {
                 }
                 if let Some(name) = &u.tls.server_name {
                     writeln!(f, "tls_server_name = {name:?}")?;
+                }
+                if let Some(proxy) = &u.proxy {
+                    writeln!(f, "proxy = {:?}", proxy.display)?;
+                    let no_proxy: Vec<String> =
+                        proxy.no_proxy.iter().map(ToString::to_string).collect();
+                    writeln!(f, "no_proxy = {no_proxy:?}")?;
                 }
                 if let Some(pair) = &u.tls.client_cert {
                     writeln!(
@@ -1620,6 +1929,45 @@ mod tests {
             !keys.contains(&"routes[1].upstreams[2]"),
             "wss://api.internal/ws is valid"
         );
+    }
+
+    #[test]
+    fn allow_rules_parse_and_match() {
+        let r = AllowRule::parse("10.1.0.0/16:8443").unwrap();
+        assert!(r.host.matches_ip("10.1.200.3".parse().unwrap()));
+        assert!(!r.host.matches_ip("10.2.0.1".parse().unwrap()));
+        assert!(
+            r.host.matches_ip("::ffff:10.1.0.9".parse().unwrap()),
+            "IPv4-mapped counts as IPv4"
+        );
+        assert_eq!(r.port, Some(8443));
+        let r = AllowRule::parse("*.internal:*").unwrap();
+        assert!(
+            r.host.matches_name("db.eu.internal")
+                && !r.host.matches_name("internal")
+                && r.port.is_none()
+        );
+        let r = AllowRule::parse("[fd00::/8]:443").unwrap();
+        assert!(r.host.matches_ip("fd12::1".parse().unwrap()));
+        assert_eq!(r.to_string(), "[fd00::/8]:443");
+        for bad in ["nohost", "x:port", "10.0.0.0/40:1", "bad host:1"] {
+            assert!(AllowRule::parse(bad).is_err(), "{bad}");
+        }
+        let p = EgressProxy::parse(
+            "http://u:p@proxy.corp:3128",
+            &["*.internal".into(), "10.0.0.0/8".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.authorization.as_deref()),
+            ("proxy.corp", 3128, Some("Basic dTpw"))
+        );
+        assert!(
+            !p.applies_to("api.internal")
+                && !p.applies_to("10.3.4.5")
+                && p.applies_to("example.com")
+        );
+        assert!(EgressProxy::parse("socks5://x:1", &[]).is_err());
     }
 
     #[test]

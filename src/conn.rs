@@ -1,20 +1,28 @@
-//! One client connection up to the upgrade: TLS handshake and HTTP request
-//! head under one deadline, then hyper serves the request with upgrades
-//! enabled. The session itself runs in its own task (see `session`).
+//! One client connection up to the upgrade. The first byte decides: a TLS
+//! ClientHello (0x16) gets the TLS front; anything else is plaintext HTTP,
+//! which serves only `CONNECT` (when enabled). The TLS handshake and the HTTP
+//! request head share one deadline; then hyper serves the request with
+//! upgrades enabled. Sessions and tunnels run in their own tasks.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{Span, debug};
 
 use crate::close::EarlyFailure;
+use crate::handshake::Front;
 use crate::{Shared, handshake, metrics};
+
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 pub(crate) async fn serve(
     tcp: TcpStream,
@@ -23,11 +31,76 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
 ) {
     let deadline = Instant::now() + shared.limits.handshake_timeout;
-    let token = &shared.shutdown.token;
+    let mut first = [0u8; 1];
+    let peeked = tokio::select! {
+        _ = shared.shutdown.token.cancelled() => return,
+        peeked = timeout_at(deadline, tcp.peek(&mut first)) => peeked,
+    };
+    let permit = Arc::new(permit);
+    match peeked {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {
+            let connect = shared.listen_connect_tunnel;
+            serve_tls_until(tcp, peer, permit, shared, connect, deadline).await;
+        }
+        Ok(Ok(1)) => {
+            let front = Front {
+                peer,
+                tls: false,
+                connect: shared.listen_connect_tunnel,
+            };
+            serve_http(TokioIo::new(tcp), front, permit, shared, deadline).await;
+        }
+        Ok(_) => {}
+        Err(_) => early_failure(
+            EarlyFailure::TlsTimeout,
+            &"nothing sent before the deadline",
+        ),
+    }
+}
 
+/// The TLS front inside a CONNECT tunnel to the gateway itself, without
+/// CONNECT. Boxed as `dyn Send`: this serves the front that accepted the
+/// CONNECT again, and the recursion needs a named type.
+pub(crate) fn serve_tunnelled<IO>(
+    io: IO,
+    peer: SocketAddr,
+    permit: Arc<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(serve_tls(io, peer, permit, shared, false))
+}
+
+/// The TLS front on `io`: a client connection, or a CONNECT tunnel to the
+/// gateway itself. `connect`: whether CONNECT is served inside.
+async fn serve_tls<IO>(
+    io: IO,
+    peer: SocketAddr,
+    permit: Arc<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+    connect: bool,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let deadline = Instant::now() + shared.limits.handshake_timeout;
+    serve_tls_until(io, peer, permit, shared, connect, deadline).await;
+}
+
+async fn serve_tls_until<IO>(
+    io: IO,
+    peer: SocketAddr,
+    permit: Arc<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+    connect: bool,
+    deadline: Instant,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let tls = tokio::select! {
-        _ = token.cancelled() => return,
-        accepted = timeout_at(deadline, shared.acceptor.accept(tcp)) => match accepted {
+        _ = shared.shutdown.token.cancelled() => return,
+        accepted = timeout_at(deadline, shared.acceptor.accept(io)) => match accepted {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => return early_failure(EarlyFailure::TlsError, &e),
             Err(_) => return early_failure(EarlyFailure::TlsTimeout, &"deadline passed"),
@@ -36,26 +109,38 @@ pub(crate) async fn serve(
     if let Some(sni) = tls.get_ref().1.server_name() {
         Span::current().record("sni", sni);
     }
+    let front = Front {
+        peer,
+        tls: true,
+        connect,
+    };
+    serve_http(TokioIo::new(tls), front, permit, shared, deadline).await;
+}
 
-    // The permit moves into the session on upgrade; until then this
-    // connection's service holds it.
-    let permit = Arc::new(permit);
+/// hyper on `io`: the request head must arrive by `deadline`.
+async fn serve_http<IO>(
+    io: TokioIo<IO>,
+    front: Front,
+    permit: Arc<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+    deadline: Instant,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The permit moves into the session or tunnel on upgrade; until then
+    // this connection's service holds it.
     let service_shared = shared.clone();
     let service = service_fn(move |req| {
         let (shared, permit) = (service_shared.clone(), permit.clone());
-        async move { Ok::<_, Infallible>(handshake::handle(req, shared, permit, peer).await) }
+        async move { Ok::<_, Infallible>(handshake::handle(req, shared, permit, front).await) }
     });
-
     let mut http = shared.http.clone();
-    // The request head must arrive within what is left of the same deadline.
     http.header_read_timeout(deadline.saturating_duration_since(Instant::now()));
-    let conn = http
-        .serve_connection(TokioIo::new(tls), service)
-        .with_upgrades();
+    let conn = http.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        _ = token.cancelled() => {
+        _ = shared.shutdown.token.cancelled() => {
             conn.as_mut().graceful_shutdown();
             timeout(shared.limits.close_timeout, conn).await.unwrap_or(Ok(()))
         }

@@ -22,7 +22,7 @@ use crate::hub::Hub;
 use crate::route::RouteTable;
 use crate::session::Peer;
 use crate::upstream::DialError;
-use crate::{Shared, Target, metrics, session};
+use crate::{Shared, Target, metrics, session, tunnel};
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
@@ -32,12 +32,32 @@ pub(crate) type Body = Full<Bytes>;
 
 /// Serve one request: upgrade it (for an upstream route, only once the
 /// upstream has answered 101) or refuse it.
+/// Where a request came in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Front {
+    pub(crate) peer: SocketAddr,
+    /// Inside TLS (else plaintext, where only CONNECT is served).
+    pub(crate) tls: bool,
+    /// CONNECT is served here.
+    pub(crate) connect: bool,
+}
+
 pub(crate) async fn handle(
     mut req: Request<Incoming>,
     shared: Arc<Shared>,
     permit: Arc<OwnedSemaphorePermit>,
-    peer: SocketAddr,
+    front: Front,
 ) -> Response<Body> {
+    let peer = front.peer;
+    if req.method() == Method::CONNECT {
+        if front.connect {
+            return tunnel::handle(req, shared, permit, peer).await;
+        }
+        return refuse(Rejection::ConnectDisabled, "CONNECT");
+    }
+    if !front.tls {
+        return refuse(Rejection::PlainHttp, req.uri().path());
+    }
     let accepted = check(&req, &shared.routes).and_then(|ok| {
         if shared.shutdown.token.is_cancelled() {
             Err(Rejection::Draining)
@@ -316,7 +336,11 @@ pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
         | Rejection::UpstreamTimeout
         | Rejection::UpstreamBadHandshake
         | Rejection::NameTaken
-        | Rejection::HubFull => {}
+        | Rejection::HubFull
+        | Rejection::PlainHttp => {}
+        Rejection::ConnectDisabled => {
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+        }
     }
     response
 }

@@ -20,6 +20,7 @@
 //! start exactly what the binary runs, on port 0.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::server::conn::http1;
@@ -46,6 +47,7 @@ pub mod route;
 mod session;
 pub mod shutdown;
 pub mod tls;
+mod tunnel;
 mod upstream;
 
 pub use config::{Config, ConfigError, ConfigSource};
@@ -89,6 +91,12 @@ pub(crate) struct Shared {
     pub(crate) http: http1::Builder,
     pub(crate) ws: WebSocketConfig,
     pub(crate) hub: Hub,
+    pub(crate) listen_connect_tunnel: bool,
+    pub(crate) tunnel: config::TunnelConfig,
+    /// Names and addresses that mean this gateway, for CONNECT.
+    listen: SocketAddr,
+    admin: SocketAddr,
+    sni_hosts: Vec<String>,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) shutdown: Shutdown,
 }
@@ -159,12 +167,65 @@ impl Shared {
             http,
             ws,
             hub: Hub::new(config.hub.clone()),
+            listen_connect_tunnel: config.listen.connect_tunnel,
+            tunnel: config.tunnel.clone(),
+            listen: config.listen.addr,
+            admin: config.admin.addr,
+            sni_hosts: config.tls.sni.iter().map(|s| s.host.clone()).collect(),
             shutdown: Shutdown::default(),
         })
     }
 }
 
 impl Shared {
+    /// Is `host:port` this gateway (a CONNECT to serve in process)? Its port,
+    /// and `localhost`, a loopback or the listen address, an SNI host, or a
+    /// name in `[tunnel] names`.
+    pub(crate) fn is_gateway(&self, host: &str, port: u16) -> bool {
+        if port != self.listen.port() {
+            return false;
+        }
+        let by_ip = host.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+            let ip = config::canonical(ip);
+            ip.is_loopback() || ip == self.listen.ip()
+        });
+        by_ip
+            || host == "localhost"
+            || self.tunnel.names.iter().any(|n| n == host)
+            || self.sni_hosts.iter().any(|n| n == host)
+    }
+
+    /// May a CONNECT for `host` go to `addr` (one of its resolved
+    /// addresses)? An allow rule must match the name or the address and the
+    /// port; a special address (loopback, private, link-local, ...) needs an
+    /// IP/CIDR rule covering it; the admin listener never.
+    pub(crate) fn may_tunnel_to(&self, host: &str, addr: SocketAddr) -> bool {
+        let ip = config::canonical(addr.ip());
+        let special = tunnel::is_special(ip);
+        let admin_ip = config::canonical(self.admin.ip());
+        if addr.port() == self.admin.port()
+            && (special || ip == admin_ip || admin_ip.is_unspecified())
+        {
+            return false;
+        }
+        self.tunnel.allow.iter().any(|rule| {
+            let port_ok = rule.port.is_none_or(|p| p == addr.port());
+            let by_ip = rule.host.matches_ip(ip);
+            let by_name = !special && rule.host.matches_name(host);
+            port_ok && (by_ip || by_name)
+        })
+    }
+
+    /// Could any allow rule admit `host:port`, before resolving it? (A name
+    /// rule matching the name, or an IP/CIDR rule, on that port.)
+    pub(crate) fn could_tunnel_to(&self, host: &str, port: u16) -> bool {
+        self.tunnel.allow.iter().any(|rule| {
+            rule.port.is_none_or(|p| p == port)
+                && (matches!(rule.host, config::HostPattern::Net(..))
+                    || rule.host.matches_name(host))
+        })
+    }
+
     /// Can some route serve a new session? Echo and hub routes always can; an
     /// upstream route while any member is out of its failure backoff.
     pub(crate) fn can_serve(&self) -> bool {
@@ -191,7 +252,14 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let shared = Arc::new(Shared::new(&config)?);
+    let mut shared = Shared::new(&config)?;
+    // The addresses actually bound (a test binds port 0): CONNECT decides
+    // "this gateway" and "the admin listener" by them.
+    if let (Ok(public), Ok(admin)) = (listeners.public.local_addr(), listeners.admin.local_addr()) {
+        shared.listen = public;
+        shared.admin = admin;
+    }
+    let shared = Arc::new(shared);
     for (_, state) in shared.routes.iter() {
         if let Target::Upstream(pool) = &state.target
             && let Some(every) = pool.health_check_interval()

@@ -27,6 +27,8 @@ pub const UPSTREAM_ERRORS_TOTAL: &str = "wsgate_upstream_errors_total";
 pub const UPSTREAM_HEALTHY: &str = "wsgate_upstream_healthy";
 pub const BUILD_INFO: &str = "wsgate_build_info";
 pub const TLS_CERT_NOT_AFTER_SECONDS: &str = "wsgate_tls_cert_not_after_seconds";
+pub const TUNNELS_TOTAL: &str = "wsgate_tunnels_total";
+pub const TUNNEL_BYTES_TOTAL: &str = "wsgate_tunnel_bytes_total";
 pub const HUB_CLIENTS: &str = "wsgate_hub_clients";
 pub const HUB_CHANNELS: &str = "wsgate_hub_channels";
 pub const HUB_SUBSCRIPTIONS: &str = "wsgate_hub_subscriptions";
@@ -54,6 +56,8 @@ pub const ALL: &[&str] = &[
     UPSTREAM_HEALTHY,
     BUILD_INFO,
     TLS_CERT_NOT_AFTER_SECONDS,
+    TUNNELS_TOTAL,
+    TUNNEL_BYTES_TOTAL,
     HUB_CLIENTS,
     HUB_CHANNELS,
     HUB_SUBSCRIPTIONS,
@@ -182,6 +186,15 @@ fn describe() {
         TLS_CERT_NOT_AFTER_SECONDS,
         Unit::Seconds,
         "When a served certificate expires (Unix time), by SNI name (default: the fallback certificate)"
+    );
+    describe_counter!(
+        TUNNELS_TOTAL,
+        "HTTP CONNECT requests, by result (gateway, spliced, denied, unauthorized, bad_request, ...)"
+    );
+    describe_counter!(
+        TUNNEL_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes spliced through CONNECT tunnels, by direction"
     );
     describe_gauge!(HUB_CLIENTS, "Hub connections open now");
     describe_gauge!(
@@ -322,5 +335,26 @@ impl HubMetrics {
 impl Default for HubMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A CONNECT request's result.
+pub fn tunnel(result: &'static str) {
+    counter!(TUNNELS_TOTAL, "result" => result).increment(1);
+}
+
+/// Bytes through a spliced tunnel; the two series are registered once.
+pub fn tunnel_bytes(client_to_target: bool, n: u64) {
+    static COUNTERS: OnceLock<(Counter, Counter)> = OnceLock::new();
+    let (up, down) = COUNTERS.get_or_init(|| {
+        (
+            counter!(TUNNEL_BYTES_TOTAL, "direction" => "client_to_target"),
+            counter!(TUNNEL_BYTES_TOTAL, "direction" => "target_to_client"),
+        )
+    });
+    if client_to_target {
+        up.increment(n)
+    } else {
+        down.increment(n)
     }
 }

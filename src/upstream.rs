@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::close::Rejection;
 use crate::config::{Balance, ConfigIssue, Route, UpstreamConfig, UpstreamUrl};
-use crate::{metrics, tls};
+use crate::{metrics, tls, tunnel};
 
 /// A route's upstream members and how to reach them.
 pub(crate) struct Pool {
@@ -94,6 +94,8 @@ pub(crate) enum DialError {
 /// One failed attempt on one member.
 enum Attempt {
     Unreachable(io::Error),
+    /// The egress proxy failed or refused the CONNECT.
+    Proxy(tunnel::ProxyError),
     Timeout,
     BadHandshake(WsError),
     Status(Response<Option<Vec<u8>>>),
@@ -103,6 +105,7 @@ impl fmt::Display for Attempt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Attempt::Unreachable(e) => write!(f, "unreachable: {e}"),
+            Attempt::Proxy(e) => write!(f, "{e}"),
             Attempt::Timeout => f.write_str("timed out"),
             Attempt::BadHandshake(e) => write!(f, "bad upgrade answer: {e}"),
             Attempt::Status(r) => write!(f, "answered {}", r.status()),
@@ -219,7 +222,7 @@ impl Pool {
         Err(DialError::Rejected(match last {
             None => Rejection::UpstreamsDown,
             Some(Attempt::Timeout) => Rejection::UpstreamTimeout,
-            Some(Attempt::Unreachable(_)) => Rejection::UpstreamUnreachable,
+            Some(Attempt::Unreachable(_) | Attempt::Proxy(_)) => Rejection::UpstreamUnreachable,
             Some(Attempt::BadHandshake(_) | Attempt::Status(_)) => Rejection::UpstreamBadHandshake,
         }))
     }
@@ -249,10 +252,19 @@ impl Pool {
         member: &Member,
         request: Request<()>,
     ) -> Result<(WebSocketStream<UpstreamIo>, Response<Option<Vec<u8>>>), Attempt> {
-        let addr = (member.url.host.as_str(), member.url.port);
-        let tcp = match timeout(self.config.connect_timeout, TcpStream::connect(addr)).await {
+        let (host, port) = (member.url.host.as_str(), member.url.port);
+        let connect = async {
+            match &self.config.proxy {
+                Some(proxy) if proxy.applies_to(host) => tunnel::dial_via(proxy, host, port).await.map_err(|e| {
+                    warn!(route = %self.route, upstream = %member.url.url, proxy = %proxy.display, error = %e, "egress proxy refused");
+                    Attempt::Proxy(e)
+                }),
+                _ => TcpStream::connect((host, port)).await.map_err(Attempt::Unreachable),
+            }
+        };
+        let tcp = match timeout(self.config.connect_timeout, connect).await {
             Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return Err(Attempt::Unreachable(e)),
+            Ok(Err(attempt)) => return Err(attempt),
             Err(_) => return Err(Attempt::Timeout),
         };
         let _ = tcp.set_nodelay(true);
@@ -424,6 +436,7 @@ impl Pool {
 fn attempt_label(attempt: &Attempt) -> &'static str {
     match attempt {
         Attempt::Unreachable(_) => "unreachable",
+        Attempt::Proxy(_) => "proxy",
         Attempt::Timeout => "timeout",
         Attempt::BadHandshake(_) | Attempt::Status(_) => "bad_handshake",
     }
@@ -542,6 +555,7 @@ mod tests {
             backoff_max: Duration::from_secs(30),
             health_check_interval: None,
             tls: UpstreamTls::default(),
+            proxy: None,
         };
         let route = Route {
             name: "r".into(),

@@ -1,0 +1,423 @@
+//! HTTP `CONNECT`, in and out.
+//!
+//! In: clients behind restrictive networks (or configured to use wsgate as
+//! their HTTP proxy, like Qt's `QNetworkProxy::HttpProxy`) send
+//! `CONNECT host:port`. A CONNECT to the gateway itself is answered 200 and
+//! the TLS and WebSocket front runs on the tunnel, in process. A CONNECT
+//! elsewhere is refused with 403 before anything is dialled, unless an
+//! `[tunnel] allow` rule admits it; the check applies to the resolved
+//! addresses, so a name cannot smuggle a tunnel to loopback, link-local or
+//! private addresses (those need an explicit IP/CIDR rule), and the admin
+//! listener is never a target.
+//!
+//! Out: upstream members behind an egress proxy are dialled through its
+//! CONNECT, and TLS to the member runs inside the tunnel.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{Instrument, Span, debug, info};
+
+use crate::config::{EgressProxy, canonical};
+use crate::handshake::Body;
+use crate::{Shared, conn, metrics};
+
+/// Answer a CONNECT request (`depth`: 0 on the outer connection).
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    permit: Arc<OwnedSemaphorePermit>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let (host, port) = match target(&req) {
+        Ok(target) => target,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, "bad_request", why),
+    };
+    let tunnel = &shared.tunnel;
+    if !tunnel.users.is_empty() && !authorized(&req, &tunnel.users) {
+        let mut r = refuse(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "unauthorized",
+            "proxy credentials required",
+        );
+        r.headers_mut().insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"wsgate\""),
+        );
+        return r;
+    }
+    if shared.is_gateway(&host, port) {
+        metrics::tunnel("gateway");
+        info!(%peer, target = %format!("{host}:{port}"), "CONNECT to the gateway itself");
+        let on_upgrade = hyper::upgrade::on(req);
+        let task_shared = shared.clone();
+        shared.shutdown.tracker.spawn(
+            async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    // The TLS and WebSocket front, on the tunnel; no CONNECT
+                    // inside it, so tunnels never nest.
+                    conn::serve_tunnelled(TokioIo::new(upgraded), peer, permit, task_shared).await;
+                }
+            }
+            .instrument(Span::current()),
+        );
+        return established();
+    }
+    // No rule could admit it whatever it resolves to: refuse without even a
+    // DNS lookup (a lookup is an outbound action too, and an oracle).
+    if !shared.could_tunnel_to(&host, port) {
+        debug!(%peer, target = %format!("{host}:{port}"), "CONNECT refused: no rule admits it");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "denied",
+            "tunnelling to that target is not allowed",
+        );
+    }
+    let addresses = match resolve(&host, port, tunnel.connect_timeout).await {
+        Ok(addresses) => addresses,
+        Err(_) => {
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                "unresolved",
+                "the target host does not resolve",
+            );
+        }
+    };
+    let allowed: Vec<SocketAddr> = addresses
+        .into_iter()
+        .filter(|a| shared.may_tunnel_to(&host, *a))
+        .collect();
+    if allowed.is_empty() {
+        debug!(%peer, target = %format!("{host}:{port}"), "CONNECT refused: not an allowed target");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "denied",
+            "tunnelling to that target is not allowed",
+        );
+    }
+    let dialled = timeout(tunnel.connect_timeout, TcpStream::connect(&allowed[..])).await;
+    let target_stream = match dialled {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(_)) => {
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                "unreachable",
+                "the target refused or is unreachable",
+            );
+        }
+        Err(_) => {
+            return refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "the target did not answer in time",
+            );
+        }
+    };
+    let _ = target_stream.set_nodelay(true);
+    metrics::tunnel("spliced");
+    info!(%peer, target = %format!("{host}:{port}"), "CONNECT tunnel opened");
+    let on_upgrade = hyper::upgrade::on(req);
+    let idle = tunnel.idle_timeout;
+    let cancel = shared.shutdown.token.clone();
+    shared.shutdown.tracker.spawn(
+        async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let (up, down) = splice(TokioIo::new(upgraded), target_stream, idle, &cancel).await;
+                debug!(
+                    client_to_target = up,
+                    target_to_client = down,
+                    "CONNECT tunnel closed"
+                );
+            }
+            drop(permit);
+        }
+        .instrument(Span::current()),
+    );
+    established()
+}
+
+/// The CONNECT target: `host:port` in authority form, no body.
+fn target<B>(req: &Request<B>) -> Result<(String, u16), &'static str> {
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Err("a CONNECT request must not have a body");
+    }
+    let authority = req.uri().authority().ok_or("CONNECT needs host:port")?;
+    let port = authority
+        .port_u16()
+        .ok_or("CONNECT needs an explicit port")?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if host.is_empty()
+        || req
+            .uri()
+            .path_and_query()
+            .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+    {
+        return Err("CONNECT needs host:port");
+    }
+    Ok((host, port))
+}
+
+fn authorized<B>(req: &Request<B>, users: &[(String, String)]) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(header::PROXY_AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+        })
+    else {
+        return false;
+    };
+    users.iter().fold(false, |ok, (user, password)| {
+        let expected = format!("{user}:{password}");
+        ok | (expected.len() == given.len()
+            && expected
+                .bytes()
+                .zip(&given)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0)
+    })
+}
+
+async fn resolve(host: &str, port: u16, limit: Duration) -> io::Result<Vec<SocketAddr>> {
+    match timeout(limit, tokio::net::lookup_host((host, port))).await {
+        Ok(addresses) => Ok(addresses?.collect()),
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Addresses a name must never lead to by itself: loopback, private,
+/// link-local, unique-local, unspecified, multicast, broadcast, documentation,
+/// and the IPv4-mapped forms of all of these. Only an IP/CIDR allow rule
+/// covering the address opens it.
+pub(crate) fn is_special(ip: IpAddr) -> bool {
+    match canonical(ip) {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.octets()[0] == 0
+                // 100.64.0.0/10, carrier-grade NAT
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // fc00::/7 unique local
+                || (first & 0xffc0) == 0xfe80 // fe80::/10 link local
+                || (first == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
+        }
+    }
+}
+
+fn established() -> Response<Body> {
+    let mut r = Response::new(Body::default());
+    *r.status_mut() = StatusCode::OK;
+    r
+}
+
+fn refuse(status: StatusCode, label: &'static str, why: &'static str) -> Response<Body> {
+    metrics::tunnel(label);
+    let mut r = Response::new(Body::from(format!("{} {why}\n", status.as_u16())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Copy bytes both ways until both sides are done, either side fails, the
+/// tunnel is idle for `idle`, or the gateway drains. Each direction is read
+/// only as fast as the other side takes it. Returns bytes (up, down).
+pub(crate) async fn splice<A, B>(
+    client: A,
+    target: B,
+    idle: Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> (u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut target_read, mut target_write) = tokio::io::split(target);
+    let mut up_buf = vec![0u8; 8 << 10];
+    let mut down_buf = vec![0u8; 8 << 10];
+    let (mut up, mut down) = (0u64, 0u64);
+    let (mut up_open, mut down_open) = (true, true);
+    let mut deadline = Instant::now() + idle;
+    while up_open || down_open {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = sleep_until(deadline) => break,
+            read = client_read.read(&mut up_buf), if up_open => match read {
+                Ok(0) | Err(_) => {
+                    up_open = false;
+                    let _ = target_write.shutdown().await;
+                }
+                Ok(n) => {
+                    if timeout(idle, target_write.write_all(&up_buf[..n])).await.map_or(true, |r| r.is_err()) {
+                        break;
+                    }
+                    up += n as u64;
+                    metrics::tunnel_bytes(true, n as u64);
+                    deadline = Instant::now() + idle;
+                }
+            },
+            read = target_read.read(&mut down_buf), if down_open => match read {
+                Ok(0) | Err(_) => {
+                    down_open = false;
+                    let _ = client_write.shutdown().await;
+                }
+                Ok(n) => {
+                    if timeout(idle, client_write.write_all(&down_buf[..n])).await.map_or(true, |r| r.is_err()) {
+                        break;
+                    }
+                    down += n as u64;
+                    metrics::tunnel_bytes(false, n as u64);
+                    deadline = Instant::now() + idle;
+                }
+            },
+        }
+    }
+    (up, down)
+}
+
+/// Why dialling through an egress proxy failed.
+#[derive(Debug)]
+pub(crate) enum ProxyError {
+    Io(io::Error),
+    /// The proxy answered the CONNECT with this status line.
+    Refused(String),
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProxyError::Io(e) => write!(f, "proxy: {e}"),
+            ProxyError::Refused(status) => write!(f, "proxy answered {status:?}"),
+        }
+    }
+}
+
+/// A TCP stream to `host:port` through `proxy` (its CONNECT answered 200).
+/// The caller bounds the time this takes.
+pub(crate) async fn dial_via(
+    proxy: &EgressProxy,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, ProxyError> {
+    let mut stream = TcpStream::connect((proxy.host.as_str(), proxy.port))
+        .await
+        .map_err(ProxyError::Io)?;
+    let _ = stream.set_nodelay(true);
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    if let Some(auth) = &proxy.authorization {
+        request.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(ProxyError::Io)?;
+    // Read the answer's head byte by byte (a few dozen bytes, once per
+    // dial), so nothing after it is consumed.
+    let mut head = Vec::with_capacity(128);
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= 8 << 10 {
+            return Err(ProxyError::Refused("an answer head over 8 KiB".into()));
+        }
+        head.push(stream.read_u8().await.map_err(ProxyError::Io)?);
+    }
+    let status_line =
+        String::from_utf8_lossy(head.split(|&b| b == b'\r').next().unwrap_or_default())
+            .into_owned();
+    let ok = status_line.split(' ').nth(1) == Some("200");
+    if ok {
+        Ok(stream)
+    } else {
+        Err(ProxyError::Refused(status_line))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "224.0.0.1",
+        ] {
+            assert!(is_special(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:4700::1111", "::ffff:93.184.216.34"] {
+            assert!(!is_special(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn targets_need_host_and_port_and_no_body() {
+        let connect = |uri: &str| Request::connect(uri).body(()).unwrap();
+        assert_eq!(
+            target(&connect("example.com:443")),
+            Ok(("example.com".into(), 443))
+        );
+        assert_eq!(target(&connect("[::1]:8443")), Ok(("::1".into(), 8443)));
+        assert!(target(&connect("example.com")).is_err());
+        let with_body = Request::connect("example.com:443")
+            .header("content-length", "3")
+            .body(())
+            .unwrap();
+        assert!(target(&with_body).is_err());
+    }
+}
