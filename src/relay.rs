@@ -6,14 +6,16 @@
 //! buffer sizes whatever the peers do).
 //!
 //! Text stays text, binary stays binary, messages keep their boundaries and
-//! order; pings and pongs are passed on with their payloads (tungstenite also
-//! answers each ping itself, so a ping may see two pongs: RFC 6455 allows
-//! unsolicited pongs); a Close passes through with its code and reason.
+//! order; pings are passed on with their payloads both ways, and every ping
+//! gets exactly one pong (see [`Pings`]); a Close passes through with its
+//! code and reason.
+
+use std::collections::VecDeque;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::close::{SessionEnd, Side};
@@ -35,6 +37,7 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let mut timers = Timers::new(limits);
+    let mut pings = Pings::default();
     loop {
         // Unbiased between the two sides, so neither can starve the other.
         let (from, first) = tokio::select! {
@@ -50,7 +53,15 @@ where
         };
         let written = match from {
             Side::Client => {
-                let batch = pump(Side::Client, client, upstream, first, metrics, &mut timers);
+                let batch = pump(
+                    Side::Client,
+                    client,
+                    upstream,
+                    first,
+                    metrics,
+                    &mut timers,
+                    &mut pings,
+                );
                 bounded(Side::Upstream, limits.send_timeout, cancel, batch).await
             }
             Side::Upstream => {
@@ -61,6 +72,7 @@ where
                     first,
                     metrics,
                     &mut timers,
+                    &mut pings,
                 );
                 bounded(Side::Client, limits.send_timeout, cancel, batch).await
             }
@@ -80,6 +92,7 @@ async fn pump<S, D>(
     first: Next,
     metrics: &RouteMetrics,
     timers: &mut Timers,
+    pings: &mut Pings,
 ) -> Result<(), SessionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -103,17 +116,68 @@ where
                 timers.touch();
                 dst.feed(msg).await.map_err(write_err)?;
             }
-            Message::Pong(ref payload) if from == Side::Client => {
-                timers.pong();
-                if payload.as_ref() != KEEPALIVE {
+            Message::Ping(ref payload) => {
+                pings.forwarded(to, payload);
+                dst.feed(msg).await.map_err(write_err)?;
+            }
+            Message::Pong(ref payload) => {
+                if from == Side::Client {
+                    timers.pong();
+                }
+                let ours = from == Side::Client && payload.as_ref() == KEEPALIVE;
+                if !ours && !pings.answered(from, payload) {
                     dst.feed(msg).await.map_err(write_err)?;
                 }
             }
-            Message::Ping(_) | Message::Pong(_) => dst.feed(msg).await.map_err(write_err)?,
             Message::Close(frame) => return Err(SessionEnd::Closed(from, frame)),
             Message::Frame(_) => {}
         }
         next = src.next().now_or_never();
     }
     dst.flush().await.map_err(write_err)
+}
+
+/// Pings forwarded to each side and not yet answered by it. tungstenite
+/// answers every ping it reads at once (and cannot be told not to), so the
+/// sender already has its pong with the same payload; the far side's own
+/// pong to a forwarded ping is dropped instead of delivered as a second one.
+/// Pongs that answer no forwarded ping (unsolicited, heartbeats) pass through.
+#[derive(Default)]
+struct Pings {
+    to_client: VecDeque<Bytes>,
+    to_upstream: VecDeque<Bytes>,
+}
+
+impl Pings {
+    /// At most this many outstanding pings are remembered per side; older
+    /// ones are forgotten (their late pongs then pass through).
+    const MAX: usize = 16;
+
+    fn side(&mut self, side: Side) -> &mut VecDeque<Bytes> {
+        match side {
+            Side::Client => &mut self.to_client,
+            Side::Upstream => &mut self.to_upstream,
+        }
+    }
+
+    fn forwarded(&mut self, to: Side, payload: &Bytes) {
+        let pending = self.side(to);
+        if pending.len() == Self::MAX {
+            pending.pop_front();
+        }
+        pending.push_back(payload.clone());
+    }
+
+    /// Is this pong from `from` the answer to a ping forwarded to it?
+    fn answered(&mut self, from: Side, payload: &Bytes) -> bool {
+        let pending = self.side(from);
+        match pending.iter().position(|p| p == payload) {
+            Some(i) => {
+                // A pong answers the latest ping; earlier ones are settled too.
+                pending.drain(..=i);
+                true
+            }
+            None => false,
+        }
+    }
 }
