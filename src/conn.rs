@@ -100,7 +100,7 @@ async fn serve_tls_until<IO>(
 {
     let tls = tokio::select! {
         _ = shared.shutdown.token.cancelled() => return,
-        accepted = timeout_at(deadline, shared.acceptor.accept(io)) => match accepted {
+        accepted = timeout_at(deadline, shared.live.load().acceptor.clone().accept(io)) => match accepted {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => return early_failure(EarlyFailure::TlsError, &e),
             Err(_) => return early_failure(EarlyFailure::TlsTimeout, &"deadline passed"),

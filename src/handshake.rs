@@ -58,7 +58,9 @@ pub(crate) async fn handle(
     if !front.tls {
         return refuse(Rejection::PlainHttp, req.uri().path());
     }
-    let accepted = check(&req, &shared.routes).and_then(|ok| {
+    // The routes current now; a reload later does not touch this session.
+    let live = shared.live.load_full();
+    let accepted = check(&req, &live.routes).and_then(|ok| {
         if shared.shutdown.token.is_cancelled() {
             Err(Rejection::Draining)
         } else {

@@ -23,6 +23,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -31,7 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 mod admin;
 pub mod close;
@@ -83,11 +84,11 @@ pub enum Error {
     Config(Vec<config::ConfigIssue>),
 }
 
-/// What every connection shares. Read-only after start-up.
+/// What every connection shares. Certificates and routes are the `live`
+/// snapshot, replaced whole on reload; the rest is fixed at start-up.
 pub(crate) struct Shared {
     pub(crate) limits: Limits,
-    pub(crate) routes: RouteTable<RouteState>,
-    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) live: ArcSwap<Live>,
     pub(crate) http: http1::Builder,
     pub(crate) ws: WebSocketConfig,
     pub(crate) hub: Hub,
@@ -96,45 +97,30 @@ pub(crate) struct Shared {
     /// Names and addresses that mean this gateway, for CONNECT.
     listen: SocketAddr,
     admin: SocketAddr,
-    sni_hosts: Vec<String>,
+    /// The start-up config, to tell which changes a reload cannot apply.
+    base: Config,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) shutdown: Shutdown,
 }
 
-/// What a route carries at run time.
-pub(crate) struct RouteState {
-    /// The route's path prefix.
-    pub(crate) path: String,
-    pub(crate) target: Target,
-    pub(crate) metrics: RouteMetrics,
+/// What a reload replaces: the certificates and the route table (with its
+/// upstream pools). A connection takes the current snapshot when it starts
+/// and keeps it, so a reload never touches a session in flight.
+pub(crate) struct Live {
+    pub(crate) routes: RouteTable<RouteState>,
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) sni_hosts: Vec<String>,
+    /// Cancelled when this snapshot is replaced: stops its health checks.
+    retired: CancellationToken,
 }
 
-/// Where a route's sessions go.
-pub(crate) enum Target {
-    Echo,
-    Upstream(Arc<Pool>),
-    Hub(Arc<config::HubRoute>),
-}
-
-impl Shared {
-    fn new(config: &Config) -> Result<Self, Error> {
+impl Live {
+    fn build(
+        config: &Config,
+        ws: WebSocketConfig,
+        parent: &CancellationToken,
+    ) -> Result<Live, Error> {
         let tls = tls::server_config(&config.tls).map_err(Error::Config)?;
-        let limits = config.limits.clone();
-        let mut http = http1::Builder::new();
-        // Keep-alive stays on: with it off hyper appends `close` to the 101's
-        // `Connection: Upgrade`, which clients such as Qt's QWebSocket
-        // refuse. Every refusal carries `Connection: close` instead.
-        http.timer(TokioTimer::new())
-            .max_headers(limits.max_headers)
-            .max_header_size(limits.max_header_size)
-            .max_buf_size(limits.max_header_size.max(8192) + 1024);
-        let ws = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER_SIZE)
-            .write_buffer_size(WRITE_BUFFER_SIZE)
-            // Room for a full buffer plus one largest message and its header.
-            .max_write_buffer_size(WRITE_BUFFER_SIZE + limits.max_message_size + 64)
-            .max_message_size(Some(limits.max_message_size))
-            .max_frame_size(Some(limits.max_frame_size));
         let mut targets = Vec::new();
         let mut issues = Vec::new();
         for route in &config.routes {
@@ -159,11 +145,65 @@ impl Shared {
             target: targets.next().unwrap_or(Target::Echo),
             metrics: RouteMetrics::new(r),
         });
+        Ok(Live {
+            routes,
+            acceptor: TlsAcceptor::from(tls),
+            sni_hosts: config.tls.sni.iter().map(|s| s.host.clone()).collect(),
+            retired: parent.child_token(),
+        })
+    }
+
+    /// Start this snapshot's background work (active health checks).
+    fn start(&self) {
+        for (_, state) in self.routes.iter() {
+            if let Target::Upstream(pool) = &state.target
+                && let Some(every) = pool.health_check_interval()
+            {
+                tokio::spawn(pool.clone().health_check(every, self.retired.clone()));
+            }
+        }
+    }
+}
+
+/// What a route carries at run time.
+pub(crate) struct RouteState {
+    /// The route's path prefix.
+    pub(crate) path: String,
+    pub(crate) target: Target,
+    pub(crate) metrics: RouteMetrics,
+}
+
+/// Where a route's sessions go.
+pub(crate) enum Target {
+    Echo,
+    Upstream(Arc<Pool>),
+    Hub(Arc<config::HubRoute>),
+}
+
+impl Shared {
+    fn new(config: &Config) -> Result<Self, Error> {
+        let limits = config.limits.clone();
+        let mut http = http1::Builder::new();
+        // Keep-alive stays on: with it off hyper appends `close` to the 101's
+        // `Connection: Upgrade`, which clients such as Qt's QWebSocket
+        // refuse. Every refusal carries `Connection: close` instead.
+        http.timer(TokioTimer::new())
+            .max_headers(limits.max_headers)
+            .max_header_size(limits.max_header_size)
+            .max_buf_size(limits.max_header_size.max(8192) + 1024);
+        let ws = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_SIZE)
+            .write_buffer_size(WRITE_BUFFER_SIZE)
+            // Room for a full buffer plus one largest message and its header.
+            .max_write_buffer_size(WRITE_BUFFER_SIZE + limits.max_message_size + 64)
+            .max_message_size(Some(limits.max_message_size))
+            .max_frame_size(Some(limits.max_frame_size));
+        let shutdown = Shutdown::default();
+        let live = Live::build(config, ws, &shutdown.token)?;
         Ok(Shared {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
-            routes,
-            acceptor: TlsAcceptor::from(tls),
+            live: ArcSwap::from_pointee(live),
             http,
             ws,
             hub: Hub::new(config.hub.clone()),
@@ -171,8 +211,8 @@ impl Shared {
             tunnel: config.tunnel.clone(),
             listen: config.listen.addr,
             admin: config.admin.addr,
-            sni_hosts: config.tls.sni.iter().map(|s| s.host.clone()).collect(),
-            shutdown: Shutdown::default(),
+            base: config.clone(),
+            shutdown,
         })
     }
 }
@@ -192,7 +232,7 @@ impl Shared {
         by_ip
             || host == "localhost"
             || self.tunnel.names.iter().any(|n| n == host)
-            || self.sni_hosts.iter().any(|n| n == host)
+            || self.live.load().sni_hosts.iter().any(|n| n == host)
     }
 
     /// May a CONNECT for `host` go to `addr` (one of its resolved
@@ -229,10 +269,69 @@ impl Shared {
     /// Can some route serve a new session? Echo and hub routes always can; an
     /// upstream route while any member is out of its failure backoff.
     pub(crate) fn can_serve(&self) -> bool {
-        self.routes.iter().any(|(_, state)| match &state.target {
-            Target::Echo | Target::Hub(_) => true,
-            Target::Upstream(pool) => pool.any_available(),
-        })
+        self.live
+            .load()
+            .routes
+            .iter()
+            .any(|(_, state)| match &state.target {
+                Target::Echo | Target::Hub(_) => true,
+                Target::Upstream(pool) => pool.any_available(),
+            })
+    }
+}
+
+impl Shared {
+    /// Replace certificates and routes with those of `config`, or keep the
+    /// running ones if it cannot be applied. Changes that need a restart
+    /// are logged and ignored.
+    fn reload(&self, config: &Config) {
+        let next = match Live::build(config, self.ws, &self.shutdown.token) {
+            Ok(live) => live,
+            Err(e) => {
+                metrics::config_reload("failed");
+                error!("reload failed, keeping the running configuration: {e}");
+                return;
+            }
+        };
+        let base = &self.base;
+        let fixed = [
+            (
+                "listen",
+                format!("{:?}", base.listen) != format!("{:?}", config.listen),
+            ),
+            (
+                "admin",
+                format!("{:?}", base.admin) != format!("{:?}", config.admin),
+            ),
+            (
+                "limits",
+                format!("{:?}", base.limits) != format!("{:?}", config.limits),
+            ),
+            (
+                "hub",
+                format!("{:?}", base.hub) != format!("{:?}", config.hub),
+            ),
+            (
+                "tunnel",
+                format!("{:?}", base.tunnel) != format!("{:?}", config.tunnel),
+            ),
+        ];
+        for (section, changed) in fixed {
+            if changed {
+                warn!(
+                    section,
+                    "reload: [{section}] changed, which needs a restart; kept as it was"
+                );
+            }
+        }
+        next.start();
+        let old = self.live.swap(Arc::new(next));
+        old.retired.cancel();
+        metrics::config_reload("ok");
+        info!(
+            routes = config.routes.len(),
+            "reloaded certificates and routes"
+        );
     }
 }
 
@@ -252,6 +351,21 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    let (_keep, reloads) = tokio::sync::mpsc::channel(1);
+    run_with_reload(listeners, config, metrics, shutdown, reloads).await
+}
+
+/// [`run`], and apply each config that arrives on `reloads` (the binary
+/// sends one per SIGHUP): new certificates and routes for new connections,
+/// sessions in flight untouched; a config that cannot be applied is logged
+/// and counted, and the running one stays.
+pub async fn run_with_reload(
+    listeners: Listeners,
+    config: Config,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: tokio::sync::mpsc::Receiver<Config>,
+) -> Result<(), Error> {
     let mut shared = Shared::new(&config)?;
     // The addresses actually bound (a test binds port 0): CONNECT decides
     // "this gateway" and "the admin listener" by them.
@@ -260,14 +374,7 @@ pub async fn run(
         shared.admin = admin;
     }
     let shared = Arc::new(shared);
-    for (_, state) in shared.routes.iter() {
-        if let Target::Upstream(pool) = &state.target
-            && let Some(every) = pool.health_check_interval()
-        {
-            let cancel = shared.shutdown.token.clone();
-            tokio::spawn(pool.clone().health_check(every, cancel));
-        }
-    }
+    shared.live.load().start();
     tokio::spawn(shared.hub.clone().sweeper(shared.shutdown.token.clone()));
     let ready = Readiness::default();
     let admin_stop = CancellationToken::new();
@@ -278,6 +385,11 @@ pub async fn run(
         hub: shared.hub.clone(),
         max_body: config.limits.max_message_size,
     };
+    let admin_addr = listeners
+        .admin
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let admin = tokio::spawn(admin::serve(listeners.admin, admin_ctx, admin_stop.clone()));
     let public_addr = listeners
         .public
@@ -286,9 +398,15 @@ pub async fn run(
         .unwrap_or_default();
     let accept = tokio::spawn(listener::serve(listeners.public, shared.clone()));
     ready.set(true);
-    info!(addr = %public_addr, routes = config.routes.len(), "serving");
+    info!(addr = %public_addr, admin = %admin_addr, routes = config.routes.len(), "serving");
 
-    shutdown.await;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(next) = reloads.recv() => shared.reload(&next),
+        }
+    }
     ready.set(false);
     let open = shared.shutdown.tracker.len();
     info!(open, drain_timeout = ?config.limits.drain_timeout, "draining");

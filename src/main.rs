@@ -77,7 +77,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return report(Err(e.into())),
             };
-            report(runtime.block_on(serve(config)))
+            report(runtime.block_on(serve(config, cli.config.clone())))
         }
     }
 }
@@ -201,16 +201,14 @@ fn gen_cert(hosts: &[String], out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let public = TcpListener::bind(config.listen.addr)
-        .await
+async fn serve(config: Config, source: Option<PathBuf>) -> anyhow::Result<()> {
+    let public = bind(config.listen.addr)
         .with_context(|| format!("listen.addr: cannot bind {}", config.listen.addr))?;
-    let admin = TcpListener::bind(config.admin.addr)
-        .await
+    let admin = bind(config.admin.addr)
         .with_context(|| format!("admin.addr: cannot bind {}", config.admin.addr))?;
     let metrics = wsgate::metrics::install();
 
-    // First signal: drain. Second signal: exit at once.
+    // First SIGTERM/SIGINT: drain. Second: exit at once.
     let (first, drained) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         shutdown::signal().await;
@@ -219,9 +217,54 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         warn!("second signal: exiting without waiting for sessions");
         std::process::exit(1);
     });
-    wsgate::run(Listeners { public, admin }, config, metrics, async {
-        let _ = drained.await;
-    })
+    // SIGHUP: read the config file again and hand it over to be applied.
+    let (reload, reloads) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let source = match &source {
+                Some(path) => ConfigSource::File(path),
+                None => ConfigSource::Default,
+            };
+            match Config::load(source, None) {
+                Ok(config) => {
+                    let _ = reload.send(config).await;
+                }
+                Err(e) => {
+                    wsgate::metrics::config_reload("invalid");
+                    error!("reload refused, keeping the running configuration: {e}");
+                }
+            }
+        }
+    });
+    wsgate::run_with_reload(
+        Listeners { public, admin },
+        config,
+        metrics,
+        async {
+            let _ = drained.await;
+        },
+        reloads,
+    )
     .await?;
     Ok(())
+}
+
+/// Bind with `SO_REUSEADDR` and `SO_REUSEPORT`: a new wsgate can start on
+/// the same port while the old one drains (graceful restart).
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

@@ -27,6 +27,7 @@ pub const UPSTREAM_ERRORS_TOTAL: &str = "wsgate_upstream_errors_total";
 pub const UPSTREAM_HEALTHY: &str = "wsgate_upstream_healthy";
 pub const BUILD_INFO: &str = "wsgate_build_info";
 pub const TLS_CERT_NOT_AFTER_SECONDS: &str = "wsgate_tls_cert_not_after_seconds";
+pub const CONFIG_RELOADS_TOTAL: &str = "wsgate_config_reloads_total";
 pub const TUNNELS_TOTAL: &str = "wsgate_tunnels_total";
 pub const TUNNEL_BYTES_TOTAL: &str = "wsgate_tunnel_bytes_total";
 pub const HUB_CLIENTS: &str = "wsgate_hub_clients";
@@ -56,6 +57,7 @@ pub const ALL: &[&str] = &[
     UPSTREAM_HEALTHY,
     BUILD_INFO,
     TLS_CERT_NOT_AFTER_SECONDS,
+    CONFIG_RELOADS_TOTAL,
     TUNNELS_TOTAL,
     TUNNEL_BYTES_TOTAL,
     HUB_CLIENTS,
@@ -186,6 +188,10 @@ fn describe() {
         TLS_CERT_NOT_AFTER_SECONDS,
         Unit::Seconds,
         "When a served certificate expires (Unix time), by SNI name (default: the fallback certificate)"
+    );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Config reloads (SIGHUP), by result (ok, failed, invalid)"
     );
     describe_counter!(
         TUNNELS_TOTAL,
@@ -357,4 +363,10 @@ pub fn tunnel_bytes(client_to_target: bool, n: u64) {
     } else {
         down.increment(n)
     }
+}
+
+/// A reload's result: `ok`, `failed` (certificates or pools unusable),
+/// `invalid` (the config file does not validate).
+pub fn config_reload(result: &'static str) {
+    counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
 }

@@ -71,6 +71,8 @@ pub struct Running {
     pub admin: SocketAddr,
     pub certs: Certs,
     stop: Option<oneshot::Sender<()>>,
+    /// Hand the running gateway a new config (as SIGHUP does).
+    pub reload: tokio::sync::mpsc::Sender<Config>,
     pub join: JoinHandle<Result<(), wsgate::Error>>,
 }
 
@@ -89,19 +91,23 @@ pub async fn start_with(certs: Certs, text: &str) -> Running {
     let (addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     let metrics = wsgate::metrics::install();
-    let join = tokio::spawn(wsgate::run(
+    let (reload, reloads) = tokio::sync::mpsc::channel(1);
+    let stopped = async {
+        let _ = stopped.await;
+    };
+    let join = tokio::spawn(wsgate::run_with_reload(
         Listeners { public, admin },
         config,
         metrics,
-        async {
-            let _ = stopped.await;
-        },
+        stopped,
+        reloads,
     ));
     Running {
         addr,
         admin: admin_addr,
         certs,
         stop: Some(stop),
+        reload,
         join,
     }
 }
