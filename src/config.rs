@@ -25,6 +25,7 @@ pub const ENV_PREFIX: &str = "WSGATE";
 pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8443";
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+pub const DEFAULT_HANDSHAKE_RATE: f64 = 10_000.0;
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -301,6 +302,12 @@ pub struct AdminConfig {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Connections open per client address (IPv6: per /64); `None`: off.
+    pub max_connections_per_ip: Option<usize>,
+    /// New connections per second, over all clients (burst: one second's worth).
+    pub handshake_rate: f64,
+    /// New connections per second per client address (IPv6: per /64); `None`: off.
+    pub handshake_rate_per_ip: Option<f64>,
     /// TLS handshake and HTTP request head together.
     pub handshake_timeout: Duration,
     /// No data message either way for this long closes the session; `None`: off.
@@ -760,6 +767,9 @@ struct RawAdmin {
 #[serde(default)]
 struct RawLimits {
     max_connections: Option<String>,
+    max_connections_per_ip: Option<String>,
+    handshake_rate: Option<String>,
+    handshake_rate_per_ip: Option<String>,
     handshake_timeout: Option<String>,
     idle_timeout: Option<String>,
     ping_interval: Option<String>,
@@ -966,6 +976,24 @@ impl Validator {
             DEFAULT_MAX_CONNECTIONS,
             parse_positive,
         );
+        let max_connections_per_ip = self.field(
+            "limits.max_connections_per_ip",
+            raw.max_connections_per_ip,
+            None,
+            |s| off_or(s, parse_positive),
+        );
+        let handshake_rate = self.field(
+            "limits.handshake_rate",
+            raw.handshake_rate,
+            DEFAULT_HANDSHAKE_RATE,
+            parse_rate,
+        );
+        let handshake_rate_per_ip = self.field(
+            "limits.handshake_rate_per_ip",
+            raw.handshake_rate_per_ip,
+            None,
+            |s| off_or(s, parse_rate),
+        );
         let handshake_timeout = self.field(
             "limits.handshake_timeout",
             raw.handshake_timeout,
@@ -1032,6 +1060,9 @@ impl Validator {
         let max_message_size = max_message_size?;
         Some(Limits {
             max_connections: max_connections?,
+            max_connections_per_ip: max_connections_per_ip?,
+            handshake_rate: handshake_rate?,
+            handshake_rate_per_ip: handshake_rate_per_ip?,
             handshake_timeout: handshake_timeout?,
             idle_timeout: idle_timeout?,
             ping_interval: ping_interval?,
@@ -1543,6 +1574,23 @@ fn parse_positive(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `"off"` → `None`, else `parse`.
+fn off_or<T>(s: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, String> {
+    if s == "off" {
+        Ok(None)
+    } else {
+        parse(s).map(Some).map_err(|e| format!("{e} (or \"off\")"))
+    }
+}
+
+/// A rate per second: a number greater than 0 (fractions allowed).
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err("must be a number per second greater than 0".to_owned()),
+    }
+}
+
 /// `"10s"`, `"1m 30s"`, `"250ms"`; must be greater than zero.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {
@@ -1710,6 +1758,17 @@ impl fmt::Display for Config {
             self.hub.max_channels
         )?;
         writeln!(f, "[limits]\nmax_connections = {}", l.max_connections)?;
+        writeln!(
+            f,
+            "max_connections_per_ip = {:?}
+handshake_rate = {}
+handshake_rate_per_ip = {:?}",
+            l.max_connections_per_ip
+                .map_or("off".to_owned(), |n| n.to_string()),
+            l.handshake_rate,
+            l.handshake_rate_per_ip
+                .map_or("off".to_owned(), |n| n.to_string())
+        )?;
         for (k, v) in limits {
             writeln!(f, "{k} = {v:?}")?;
         }

@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::admission::Ticket;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{Span, debug};
 
@@ -24,12 +24,7 @@ use crate::{Shared, handshake, metrics};
 
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-pub(crate) async fn serve(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-    shared: Arc<Shared>,
-) {
+pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, permit: Ticket, shared: Arc<Shared>) {
     let deadline = Instant::now() + shared.limits.handshake_timeout;
     let mut first = [0u8; 1];
     let peeked = tokio::select! {
@@ -64,7 +59,7 @@ pub(crate) async fn serve(
 pub(crate) fn serve_tunnelled<IO>(
     io: IO,
     peer: SocketAddr,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<Ticket>,
     shared: Arc<Shared>,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
@@ -78,7 +73,7 @@ where
 async fn serve_tls<IO>(
     io: IO,
     peer: SocketAddr,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<Ticket>,
     shared: Arc<Shared>,
     connect: bool,
 ) where
@@ -91,7 +86,7 @@ async fn serve_tls<IO>(
 async fn serve_tls_until<IO>(
     io: IO,
     peer: SocketAddr,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<Ticket>,
     shared: Arc<Shared>,
     connect: bool,
     deadline: Instant,
@@ -121,7 +116,7 @@ async fn serve_tls_until<IO>(
 async fn serve_http<IO>(
     io: TokioIo<IO>,
     front: Front,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<Ticket>,
     shared: Arc<Shared>,
     deadline: Instant,
 ) where

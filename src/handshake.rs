@@ -5,13 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::admission::Ticket;
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{Instrument, Span, debug};
 
@@ -45,7 +45,7 @@ pub(crate) struct Front {
 pub(crate) async fn handle(
     mut req: Request<Incoming>,
     shared: Arc<Shared>,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<Ticket>,
     front: Front,
 ) -> Response<Body> {
     let peer = front.peer;

@@ -28,13 +28,13 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 mod admin;
+mod admission;
 pub mod close;
 pub mod config;
 mod conn;
@@ -53,6 +53,7 @@ mod upstream;
 
 pub use config::{Config, ConfigError, ConfigSource};
 
+use admission::Admission;
 use config::{Limits, RouteKind};
 use hub::Hub;
 use metrics::RouteMetrics;
@@ -99,7 +100,7 @@ pub(crate) struct Shared {
     admin: SocketAddr,
     /// The start-up config, to tell which changes a reload cannot apply.
     base: Config,
-    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) admission: Admission,
     pub(crate) shutdown: Shutdown,
 }
 
@@ -201,7 +202,7 @@ impl Shared {
         let shutdown = Shutdown::default();
         let live = Live::build(config, ws, &shutdown.token)?;
         Ok(Shared {
-            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            admission: Admission::new(&limits),
             limits,
             live: ArcSwap::from_pointee(live),
             http,

@@ -34,12 +34,15 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 }
             }
         };
-        // Shed, never queue: the permit lives as long as the connection and
+        // Shed, never queue: the ticket lives as long as the connection and
         // its session; without one the socket is closed at once.
-        let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
-            metrics::connection_rejected("capacity");
-            debug!(%peer, "over max_connections; closed");
-            continue;
+        let ticket = match shared.admission.admit(peer.ip()) {
+            Ok(ticket) => ticket,
+            Err(reason) => {
+                metrics::connection_rejected(reason);
+                debug!(%peer, reason, "connection refused at accept");
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let span =
@@ -47,7 +50,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         shared
             .shutdown
             .tracker
-            .spawn(conn::serve(tcp, peer, permit, shared.clone()).instrument(span));
+            .spawn(conn::serve(tcp, peer, ticket, shared.clone()).instrument(span));
     }
 }
 

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admission::Ticket;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Interval, MissedTickBehavior, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
@@ -46,7 +46,7 @@ pub(crate) enum Peer {
 pub(crate) async fn run(
     on_upgrade: OnUpgrade,
     route: Arc<RouteState>,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<Ticket>,
     shared: Arc<Shared>,
     peer: Peer,
 ) {

@@ -18,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admission::Ticket;
 use base64::Engine;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -25,7 +26,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{Instrument, Span, debug, info};
 
@@ -37,7 +37,7 @@ use crate::{Shared, conn, metrics};
 pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<Ticket>,
     peer: SocketAddr,
 ) -> Response<Body> {
     let (host, port) = match target(&req) {

@@ -51,3 +51,37 @@ async fn the_connection_limit_sheds_fast_and_counts() {
     })
     .await
 }
+
+#[tokio::test]
+async fn per_address_connections_and_handshake_rate_are_limited() {
+    within(20, async {
+        let gw = start("max_connections_per_ip = 2").await;
+        let first = gw.ws("/echo").await;
+        let _second = gw.ws("/echo").await;
+        let started = Instant::now();
+        assert!(
+            common::ws_connect(gw.addr, "localhost", "/echo", &gw.certs.ca)
+                .await
+                .is_err()
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let (_, scrape) = gw.admin_get("/metrics").await;
+        let series = "wsgate_connections_rejected_total{reason=\"per_ip\"}";
+        assert_eq!(common::metric(&scrape, series), Some(1.0), "{scrape}");
+        drop(first);
+
+        // One new connection a second from one address: the next one, right
+        // after, is refused whatever else is free.
+        let gw = start("handshake_rate_per_ip = 1").await;
+        let _only = gw.ws("/echo").await;
+        assert!(
+            common::ws_connect(gw.addr, "localhost", "/echo", &gw.certs.ca)
+                .await
+                .is_err()
+        );
+        let (_, scrape) = gw.admin_get("/metrics").await;
+        let series = "wsgate_connections_rejected_total{reason=\"rate_per_ip\"}";
+        assert_eq!(common::metric(&scrape, series), Some(1.0), "{scrape}");
+    })
+    .await
+}

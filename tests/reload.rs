@@ -5,8 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{certs, config_text, start_with, wait_for_metric, within};
 use futures_util::{SinkExt, StreamExt};
@@ -138,54 +137,6 @@ async fn a_reload_that_cannot_be_applied_keeps_the_running_config() {
     .await
 }
 
-/// Start the real binary on `config_path`; returns it and its addresses
-/// (read from its "serving" log line).
-pub fn start_binary(
-    config_path: &std::path::Path,
-) -> (
-    std::process::Child,
-    std::net::SocketAddr,
-    std::net::SocketAddr,
-    std::sync::mpsc::Receiver<String>,
-) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .arg("--config")
-        .arg(config_path)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (addr, admin) = loop {
-        let line = lines
-            .next()
-            .expect("the gateway logs that it serves")
-            .unwrap();
-        if line.contains("serving") {
-            let field = |name: &str| {
-                line.split(&format!(" {name}="))
-                    .nth(1)
-                    .unwrap()
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            };
-            break (field("addr"), field("admin"));
-        }
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (child, addr, admin, rx)
-}
-
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
     within(30, async {
@@ -197,7 +148,7 @@ async fn sighup_reloads_the_running_binary() {
             format!("[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n{text}")
         };
         std::fs::write(&path, with_addrs(config_text(&old, "", ""))).unwrap();
-        let (mut child, addr, _admin, logs) = start_binary(&path);
+        let (mut child, addr, _admin, logs) = common::start_binary(&path);
         let mut ws = common::ws_connect(addr, "localhost", "/echo", &old.ca)
             .await
             .unwrap();

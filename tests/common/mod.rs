@@ -113,6 +113,29 @@ pub async fn start_with(certs: Certs, text: &str) -> Running {
 }
 
 impl Running {
+    /// A handle on a gateway running elsewhere (the real binary), for the
+    /// same client helpers. It cannot be stopped or reloaded through this.
+    pub fn attach(addr: SocketAddr, admin: SocketAddr, certs: &Certs) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::copy(&certs.ca, &ca).unwrap();
+        let (reload, _) = tokio::sync::mpsc::channel(1);
+        let certs = Certs {
+            ca,
+            cert: certs.cert.clone(),
+            key: certs.key.clone(),
+            dir,
+        };
+        Running {
+            addr,
+            admin,
+            certs,
+            stop: None,
+            reload,
+            join: tokio::spawn(async { Ok(()) }),
+        }
+    }
+
     /// Trigger shutdown (as SIGTERM does) without waiting.
     pub fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -305,4 +328,79 @@ pub async fn wait_for_metric(gw: &Running, series: &str, value: f64) {
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// Start the real binary on `config_path`; returns it and its addresses
+/// (read from its "serving" log line).
+pub fn start_binary(
+    config_path: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .arg("--config")
+        .arg(config_path)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let (addr, admin) = loop {
+        let line = lines
+            .next()
+            .expect("the gateway logs that it serves")
+            .unwrap();
+        if line.contains("serving") {
+            let field = |name: &str| {
+                line.split(&format!(" {name}="))
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            break (field("addr"), field("admin"));
+        }
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, addr, admin, rx)
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// A config file for the real binary: loopback, port 0 for both listeners.
+pub fn binary_config(
+    dir: &std::path::Path,
+    certs: &Certs,
+    limits: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("wsgate.toml");
+    let text = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n{}",
+        config_text(certs, limits, extra)
+    );
+    std::fs::write(&path, text).unwrap();
+    path
 }

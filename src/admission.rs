@@ -1,0 +1,227 @@
+//! Admission at accept, before any TLS work: the global connection limit,
+//! connections per client address, and new connections per second (global
+//! and per address). Past any of them a connection is closed at once and
+//! counted by reason; nothing is queued. What admits a connection is a
+//! [`Ticket`] that lives exactly as long as the connection (and its session
+//! or tunnel), releasing its slots when dropped.
+//!
+//! An IPv6 client is counted by its /64: one client usually holds a whole
+//! /64, and counting single addresses would make the per-address limits
+//! meaningless for it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::{Limits, canonical};
+
+/// Per-address maps are pruned of idle entries past this size, so a flood
+/// of distinct addresses cannot grow them without bound.
+const MAX_TRACKED_ADDRESSES: usize = 65_536;
+
+pub(crate) struct Admission {
+    permits: Arc<Semaphore>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max_per_ip: Option<usize>,
+    rate: Mutex<Bucket>,
+    rate_per_ip: Mutex<HashMap<IpAddr, Bucket>>,
+    per_ip_rate: Option<f64>,
+}
+
+/// Admits one connection; dropping it releases the slots.
+pub(crate) struct Ticket {
+    _permit: OwnedSemaphorePermit,
+    _slot: Slot,
+}
+
+/// One connection counted against its address.
+struct Slot {
+    key: IpAddr,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = lock(&self.per_ip);
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Admission {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Admission {
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            per_ip: Arc::default(),
+            max_per_ip: limits.max_connections_per_ip,
+            rate: Mutex::new(Bucket::new(limits.handshake_rate)),
+            rate_per_ip: Mutex::default(),
+            per_ip_rate: limits.handshake_rate_per_ip,
+        }
+    }
+
+    /// Admit a connection from `ip`, or say why not (the metric's reason).
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<Ticket, &'static str> {
+        let key = key(ip);
+        let now = Instant::now();
+        if let Some(rate) = self.per_ip_rate {
+            let mut buckets = lock(&self.rate_per_ip);
+            if buckets.len() >= MAX_TRACKED_ADDRESSES {
+                buckets.retain(|_, b| !b.full(now));
+            }
+            if !buckets
+                .entry(key)
+                .or_insert_with(|| Bucket::new(rate))
+                .take(now)
+            {
+                return Err("rate_per_ip");
+            }
+        }
+        if !lock(&self.rate).take(now) {
+            return Err("rate");
+        }
+        {
+            let mut per_ip = lock(&self.per_ip);
+            let n = per_ip.entry(key).or_insert(0);
+            if self.max_per_ip.is_some_and(|max| *n >= max) {
+                if *n == 0 {
+                    per_ip.remove(&key);
+                }
+                return Err("per_ip");
+            }
+            *n += 1;
+        }
+        // Dropped (giving the address's count back) if the global limit refuses.
+        let slot = Slot {
+            key,
+            per_ip: self.per_ip.clone(),
+        };
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "capacity")?;
+        Ok(Ticket {
+            _permit: permit,
+            _slot: slot,
+        })
+    }
+}
+
+/// IPv4 (and IPv4-mapped) as is; IPv6 by its /64.
+fn key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & (u128::MAX << 64);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A token bucket: `rate` a second, one second's worth of burst.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64) -> Self {
+        Bucket {
+            rate,
+            tokens: rate,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.rate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: usize, per_ip: usize, rate: f64, rate_per_ip: f64) -> Limits {
+        let mut l = crate::Config::load(
+            crate::ConfigSource::Text(crate::config::EMBEDDED_DEFAULT),
+            Some(HashMap::new()),
+        )
+        .unwrap()
+        .limits;
+        l.max_connections = max;
+        l.max_connections_per_ip = Some(per_ip);
+        l.handshake_rate = rate;
+        l.handshake_rate_per_ip = Some(rate_per_ip);
+        l
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_limit_refuses_with_its_reason_and_tickets_give_back() {
+        let a = Admission::new(&limits(3, 2, 1000.0, 1000.0));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let (t1, t2) = (a.admit(ip).unwrap(), a.admit(ip).unwrap());
+        assert_eq!(a.admit(ip).err(), Some("per_ip"));
+        let t3 = a.admit("192.0.2.2".parse().unwrap()).unwrap();
+        assert_eq!(
+            a.admit("192.0.2.3".parse().unwrap()).err(),
+            Some("capacity")
+        );
+        drop(t1);
+        let _t4 = a.admit(ip).unwrap();
+        drop((t2, t3));
+        assert!(lock(&a.per_ip).get(&ip).is_some_and(|n| *n == 1));
+
+        let a = Admission::new(&limits(100, 100, 1000.0, 3.0));
+        let tickets: Vec<_> = (0..3).map(|_| a.admit(ip).unwrap()).collect();
+        assert_eq!(a.admit(ip).err(), Some("rate_per_ip"));
+        // The same /64 is the same client.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _ = (
+            a.admit(v6("2001:db8::1")),
+            a.admit(v6("2001:db8::2")),
+            a.admit(v6("2001:db8::3")),
+        );
+        assert_eq!(a.admit(v6("2001:db8::ffff")).err(), Some("rate_per_ip"));
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        assert!(a.admit(ip).is_ok());
+        drop(tickets);
+
+        let a = Admission::new(&limits(100, 100, 2.0, 100.0));
+        let _ok = (
+            a.admit(v6("198.51.100.1")).unwrap(),
+            a.admit(v6("198.51.100.2")).unwrap(),
+        );
+        assert_eq!(a.admit(v6("198.51.100.3")).err(), Some("rate"));
+    }
+}
