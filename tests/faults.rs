@@ -234,3 +234,46 @@ async fn a_storm_of_connections_opened_and_dropped_leaves_nothing_behind() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_new_gateway_starts_on_the_same_port_while_the_old_one_drains() {
+    within(30, async {
+        let certs = certs(&["localhost"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = common::binary_config(dir.path(), &certs, "drain_timeout = \"2s\"", "");
+        let (mut old, addr, _admin, _old_logs) = common::start_binary(&path);
+        let mut session = common::ws_connect(addr, "localhost", "/echo", &certs.ca)
+            .await
+            .unwrap();
+        // The new one binds the very same address (SO_REUSEPORT on both).
+        let same_port = dir.path().join("same.toml");
+        let text = std::fs::read_to_string(&path).unwrap().replacen(
+            "addr = \"127.0.0.1:0\"",
+            &format!("addr = \"{addr}\""),
+            1,
+        );
+        std::fs::write(&same_port, text).unwrap();
+        let (mut new, new_addr, _new_admin, _new_logs) = common::start_binary(&same_port);
+        assert_eq!(new_addr, addr);
+        // The old one drains: its session gets 1001 and it exits...
+        signal(old.id(), "-TERM");
+        match session.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+            other => panic!("expected 1001, got {other:?}"),
+        }
+        let status = tokio::task::spawn_blocking(move || old.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success());
+        // ...and the port keeps answering, now served by the new one.
+        for _ in 0..20 {
+            let mut ws = common::ws_connect(addr, "localhost", "/echo", &certs.ca)
+                .await
+                .unwrap();
+            round_trip(&mut ws, "new process").await;
+        }
+        let _ = new.kill();
+        let _ = new.wait();
+    })
+    .await
+}
