@@ -15,6 +15,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
+pub use common::rss_kib;
+
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Dev certificates in a temporary directory, and a client that trusts them.
@@ -129,15 +131,6 @@ pub fn spawn(mut cmd: Command) -> Server {
     Server { child, addr }
 }
 
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
 
 /// Open `n` connections to `path`, 100 at a time.
 pub async fn connect_many(
