@@ -131,7 +131,6 @@ pub fn spawn(mut cmd: Command) -> Server {
     Server { child, addr }
 }
 
-
 /// Open `n` connections to `path`, 100 at a time.
 pub async fn connect_many(
     setup: &Setup,
