@@ -282,37 +282,56 @@ where
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = sleep_until(deadline) => break,
-            read = client_read.read(&mut up_buf), if up_open => match read {
-                Ok(0) | Err(_) => {
-                    up_open = false;
-                    let _ = target_write.shutdown().await;
+            read = client_read.read(&mut up_buf), if up_open => {
+                match carry(read, &up_buf, &mut target_write, idle, true).await {
+                    Step::Moved(n) => up += n,
+                    Step::Closed => up_open = false,
+                    Step::Broken => break,
                 }
-                Ok(n) => {
-                    if timeout(idle, target_write.write_all(&up_buf[..n])).await.map_or(true, |r| r.is_err()) {
-                        break;
-                    }
-                    up += n as u64;
-                    metrics::tunnel_bytes(true, n as u64);
-                    deadline = Instant::now() + idle;
+            }
+            read = target_read.read(&mut down_buf), if down_open => {
+                match carry(read, &down_buf, &mut client_write, idle, false).await {
+                    Step::Moved(n) => down += n,
+                    Step::Closed => down_open = false,
+                    Step::Broken => break,
                 }
-            },
-            read = target_read.read(&mut down_buf), if down_open => match read {
-                Ok(0) | Err(_) => {
-                    down_open = false;
-                    let _ = client_write.shutdown().await;
-                }
-                Ok(n) => {
-                    if timeout(idle, client_write.write_all(&down_buf[..n])).await.map_or(true, |r| r.is_err()) {
-                        break;
-                    }
-                    down += n as u64;
-                    metrics::tunnel_bytes(false, n as u64);
-                    deadline = Instant::now() + idle;
-                }
-            },
+            }
         }
+        deadline = Instant::now() + idle;
     }
     (up, down)
+}
+
+/// What one read on one direction of a tunnel led to.
+enum Step {
+    /// This many bytes went across.
+    Moved(u64),
+    /// That side finished sending; the other side's write half is shut.
+    Closed,
+    /// A write failed or stalled for `idle`: end the tunnel.
+    Broken,
+}
+
+async fn carry<W: AsyncWrite + Unpin>(
+    read: io::Result<usize>,
+    buf: &[u8],
+    to: &mut W,
+    idle: Duration,
+    client_to_target: bool,
+) -> Step {
+    match read {
+        Ok(0) | Err(_) => {
+            let _ = to.shutdown().await;
+            Step::Closed
+        }
+        Ok(n) => match timeout(idle, to.write_all(&buf[..n])).await {
+            Ok(Ok(())) => {
+                metrics::tunnel_bytes(client_to_target, n as u64);
+                Step::Moved(n as u64)
+            }
+            _ => Step::Broken,
+        },
+    }
 }
 
 /// Why dialling through an egress proxy failed.
