@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::{Limits, canonical};
+use crate::config::Limits;
+use crate::names::canonical;
 
 /// Per-address maps are pruned of idle entries past this size, so a flood
 /// of distinct addresses cannot grow them without bound.

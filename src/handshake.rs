@@ -17,8 +17,9 @@ use tracing::{Instrument, Span, debug};
 
 use crate::close::Rejection;
 use crate::config::Route;
-use crate::config::{HubProtocol, HubRoute, check_channel_name, check_client_name};
+use crate::config::{HubProtocol, HubRoute};
 use crate::hub::Hub;
+use crate::names::{check_channel_name, check_client_name};
 use crate::route::RouteTable;
 use crate::session::Peer;
 use crate::upstream::DialError;

@@ -43,6 +43,7 @@ mod handshake;
 mod hub;
 mod listener;
 pub mod metrics;
+pub mod names;
 mod relay;
 pub mod route;
 mod session;
@@ -110,7 +111,7 @@ pub(crate) struct Shared {
 pub(crate) struct Live {
     pub(crate) routes: RouteTable<RouteState>,
     pub(crate) acceptor: TlsAcceptor,
-    pub(crate) sni_hosts: Vec<String>,
+    pub(crate) sni_hosts: Vec<names::ServerName>,
     /// Cancelled when this snapshot is replaced: stops its health checks.
     retired: CancellationToken,
 }
@@ -227,13 +228,13 @@ impl Shared {
             return false;
         }
         let by_ip = host.parse::<std::net::IpAddr>().is_ok_and(|ip| {
-            let ip = config::canonical(ip);
+            let ip = names::canonical(ip);
             ip.is_loopback() || ip == self.listen.ip()
         });
         by_ip
             || host == "localhost"
-            || self.tunnel.names.iter().any(|n| n == host)
-            || self.live.load().sni_hosts.iter().any(|n| n == host)
+            || self.tunnel.names.iter().any(|n| n.matches(host))
+            || self.live.load().sni_hosts.iter().any(|n| n.matches(host))
     }
 
     /// May a CONNECT for `host` go to `addr` (one of its resolved
@@ -241,9 +242,9 @@ impl Shared {
     /// port; a special address (loopback, private, link-local, ...) needs an
     /// IP/CIDR rule covering it; the admin listener never.
     pub(crate) fn may_tunnel_to(&self, host: &str, addr: SocketAddr) -> bool {
-        let ip = config::canonical(addr.ip());
+        let ip = names::canonical(addr.ip());
         let special = tunnel::is_special(ip);
-        let admin_ip = config::canonical(self.admin.ip());
+        let admin_ip = names::canonical(self.admin.ip());
         if addr.port() == self.admin.port()
             && (special || ip == admin_ip || admin_ip.is_unspecified())
         {
@@ -262,7 +263,7 @@ impl Shared {
     pub(crate) fn could_tunnel_to(&self, host: &str, port: u16) -> bool {
         self.tunnel.allow.iter().any(|rule| {
             rule.port.is_none_or(|p| p == port)
-                && (matches!(rule.host, config::HostPattern::Net(..))
+                && (matches!(rule.host, names::HostPattern::Net(..))
                     || rule.host.matches_name(host))
         })
     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::Route;
+use crate::names::{ServerName, normalize_host};
 
 /// Routes sorted most specific first: exact host, then wildcard host, then
 /// any host; within each, longest path prefix first.
@@ -21,8 +22,8 @@ impl<T> RouteTable<T> {
             .collect();
         entries.sort_by_key(|(r, _)| {
             let host_rank = match &r.host {
-                Some(h) if h.starts_with("*.") => 1,
-                Some(_) => 0,
+                Some(ServerName::Wildcard(_)) => 1,
+                Some(ServerName::Exact(_)) => 0,
                 None => 2,
             };
             (host_rank, std::cmp::Reverse(r.path.len()))
@@ -37,37 +38,18 @@ impl<T> RouteTable<T> {
         self.entries
             .iter()
             .find(|(r, _)| {
-                host_matches(r.host.as_deref(), host.as_deref()) && prefix_matches(&r.path, path)
+                let host_ok = match (&r.host, &host) {
+                    (None, _) => true,
+                    (Some(pattern), Some(host)) => pattern.matches(host),
+                    (Some(_), None) => false,
+                };
+                host_ok && prefix_matches(&r.path, path)
             })
             .map(|(r, t)| (r, t))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Route, &Arc<T>)> {
         self.entries.iter().map(|(r, t)| (r, t))
-    }
-}
-
-/// `Example.COM:8443` → `example.com`; `[::1]:8443` → `::1`.
-fn normalize_host(host: &str) -> String {
-    let host = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    host.trim_end_matches('.').to_ascii_lowercase()
-}
-
-fn host_matches(pattern: Option<&str>, host: Option<&str>) -> bool {
-    match (pattern, host) {
-        (None, _) => true,
-        (Some(_), None) => false,
-        (Some(p), Some(h)) => match p.strip_prefix("*.") {
-            // One label: "*.example.com" matches "a.example.com" only.
-            Some(suffix) => h
-                .split_once('.')
-                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
-            None => p == h,
-        },
     }
 }
 
@@ -87,7 +69,7 @@ mod tests {
     fn route(name: &str, host: Option<&str>, path: &str) -> Route {
         Route {
             name: name.into(),
-            host: host.map(Into::into),
+            host: host.map(|h| ServerName::parse(h).unwrap()),
             path: path.into(),
             kind: RouteKind::Echo,
         }

@@ -13,6 +13,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{CertPair, ConfigIssue, TlsConfig, UpstreamTls};
 use crate::metrics;
+use crate::names::ServerName;
 
 /// The crypto provider wsgate uses everywhere (server and test clients).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -31,12 +32,12 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Vec<C
             &provider,
             &sni.files,
             &format!("tls.sni[{i}]"),
-            &sni.host,
+            &sni.host.to_string(),
             &mut issues,
         ) {
-            match sni.host.strip_prefix("*.") {
-                Some(suffix) => wildcard.insert(suffix.to_owned(), key),
-                None => exact.insert(sni.host.clone(), key),
+            match &sni.host {
+                ServerName::Wildcard(suffix) => wildcard.insert(suffix.clone(), key),
+                ServerName::Exact(name) => exact.insert(name.clone(), key),
             };
         }
     }

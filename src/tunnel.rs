@@ -29,8 +29,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{Instrument, Span, debug, info};
 
-use crate::config::{EgressProxy, canonical};
+use crate::config::EgressProxy;
 use crate::handshake::Body;
+use crate::names::canonical;
 use crate::{Shared, conn, metrics};
 
 /// Answer a CONNECT request (`depth`: 0 on the outer connection).

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::Hub;
 use super::protocol::{Body, push_json_string};
-use crate::config::{check_channel_name, check_client_name};
+use crate::names::{check_channel_name, check_client_name};
 
 pub(crate) async fn handle(
     req: Request<Incoming>,

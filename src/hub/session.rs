@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::protocol::{self, Body, Request};
 use super::{Conn, Hub, HubError};
 use crate::close::{SessionEnd, Side};
-use crate::config::{HubProtocol, HubRoute, Limits, check_channel_name};
+use crate::config::{HubProtocol, HubRoute, Limits};
 use crate::metrics::RouteMetrics;
+use crate::names::check_channel_name;
 use crate::session::{Timers, bounded};
 
 /// Run a hub session. `room` is the raw protocol's channel.

@@ -1,0 +1,156 @@
+//! `[hub]` (shared by every hub route) and the keys of a `kind = "hub"`
+//! route: how its clients speak and what bounds them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::reader::Section;
+use super::value::{self, show_duration, show_hidden};
+use crate::names::check_channel_name;
+
+pub const DEFAULT_HUB_HISTORY_SIZE: usize = 100;
+pub const DEFAULT_HUB_HISTORY_TTL: Duration = Duration::from_secs(300);
+pub const DEFAULT_HUB_MAX_CHANNELS: usize = 10_000;
+pub const DEFAULT_HUB_MAX_CHANNELS_PER_CLIENT: usize = 64;
+pub const DEFAULT_HUB_QUEUE_MESSAGES: usize = 1024;
+pub const DEFAULT_HUB_QUEUE_BYTES: usize = 4 << 20;
+pub const DEFAULT_HUB_PUBLISH_RATE: f64 = 100.0;
+pub const DEFAULT_HUB_PUBLISH_BURST: u32 = 200;
+
+/// Settings of the pub/sub hub shared by every hub route: channels are one
+/// namespace across routes and the HTTP API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HubConfig {
+    /// Bearer tokens accepted by the HTTP API; empty: the API is off.
+    #[serde(serialize_with = "show_hidden")]
+    pub api_tokens: Vec<String>,
+    /// Messages a channel keeps for `since` resume.
+    pub history_size: usize,
+    /// How long a kept message stays resumable.
+    #[serde(serialize_with = "show_duration")]
+    pub history_ttl: Duration,
+    /// Most channels at once (subscribed or holding history).
+    pub max_channels: usize,
+}
+
+/// A `kind = "hub"` route: how its clients speak and what bounds them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HubRoute {
+    pub protocol: HubProtocol,
+    /// raw: the channel every client of the route is in (default: the route name).
+    pub channel: String,
+    /// raw: the channel is the path below the route's prefix (`/chat/{room}`).
+    pub channel_from_path: bool,
+    /// raw: the sender gets its own frames too.
+    pub echo: bool,
+    /// raw: a text frame that is a JSON object with this string field goes
+    /// only to the client(s) of that name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_field: Option<String>,
+    pub names: NamePolicy,
+    /// Send this route's clients join/leave events for their channels.
+    pub presence_events: bool,
+    pub max_channels_per_client: usize,
+    /// Outbound queue bound per connection, in messages and bytes.
+    pub queue_messages: usize,
+    pub queue_bytes: usize,
+    pub slow_consumer: SlowConsumer,
+    /// Token bucket per connection for publish/send: messages per second
+    /// and burst.
+    pub publish_rate: f64,
+    pub publish_burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HubProtocol {
+    /// Frames go to the room unchanged.
+    Raw,
+    /// The JSON envelope protocol.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NamePolicy {
+    /// A name connected anywhere cannot connect again (409).
+    Unique,
+    /// Several connections may share a name; direct messages reach them all.
+    Shared,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumer {
+    /// Close the connection with 1008 "slow consumer".
+    Close,
+    /// Drop the oldest queued messages and tell the client (`lagged`).
+    DropOldest,
+}
+
+impl HubConfig {
+    pub(super) fn read(mut s: Section<'_>) -> Self {
+        HubConfig {
+            api_tokens: s.list("api_tokens", |token| {
+                if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+                    return Err("must be at least 16 printable ASCII characters".to_owned());
+                }
+                Ok(token.to_owned())
+            }),
+            history_size: s.get("history_size", DEFAULT_HUB_HISTORY_SIZE, value::whole),
+            history_ttl: s.get("history_ttl", DEFAULT_HUB_HISTORY_TTL, value::duration),
+            max_channels: s.get("max_channels", DEFAULT_HUB_MAX_CHANNELS, value::positive),
+        }
+    }
+}
+
+impl HubRoute {
+    /// The hub keys of a route; `route_name` is the default raw channel.
+    pub(super) fn read(s: &mut Section<'_>, route_name: &str) -> Self {
+        let route = HubRoute {
+            protocol: s.get("protocol", HubProtocol::Json, value::choice),
+            channel: s
+                .string("channel")
+                .unwrap_or_else(|| route_name.trim_start_matches('/').to_owned()),
+            channel_from_path: s.get("channel_from_path", false, value::boolean),
+            echo: s.get("echo", false, value::boolean),
+            direct_field: s.string("direct_field"),
+            names: s.get("names", NamePolicy::Shared, value::choice),
+            presence_events: s.get("presence_events", false, value::boolean),
+            max_channels_per_client: s.get(
+                "max_channels_per_client",
+                DEFAULT_HUB_MAX_CHANNELS_PER_CLIENT,
+                value::positive,
+            ),
+            queue_messages: s.get(
+                "queue_messages",
+                DEFAULT_HUB_QUEUE_MESSAGES,
+                value::positive,
+            ),
+            queue_bytes: s.get("queue_bytes", DEFAULT_HUB_QUEUE_BYTES, value::size),
+            slow_consumer: s.get("slow_consumer", SlowConsumer::Close, value::choice),
+            publish_rate: s.get("publish_rate", DEFAULT_HUB_PUBLISH_RATE, value::rate),
+            publish_burst: s.get(
+                "publish_burst",
+                DEFAULT_HUB_PUBLISH_BURST,
+                value::positive_u32,
+            ),
+        };
+        if let Err(problem) = check_channel_name(&route.channel) {
+            s.issue("channel", problem);
+        }
+        if route.protocol == HubProtocol::Json {
+            for (key, set) in [
+                ("channel_from_path", route.channel_from_path),
+                ("echo", route.echo),
+                ("direct_field", route.direct_field.is_some()),
+            ] {
+                if set {
+                    s.issue(key, "only applies to protocol = \"raw\"");
+                }
+            }
+        }
+        route
+    }
+}

@@ -1,0 +1,136 @@
+//! `[listen]`, `[admin]` and `[tls]`: where the gateway listens and with
+//! which certificates.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::reader::Section;
+use super::value;
+use crate::names::ServerName;
+
+pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8443";
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
+const DEFAULT_CERT: &str = "certs/cert.pem";
+const DEFAULT_KEY: &str = "certs/key.pem";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenConfig {
+    /// Public `wss://` listener.
+    pub addr: SocketAddr,
+    /// Accept HTTP `CONNECT` on the same port, in plaintext and inside TLS.
+    pub connect_tunnel: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminConfig {
+    /// Plain-HTTP admin listener: `/metrics`, `/healthz`, `/readyz`.
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsConfig {
+    /// The default certificate: served when no `[[tls.sni]]` entry matches.
+    #[serde(flatten)]
+    pub default: CertPair,
+    /// Generate a self-signed development certificate at start-up when both
+    /// default files are missing.
+    pub self_signed_if_missing: bool,
+    /// Extra certificates chosen by the client's SNI name.
+    pub sni: Vec<SniCert>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SniCert {
+    /// `api.example.com`, or `*.example.com` for one label.
+    pub host: ServerName,
+    #[serde(flatten)]
+    pub files: CertPair,
+}
+
+fn default_addr(s: &str) -> SocketAddr {
+    s.parse().expect("default address constants parse")
+}
+
+impl ListenConfig {
+    pub(super) fn read(mut s: Section<'_>) -> Self {
+        ListenConfig {
+            addr: s.get("addr", default_addr(DEFAULT_LISTEN_ADDR), value::addr),
+            connect_tunnel: s.get("connect_tunnel", false, value::boolean),
+        }
+    }
+}
+
+impl AdminConfig {
+    pub(super) fn read(mut s: Section<'_>) -> Self {
+        AdminConfig {
+            addr: s.get("addr", default_addr(DEFAULT_ADMIN_ADDR), value::addr),
+        }
+    }
+}
+
+impl TlsConfig {
+    pub(super) fn read(mut s: Section<'_>) -> Self {
+        let self_signed = s.get("self_signed_if_missing", false, value::boolean);
+        let cert = PathBuf::from(s.string("cert").unwrap_or_else(|| DEFAULT_CERT.into()));
+        let key = PathBuf::from(s.string("key").unwrap_or_else(|| DEFAULT_KEY.into()));
+        if !(self_signed && !cert.exists() && !key.exists()) {
+            readable(&mut s, "cert", &cert);
+            readable(&mut s, "key", &key);
+        }
+        let mut sni: Vec<SniCert> = Vec::new();
+        let mut seen = HashMap::new();
+        s.each_table("sni", |mut entry| {
+            let host = entry.required("host").and_then(|h| {
+                ServerName::parse(&h)
+                    .map_err(|problem| entry.issue("host", problem))
+                    .ok()
+            });
+            if let Some(host) = &host
+                && let Some(first) = seen.insert(host.clone(), entry.prefix().to_owned())
+            {
+                entry.issue("host", format!("\"{host}\" is already used by {first}"));
+            }
+            let files = CertPair::read(&mut entry, "cert", "key");
+            if let (Some(host), Some(files)) = (host, files) {
+                sni.push(SniCert { host, files });
+            }
+        });
+        TlsConfig {
+            default: CertPair { cert, key },
+            self_signed_if_missing: self_signed,
+            sni,
+        }
+    }
+}
+
+impl CertPair {
+    /// Both files, required and readable, under the keys `cert` and `key`
+    /// (`tls_client_cert` and `tls_client_key` for an upstream).
+    pub(super) fn read(s: &mut Section<'_>, cert: &str, key: &str) -> Option<CertPair> {
+        let cert_path = s.required(cert).map(PathBuf::from);
+        let key_path = s.required(key).map(PathBuf::from);
+        let pair = CertPair {
+            cert: cert_path?,
+            key: key_path?,
+        };
+        readable(s, cert, &pair.cert);
+        readable(s, key, &pair.key);
+        Some(pair)
+    }
+}
+
+/// Record a problem under `name` unless `path` can be opened.
+pub(super) fn readable(s: &mut Section<'_>, name: &str, path: &Path) {
+    if let Err(e) = std::fs::File::open(path) {
+        s.issue(name, format!("cannot open {}: {e}", path.display()));
+    }
+}

@@ -1,0 +1,124 @@
+//! `[[routes]]`: which requests go where. The keys every route has, then
+//! the keys of its kind; a key of another kind is an unknown key.
+
+use serde::Serialize;
+
+use super::hub::HubRoute;
+use super::reader::Section;
+use super::upstream::UpstreamConfig;
+use crate::names::ServerName;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Route {
+    /// Metric label and log field; defaults to the path.
+    pub name: String,
+    /// `example.com` or `*.example.com`; `None` matches any host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<ServerName>,
+    /// Path prefix, starting with `/`.
+    pub path: String,
+    #[serde(flatten)]
+    pub kind: RouteKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RouteKind {
+    /// Every text and binary message comes back as it is.
+    Echo,
+    /// Each session is bridged to a member of an upstream pool.
+    Upstream(Box<UpstreamConfig>),
+    /// wsgate itself serves pub/sub: channels, direct messages, presence.
+    Hub(Box<HubRoute>),
+}
+
+impl RouteKind {
+    const NAMES: [&'static str; 3] = ["echo", "upstream", "hub"];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RouteKind::Echo => "echo",
+            RouteKind::Upstream(_) => "upstream",
+            RouteKind::Hub(_) => "hub",
+        }
+    }
+}
+
+/// Every `[[routes]]` entry; names and host + path pairs must be unique.
+pub(super) fn read_all(s: &mut Section<'_>) -> Vec<Route> {
+    if s.count("routes") == 0 {
+        s.issue("routes", "at least one [[routes]] entry is required");
+    }
+    let mut routes: Vec<Route> = Vec::new();
+    s.each_table("routes", |mut r| {
+        let Some(route) = Route::read(&mut r) else {
+            return;
+        };
+        if let Some(j) = routes.iter().position(|o| o.name == route.name) {
+            let problem = format!(
+                "{:?} is already used by routes[{j}] (names label metrics)",
+                route.name
+            );
+            r.issue("name", problem);
+        }
+        if let Some(j) = routes
+            .iter()
+            .position(|o| o.host == route.host && o.path == route.path)
+        {
+            r.issue("path", format!("same host and path as routes[{j}]"));
+        }
+        routes.push(route);
+    });
+    routes
+}
+
+impl Route {
+    fn read(s: &mut Section<'_>) -> Option<Route> {
+        let name = s.string("name");
+        let path = s.required("path");
+        if let Some(p) = &path {
+            if !p.starts_with('/') {
+                s.issue("path", format!("must start with '/' (got {p:?})"));
+            } else if p.contains(['?', '#'])
+                || p.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                s.issue("path", format!("must be a plain path prefix (got {p:?})"));
+            }
+        }
+        let host = s.opt("host", ServerName::parse);
+        let kind = match s.required("kind").as_deref() {
+            Some("echo") => Some(RouteKind::Echo),
+            Some("upstream") => Some(RouteKind::Upstream(Box::new(UpstreamConfig::read(s)))),
+            Some("hub") => {
+                let channel = name.clone().or_else(|| path.clone()).unwrap_or_default();
+                Some(RouteKind::Hub(Box::new(HubRoute::read(s, &channel))))
+            }
+            Some(other) => {
+                let problem = format!(
+                    "unknown kind {other:?}; expected one of {:?}",
+                    RouteKind::NAMES
+                );
+                s.issue("kind", problem);
+                None
+            }
+            None => None,
+        };
+        let Some(kind) = kind else {
+            // Without a kind, which other keys belong cannot be told.
+            s.skip_rest();
+            return None;
+        };
+        s.hint_unknown(format!(" for kind = \"{}\"", kind.as_str()));
+        let path = path?;
+        let name = name.unwrap_or_else(|| path.clone());
+        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_graphic()) {
+            s.issue("name", "must be 1-64 printable ASCII characters");
+        }
+        Some(Route {
+            name,
+            host,
+            path,
+            kind,
+        })
+    }
+}

@@ -1,0 +1,156 @@
+//! The whole loader: defaults, overrides, every problem with its key, and
+//! `check-config` output that reads back as the same config.
+
+use super::*;
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::load(ConfigSource::Text(text), Some(env))
+}
+
+const MINIMAL: &str = r#"
+    [tls]
+    self_signed_if_missing = true
+    cert = "/nonexistent/wsgate-test/cert.pem"
+    key = "/nonexistent/wsgate-test/key.pem"
+    [[routes]]
+    path = "/echo"
+    kind = "echo"
+"#;
+
+#[test]
+fn defaults_apply() {
+    let c = load(MINIMAL, &[]).unwrap();
+    assert_eq!(c.listen.addr, DEFAULT_LISTEN_ADDR.parse().unwrap());
+    assert_eq!(c.limits.max_connections, DEFAULT_MAX_CONNECTIONS);
+    assert_eq!(c.limits.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
+    assert_eq!(c.routes[0].name, "/echo");
+    assert!(c.dev_cert_needed());
+}
+
+#[test]
+fn env_overrides_file() {
+    let c = load(
+        MINIMAL,
+        &[
+            ("WSGATE__LIMITS__MAX_CONNECTIONS", "7"),
+            ("WSGATE__LISTEN__ADDR", "127.0.0.1:1"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.limits.max_connections, 7);
+    assert_eq!(c.listen.addr, "127.0.0.1:1".parse().unwrap());
+}
+
+#[test]
+fn every_problem_is_listed_with_its_key() {
+    let text = r#"
+        [listen]
+        addr = "nowhere"
+        bogus = 1
+        [tls]
+        cert = "/nonexistent/a.pem"
+        key = "/nonexistent/b.pem"
+        [limits]
+        idle_timeout = "soon"
+        max_message_size = "12 parsecs"
+        max_connections = 0
+        [[routes]]
+        path = "echo"
+        kind = "teleport"
+    "#;
+    let err = load(text, &[]).unwrap_err();
+    let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+    for key in [
+        "listen.bogus",
+        "listen.addr",
+        "tls.cert",
+        "tls.key",
+        "limits.idle_timeout",
+        "limits.max_message_size",
+        "limits.max_connections",
+        "routes[0].path",
+        "routes[0].kind",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+}
+
+#[test]
+fn frame_size_is_clamped_to_message_size() {
+    let text = format!("{MINIMAL}\n[limits]\nmax_message_size = \"1KiB\"\n");
+    let c = load(&text, &[]).unwrap();
+    assert_eq!(c.limits.max_frame_size, 1024);
+}
+
+#[test]
+fn duplicate_routes_are_refused() {
+    let text =
+        format!("{MINIMAL}\n[[routes]]\npath = \"/echo\"\nkind = \"echo\"\nname = \"other\"\n");
+    let err = load(&text, &[]).unwrap_err();
+    assert_eq!(err.issues[0].key, "routes[1].path");
+}
+
+#[test]
+fn upstream_routes_validate_every_key() {
+    let text = r#"
+        [tls]
+        self_signed_if_missing = true
+        cert = "/nonexistent/wsgate-test/cert.pem"
+        key = "/nonexistent/wsgate-test/key.pem"
+        [[routes]]
+        path = "/echo"
+        kind = "echo"
+        strip_prefix = true
+        [[routes]]
+        path = "/app"
+        kind = "upstream"
+        upstreams = ["http://x:1/", "ws://user:pw@x:1/", "wss://api.internal/ws"]
+        balance = "random"
+        backoff = "10s"
+        backoff_max = "1s"
+        tls_client_cert = "/nonexistent/c.pem"
+        [[routes]]
+        path = "/none"
+        kind = "upstream"
+    "#;
+    let err = load(text, &[]).unwrap_err();
+    let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+    for key in [
+        "routes[0].strip_prefix",
+        "routes[1].upstreams[0]",
+        "routes[1].upstreams[1]",
+        "routes[1].balance",
+        "routes[1].backoff_max",
+        "routes[1].tls_client_key",
+        "routes[2].upstreams",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    assert!(
+        !keys.contains(&"routes[1].upstreams[2]"),
+        "wss://api.internal/ws is valid"
+    );
+}
+
+#[test]
+fn shipped_config_is_valid_and_prints_back() {
+    let c = Config::load(ConfigSource::Text(EMBEDDED_DEFAULT), Some(HashMap::new()))
+        .expect("shipped config validates");
+    let printed = c.to_string();
+    // The printed form is itself a valid config with the same meaning
+    // (cert paths aside, which may not exist in a test checkout).
+    let again = load(
+        &printed.replace(
+            "self_signed_if_missing = false",
+            "self_signed_if_missing = true",
+        ),
+        &[],
+    );
+    let again = again.expect("printed config parses");
+    assert_eq!(again.routes, c.routes);
+    assert_eq!(again.limits.max_message_size, c.limits.max_message_size);
+}
