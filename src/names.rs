@@ -148,17 +148,10 @@ impl HostPattern {
         if let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(HostPattern::Net(ip, if ip.is_ipv4() { 32 } else { 128 }));
         }
-        let (name, suffix) = match s.strip_prefix("*.") {
-            Some(suffix) => (suffix, true),
-            None => (s.as_str(), false),
-        };
-        if !is_dns_name(name) {
-            return Err(format!("not a host name or *.wildcard (got {s:?})"));
-        }
-        Ok(if suffix {
-            HostPattern::Suffix(name.to_owned())
-        } else {
-            HostPattern::Name(name.to_owned())
+        // Written like a server name; only the wildcard's reach differs.
+        Ok(match ServerName::parse(&s)? {
+            ServerName::Exact(name) => HostPattern::Name(name),
+            ServerName::Wildcard(suffix) => HostPattern::Suffix(suffix),
         })
     }
 

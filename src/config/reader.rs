@@ -166,10 +166,25 @@ impl<'a> Section<'a> {
 
     /// The text of a scalar key, if present; a list or table is a problem.
     fn text(&mut self, name: &str) -> Option<String> {
-        match self.keys.remove(name)? {
-            Raw::Text(s) => Some(s),
-            other => {
-                let problem = format!("expected a value, got {}", other.kind());
+        self.take(name, "a value", |raw| match raw {
+            Raw::Text(s) => Ok(s),
+            other => Err(other),
+        })
+    }
+
+    /// Remove `name`, if present, as what `pick` takes; anything else is
+    /// recorded as not being `expected`.
+    fn take<T>(
+        &mut self,
+        name: &str,
+        expected: &str,
+        pick: fn(Raw) -> Result<T, Raw>,
+    ) -> Option<T> {
+        let raw = self.keys.remove(name)?;
+        match pick(raw) {
+            Ok(v) => Some(v),
+            Err(other) => {
+                let problem = format!("expected {expected}, got {}", other.kind());
                 self.issue(name, problem);
                 None
             }
@@ -257,29 +272,22 @@ impl<'a> Section<'a> {
     }
 
     fn raw_list(&mut self, name: &str) -> Vec<Raw> {
-        match self.keys.remove(name) {
-            None => Vec::new(),
-            Some(Raw::List(items)) => items,
-            Some(other) => {
-                let problem = format!("expected a list, got {}", other.kind());
-                self.issue(name, problem);
-                Vec::new()
-            }
-        }
+        self.take(name, "a list", |raw| match raw {
+            Raw::List(items) => Ok(items),
+            other => Err(other),
+        })
+        .unwrap_or_default()
     }
 
     /// A sub-table (`[limits]` of the top level); absent: an empty one.
     pub fn section(&mut self, name: &str) -> Section<'_> {
         let prefix = self.key(name);
-        let keys = match self.keys.remove(name) {
-            None => BTreeMap::new(),
-            Some(Raw::Table(keys)) => keys,
-            Some(other) => {
-                let problem = format!("expected a table, got {}", other.kind());
-                self.issue(name, problem);
-                BTreeMap::new()
-            }
-        };
+        let keys = self
+            .take(name, "a table", |raw| match raw {
+                Raw::Table(keys) => Ok(keys),
+                other => Err(other),
+            })
+            .unwrap_or_default();
         Section::new(self.issues, prefix, keys)
     }
 }

@@ -11,6 +11,20 @@ fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     Config::load(ConfigSource::Text(text), Some(env))
 }
 
+/// Load `text`, expect it refused, and check each of `keys` is named;
+/// returns every key named.
+fn assert_named(text: &str, keys: &[&str]) -> Vec<String> {
+    let err = load(text, &[]).unwrap_err();
+    let named: Vec<String> = err.issues.into_iter().map(|i| i.key).collect();
+    for key in keys {
+        assert!(
+            named.iter().any(|n| n == key),
+            "{key} missing from {named:?}"
+        );
+    }
+    named
+}
+
 const MINIMAL: &str = r#"
     [tls]
     self_signed_if_missing = true
@@ -62,21 +76,20 @@ fn every_problem_is_listed_with_its_key() {
         path = "echo"
         kind = "teleport"
     "#;
-    let err = load(text, &[]).unwrap_err();
-    let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
-    for key in [
-        "listen.bogus",
-        "listen.addr",
-        "tls.cert",
-        "tls.key",
-        "limits.idle_timeout",
-        "limits.max_message_size",
-        "limits.max_connections",
-        "routes[0].path",
-        "routes[0].kind",
-    ] {
-        assert!(keys.contains(&key), "{key} missing from {keys:?}");
-    }
+    assert_named(
+        text,
+        &[
+            "listen.bogus",
+            "listen.addr",
+            "tls.cert",
+            "tls.key",
+            "limits.idle_timeout",
+            "limits.max_message_size",
+            "limits.max_connections",
+            "routes[0].path",
+            "routes[0].kind",
+        ],
+    );
 }
 
 #[test]
@@ -96,15 +109,9 @@ fn duplicate_routes_are_refused() {
 
 #[test]
 fn upstream_routes_validate_every_key() {
-    let text = r#"
-        [tls]
-        self_signed_if_missing = true
-        cert = "/nonexistent/wsgate-test/cert.pem"
-        key = "/nonexistent/wsgate-test/key.pem"
-        [[routes]]
-        path = "/echo"
-        kind = "echo"
-        strip_prefix = true
+    let text = format!(
+        "{MINIMAL}strip_prefix = true\n{}",
+        r#"
         [[routes]]
         path = "/app"
         kind = "upstream"
@@ -116,22 +123,22 @@ fn upstream_routes_validate_every_key() {
         [[routes]]
         path = "/none"
         kind = "upstream"
-    "#;
-    let err = load(text, &[]).unwrap_err();
-    let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
-    for key in [
-        "routes[0].strip_prefix",
-        "routes[1].upstreams[0]",
-        "routes[1].upstreams[1]",
-        "routes[1].balance",
-        "routes[1].backoff_max",
-        "routes[1].tls_client_key",
-        "routes[2].upstreams",
-    ] {
-        assert!(keys.contains(&key), "{key} missing from {keys:?}");
-    }
+    "#
+    );
+    let keys = assert_named(
+        &text,
+        &[
+            "routes[0].strip_prefix",
+            "routes[1].upstreams[0]",
+            "routes[1].upstreams[1]",
+            "routes[1].balance",
+            "routes[1].backoff_max",
+            "routes[1].tls_client_key",
+            "routes[2].upstreams",
+        ],
+    );
     assert!(
-        !keys.contains(&"routes[1].upstreams[2]"),
+        !keys.iter().any(|k| k == "routes[1].upstreams[2]"),
         "wss://api.internal/ws is valid"
     );
 }
