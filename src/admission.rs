@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::{Limits, canonical};
+use crate::rate::TokenBucket;
 
 /// Per-address maps are pruned of idle entries past this size, so a flood
 /// of distinct addresses cannot grow them without bound.
@@ -26,8 +27,8 @@ pub(crate) struct Admission {
     permits: Arc<Semaphore>,
     per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max_per_ip: Option<usize>,
-    rate: Mutex<Bucket>,
-    rate_per_ip: Mutex<HashMap<IpAddr, Bucket>>,
+    rate: Mutex<TokenBucket>,
+    rate_per_ip: Mutex<HashMap<IpAddr, TokenBucket>>,
     per_ip_rate: Option<f64>,
 }
 
@@ -61,7 +62,7 @@ impl Admission {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             per_ip: Arc::default(),
             max_per_ip: limits.max_connections_per_ip,
-            rate: Mutex::new(Bucket::new(limits.handshake_rate)),
+            rate: Mutex::new(per_second(limits.handshake_rate)),
             rate_per_ip: Mutex::default(),
             per_ip_rate: limits.handshake_rate_per_ip,
         }
@@ -74,17 +75,17 @@ impl Admission {
         if let Some(rate) = self.per_ip_rate {
             let mut buckets = lock(&self.rate_per_ip);
             if buckets.len() >= MAX_TRACKED_ADDRESSES {
-                buckets.retain(|_, b| !b.full(now));
+                buckets.retain(|_, b| !b.is_full_at(now));
             }
             if !buckets
                 .entry(key)
-                .or_insert_with(|| Bucket::new(rate))
-                .take(now)
+                .or_insert_with(|| per_second(rate))
+                .take_at(now)
             {
                 return Err("rate_per_ip");
             }
         }
-        if !lock(&self.rate).take(now) {
+        if !lock(&self.rate).take_at(now) {
             return Err("rate");
         }
         {
@@ -126,46 +127,13 @@ fn key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// `rate` new connections a second, one second's worth of burst.
+fn per_second(rate: f64) -> TokenBucket {
+    TokenBucket::new(rate, rate)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A token bucket: `rate` a second, one second's worth of burst.
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: f64) -> Self {
-        Bucket {
-            rate,
-            tokens: rate,
-            last: Instant::now(),
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
-        self.last = now;
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn full(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        self.tokens >= self.rate
-    }
 }
 
 #[cfg(test)]

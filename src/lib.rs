@@ -43,6 +43,7 @@ mod handshake;
 mod hub;
 mod listener;
 pub mod metrics;
+mod rate;
 mod relay;
 pub mod route;
 mod session;
