@@ -258,11 +258,7 @@ pub(crate) fn check<'t, B, T>(
             ));
         }
     };
-    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    if has_body {
+    if crate::headers::has_body(headers) {
         return Err(Rejection::BadRequest(
             "an upgrade request must not have a body",
         ));

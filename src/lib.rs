@@ -40,6 +40,7 @@ pub mod config;
 mod conn;
 pub mod devcert;
 mod handshake;
+mod headers;
 mod hub;
 mod listener;
 pub mod metrics;

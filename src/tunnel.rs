@@ -149,12 +149,7 @@ pub(crate) async fn handle(
 
 /// The CONNECT target: `host:port` in authority form, no body.
 fn target<B>(req: &Request<B>) -> Result<(String, u16), &'static str> {
-    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    if has_body {
+    if crate::headers::has_body(req.headers()) {
         return Err("a CONNECT request must not have a body");
     }
     let authority = req.uri().authority().ok_or("CONNECT needs host:port")?;
@@ -191,15 +186,8 @@ fn authorized<B>(req: &Request<B>, users: &[(String, String)]) -> bool {
     else {
         return false;
     };
-    users.iter().fold(false, |ok, (user, password)| {
-        let expected = format!("{user}:{password}");
-        ok | (expected.len() == given.len()
-            && expected
-                .bytes()
-                .zip(&given)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0)
-    })
+    let expected: Vec<String> = users.iter().map(|(u, p)| format!("{u}:{p}")).collect();
+    crate::headers::matches_any(expected.iter().map(|e| e.as_bytes()), &given)
 }
 
 async fn resolve(host: &str, port: u16, limit: Duration) -> io::Result<Vec<SocketAddr>> {
