@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::close::Shed;
 use crate::config::{Limits, canonical};
 use crate::rate::TokenBucket;
 
@@ -69,7 +70,7 @@ impl Admission {
     }
 
     /// Admit a connection from `ip`, or say why not (the metric's reason).
-    pub(crate) fn admit(&self, ip: IpAddr) -> Result<Ticket, &'static str> {
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<Ticket, Shed> {
         let key = key(ip);
         let now = Instant::now();
         if let Some(rate) = self.per_ip_rate {
@@ -82,11 +83,11 @@ impl Admission {
                 .or_insert_with(|| per_second(rate))
                 .take_at(now)
             {
-                return Err("rate_per_ip");
+                return Err(Shed::RatePerIp);
             }
         }
         if !lock(&self.rate).take_at(now) {
-            return Err("rate");
+            return Err(Shed::Rate);
         }
         {
             let mut per_ip = lock(&self.per_ip);
@@ -95,7 +96,7 @@ impl Admission {
                 if *n == 0 {
                     per_ip.remove(&key);
                 }
-                return Err("per_ip");
+                return Err(Shed::PerIp);
             }
             *n += 1;
         }
@@ -108,7 +109,7 @@ impl Admission {
             .permits
             .clone()
             .try_acquire_owned()
-            .map_err(|_| "capacity")?;
+            .map_err(|_| Shed::Capacity)?;
         Ok(Ticket {
             _permit: permit,
             _slot: slot,
@@ -159,10 +160,10 @@ mod tests {
         let a = Admission::new(&limits(3, 2, 1000.0, 1000.0));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let (t1, t2) = (a.admit(ip).unwrap(), a.admit(ip).unwrap());
-        assert_eq!(a.admit(ip).err(), Some("per_ip"));
+        assert_eq!(a.admit(ip).err().map(Shed::label), Some("per_ip"));
         let t3 = a.admit("192.0.2.2".parse().unwrap()).unwrap();
         assert_eq!(
-            a.admit("192.0.2.3".parse().unwrap()).err(),
+            a.admit("192.0.2.3".parse().unwrap()).err().map(Shed::label),
             Some("capacity")
         );
         drop(t1);
@@ -172,7 +173,7 @@ mod tests {
 
         let a = Admission::new(&limits(100, 100, 1000.0, 3.0));
         let tickets: Vec<_> = (0..3).map(|_| a.admit(ip).unwrap()).collect();
-        assert_eq!(a.admit(ip).err(), Some("rate_per_ip"));
+        assert_eq!(a.admit(ip).err().map(Shed::label), Some("rate_per_ip"));
         // The same /64 is the same client.
         let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
         let _ = (
@@ -180,7 +181,10 @@ mod tests {
             a.admit(v6("2001:db8::2")),
             a.admit(v6("2001:db8::3")),
         );
-        assert_eq!(a.admit(v6("2001:db8::ffff")).err(), Some("rate_per_ip"));
+        assert_eq!(
+            a.admit(v6("2001:db8::ffff")).err().map(Shed::label),
+            Some("rate_per_ip")
+        );
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
         assert!(a.admit(ip).is_ok());
         drop(tickets);
@@ -190,6 +194,9 @@ mod tests {
             a.admit(v6("198.51.100.1")).unwrap(),
             a.admit(v6("198.51.100.2")).unwrap(),
         );
-        assert_eq!(a.admit(v6("198.51.100.3")).err(), Some("rate"));
+        assert_eq!(
+            a.admit(v6("198.51.100.3")).err().map(Shed::label),
+            Some("rate")
+        );
     }
 }

@@ -83,7 +83,7 @@ pub(crate) async fn handle(
             }
             Err(DialError::Rejected(rejection)) => return refuse(rejection, req.uri().path()),
             Err(DialError::Status(response)) => {
-                metrics::handshake_failed("upstream_status");
+                metrics::handshake_failed(Rejection::UpstreamStatus(response.status()));
                 return upstream_status(response);
             }
         },
@@ -183,7 +183,7 @@ fn query_param(query: &str, key: &str) -> Option<String> {
 
 fn refuse(rejection: Rejection, path: &str) -> Response<Body> {
     debug!(reason = rejection.label(), path, "upgrade refused");
-    metrics::handshake_failed(rejection.label());
+    metrics::handshake_failed(rejection);
     rejection_response(rejection)
 }
 
@@ -333,6 +333,7 @@ pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
         | Rejection::UpstreamUnreachable
         | Rejection::UpstreamTimeout
         | Rejection::UpstreamBadHandshake
+        | Rejection::UpstreamStatus(_)
         | Rejection::NameTaken
         | Rejection::HubFull
         | Rejection::PlainHttp => {}

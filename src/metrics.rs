@@ -10,7 +10,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::close::{EarlyFailure, SessionEnd, Side};
+use crate::close::{EarlyFailure, Rejection, Reload, SessionEnd, Shed, Side, TunnelOutcome};
 use crate::config::Route;
 
 pub const CONNECTIONS_TOTAL: &str = "wsgate_connections_total";
@@ -275,13 +275,14 @@ impl RouteMetrics {
     }
 }
 
-pub fn connection_rejected(reason: &'static str) {
-    counter!(CONNECTIONS_REJECTED_TOTAL, "reason" => reason).increment(1);
+/// A connection shed at accept.
+pub fn connection_rejected(reason: Shed) {
+    counter!(CONNECTIONS_REJECTED_TOTAL, "reason" => reason.label()).increment(1);
 }
 
-/// A request not upgraded; `reason` is a [`Rejection`] label or `upstream_status`.
-pub fn handshake_failed(reason: &'static str) {
-    counter!(HANDSHAKE_FAILURES_TOTAL, "reason" => reason).increment(1);
+/// A request not upgraded.
+pub fn handshake_failed(rejection: Rejection) {
+    counter!(HANDSHAKE_FAILURES_TOTAL, "reason" => rejection.label()).increment(1);
 }
 
 pub fn early_failure(failure: EarlyFailure) {
@@ -345,8 +346,8 @@ impl Default for HubMetrics {
 }
 
 /// A CONNECT request's result.
-pub fn tunnel(result: &'static str) {
-    counter!(TUNNELS_TOTAL, "result" => result).increment(1);
+pub fn tunnel(result: TunnelOutcome) {
+    counter!(TUNNELS_TOTAL, "result" => result.label()).increment(1);
 }
 
 /// Bytes through a spliced tunnel; the two series are registered once.
@@ -365,8 +366,7 @@ pub fn tunnel_bytes(client_to_target: bool, n: u64) {
     }
 }
 
-/// A reload's result: `ok`, `failed` (certificates or pools unusable),
-/// `invalid` (the config file does not validate).
-pub fn config_reload(result: &'static str) {
-    counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+/// A reload's result.
+pub fn config_reload(result: Reload) {
+    counter!(CONFIG_RELOADS_TOTAL, "result" => result.label()).increment(1);
 }
