@@ -10,7 +10,9 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::close::{EarlyFailure, Rejection, Reload, SessionEnd, Shed, Side, TunnelOutcome};
+use crate::close::{
+    EarlyFailure, HubDrop, Rejection, Reload, SessionEnd, Shed, Side, TunnelOutcome,
+};
 use crate::config::Route;
 
 pub const CONNECTIONS_TOTAL: &str = "wsgate_connections_total";
@@ -328,15 +330,19 @@ impl HubMetrics {
             published: counter!(HUB_PUBLISHED_TOTAL),
             direct: counter!(HUB_DIRECT_TOTAL),
             delivered: counter!(HUB_DELIVERED_TOTAL),
-            dropped_slow: counter!(HUB_DROPPED_TOTAL, "reason" => "slow_consumer"),
-            dropped_lagged: counter!(HUB_DROPPED_TOTAL, "reason" => "lagged"),
-            dropped_no_recipient: counter!(HUB_DROPPED_TOTAL, "reason" => "no_recipient"),
+            dropped_slow: hub_dropped(HubDrop::SlowConsumer),
+            dropped_lagged: hub_dropped(HubDrop::Lagged),
+            dropped_no_recipient: hub_dropped(HubDrop::NoRecipient),
         }
     }
 
     pub fn api_request(&self, status: http::StatusCode) {
         counter!(HUB_API_REQUESTS_TOTAL, "status" => status.as_str().to_owned()).increment(1);
     }
+}
+
+fn hub_dropped(reason: HubDrop) -> Counter {
+    counter!(HUB_DROPPED_TOTAL, "reason" => reason.label())
 }
 
 impl Default for HubMetrics {

@@ -11,10 +11,12 @@
 //!   each side is sent ([`ClosePlan`]).
 //! - [`tunnel`]: the result of an HTTP CONNECT ([`TunnelOutcome`]).
 //! - [`hub_api`]: the hub HTTP API's errors ([`ApiError`]).
+//! - [`hub`]: hub messages not delivered ([`HubDrop`]).
 //! - [`admission`]: connections shed at accept ([`Shed`]).
 //! - [`reload`]: the result of a config reload ([`Reload`]).
 
 pub mod admission;
+pub mod hub;
 pub mod hub_api;
 pub mod reload;
 pub mod session;
@@ -22,6 +24,7 @@ pub mod tunnel;
 pub mod upgrade;
 
 pub use admission::Shed;
+pub use hub::HubDrop;
 pub use hub_api::ApiError;
 pub use reload::Reload;
 pub use session::{ClosePlan, Fault, SessionEnd, Side};
