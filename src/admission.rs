@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::close::Shed;
 use crate::config::Limits;
 use crate::names::canonical;
+use crate::rate::TokenBucket;
 
 /// Per-address maps are pruned of idle entries past this size, so a flood
 /// of distinct addresses cannot grow them without bound.
@@ -27,8 +29,8 @@ pub(crate) struct Admission {
     permits: Arc<Semaphore>,
     per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max_per_ip: Option<usize>,
-    rate: Mutex<Bucket>,
-    rate_per_ip: Mutex<HashMap<IpAddr, Bucket>>,
+    rate: Mutex<TokenBucket>,
+    rate_per_ip: Mutex<HashMap<IpAddr, TokenBucket>>,
     per_ip_rate: Option<f64>,
 }
 
@@ -62,31 +64,31 @@ impl Admission {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             per_ip: Arc::default(),
             max_per_ip: limits.max_connections_per_ip,
-            rate: Mutex::new(Bucket::new(limits.handshake_rate)),
+            rate: Mutex::new(per_second(limits.handshake_rate)),
             rate_per_ip: Mutex::default(),
             per_ip_rate: limits.handshake_rate_per_ip,
         }
     }
 
     /// Admit a connection from `ip`, or say why not (the metric's reason).
-    pub(crate) fn admit(&self, ip: IpAddr) -> Result<Ticket, &'static str> {
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<Ticket, Shed> {
         let key = key(ip);
         let now = Instant::now();
         if let Some(rate) = self.per_ip_rate {
             let mut buckets = lock(&self.rate_per_ip);
             if buckets.len() >= MAX_TRACKED_ADDRESSES {
-                buckets.retain(|_, b| !b.full(now));
+                buckets.retain(|_, b| !b.is_full_at(now));
             }
             if !buckets
                 .entry(key)
-                .or_insert_with(|| Bucket::new(rate))
-                .take(now)
+                .or_insert_with(|| per_second(rate))
+                .take_at(now)
             {
-                return Err("rate_per_ip");
+                return Err(Shed::RatePerIp);
             }
         }
-        if !lock(&self.rate).take(now) {
-            return Err("rate");
+        if !lock(&self.rate).take_at(now) {
+            return Err(Shed::Rate);
         }
         {
             let mut per_ip = lock(&self.per_ip);
@@ -95,7 +97,7 @@ impl Admission {
                 if *n == 0 {
                     per_ip.remove(&key);
                 }
-                return Err("per_ip");
+                return Err(Shed::PerIp);
             }
             *n += 1;
         }
@@ -108,7 +110,7 @@ impl Admission {
             .permits
             .clone()
             .try_acquire_owned()
-            .map_err(|_| "capacity")?;
+            .map_err(|_| Shed::Capacity)?;
         Ok(Ticket {
             _permit: permit,
             _slot: slot,
@@ -127,46 +129,13 @@ fn key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// `rate` new connections a second, one second's worth of burst.
+fn per_second(rate: f64) -> TokenBucket {
+    TokenBucket::new(rate, rate)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A token bucket: `rate` a second, one second's worth of burst.
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: f64) -> Self {
-        Bucket {
-            rate,
-            tokens: rate,
-            last: Instant::now(),
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
-        self.last = now;
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn full(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        self.tokens >= self.rate
-    }
 }
 
 #[cfg(test)]
@@ -192,10 +161,10 @@ mod tests {
         let a = Admission::new(&limits(3, 2, 1000.0, 1000.0));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let (t1, t2) = (a.admit(ip).unwrap(), a.admit(ip).unwrap());
-        assert_eq!(a.admit(ip).err(), Some("per_ip"));
+        assert_eq!(a.admit(ip).err().map(Shed::label), Some("per_ip"));
         let t3 = a.admit("192.0.2.2".parse().unwrap()).unwrap();
         assert_eq!(
-            a.admit("192.0.2.3".parse().unwrap()).err(),
+            a.admit("192.0.2.3".parse().unwrap()).err().map(Shed::label),
             Some("capacity")
         );
         drop(t1);
@@ -205,7 +174,7 @@ mod tests {
 
         let a = Admission::new(&limits(100, 100, 1000.0, 3.0));
         let tickets: Vec<_> = (0..3).map(|_| a.admit(ip).unwrap()).collect();
-        assert_eq!(a.admit(ip).err(), Some("rate_per_ip"));
+        assert_eq!(a.admit(ip).err().map(Shed::label), Some("rate_per_ip"));
         // The same /64 is the same client.
         let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
         let _ = (
@@ -213,7 +182,10 @@ mod tests {
             a.admit(v6("2001:db8::2")),
             a.admit(v6("2001:db8::3")),
         );
-        assert_eq!(a.admit(v6("2001:db8::ffff")).err(), Some("rate_per_ip"));
+        assert_eq!(
+            a.admit(v6("2001:db8::ffff")).err().map(Shed::label),
+            Some("rate_per_ip")
+        );
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
         assert!(a.admit(ip).is_ok());
         drop(tickets);
@@ -223,6 +195,9 @@ mod tests {
             a.admit(v6("198.51.100.1")).unwrap(),
             a.admit(v6("198.51.100.2")).unwrap(),
         );
-        assert_eq!(a.admit(v6("198.51.100.3")).err(), Some("rate"));
+        assert_eq!(
+            a.admit(v6("198.51.100.3")).err().map(Shed::label),
+            Some("rate")
+        );
     }
 }

@@ -84,7 +84,7 @@ pub(crate) async fn handle(
             }
             Err(DialError::Rejected(rejection)) => return refuse(rejection, req.uri().path()),
             Err(DialError::Status(response)) => {
-                metrics::handshake_failed("upstream_status");
+                metrics::handshake_failed(Rejection::UpstreamStatus(response.status()));
                 return upstream_status(response);
             }
         },
@@ -184,7 +184,7 @@ fn query_param(query: &str, key: &str) -> Option<String> {
 
 fn refuse(rejection: Rejection, path: &str) -> Response<Body> {
     debug!(reason = rejection.label(), path, "upgrade refused");
-    metrics::handshake_failed(rejection.label());
+    metrics::handshake_failed(rejection);
     rejection_response(rejection)
 }
 
@@ -259,11 +259,7 @@ pub(crate) fn check<'t, B, T>(
             ));
         }
     };
-    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    if has_body {
+    if crate::headers::has_body(headers) {
         return Err(Rejection::BadRequest(
             "an upgrade request must not have a body",
         ));
@@ -338,6 +334,7 @@ pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
         | Rejection::UpstreamUnreachable
         | Rejection::UpstreamTimeout
         | Rejection::UpstreamBadHandshake
+        | Rejection::UpstreamStatus(_)
         | Rejection::NameTaken
         | Rejection::HubFull
         | Rejection::PlainHttp => {}

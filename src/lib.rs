@@ -40,10 +40,12 @@ pub mod config;
 mod conn;
 pub mod devcert;
 mod handshake;
+mod headers;
 mod hub;
 mod listener;
 pub mod metrics;
 pub mod names;
+mod rate;
 mod relay;
 pub mod route;
 mod session;
@@ -290,7 +292,7 @@ impl Shared {
         let next = match Live::build(config, self.ws, &self.shutdown.token) {
             Ok(live) => live,
             Err(e) => {
-                metrics::config_reload("failed");
+                metrics::config_reload(close::Reload::Failed);
                 error!("reload failed, keeping the running configuration: {e}");
                 return;
             }
@@ -329,7 +331,7 @@ impl Shared {
         next.start();
         let old = self.live.swap(Arc::new(next));
         old.retired.cancel();
-        metrics::config_reload("ok");
+        metrics::config_reload(close::Reload::Ok);
         info!(
             routes = config.routes.len(),
             "reloaded certificates and routes"

@@ -40,7 +40,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             Ok(ticket) => ticket,
             Err(reason) => {
                 metrics::connection_rejected(reason);
-                debug!(%peer, reason, "connection refused at accept");
+                debug!(%peer, reason = reason.label(), "connection refused at accept");
                 continue;
             }
         };

@@ -235,7 +235,7 @@ async fn serve(config: Config, source: Option<PathBuf>) -> anyhow::Result<()> {
                     let _ = reload.send(config).await;
                 }
                 Err(e) => {
-                    wsgate::metrics::config_reload("invalid");
+                    wsgate::metrics::config_reload(wsgate::close::Reload::Invalid);
                     error!("reload refused, keeping the running configuration: {e}");
                 }
             }

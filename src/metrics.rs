@@ -10,7 +10,9 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::close::{EarlyFailure, SessionEnd, Side};
+use crate::close::{
+    EarlyFailure, HubDrop, Rejection, Reload, SessionEnd, Shed, Side, TunnelOutcome,
+};
 use crate::config::Route;
 
 pub const CONNECTIONS_TOTAL: &str = "wsgate_connections_total";
@@ -275,13 +277,14 @@ impl RouteMetrics {
     }
 }
 
-pub fn connection_rejected(reason: &'static str) {
-    counter!(CONNECTIONS_REJECTED_TOTAL, "reason" => reason).increment(1);
+/// A connection shed at accept.
+pub fn connection_rejected(reason: Shed) {
+    counter!(CONNECTIONS_REJECTED_TOTAL, "reason" => reason.label()).increment(1);
 }
 
-/// A request not upgraded; `reason` is a [`Rejection`] label or `upstream_status`.
-pub fn handshake_failed(reason: &'static str) {
-    counter!(HANDSHAKE_FAILURES_TOTAL, "reason" => reason).increment(1);
+/// A request not upgraded.
+pub fn handshake_failed(rejection: Rejection) {
+    counter!(HANDSHAKE_FAILURES_TOTAL, "reason" => rejection.label()).increment(1);
 }
 
 pub fn early_failure(failure: EarlyFailure) {
@@ -327,15 +330,19 @@ impl HubMetrics {
             published: counter!(HUB_PUBLISHED_TOTAL),
             direct: counter!(HUB_DIRECT_TOTAL),
             delivered: counter!(HUB_DELIVERED_TOTAL),
-            dropped_slow: counter!(HUB_DROPPED_TOTAL, "reason" => "slow_consumer"),
-            dropped_lagged: counter!(HUB_DROPPED_TOTAL, "reason" => "lagged"),
-            dropped_no_recipient: counter!(HUB_DROPPED_TOTAL, "reason" => "no_recipient"),
+            dropped_slow: hub_dropped(HubDrop::SlowConsumer),
+            dropped_lagged: hub_dropped(HubDrop::Lagged),
+            dropped_no_recipient: hub_dropped(HubDrop::NoRecipient),
         }
     }
 
     pub fn api_request(&self, status: http::StatusCode) {
         counter!(HUB_API_REQUESTS_TOTAL, "status" => status.as_str().to_owned()).increment(1);
     }
+}
+
+fn hub_dropped(reason: HubDrop) -> Counter {
+    counter!(HUB_DROPPED_TOTAL, "reason" => reason.label())
 }
 
 impl Default for HubMetrics {
@@ -345,8 +352,8 @@ impl Default for HubMetrics {
 }
 
 /// A CONNECT request's result.
-pub fn tunnel(result: &'static str) {
-    counter!(TUNNELS_TOTAL, "result" => result).increment(1);
+pub fn tunnel(result: TunnelOutcome) {
+    counter!(TUNNELS_TOTAL, "result" => result.label()).increment(1);
 }
 
 /// Bytes through a spliced tunnel; the two series are registered once.
@@ -365,8 +372,7 @@ pub fn tunnel_bytes(client_to_target: bool, n: u64) {
     }
 }
 
-/// A reload's result: `ok`, `failed` (certificates or pools unusable),
-/// `invalid` (the config file does not validate).
-pub fn config_reload(result: &'static str) {
-    counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+/// A reload's result.
+pub fn config_reload(result: Reload) {
+    counter!(CONFIG_RELOADS_TOTAL, "result" => result.label()).increment(1);
 }

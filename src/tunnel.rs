@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admission::Ticket;
+use crate::close::TunnelOutcome;
 use base64::Engine;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -43,15 +44,11 @@ pub(crate) async fn handle(
 ) -> Response<Body> {
     let (host, port) = match target(&req) {
         Ok(target) => target,
-        Err(why) => return refuse(StatusCode::BAD_REQUEST, "bad_request", why),
+        Err(why) => return refuse(TunnelOutcome::BadRequest(why)),
     };
     let tunnel = &shared.tunnel;
     if !tunnel.users.is_empty() && !authorized(&req, &tunnel.users) {
-        let mut r = refuse(
-            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            "unauthorized",
-            "proxy credentials required",
-        );
+        let mut r = refuse(TunnelOutcome::Unauthorized);
         r.headers_mut().insert(
             header::PROXY_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"wsgate\""),
@@ -59,7 +56,7 @@ pub(crate) async fn handle(
         return r;
     }
     if shared.is_gateway(&host, port) {
-        metrics::tunnel("gateway");
+        metrics::tunnel(TunnelOutcome::Gateway);
         info!(%peer, target = %format!("{host}:{port}"), "CONNECT to the gateway itself");
         let on_upgrade = hyper::upgrade::on(req);
         let task_shared = shared.clone();
@@ -73,27 +70,17 @@ pub(crate) async fn handle(
             }
             .instrument(Span::current()),
         );
-        return established();
+        return established(TunnelOutcome::Gateway);
     }
     // No rule could admit it whatever it resolves to: refuse without even a
     // DNS lookup (a lookup is an outbound action too, and an oracle).
     if !shared.could_tunnel_to(&host, port) {
         debug!(%peer, target = %format!("{host}:{port}"), "CONNECT refused: no rule admits it");
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "denied",
-            "tunnelling to that target is not allowed",
-        );
+        return refuse(TunnelOutcome::Denied);
     }
     let addresses = match resolve(&host, port, tunnel.connect_timeout).await {
         Ok(addresses) => addresses,
-        Err(_) => {
-            return refuse(
-                StatusCode::BAD_GATEWAY,
-                "unresolved",
-                "the target host does not resolve",
-            );
-        }
+        Err(_) => return refuse(TunnelOutcome::Unresolved),
     };
     let allowed: Vec<SocketAddr> = addresses
         .into_iter()
@@ -101,32 +88,16 @@ pub(crate) async fn handle(
         .collect();
     if allowed.is_empty() {
         debug!(%peer, target = %format!("{host}:{port}"), "CONNECT refused: not an allowed target");
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "denied",
-            "tunnelling to that target is not allowed",
-        );
+        return refuse(TunnelOutcome::Denied);
     }
     let dialled = timeout(tunnel.connect_timeout, TcpStream::connect(&allowed[..])).await;
     let target_stream = match dialled {
         Ok(Ok(stream)) => stream,
-        Ok(Err(_)) => {
-            return refuse(
-                StatusCode::BAD_GATEWAY,
-                "unreachable",
-                "the target refused or is unreachable",
-            );
-        }
-        Err(_) => {
-            return refuse(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "the target did not answer in time",
-            );
-        }
+        Ok(Err(_)) => return refuse(TunnelOutcome::Unreachable),
+        Err(_) => return refuse(TunnelOutcome::Timeout),
     };
     let _ = target_stream.set_nodelay(true);
-    metrics::tunnel("spliced");
+    metrics::tunnel(TunnelOutcome::Spliced);
     info!(%peer, target = %format!("{host}:{port}"), "CONNECT tunnel opened");
     let on_upgrade = hyper::upgrade::on(req);
     let idle = tunnel.idle_timeout;
@@ -145,17 +116,12 @@ pub(crate) async fn handle(
         }
         .instrument(Span::current()),
     );
-    established()
+    established(TunnelOutcome::Spliced)
 }
 
 /// The CONNECT target: `host:port` in authority form, no body.
 fn target<B>(req: &Request<B>) -> Result<(String, u16), &'static str> {
-    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    if has_body {
+    if crate::headers::has_body(req.headers()) {
         return Err("a CONNECT request must not have a body");
     }
     let authority = req.uri().authority().ok_or("CONNECT needs host:port")?;
@@ -192,15 +158,8 @@ fn authorized<B>(req: &Request<B>, users: &[(String, String)]) -> bool {
     else {
         return false;
     };
-    users.iter().fold(false, |ok, (user, password)| {
-        let expected = format!("{user}:{password}");
-        ok | (expected.len() == given.len()
-            && expected
-                .bytes()
-                .zip(&given)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0)
-    })
+    let expected: Vec<String> = users.iter().map(|(u, p)| format!("{u}:{p}")).collect();
+    crate::headers::matches_any(expected.iter().map(|e| e.as_bytes()), &given)
 }
 
 async fn resolve(host: &str, port: u16, limit: Duration) -> io::Result<Vec<SocketAddr>> {
@@ -240,15 +199,17 @@ pub(crate) fn is_special(ip: IpAddr) -> bool {
     }
 }
 
-fn established() -> Response<Body> {
+fn established(outcome: TunnelOutcome) -> Response<Body> {
     let mut r = Response::new(Body::default());
-    *r.status_mut() = StatusCode::OK;
+    *r.status_mut() = outcome.status();
     r
 }
 
-fn refuse(status: StatusCode, label: &'static str, why: &'static str) -> Response<Body> {
-    metrics::tunnel(label);
-    let mut r = Response::new(Body::from(format!("{} {why}\n", status.as_u16())));
+fn refuse(outcome: TunnelOutcome) -> Response<Body> {
+    metrics::tunnel(outcome);
+    let status = outcome.status();
+    let body = format!("{} {}\n", status.as_u16(), outcome.message());
+    let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

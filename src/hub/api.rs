@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::Hub;
 use super::protocol::{Body, push_json_string};
+use crate::close::ApiError;
 use crate::names::{check_channel_name, check_client_name};
 
 pub(crate) async fn handle(
@@ -31,18 +32,10 @@ pub(crate) async fn handle(
 async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<Full<Bytes>> {
     let tokens = &hub.config().api_tokens;
     if tokens.is_empty() {
-        return error(
-            StatusCode::NOT_FOUND,
-            "api_off",
-            "the hub API is off: set [hub] api_tokens",
-        );
+        return error(ApiError::Off);
     }
     if !authorized(&req, tokens) {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required",
-        );
+        let mut r = error(ApiError::Unauthorized);
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer realm=\"wsgate\""),
@@ -65,7 +58,7 @@ async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<F
             return not_allowed("POST");
         }
         if let Err(why) = check_channel_name(channel) {
-            return error(StatusCode::BAD_REQUEST, "bad_channel", &why);
+            return error(ApiError::BadChannel(why));
         }
         let body = match read_body(req, max_body).await {
             Ok(body) => body,
@@ -76,9 +69,9 @@ async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<F
                 let mut out = String::from(r#"{"channel":"#);
                 push_json_string(&mut out, channel);
                 out.push_str(&format!(r#","seq":{seq},"delivered":{delivered}}}"#));
-                json(StatusCode::OK, out)
+                ok(out)
             }
-            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.message()),
+            Err(e) => error(ApiError::Hub(e.code(), e.message())),
         };
     }
     if let Some(channel) = path
@@ -95,9 +88,9 @@ async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<F
                 out.push_str(r#","clients":"#);
                 out.push_str(&serde_json::to_string(&clients).unwrap_or_else(|_| "[]".into()));
                 out.push('}');
-                json(StatusCode::OK, out)
+                ok(out)
             }
-            None => error(StatusCode::NOT_FOUND, "no_such_channel", "no such channel"),
+            None => error(ApiError::NoSuchChannel),
         };
     }
     if let Some(name) = path
@@ -108,22 +101,18 @@ async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<F
             return not_allowed("POST");
         }
         if let Err(why) = check_client_name(name) {
-            return error(StatusCode::BAD_REQUEST, "bad_name", &why);
+            return error(ApiError::BadName(why));
         }
         let body = match read_body(req, max_body).await {
             Ok(body) => body,
             Err(response) => return response,
         };
         return match hub.send(name, None, body) {
-            0 => error(
-                StatusCode::NOT_FOUND,
-                "no_such_client",
-                "no client of that name is connected",
-            ),
-            delivered => json(StatusCode::OK, format!(r#"{{"delivered":{delivered}}}"#)),
+            0 => error(ApiError::NoSuchClient),
+            delivered => ok(format!(r#"{{"delivered":{delivered}}}"#)),
         };
     }
-    error(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+    error(ApiError::NotFound)
 }
 
 fn authorized<B>(req: &Request<B>, tokens: &[String]) -> bool {
@@ -135,14 +124,7 @@ fn authorized<B>(req: &Request<B>, tokens: &[String]) -> bool {
     else {
         return false;
     };
-    // Compare every token in full, so timing does not tell how much matched.
-    tokens.iter().fold(false, |ok, token| {
-        ok | constant_time_eq(token.as_bytes(), given.trim().as_bytes())
-    })
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::headers::matches_any(tokens.iter().map(|t| t.as_bytes()), given.trim().as_bytes())
 }
 
 /// The body as a message: JSON, text or binary by content type; bounded.
@@ -159,24 +141,14 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Body, Response<
         .to_ascii_lowercase();
     let bytes = match Limited::new(req.into_body(), max).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            let why =
-                format!("body larger than {max} bytes (limits.max_message_size) or unreadable");
-            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &why));
-        }
+        Err(_) => return Err(error(ApiError::TooLarge(max))),
     };
     let is_json = content_type == "application/json" || content_type.ends_with("+json");
     if is_json || content_type.starts_with("text/") {
-        let text = String::from_utf8(bytes.to_vec())
-            .map_err(|_| error(StatusCode::BAD_REQUEST, "bad_body", "the body is not UTF-8"))?;
+        let text = String::from_utf8(bytes.to_vec()).map_err(|_| error(ApiError::NotUtf8))?;
         if is_json {
-            serde_json::from_str::<&RawValue>(&text).map_err(|e| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    &format!("the body is not JSON: {e}"),
-                )
-            })?;
+            serde_json::from_str::<&RawValue>(&text)
+                .map_err(|e| error(ApiError::NotJson(e.to_string())))?;
             return Ok(Body::Json(Utf8Bytes::from(text)));
         }
         return Ok(Body::Text(Utf8Bytes::from(text)));
@@ -198,7 +170,7 @@ fn channels(hub: &Hub) -> Response<Full<Bytes>> {
         ));
     }
     out.push_str("]}");
-    json(StatusCode::OK, out)
+    ok(out)
 }
 
 fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -211,21 +183,23 @@ fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+/// A 200 with a JSON body.
+fn ok(body: String) -> Response<Full<Bytes>> {
+    json(StatusCode::OK, body)
+}
+
+/// `{"error": code, "message": text}` with the error's status.
+fn error(e: ApiError) -> Response<Full<Bytes>> {
     let mut out = String::from(r#"{"error":"#);
-    push_json_string(&mut out, code);
+    push_json_string(&mut out, e.label());
     out.push_str(r#","message":"#);
-    push_json_string(&mut out, message);
+    push_json_string(&mut out, &e.message());
     out.push('}');
-    json(status, out)
+    json(e.status(), out)
 }
 
 fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
-    let mut r = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method",
-        &format!("use {allow}"),
-    );
+    let mut r = error(ApiError::Method(allow));
     r.headers_mut()
         .insert(header::ALLOW, header::HeaderValue::from_static(allow));
     r

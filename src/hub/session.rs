@@ -6,7 +6,6 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
@@ -17,6 +16,7 @@ use crate::close::{SessionEnd, Side};
 use crate::config::{HubProtocol, HubRoute, Limits};
 use crate::metrics::RouteMetrics;
 use crate::names::check_channel_name;
+use crate::rate::TokenBucket;
 use crate::session::{Timers, bounded};
 
 /// Run a hub session. `room` is the raw protocol's channel.
@@ -39,7 +39,7 @@ where
         conn.reply(protocol::welcome(&conn.name));
     }
     let mut timers = Timers::new(limits);
-    let mut bucket = TokenBucket::new(route.publish_rate, route.publish_burst);
+    let mut bucket = TokenBucket::new(route.publish_rate, f64::from(route.publish_burst));
     loop {
         tokio::select! {
             biased;
@@ -309,38 +309,6 @@ fn data_of(r: &Request<'_>) -> Result<Body, Refusal> {
     Ok(Body::Json(Utf8Bytes::from(data.get().to_owned())))
 }
 
-/// Publish rate per connection: `rate` tokens a second, up to `burst`.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: f64, burst: u32) -> Self {
-        TokenBucket {
-            rate,
-            burst: f64::from(burst),
-            tokens: f64::from(burst),
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,15 +323,5 @@ mod tests {
         assert_eq!(direct_target(r#"["dst"]"#, "dst"), None);
         assert_eq!(direct_target("hello dst", "dst"), None);
         assert_eq!(direct_target(r#"{"to":"bob"}"#, "dst"), None);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_bucket_refills_at_its_rate() {
-        let mut b = TokenBucket::new(10.0, 3);
-        assert!(b.take() && b.take() && b.take());
-        assert!(!b.take());
-        tokio::time::advance(std::time::Duration::from_millis(100)).await;
-        assert!(b.take());
-        assert!(!b.take());
     }
 }

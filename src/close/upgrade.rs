@@ -1,0 +1,187 @@
+//! A WebSocket upgrade refused (HTTP status, body text, metric label), and
+//! the failures before any HTTP request was read (metric label).
+
+use http::StatusCode;
+
+/// Why an HTTP request was not upgraded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// No route matches host and path.
+    NoRoute,
+    /// A route matches, but the request is not a WebSocket upgrade.
+    NotWebSocket,
+    /// An upgrade with a method other than GET.
+    Method,
+    /// `Sec-WebSocket-Version` missing or not 13.
+    Version,
+    /// A malformed upgrade; the text says which part.
+    BadRequest(&'static str),
+    /// The gateway is shutting down.
+    Draining,
+    /// Every pool member is in its failure backoff; nothing was dialled.
+    UpstreamsDown,
+    /// The member refused or failed the connection or TLS (after failover).
+    UpstreamUnreachable,
+    /// Connecting to, or the upgrade answer from, the member took too long.
+    UpstreamTimeout,
+    /// The member answered the upgrade with something other than 101 that
+    /// is not an HTTP error status (the error statuses pass through as they are).
+    UpstreamBadHandshake,
+    /// The member answered the upgrade with an HTTP error status; the client
+    /// gets that status, with the member's content type and body.
+    UpstreamStatus(StatusCode),
+    /// A hub route with `names = "unique"`: that name is already connected.
+    NameTaken,
+    /// The hub is at `max_channels` and the room does not exist yet.
+    HubFull,
+    /// Plain HTTP (not CONNECT) on the TLS port.
+    PlainHttp,
+    /// A CONNECT where tunnelling is off (or inside a tunnel already).
+    ConnectDisabled,
+}
+
+impl Rejection {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Rejection::NoRoute => StatusCode::NOT_FOUND,
+            Rejection::NotWebSocket | Rejection::Version => StatusCode::UPGRADE_REQUIRED,
+            Rejection::Method => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Rejection::Draining | Rejection::UpstreamsDown | Rejection::HubFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Rejection::UpstreamUnreachable | Rejection::UpstreamBadHandshake => {
+                StatusCode::BAD_GATEWAY
+            }
+            Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Rejection::UpstreamStatus(status) => status,
+            Rejection::NameTaken => StatusCode::CONFLICT,
+            Rejection::PlainHttp => StatusCode::BAD_REQUEST,
+            Rejection::ConnectDisabled => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// Value of `wsgate_handshake_failures_total{reason}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::NoRoute => "no_route",
+            Rejection::NotWebSocket => "not_websocket",
+            Rejection::Method => "method",
+            Rejection::Version => "version",
+            Rejection::BadRequest(_) => "bad_request",
+            Rejection::Draining => "draining",
+            Rejection::UpstreamsDown => "upstreams_down",
+            Rejection::UpstreamUnreachable => "upstream_unreachable",
+            Rejection::UpstreamTimeout => "upstream_timeout",
+            Rejection::UpstreamBadHandshake => "upstream_bad_handshake",
+            Rejection::UpstreamStatus(_) => "upstream_status",
+            Rejection::NameTaken => "name_taken",
+            Rejection::HubFull => "hub_full",
+            Rejection::PlainHttp => "plain_http",
+            Rejection::ConnectDisabled => "connect_disabled",
+        }
+    }
+
+    /// Short body text. Says what is wrong, nothing internal. (An upstream
+    /// status goes out with the member's own body instead.)
+    pub fn message(self) -> &'static str {
+        match self {
+            Rejection::NoRoute => "no route for this host and path",
+            Rejection::NotWebSocket => "this path serves WebSocket upgrades only",
+            Rejection::Method => "a WebSocket upgrade must be a GET",
+            Rejection::Version => "only WebSocket version 13 is supported",
+            Rejection::BadRequest(why) => why,
+            Rejection::Draining => "shutting down",
+            Rejection::UpstreamsDown => "no upstream available",
+            Rejection::UpstreamUnreachable => "upstream unreachable",
+            Rejection::UpstreamTimeout => "upstream timed out",
+            Rejection::UpstreamBadHandshake | Rejection::UpstreamStatus(_) => {
+                "upstream refused the WebSocket upgrade"
+            }
+            Rejection::NameTaken => "that name is already connected",
+            Rejection::HubFull => "the hub is at its channel limit",
+            Rejection::PlainHttp => {
+                "this port speaks TLS (https://, wss://); plain HTTP is for CONNECT only"
+            }
+            Rejection::ConnectDisabled => "CONNECT is not served here",
+        }
+    }
+}
+
+/// Failures before any HTTP request was read, counted by reason in
+/// `wsgate_handshake_failures_total` / `wsgate_tls_handshake_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyFailure {
+    TlsTimeout,
+    TlsError,
+    HeadTimeout,
+    HeadTooLarge,
+    HeadMalformed,
+}
+
+impl EarlyFailure {
+    pub fn label(self) -> &'static str {
+        match self {
+            EarlyFailure::TlsTimeout | EarlyFailure::HeadTimeout => "timeout",
+            EarlyFailure::TlsError => "error",
+            EarlyFailure::HeadTooLarge => "head_too_large",
+            EarlyFailure::HeadMalformed => "malformed",
+        }
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, EarlyFailure::TlsTimeout | EarlyFailure::TlsError)
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejection_table() {
+        let table = [
+            (Rejection::NoRoute, 404, "no_route"),
+            (Rejection::NotWebSocket, 426, "not_websocket"),
+            (Rejection::Method, 405, "method"),
+            (Rejection::Version, 426, "version"),
+            (Rejection::BadRequest("x"), 400, "bad_request"),
+            (Rejection::Draining, 503, "draining"),
+            (Rejection::UpstreamsDown, 503, "upstreams_down"),
+            (Rejection::UpstreamUnreachable, 502, "upstream_unreachable"),
+            (Rejection::UpstreamTimeout, 504, "upstream_timeout"),
+            (
+                Rejection::UpstreamBadHandshake,
+                502,
+                "upstream_bad_handshake",
+            ),
+            (
+                Rejection::UpstreamStatus(StatusCode::FORBIDDEN),
+                403,
+                "upstream_status",
+            ),
+            (Rejection::NameTaken, 409, "name_taken"),
+            (Rejection::HubFull, 503, "hub_full"),
+            (Rejection::PlainHttp, 400, "plain_http"),
+            (Rejection::ConnectDisabled, 405, "connect_disabled"),
+        ];
+        for (r, status, label) in table {
+            assert_eq!(r.status().as_u16(), status, "{r:?}");
+            assert_eq!(r.label(), label);
+        }
+    }
+
+    #[test]
+    fn early_failure_table() {
+        let table = [
+            (EarlyFailure::TlsTimeout, "timeout", true),
+            (EarlyFailure::TlsError, "error", true),
+            (EarlyFailure::HeadTimeout, "timeout", false),
+            (EarlyFailure::HeadTooLarge, "head_too_large", false),
+            (EarlyFailure::HeadMalformed, "malformed", false),
+        ];
+        for (f, label, tls) in table {
+            assert_eq!(f.label(), label, "{f:?}");
+            assert_eq!(f.is_tls(), tls, "{f:?}");
+        }
+    }
+}
