@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{Certs, certs, start_with, within};
+use common::{Certs, Gateway, certs, within};
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::ServerName;
 use rustls_pki_types::pem::PemObject;
@@ -21,19 +21,6 @@ async fn echo_once(ws: &mut common::Ws) {
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping?"));
 }
 
-fn sni_config(default: &Certs, sni: &[(&str, &Certs)]) -> String {
-    let entries: String = sni
-        .iter()
-        .map(|(host, c)| {
-            format!(
-                "[[tls.sni]]\nhost = {host:?}\ncert = {:?}\nkey = {:?}\n",
-                c.cert, c.key
-            )
-        })
-        .collect();
-    common::config_text(default, "", &entries)
-}
-
 #[tokio::test]
 async fn sni_picks_the_certificate_and_a_wrong_ca_fails() {
     within(20, async {
@@ -41,8 +28,12 @@ async fn sni_picks_the_certificate_and_a_wrong_ca_fails() {
         let b = certs(&["b.test"]);
         let w = certs(&["x.w.test"]);
         let (b_ca, w_ca) = (b.ca.clone(), w.ca.clone());
-        let text = sni_config(&a, &[("b.test", &b), ("*.w.test", &w)]);
-        let gw = start_with(a, &text).await;
+        let gw = Gateway::builder()
+            .with_certs(a)
+            .sni("b.test", &b)
+            .sni("*.w.test", &w)
+            .start()
+            .await;
         let a_ca = gw.certs.ca.clone();
 
         // Each name gets its own certificate: only that certificate's CA verifies it.
@@ -107,8 +98,7 @@ async fn gen_cert_output_works_by_name_and_by_ip() {
             key: dir.path().join("key.pem"),
             dir,
         };
-        let text = common::config_text(&c, "", "");
-        let gw = start_with(c, &text).await;
+        let gw = Gateway::builder().with_certs(c).start().await;
         for name in ["localhost", "127.0.0.1"] {
             let mut ws = common::ws_connect(gw.addr, name, "/echo", &gw.certs.ca)
                 .await
@@ -122,7 +112,7 @@ async fn gen_cert_output_works_by_name_and_by_ip() {
 #[tokio::test]
 async fn tls12_clients_and_alpn() {
     within(20, async {
-        let gw = common::start("").await;
+        let gw = Gateway::builder().start().await;
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(
             rustls_pki_types::CertificateDer::pem_file_iter(&gw.certs.ca)
