@@ -14,7 +14,6 @@ use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::config::{CertPair, TlsConfig};
 
 async fn echo_once(ws: &mut common::Ws) {
     ws.send(Message::text("ping?")).await.unwrap();
@@ -159,15 +158,10 @@ fn openssl(args: &[&str]) {
     );
 }
 
-fn tls_config(cert: &Path, key: &Path) -> TlsConfig {
-    TlsConfig {
-        default: CertPair {
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-        },
-        sni: vec![],
-        self_signed_if_missing: false,
-    }
+/// Start-up's checks (`wsgate::preflight`) on a config whose default
+/// certificate is `cert` and `key`: each issue names its key.
+fn server_config(cert: &Path, key: &Path) -> Result<(), wsgate::Error> {
+    wsgate::preflight(&Gateway::builder().tls_files(cert, key).config())
 }
 
 #[test]
@@ -182,7 +176,7 @@ fn key_formats_and_mismatches() {
             .unwrap()
             .contains("BEGIN EC PRIVATE KEY")
     );
-    assert!(wsgate::tls::server_config(&tls_config(&c.cert, &d.join("sec1.pem"))).is_ok());
+    assert!(server_config(&c.cert, &d.join("sec1.pem")).is_ok());
     // PKCS#1 RSA key with its own certificate.
     openssl(&[
         "req",
@@ -212,13 +206,11 @@ fn key_formats_and_mismatches() {
             .unwrap()
             .contains("BEGIN RSA PRIVATE KEY")
     );
-    assert!(
-        wsgate::tls::server_config(&tls_config(&d.join("rsa.crt"), &d.join("rsa1.pem"))).is_ok()
-    );
+    assert!(server_config(&d.join("rsa.crt"), &d.join("rsa1.pem")).is_ok());
     // A key that does not belong to the certificate is refused, naming tls.key.
-    let err = wsgate::tls::server_config(&tls_config(&c.cert, &d.join("rsa1.pem"))).unwrap_err();
+    let wsgate::Error::Config(err) = server_config(&c.cert, &d.join("rsa1.pem")).unwrap_err();
     assert_eq!(err[0].key, "tls.key", "{err:?}");
     // A file with no certificate in it names tls.cert.
-    let err = wsgate::tls::server_config(&tls_config(&c.key, &c.key)).unwrap_err();
+    let wsgate::Error::Config(err) = server_config(&c.key, &c.key).unwrap_err();
     assert_eq!(err[0].key, "tls.cert", "{err:?}");
 }

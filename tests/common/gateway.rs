@@ -74,6 +74,8 @@ impl Route {
 /// added here, an echo route on `/echo`.
 pub struct Gateway {
     certs: Certs,
+    /// Default certificate and key files other than `certs`' own.
+    tls_files: Option<(PathBuf, PathBuf)>,
     sections: Table,
     sni: Vec<Value>,
     routes: Vec<Route>,
@@ -83,6 +85,7 @@ impl Gateway {
     pub fn builder() -> Gateway {
         Gateway {
             certs: certs(&["localhost", "127.0.0.1"]),
+            tls_files: None,
             sections: Table::new(),
             sni: Vec::new(),
             routes: Vec::new(),
@@ -92,6 +95,13 @@ impl Gateway {
     /// Serve this certificate (the gateway keeps it, and its directory).
     pub fn with_certs(mut self, certs: Certs) -> Gateway {
         self.certs = certs;
+        self
+    }
+
+    /// Name these files as `tls.cert` and `tls.key` (a test that checks
+    /// what the gateway makes of them keeps them).
+    pub fn tls_files(mut self, cert: &Path, key: &Path) -> Gateway {
+        self.tls_files = Some((cert.to_owned(), key.to_owned()));
         self
     }
 
@@ -153,9 +163,13 @@ impl Gateway {
 
     fn document(&self) -> Table {
         let mut doc = self.sections.clone();
+        let (cert, key) = match &self.tls_files {
+            Some((cert, key)) => (cert, key),
+            None => (&self.certs.cert, &self.certs.key),
+        };
         let mut tls = Section::default()
-            .set("cert", path(&self.certs.cert))
-            .set("key", path(&self.certs.key));
+            .set("cert", path(cert))
+            .set("key", path(key));
         if !self.sni.is_empty() {
             tls = tls.set("sni", self.sni.clone());
         }
