@@ -14,7 +14,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{certs, config_text, start_with, within};
+use common::{Gateway, Route, within};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 
@@ -48,13 +48,19 @@ async fn autobahn_fuzzingclient_passes_on_echo_and_relay() {
     });
     within(1500, async {
         let backend = echo_backend().await;
-        let certs = certs(&["localhost", "127.0.0.1"]);
         // 16 MiB messages (cases 9.1.6, 9.2.6) must fit; no gateway pings or
         // idle closes to interleave with the cases.
-        let limits = "max_message_size = \"17MiB\"\nmax_frame_size = \"17MiB\"\nping_interval = \"off\"\nidle_timeout = \"off\"\nclose_timeout = \"2s\"";
-        let routes = format!("[[routes]]\npath = \"/relay\"\nkind = \"upstream\"\nupstreams = [\"ws://{backend}\"]\n");
-        let text = config_text(&certs, limits, &routes);
-        let gw = start_with(certs, &text).await;
+        let gw = Gateway::builder()
+            .limits(|l| {
+                l.set("max_message_size", "17MiB")
+                    .set("max_frame_size", "17MiB")
+                    .set("ping_interval", "off")
+                    .set("idle_timeout", "off")
+                    .set("close_timeout", "2s")
+            })
+            .route(Route::upstream("/relay", [format!("ws://{backend}")]))
+            .start()
+            .await;
 
         let dir = tempfile::tempdir().unwrap();
         let reports = dir.path().join("reports");

@@ -183,9 +183,9 @@ fn the_kubernetes_manifests_agree_on_ports_probes_and_paths() {
     // and lets the drain finish within the grace period.
     let configmap = &yaml("k8s/configmap.yaml")[0];
     let config = validate(configmap["data"]["wsgate.toml"].as_str().unwrap());
-    assert_eq!(config.listen.addr.port() as i64, ports["wss"]);
-    assert_eq!(config.admin.addr.port() as i64, ports["admin"]);
-    assert!((config.limits.drain_timeout.as_secs() as i64) < grace);
+    assert_eq!(port(&config, "listen") as i64, ports["wss"]);
+    assert_eq!(port(&config, "admin") as i64, ports["admin"]);
+    assert!((drain_timeout(&config).as_secs() as i64) < grace);
 
     // Both Services point at named container ports that exist.
     let services = yaml("k8s/service.yaml");
@@ -247,7 +247,7 @@ fn compose_prometheus_and_the_image_agree() {
     );
     // The compose config is valid, and its upstream is the backend service.
     let config = validate(&read("compose/wsgate.toml"));
-    assert_eq!(config.listen.addr.port(), 8443);
+    assert_eq!(port(&config, "listen"), 8443);
     let backend = read("example-backend/echo.py");
     assert!(backend.contains("9000") && read("compose/wsgate.toml").contains("ws://backend:9000"));
     // Grafana is provisioned with the dashboard and Prometheus.
@@ -276,7 +276,7 @@ fn compose_prometheus_and_the_image_agree() {
     let image_config = validate(&read("wsgate.toml"));
     assert!(dockerfile.contains(&format!(
         "http://127.0.0.1:{}/healthz",
-        image_config.admin.addr.port()
+        port(&image_config, "admin")
     )));
     assert!(dockerfile.contains("USER wsgate") && dockerfile.contains("cap_net_bind_service"));
     let unit = read("systemd/wsgate.service");
@@ -287,8 +287,9 @@ fn compose_prometheus_and_the_image_agree() {
 }
 
 /// Validate a config from deploy/, with its certificate paths pointed at
-/// test certificates (the real ones are the operator's).
-fn validate(text: &str) -> Config {
+/// test certificates (the real ones are the operator's); returns the
+/// effective config as `check-config` prints it (every key, defaults in).
+fn validate(text: &str) -> toml::Table {
     let certs = common::certs(&["localhost"]);
     let env: HashMap<String, String> = [
         ("WSGATE__TLS__CERT", certs.cert.to_str().unwrap()),
@@ -297,5 +298,20 @@ fn validate(text: &str) -> Config {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    Config::load(ConfigSource::Text(text), Some(env)).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    let config =
+        Config::load(ConfigSource::Text(text), Some(env)).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let effective = config.to_string();
+    effective
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}\n{effective}"))
+}
+
+/// The port of a listener (`listen` or `admin`) in an effective config.
+fn port(config: &toml::Table, listener: &str) -> u16 {
+    let addr = config[listener]["addr"].as_str().unwrap();
+    addr.parse::<std::net::SocketAddr>().unwrap().port()
+}
+
+fn drain_timeout(config: &toml::Table) -> std::time::Duration {
+    humantime::parse_duration(config["limits"]["drain_timeout"].as_str().unwrap()).unwrap()
 }

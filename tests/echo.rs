@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Ws, start, within};
+use common::{Gateway, Ws, next_close, next_data, within};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -10,30 +10,15 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
-async fn next_data(ws: &mut Ws) -> Message {
-    loop {
-        match ws.next().await.expect("stream open").expect("no error") {
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => return other,
-        }
-    }
-}
-
+/// The server's Close, which must carry a code.
 async fn expect_close(ws: &mut Ws) -> CloseFrame {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Close(Some(frame)))) => return frame,
-            Some(Ok(Message::Close(None))) => panic!("close without a code"),
-            Some(Ok(_)) => continue,
-            other => panic!("expected a Close frame, got {other:?}"),
-        }
-    }
+    next_close(ws).await.expect("close without a code")
 }
 
 #[tokio::test]
 async fn echoes_text_binary_empty_and_large_messages() {
     within(30, async {
-        let gw = start("").await;
+        let gw = Gateway::builder().start().await;
         let mut ws = gw.ws("/echo").await;
         let large: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
         let messages = vec![
@@ -65,7 +50,7 @@ async fn echoes_text_binary_empty_and_large_messages() {
 #[tokio::test]
 async fn fragmented_messages_come_back_whole() {
     within(10, async {
-        let gw = start("").await;
+        let gw = Gateway::builder().start().await;
         let mut ws = gw.ws("/echo").await;
         ws.send(Message::Frame(Frame::message(
             "frag",
@@ -121,7 +106,7 @@ async fn fragmented_messages_come_back_whole() {
 #[tokio::test]
 async fn close_is_answered_with_the_same_code() {
     within(10, async {
-        let gw = start("").await;
+        let gw = Gateway::builder().start().await;
         let mut ws = gw.ws("/echo").await;
         ws.send(Message::text("before")).await.unwrap();
         ws.close(Some(CloseFrame {
@@ -143,7 +128,10 @@ async fn close_is_answered_with_the_same_code() {
 #[tokio::test]
 async fn oversize_messages_close_with_1009() {
     within(10, async {
-        let gw = start("max_message_size = \"1KiB\"").await;
+        let gw = Gateway::builder()
+            .limits(|l| l.set("max_message_size", "1KiB"))
+            .start()
+            .await;
         // One frame over the limit: refused from its header.
         let mut ws = gw.ws("/echo").await;
         ws.send(Message::binary(vec![7u8; 1024])).await.unwrap();
@@ -175,7 +163,10 @@ async fn oversize_messages_close_with_1009() {
 #[tokio::test]
 async fn pings_keep_an_answering_client_alive() {
     within(10, async {
-        let gw = start("ping_interval = \"100ms\"").await;
+        let gw = Gateway::builder()
+            .limits(|l| l.set("ping_interval", "100ms"))
+            .start()
+            .await;
         let mut ws = gw.ws("/echo").await;
         // tungstenite answers each ping as it reads on; three pings means the
         // session outlived two ping deadlines.
@@ -194,7 +185,13 @@ async fn pings_keep_an_answering_client_alive() {
 #[tokio::test]
 async fn a_silent_peer_is_pinged_then_dropped() {
     within(10, async {
-        let gw = start("ping_interval = \"100ms\"\nclose_timeout = \"200ms\"").await;
+        let gw = Gateway::builder()
+            .limits(|l| {
+                l.set("ping_interval", "100ms")
+                    .set("close_timeout", "200ms")
+            })
+            .start()
+            .await;
         // A raw client: completes the upgrade, then never answers anything.
         let mut tls = gw.raw_upgrade("/echo").await;
         let (opcodes, close_code) = common::read_until_close(&mut tls).await;
@@ -210,7 +207,10 @@ async fn a_silent_peer_is_pinged_then_dropped() {
 #[tokio::test]
 async fn idle_sessions_are_closed_with_1001() {
     within(10, async {
-        let gw = start("idle_timeout = \"200ms\"\nping_interval = \"off\"").await;
+        let gw = Gateway::builder()
+            .limits(|l| l.set("idle_timeout", "200ms").set("ping_interval", "off"))
+            .start()
+            .await;
         let mut ws = gw.ws("/echo").await;
         ws.send(Message::text("x")).await.unwrap();
         assert_eq!(next_data(&mut ws).await, Message::text("x"));
@@ -239,7 +239,7 @@ fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn protocol_violations_close_1002_and_bad_utf8_1007() {
     within(10, async {
-        let gw = start("").await;
+        let gw = Gateway::builder().start().await;
         // Unmasked client frame.
         assert_eq!(close_code_for(&gw, &[0x81, 0x02, b'h', b'i']).await, 1002);
         // Reserved bit set (no extension negotiated).

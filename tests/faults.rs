@@ -7,11 +7,11 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::backend::{Backend, Options};
-use common::{certs, config_text, start_with, wait_for_metric, within};
+use common::backend::Backend;
+use common::{Gateway, Route, certs, wait_for_metric, within};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -39,21 +39,19 @@ async fn round_trip(ws: &mut common::Ws, text: &str) {
 #[tokio::test]
 async fn sigterm_drains_then_exits_and_a_second_sigterm_exits_at_once() {
     within(30, async {
-        let certs = certs(&["localhost"]);
         let dir = tempfile::tempdir().unwrap();
-        let path = common::binary_config(
-            dir.path(),
-            &certs,
-            "drain_timeout = \"3s\"\nclose_timeout = \"10s\"",
-            "",
-        );
+        let gateway = Gateway::builder()
+            .with_certs(certs(&["localhost"]))
+            .limits(|l| l.set("drain_timeout", "3s").set("close_timeout", "10s"));
+        let path = gateway.write_binary_config(dir.path().join("wsgate.toml"));
+        let certs = gateway.certs();
         let (mut child, addr, admin, _logs) = common::start_binary(&path);
         assert_eq!(common::http_get(admin, "/readyz").await.0, 200);
         let mut ws = common::ws_connect(addr, "localhost", "/echo", &certs.ca)
             .await
             .unwrap();
         // A session that never answers its Close keeps the drain waiting.
-        let running = common::Running::attach(addr, admin, &certs);
+        let running = common::Running::attach(addr, admin, certs);
         let _stuck = running.raw_upgrade("/echo").await;
 
         let started = Instant::now();
@@ -81,7 +79,7 @@ async fn sigterm_drains_then_exits_and_a_second_sigterm_exits_at_once() {
 
         // A second SIGTERM does not wait for the drain.
         let (mut child, addr, _admin, logs) = common::start_binary(&path);
-        let running = common::Running::attach(addr, _admin, &certs);
+        let running = common::Running::attach(addr, _admin, certs);
         let _stuck = running.raw_upgrade("/echo").await;
         let started = Instant::now();
         signal(child.id(), "-TERM");
@@ -99,36 +97,46 @@ async fn sigterm_drains_then_exits_and_a_second_sigterm_exits_at_once() {
 #[tokio::test]
 async fn a_backend_killed_and_restarted_is_used_again() {
     within(20, async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let backend_addr = listener.local_addr().unwrap();
-        let mut backend = Backend::start(listener, Options::default());
-        let certs = certs(&["localhost"]);
-        let routes = format!(
-            "[[routes]]\nname = \"restarted\"\npath = \"/app\"\nkind = \"upstream\"\nupstreams = [\"ws://{backend_addr}\"]\nbackoff = \"50ms\"\nbackoff_max = \"100ms\"\n"
-        );
-        let text = config_text(&certs, "", &routes);
-        let gw = start_with(certs, &text).await;
+        let mut backend = Backend::plain().await;
+        let gw = Gateway::builder()
+            .route(
+                Route::upstream("/app", [format!("ws://{}", backend.addr)])
+                    .name("restarted")
+                    .key("backoff", "50ms")
+                    .key("backoff_max", "100ms"),
+            )
+            .start()
+            .await;
         let mut ws = gw.ws("/app").await;
         round_trip(&mut ws, "before").await;
         backend.kill();
-        drop(backend);
         match ws.next().await {
             Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Error),
             other => panic!("expected 1011, got {other:?}"),
         }
-        // Back on the same port: once its backoff passes, sessions work again.
-        let _backend = Backend::start(TcpListener::bind(backend_addr).await.unwrap(), Options::default());
+        // Back on the same port (the killed backend held it): once its
+        // backoff passes, sessions work again.
+        backend.restart();
         let mut served = None;
         for _ in 0..2000 {
-            if let Ok(ws) = common::ws_connect(gw.addr, "localhost", "/app", &gw.certs.ca).await {
+            if let Ok(ws) = gw.try_ws("/app").await {
                 served = Some(ws);
                 break;
             }
             tokio::task::yield_now().await;
         }
-        round_trip(served.as_mut().expect("the restarted backend serves"), "after").await;
+        round_trip(
+            served.as_mut().expect("the restarted backend serves"),
+            "after",
+        )
+        .await;
         drop(served);
-        wait_for_metric(&gw, "wsgate_connections_active{route=\"restarted\",kind=\"upstream\"}", 0.0).await;
+        wait_for_metric(
+            &gw,
+            "wsgate_connections_active{route=\"restarted\",kind=\"upstream\"}",
+            0.0,
+        )
+        .await;
     })
     .await
 }
@@ -136,13 +144,10 @@ async fn a_backend_killed_and_restarted_is_used_again() {
 #[tokio::test]
 async fn a_client_reset_mid_frame_ends_only_its_session() {
     within(20, async {
-        let certs = certs(&["localhost"]);
-        let text = config_text(
-            &certs,
-            "",
-            "[[routes]]\nname = \"reset\"\npath = \"/reset\"\nkind = \"echo\"\n",
-        );
-        let gw = start_with(certs, &text).await;
+        let gw = Gateway::builder()
+            .route(Route::echo("/reset").name("reset"))
+            .start()
+            .await;
         let mut bystander = gw.ws("/reset").await;
         let mut tls = gw.raw_upgrade("/reset").await;
         // Half a masked frame header, then a reset (linger 0).
@@ -167,12 +172,12 @@ async fn a_client_reset_mid_frame_ends_only_its_session() {
 #[tokio::test]
 async fn a_storm_of_connections_opened_and_dropped_leaves_nothing_behind() {
     within(120, async {
-        let certs = certs(&["localhost"]);
         let dir = tempfile::tempdir().unwrap();
-        let path = common::binary_config(dir.path(), &certs, "", "");
+        let gateway = Gateway::builder().with_certs(certs(&["localhost"]));
+        let path = gateway.write_binary_config(dir.path().join("wsgate.toml"));
         let (mut child, addr, admin, _logs) = common::start_binary(&path);
         let pid = child.id();
-        let running = common::Running::attach(addr, admin, &certs);
+        let running = common::Running::attach(addr, admin, gateway.certs());
         // Warm up, then take the baseline.
         for _ in 0..50 {
             let mut ws = running.ws("/echo").await;
@@ -238,21 +243,19 @@ async fn a_storm_of_connections_opened_and_dropped_leaves_nothing_behind() {
 #[tokio::test]
 async fn a_new_gateway_starts_on_the_same_port_while_the_old_one_drains() {
     within(30, async {
-        let certs = certs(&["localhost"]);
         let dir = tempfile::tempdir().unwrap();
-        let path = common::binary_config(dir.path(), &certs, "drain_timeout = \"2s\"", "");
+        let gateway = Gateway::builder()
+            .with_certs(certs(&["localhost"]))
+            .limits(|l| l.set("drain_timeout", "2s"));
+        let path = gateway.write_binary_config(dir.path().join("wsgate.toml"));
         let (mut old, addr, _admin, _old_logs) = common::start_binary(&path);
-        let mut session = common::ws_connect(addr, "localhost", "/echo", &certs.ca)
+        let mut session = common::ws_connect(addr, "localhost", "/echo", &gateway.certs().ca)
             .await
             .unwrap();
         // The new one binds the very same address (SO_REUSEPORT on both).
-        let same_port = dir.path().join("same.toml");
-        let text = std::fs::read_to_string(&path).unwrap().replacen(
-            "addr = \"127.0.0.1:0\"",
-            &format!("addr = \"{addr}\""),
-            1,
-        );
-        std::fs::write(&same_port, text).unwrap();
+        let gateway = gateway.listen(|l| l.set("addr", addr.to_string()));
+        let same_port = gateway.write_binary_config(dir.path().join("same.toml"));
+        let certs = gateway.certs();
         let (mut new, new_addr, _new_admin, _new_logs) = common::start_binary(&same_port);
         assert_eq!(new_addr, addr);
         // The old one drains: its session gets 1001 and it exits...

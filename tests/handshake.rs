@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start, status_of, upgrade_request, within};
+use common::{Gateway, status_of, upgrade_request, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -13,7 +13,10 @@ use tokio::time::Instant;
 #[tokio::test]
 async fn each_rejection_has_its_status() {
     within(20, async {
-        let gw = start("max_header_size = \"4KiB\"\nmax_headers = 20").await;
+        let gw = Gateway::builder()
+            .limits(|l| l.set("max_header_size", "4KiB").set("max_headers", 20))
+            .start()
+            .await;
         let ok = gw.raw_head(upgrade_request("/echo", "").as_bytes()).await;
         assert_eq!(status_of(&ok), 101, "{ok}");
         assert!(
@@ -96,10 +99,11 @@ async fn each_rejection_has_its_status() {
 #[tokio::test]
 async fn half_a_request_head_is_cut_at_the_deadline() {
     within(10, async {
-        let gw = start("handshake_timeout = \"300ms\"").await;
-        let mut tls = common::tls_connect(gw.addr, "localhost", &gw.certs.ca)
-            .await
-            .unwrap();
+        let gw = Gateway::builder()
+            .limits(|l| l.set("handshake_timeout", "300ms"))
+            .start()
+            .await;
+        let mut tls = gw.tls().await.unwrap();
         let started = Instant::now();
         tls.write_all(b"GET /echo HTTP/1.1\r\nHost: localhost\r\n")
             .await
@@ -119,7 +123,10 @@ async fn half_a_request_head_is_cut_at_the_deadline() {
 #[tokio::test]
 async fn a_silent_tcp_client_is_cut_at_the_deadline() {
     within(10, async {
-        let gw = start("handshake_timeout = \"300ms\"").await;
+        let gw = Gateway::builder()
+            .limits(|l| l.set("handshake_timeout", "300ms"))
+            .start()
+            .await;
         let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
         let started = Instant::now();
         let mut out = Vec::new();

@@ -5,79 +5,59 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Running, Ws, certs, config_text, start_with, within};
+use bytes::Bytes;
+use common::{Gateway, Route, Running, Ws, next_data, within};
 use futures_util::{SinkExt, StreamExt};
+use http_body_util::Full;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 const TOKEN: &str = "test-token-0123456789";
 
-const ROUTES: &str = r#"
-[hub]
-api_tokens = ["test-token-0123456789"]
-history_size = 50
-
-[[routes]]
-name = "room"
-path = "/room"
-kind = "hub"
-protocol = "raw"
-channel = "lobby"
-direct_field = "dst"
-
-[[routes]]
-name = "rooms"
-path = "/rooms"
-kind = "hub"
-protocol = "raw"
-channel_from_path = true
-
-[[routes]]
-name = "hub"
-path = "/hub"
-kind = "hub"
-names = "unique"
-presence_events = true
-publish_rate = 100000
-publish_burst = 100000
-
-[[routes]]
-name = "fast"
-path = "/fast"
-kind = "hub"
-queue_messages = 100000
-queue_bytes = "1GiB"
-publish_rate = 100000
-publish_burst = 100000
-
-[[routes]]
-name = "slow"
-path = "/slow"
-kind = "hub"
-queue_messages = 8
-"#;
-
-async fn gateway(limits: &str, routes: &str) -> Running {
-    let certs = certs(&["localhost"]);
-    let text = config_text(&certs, limits, routes);
-    start_with(certs, &text).await
-}
-
-/// The next text or binary message, skipping pings and pongs.
-async fn next(ws: &mut Ws) -> Message {
-    loop {
-        match ws.next().await.expect("open").expect("no error") {
-            Message::Ping(_) | Message::Pong(_) => continue,
-            m => return m,
-        }
-    }
+/// A gateway with the hub's API token, `history_size`, and its routes: raw
+/// rooms (one fixed, one from the path), a JSON route with unique names and
+/// presence, a fast route and a slow one.
+fn hub_gateway(history_size: i64) -> Gateway {
+    Gateway::builder()
+        .hub(|h| {
+            h.set("api_tokens", vec![TOKEN])
+                .set("history_size", history_size)
+        })
+        .route(
+            Route::hub("/room")
+                .name("room")
+                .key("protocol", "raw")
+                .key("channel", "lobby")
+                .key("direct_field", "dst"),
+        )
+        .route(
+            Route::hub("/rooms")
+                .name("rooms")
+                .key("protocol", "raw")
+                .key("channel_from_path", true),
+        )
+        .route(
+            Route::hub("/hub")
+                .name("hub")
+                .key("names", "unique")
+                .key("presence_events", true)
+                .key("publish_rate", 100000)
+                .key("publish_burst", 100000),
+        )
+        .route(
+            Route::hub("/fast")
+                .name("fast")
+                .key("queue_messages", 100000)
+                .key("queue_bytes", "1GiB")
+                .key("publish_rate", 100000)
+                .key("publish_burst", 100000),
+        )
+        .route(Route::hub("/slow").name("slow").key("queue_messages", 8))
 }
 
 async fn next_json(ws: &mut Ws) -> Value {
-    match next(ws).await {
+    match next_data(ws).await {
         Message::Text(t) => serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t}")),
         other => panic!("expected a JSON text frame, got {other:?}"),
     }
@@ -106,7 +86,7 @@ async fn subscribe(ws: &mut Ws, channel: &str, id: u64) -> Value {
     next_json(ws).await
 }
 
-/// POST to the admin API; returns (status, body).
+/// A request to the hub's HTTP API on the admin listener; returns (status, body).
 async fn api(
     gw: &Running,
     method: &str,
@@ -115,30 +95,23 @@ async fn api(
     content_type: &str,
     body: &[u8],
 ) -> (u16, String) {
-    let mut tcp = TcpStream::connect(gw.admin).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(body).await.unwrap();
-    let mut out = Vec::new();
-    tcp.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (common::status_of(&text), body)
+    let mut request = common::request(method.parse().unwrap(), gw.admin_addr, path)
+        .header("content-type", content_type);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    gw.admin_request(
+        request
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .unwrap(),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn a_raw_room_reaches_every_other_member_and_direct_frames_one() {
     within(20, async {
-        let gw = gateway("", ROUTES).await;
+        let gw = hub_gateway(50).start().await;
         let mut ann = gw.ws("/room?name=ann").await;
         let mut bob = gw.ws("/room?name=bob").await;
         let mut cy = gw.ws("/room?name=cy").await;
@@ -146,37 +119,37 @@ async fn a_raw_room_reaches_every_other_member_and_direct_frames_one() {
         // messages reach every member in the same order, so a client that got
         // its own message back would see it first.
         ann.send(Message::text("from ann")).await.unwrap();
-        assert_eq!(next(&mut bob).await, Message::text("from ann"));
-        assert_eq!(next(&mut cy).await, Message::text("from ann"));
+        assert_eq!(next_data(&mut bob).await, Message::text("from ann"));
+        assert_eq!(next_data(&mut cy).await, Message::text("from ann"));
         bob.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
-        assert_eq!(next(&mut ann).await, Message::binary(vec![1u8, 2, 3]));
-        assert_eq!(next(&mut cy).await, Message::binary(vec![1u8, 2, 3]));
+        assert_eq!(next_data(&mut ann).await, Message::binary(vec![1u8, 2, 3]));
+        assert_eq!(next_data(&mut cy).await, Message::binary(vec![1u8, 2, 3]));
         cy.send(Message::text("from cy")).await.unwrap();
-        assert_eq!(next(&mut ann).await, Message::text("from cy"));
-        assert_eq!(next(&mut bob).await, Message::text("from cy"));
+        assert_eq!(next_data(&mut ann).await, Message::text("from cy"));
+        assert_eq!(next_data(&mut bob).await, Message::text("from cy"));
 
         // A Qt chat client's direct frame goes, unchanged, to the one named.
         let direct = r#"{"src":"ann","dst":"cy","msg":"psst"}"#;
         ann.send(Message::text(direct)).await.unwrap();
-        assert_eq!(next(&mut cy).await, Message::text(direct));
+        assert_eq!(next_data(&mut cy).await, Message::text(direct));
         ann.send(Message::text("to all")).await.unwrap();
         assert_eq!(
-            next(&mut bob).await,
+            next_data(&mut bob).await,
             Message::text("to all"),
             "bob never saw the direct frame"
         );
-        assert_eq!(next(&mut cy).await, Message::text("to all"));
+        assert_eq!(next_data(&mut cy).await, Message::text("to all"));
 
         // Rooms from the path are separate channels.
         let mut a = gw.ws("/rooms/blue?name=a").await;
         let mut b = gw.ws("/rooms/blue?name=b").await;
         let mut c = gw.ws("/rooms/red?name=c").await;
         a.send(Message::text("blue only")).await.unwrap();
-        assert_eq!(next(&mut b).await, Message::text("blue only"));
+        assert_eq!(next_data(&mut b).await, Message::text("blue only"));
         c.send(Message::text("red")).await.unwrap();
         b.send(Message::text("blue again")).await.unwrap();
         assert_eq!(
-            next(&mut a).await,
+            next_data(&mut a).await,
             Message::text("blue again"),
             "a never saw red"
         );
@@ -187,7 +160,7 @@ async fn a_raw_room_reaches_every_other_member_and_direct_frames_one() {
 #[tokio::test]
 async fn the_json_protocol_answers_every_request() {
     within(20, async {
-        let gw = gateway("", ROUTES).await;
+        let gw = hub_gateway(50).start().await;
         let mut ann = json_client(&gw, "/hub", "ann").await;
         let mut bob = json_client(&gw, "/hub", "bob").await;
 
@@ -323,14 +296,10 @@ async fn the_json_protocol_answers_every_request() {
         );
 
         // Names: unique on this route (409), and validated (400).
-        let taken = gw
-            .raw(common::upgrade_request("/hub?name=ann", "").as_bytes())
-            .await;
-        assert_eq!(common::status_of(&taken), 409, "{taken}");
-        let bad = gw
-            .raw(common::upgrade_request("/hub?name=a%20b", "").as_bytes())
-            .await;
-        assert_eq!(common::status_of(&bad), 400, "{bad}");
+        let (status, taken) = gw.upgrade("/hub?name=ann").await;
+        assert_eq!(status, 409, "{taken}");
+        let (status, bad) = gw.upgrade("/hub?name=a%20b").await;
+        assert_eq!(status, 400, "{bad}");
         // Without a name a client is a guest.
         let mut guest = gw.ws("/hub").await;
         let welcome = next_json(&mut guest).await;
@@ -345,7 +314,7 @@ async fn the_json_protocol_answers_every_request() {
 #[tokio::test]
 async fn resume_replays_exactly_what_was_missed_or_reports_a_gap() {
     within(20, async {
-        let gw = gateway("", ROUTES).await;
+        let gw = hub_gateway(50).start().await;
         let publish = |n: u64| {
             let gw = &gw;
             async move {
@@ -407,8 +376,7 @@ async fn resume_replays_exactly_what_was_missed_or_reports_a_gap() {
 #[tokio::test]
 async fn a_since_older_than_the_history_is_a_gap() {
     within(20, async {
-        let routes = ROUTES.replace("history_size = 50", "history_size = 3");
-        let gw = gateway("", &routes).await;
+        let gw = hub_gateway(3).start().await;
         for n in 1..=10 {
             let body = format!("{n}");
             let (status, _) = api(
@@ -467,7 +435,7 @@ async fn a_since_older_than_the_history_is_a_gap() {
 #[tokio::test]
 async fn the_http_api_needs_a_token_and_publishes_sends_and_lists() {
     within(20, async {
-        let gw = gateway("", ROUTES).await;
+        let gw = hub_gateway(50).start().await;
         let mut ann = json_client(&gw, "/hub", "ann").await;
         subscribe(&mut ann, "ticker", 1).await;
         let mut raw = gw.ws("/room?name=rawbob").await;
@@ -543,7 +511,10 @@ async fn the_http_api_needs_a_token_and_publishes_sends_and_lists() {
         )
         .await;
         assert_eq!(status, 200);
-        assert_eq!(next(&mut raw).await, Message::binary(vec![0u8, 159, 255]));
+        assert_eq!(
+            next_data(&mut raw).await,
+            Message::binary(vec![0u8, 159, 255])
+        );
 
         let (status, body) = api(
             &gw,
@@ -614,11 +585,14 @@ async fn the_http_api_needs_a_token_and_publishes_sends_and_lists() {
 #[tokio::test]
 async fn a_slow_consumer_is_closed_while_the_others_get_everything_in_order() {
     within(60, async {
-        let gw = gateway("close_timeout = \"30s\"", ROUTES).await;
+        let gw = hub_gateway(50)
+            .limits(|l| l.set("close_timeout", "30s"))
+            .start()
+            .await;
         let mut fast = json_client(&gw, "/fast", "fast").await;
         subscribe(&mut fast, "firehose", 1).await;
         // Never reads (for now); a small, fixed receive buffer.
-        let mut slow = common::ws_small_rcvbuf(&gw, "/slow?name=slow").await;
+        let mut slow = gw.ws_small_rcvbuf("/slow?name=slow").await;
         send_json(&mut slow, json!({"type":"subscribe","channel":"firehose"})).await;
         let mut publisher = json_client(&gw, "/fast", "pub").await;
         // Far more than the slow client's socket buffers and its 8-message
@@ -672,7 +646,10 @@ async fn a_slow_consumer_is_closed_while_the_others_get_everything_in_order() {
 #[tokio::test]
 async fn five_thousand_subscribers_all_receive_a_publish() {
     within(240, async {
-        let gw = gateway("max_connections = 6000", ROUTES).await;
+        let gw = hub_gateway(50)
+            .limits(|l| l.set("max_connections", 6000))
+            .start()
+            .await;
         const N: usize = 5000;
         let mut clients = Vec::with_capacity(N);
         for chunk in 0..N / 100 {
@@ -718,25 +695,24 @@ async fn five_thousand_subscribers_all_receive_a_publish() {
 #[tokio::test]
 async fn per_client_limits_answer_with_errors_or_1008() {
     within(20, async {
-        let routes = r#"
-[[routes]]
-name = "tight"
-path = "/tight"
-kind = "hub"
-max_channels_per_client = 2
-publish_rate = 0.001
-publish_burst = 2
-
-[[routes]]
-name = "echoroom"
-path = "/echoroom"
-kind = "hub"
-protocol = "raw"
-echo = true
-publish_rate = 0.001
-publish_burst = 3
-"#;
-        let gw = gateway("", routes).await;
+        let gw = Gateway::builder()
+            .route(
+                Route::hub("/tight")
+                    .name("tight")
+                    .key("max_channels_per_client", 2)
+                    .key("publish_rate", 0.001)
+                    .key("publish_burst", 2),
+            )
+            .route(
+                Route::hub("/echoroom")
+                    .name("echoroom")
+                    .key("protocol", "raw")
+                    .key("echo", true)
+                    .key("publish_rate", 0.001)
+                    .key("publish_burst", 3),
+            )
+            .start()
+            .await;
         let mut ann = json_client(&gw, "/tight", "ann").await;
         assert_eq!(subscribe(&mut ann, "a", 1).await["type"], "ack");
         assert_eq!(subscribe(&mut ann, "b", 2).await["type"], "ack");
@@ -770,7 +746,7 @@ publish_burst = 3
         let mut raw = gw.ws("/echoroom?name=solo").await;
         for n in 0..3 {
             raw.send(Message::text(format!("m{n}"))).await.unwrap();
-            assert_eq!(next(&mut raw).await, Message::text(format!("m{n}")));
+            assert_eq!(next_data(&mut raw).await, Message::text(format!("m{n}")));
         }
         raw.send(Message::text("one too many")).await.unwrap();
         match raw.next().await {

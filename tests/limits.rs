@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start, within};
+use common::{Gateway, within};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -13,13 +13,16 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test]
 async fn the_connection_limit_sheds_fast_and_counts() {
     within(20, async {
-        let gw = start("max_connections = 1").await;
+        let gw = Gateway::builder()
+            .limits(|l| l.set("max_connections", 1))
+            .start()
+            .await;
         let mut first = gw.ws("/echo").await;
         first.send(Message::text("one")).await.unwrap();
         assert_eq!(first.next().await.unwrap().unwrap(), Message::text("one"));
 
         let started = Instant::now();
-        let refused = common::ws_connect(gw.addr, "localhost", "/echo", &gw.certs.ca).await;
+        let refused = gw.try_ws("/echo").await;
         assert!(refused.is_err(), "second connection must be refused");
         let waited = started.elapsed();
         assert!(waited < Duration::from_secs(2), "refused after {waited:?}");
@@ -39,7 +42,7 @@ async fn the_connection_limit_sheds_fast_and_counts() {
         while first.next().await.is_some() {}
         let mut admitted = None;
         for _ in 0..100 {
-            if let Ok(ws) = common::ws_connect(gw.addr, "localhost", "/echo", &gw.certs.ca).await {
+            if let Ok(ws) = gw.try_ws("/echo").await {
                 admitted = Some(ws);
                 break;
             }
@@ -55,15 +58,14 @@ async fn the_connection_limit_sheds_fast_and_counts() {
 #[tokio::test]
 async fn per_address_connections_and_handshake_rate_are_limited() {
     within(20, async {
-        let gw = start("max_connections_per_ip = 2").await;
+        let gw = Gateway::builder()
+            .limits(|l| l.set("max_connections_per_ip", 2))
+            .start()
+            .await;
         let first = gw.ws("/echo").await;
         let _second = gw.ws("/echo").await;
         let started = Instant::now();
-        assert!(
-            common::ws_connect(gw.addr, "localhost", "/echo", &gw.certs.ca)
-                .await
-                .is_err()
-        );
+        assert!(gw.try_ws("/echo").await.is_err());
         assert!(started.elapsed() < Duration::from_secs(2));
         let (_, scrape) = gw.admin_get("/metrics").await;
         let series = "wsgate_connections_rejected_total{reason=\"per_ip\"}";
@@ -72,13 +74,12 @@ async fn per_address_connections_and_handshake_rate_are_limited() {
 
         // One new connection a second from one address: the next one, right
         // after, is refused whatever else is free.
-        let gw = start("handshake_rate_per_ip = 1").await;
+        let gw = Gateway::builder()
+            .limits(|l| l.set("handshake_rate_per_ip", 1))
+            .start()
+            .await;
         let _only = gw.ws("/echo").await;
-        assert!(
-            common::ws_connect(gw.addr, "localhost", "/echo", &gw.certs.ca)
-                .await
-                .is_err()
-        );
+        assert!(gw.try_ws("/echo").await.is_err());
         let (_, scrape) = gw.admin_get("/metrics").await;
         let series = "wsgate_connections_rejected_total{reason=\"rate_per_ip\"}";
         assert_eq!(common::metric(&scrape, series), Some(1.0), "{scrape}");

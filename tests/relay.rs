@@ -6,75 +6,20 @@ mod common;
 use std::time::Duration;
 
 use common::backend::{Backend, Event, Options};
-use common::{Running, certs, config_text, start_with, within};
+use common::{ClosedPort, Gateway, Route, Running, certs, next_close, next_data, path, within};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-/// A gateway whose `routes` (TOML) come before the default echo route.
-async fn gateway(limits: &str, routes: &str) -> Running {
-    let certs = certs(&["localhost"]);
-    let text = config_text(&certs, limits, routes);
-    start_with(certs, &text).await
-}
-
 /// A gateway with one upstream route `/app` to `backend`.
 async fn gateway_to(backend: &Backend) -> Running {
-    gateway(
-        "",
-        &upstream_route("app", "/app", &[format!("ws://{}", backend.addr)], ""),
-    )
-    .await
-}
-
-fn upstream_route(name: &str, path: &str, members: &[String], extra: &str) -> String {
-    format!(
-        "[[routes]]\nname = {name:?}\npath = {path:?}\nkind = \"upstream\"\nupstreams = {members:?}\n{extra}\n"
-    )
-}
-
-async fn next_data(ws: &mut common::Ws) -> Message {
-    loop {
-        match ws.next().await.expect("open").expect("no error") {
-            Message::Ping(_) | Message::Pong(_) => continue,
-            m => return m,
-        }
-    }
-}
-
-async fn next_close(ws: &mut common::Ws) -> Option<CloseFrame> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Close(frame))) => return frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected Close, got {other:?}"),
-        }
-    }
-}
-
-/// Connect with extra request headers (subprotocols, cookies).
-async fn ws_with(
-    gw: &Running,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (common::Ws, http::Response<Option<Vec<u8>>>) {
-    let tls = common::tls_connect(gw.addr, "localhost", &gw.certs.ca)
+    Gateway::builder()
+        .route(Route::upstream("/app", [format!("ws://{}", backend.addr)]).name("app"))
+        .start()
         .await
-        .unwrap();
-    let mut req = format!("wss://localhost:{}{path}", gw.addr.port())
-        .into_client_request()
-        .unwrap();
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    tokio_tungstenite::client_async(req, tls).await.unwrap()
 }
 
 #[tokio::test]
@@ -82,17 +27,20 @@ async fn messages_pings_and_headers_pass_through() {
     within(30, async {
         let mut backend = Backend::plain().await;
         let member = format!("ws://{}/base", backend.addr);
-        let gw = gateway("", &upstream_route("app", "/app", &[member], "")).await;
-        let (mut ws, response) = ws_with(
-            &gw,
-            "/app/room?user=ann&x=1",
-            &[
-                ("sec-websocket-protocol", "chat.v2, chat.v1"),
-                ("cookie", "session=abc"),
-                ("authorization", "Bearer t0k"),
-            ],
-        )
-        .await;
+        let gw = Gateway::builder()
+            .route(Route::upstream("/app", [member]).name("app"))
+            .start()
+            .await;
+        let (mut ws, response) = gw
+            .ws_with(
+                "/app/room?user=ann&x=1",
+                &[
+                    ("sec-websocket-protocol", "chat.v2, chat.v1"),
+                    ("cookie", "session=abc"),
+                    ("authorization", "Bearer t0k"),
+                ],
+            )
+            .await;
         // The backend chose the last offered subprotocol; the client got it.
         assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v1");
         let (path, headers) = backend.next_upgrade().await;
@@ -178,11 +126,14 @@ async fn strip_prefix_and_member_query() {
     within(10, async {
         let mut backend = Backend::plain().await;
         let member = format!("ws://{}/v2?tenant=7", backend.addr);
-        let gw = gateway(
-            "",
-            &upstream_route("api", "/api", &[member], "strip_prefix = true"),
-        )
-        .await;
+        let gw = Gateway::builder()
+            .route(
+                Route::upstream("/api", [member])
+                    .name("api")
+                    .key("strip_prefix", true),
+            )
+            .start()
+            .await;
         let _ws = gw.ws("/api/stream?since=5").await;
         assert_eq!(
             backend.next_upgrade().await.0,
@@ -283,42 +234,42 @@ async fn upstream_failures_have_their_statuses() {
         );
         // A member that accepts TCP and never answers the upgrade.
         let hang = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dead = dead_port().await;
-        let routes = [
-            upstream_route("ok", "/ok", &[format!("ws://{}", backend.addr)], ""),
-            upstream_route(
-                "hang",
-                "/hang",
-                &[format!("ws://{}", hang.local_addr().unwrap())],
-                "handshake_timeout = \"300ms\"",
-            ),
-            upstream_route(
-                "dead",
-                "/dead",
-                &[format!("ws://{dead}"), format!("ws://{dead}/again")],
-                "",
-            ),
-        ]
-        .concat();
-        let gw = gateway("", &routes).await;
-        let upgrade = |path: &str| common::upgrade_request(path, "");
+        // Held for the whole test, never listening: connections are refused.
+        let closed = ClosedPort::new();
+        let dead = closed.addr;
+        let gw = Gateway::builder()
+            .route(Route::upstream("/ok", [format!("ws://{}", backend.addr)]).name("ok"))
+            .route(
+                Route::upstream("/hang", [format!("ws://{}", hang.local_addr().unwrap())])
+                    .name("hang")
+                    .key("handshake_timeout", "300ms"),
+            )
+            .route(
+                Route::upstream(
+                    "/dead",
+                    [format!("ws://{dead}"), format!("ws://{dead}/again")],
+                )
+                .name("dead"),
+            )
+            .start()
+            .await;
 
-        let forbidden = gw.raw(upgrade("/ok/forbidden").as_bytes()).await;
-        assert_eq!(common::status_of(&forbidden), 403, "{forbidden}");
+        let (status, forbidden) = gw.upgrade("/ok/forbidden").await;
+        assert_eq!(status, 403, "{forbidden}");
         assert!(
             forbidden.ends_with("no entry for you"),
             "the backend's body passes through: {forbidden}"
         );
 
-        let hung = gw.raw(upgrade("/hang").as_bytes()).await;
-        assert_eq!(common::status_of(&hung), 504, "{hung}");
+        let (status, hung) = gw.upgrade("/hang").await;
+        assert_eq!(status, 504, "{hung}");
 
         // Both members refuse: 502, and both go into backoff...
-        let refused = gw.raw(upgrade("/dead").as_bytes()).await;
-        assert_eq!(common::status_of(&refused), 502, "{refused}");
+        let (status, refused) = gw.upgrade("/dead").await;
+        assert_eq!(status, 502, "{refused}");
         // ...so the next request finds every member down: 503, nothing dialled.
-        let down = gw.raw(upgrade("/dead").as_bytes()).await;
-        assert_eq!(common::status_of(&down), 503, "{down}");
+        let (status, down) = gw.upgrade("/dead").await;
+        assert_eq!(status, 503, "{down}");
 
         let (_, scrape) = gw.admin_get("/metrics").await;
         for (series, at_least) in [
@@ -353,37 +304,26 @@ async fn upstream_failures_have_their_statuses() {
     .await
 }
 
-/// A loopback port with nothing listening (bound, then released).
-async fn dead_port() -> std::net::SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn failover_and_recovery_after_backoff() {
     within(20, async {
-        // Member 1's port is reserved, then released: it refuses connections.
-        let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let first_addr = first.local_addr().unwrap();
-        drop(first);
+        // Member 1's port is held, not listening: it refuses connections.
+        let first = ClosedPort::new();
+        let first_addr = first.addr;
         let mut second = Backend::plain().await;
         let members = [
             format!("ws://{first_addr}"),
             format!("ws://{}", second.addr),
         ];
-        let gw = gateway(
-            "",
-            &upstream_route(
-                "pool",
-                "/pool",
-                &members,
-                "backoff = \"100ms\"\nbackoff_max = \"200ms\"",
-            ),
-        )
-        .await;
+        let gw = Gateway::builder()
+            .route(
+                Route::upstream("/pool", members)
+                    .name("pool")
+                    .key("backoff", "100ms")
+                    .key("backoff_max", "200ms"),
+            )
+            .start()
+            .await;
 
         // Every session is served (by member 2) while member 1 is down.
         for _ in 0..4 {
@@ -397,12 +337,10 @@ async fn failover_and_recovery_after_backoff() {
             format!("wsgate_upstream_healthy{{route=\"pool\",upstream=\"ws://{first_addr}\"}}");
         assert_eq!(common::metric(&scrape, &health), Some(0.0), "{scrape}");
 
-        // Member 1 comes back on its port; once its backoff has passed it is
-        // tried again and serves. Each attempt is a real session.
-        let mut first = Backend::start(
-            TcpListener::bind(first_addr).await.unwrap(),
-            Options::default(),
-        );
+        // Member 1 comes back on its port (the held socket starts listening);
+        // once its backoff has passed it is tried again and serves. Each
+        // attempt is a real session.
+        let mut first = Backend::start(first.listen(), Options::default());
         let mut served_by_first = false;
         for _ in 0..2000 {
             let _ws = gw.ws("/pool").await;
@@ -425,11 +363,14 @@ async fn least_connections_prefers_the_idler_member() {
         let mut a = Backend::plain().await;
         let mut b = Backend::plain().await;
         let members = [format!("ws://{}", a.addr), format!("ws://{}", b.addr)];
-        let gw = gateway(
-            "",
-            &upstream_route("lc", "/lc", &members, "balance = \"least_connections\""),
-        )
-        .await;
+        let gw = Gateway::builder()
+            .route(
+                Route::upstream("/lc", members)
+                    .name("lc")
+                    .key("balance", "least_connections"),
+            )
+            .start()
+            .await;
         // Three sessions: whichever member took the first, the second goes to
         // the other (0 < 1 open), and the third to either; hold them open.
         let _s1 = gw.ws("/lc").await;
@@ -462,43 +403,32 @@ async fn wss_upstreams_with_ca_sni_override_and_client_certificates() {
                 ..Options::default()
             },
         );
-        let tls_keys = format!(
-            "tls_ca = {:?}\ntls_server_name = \"backend.internal\"",
-            backend_certs.ca
-        );
-        let routes = [
-            upstream_route(
-                "tls",
-                "/tls",
-                &[format!("wss://{}", plain_tls.addr)],
-                &tls_keys,
-            ),
-            upstream_route(
-                "mtls",
-                "/mtls",
-                &[format!("wss://{}", mtls.addr)],
-                &format!(
-                    "{tls_keys}\ntls_client_cert = {:?}\ntls_client_key = {:?}",
-                    client_certs.cert, client_certs.key
-                ),
-            ),
+        let tls_keys = |route: Route| {
+            route
+                .key("tls_ca", path(&backend_certs.ca))
+                .key("tls_server_name", "backend.internal")
+        };
+        let gw = Gateway::builder()
+            .route(tls_keys(
+                Route::upstream("/tls", [format!("wss://{}", plain_tls.addr)]).name("tls"),
+            ))
+            .route(
+                tls_keys(Route::upstream("/mtls", [format!("wss://{}", mtls.addr)]).name("mtls"))
+                    .key("tls_client_cert", path(&client_certs.cert))
+                    .key("tls_client_key", path(&client_certs.key)),
+            )
             // Same backend, no client certificate: its TLS refuses us.
-            upstream_route(
-                "nocert",
-                "/nocert",
-                &[format!("wss://{}", mtls.addr)],
-                &tls_keys,
-            ),
+            .route(tls_keys(
+                Route::upstream("/nocert", [format!("wss://{}", mtls.addr)]).name("nocert"),
+            ))
             // Wrong name: verification fails.
-            upstream_route(
-                "badname",
-                "/badname",
-                &[format!("wss://{}", plain_tls.addr)],
-                &format!("tls_ca = {:?}", backend_certs.ca),
-            ),
-        ]
-        .concat();
-        let gw = gateway("", &routes).await;
+            .route(
+                Route::upstream("/badname", [format!("wss://{}", plain_tls.addr)])
+                    .name("badname")
+                    .key("tls_ca", path(&backend_certs.ca)),
+            )
+            .start()
+            .await;
         for (path, backend) in [("/tls", &mut plain_tls), ("/mtls", &mut mtls)] {
             let mut ws = gw.ws(path).await;
             ws.send(Message::text(path)).await.unwrap();
@@ -506,8 +436,8 @@ async fn wss_upstreams_with_ca_sni_override_and_client_certificates() {
             backend.next_upgrade().await;
         }
         for path in ["/nocert", "/badname"] {
-            let answer = gw.raw(common::upgrade_request(path, "").as_bytes()).await;
-            assert_eq!(common::status_of(&answer), 502, "{path}: {answer}");
+            let (status, answer) = gw.upgrade(path).await;
+            assert_eq!(status, 502, "{path}: {answer}");
         }
     })
     .await
@@ -517,13 +447,12 @@ async fn wss_upstreams_with_ca_sni_override_and_client_certificates() {
 async fn a_client_that_never_reads_does_not_make_the_gateway_buffer() {
     within(60, async {
         let mut backend = Backend::plain().await;
-        let gw = gateway(
-            "",
-            &upstream_route("flood", "/flood", &[format!("ws://{}", backend.addr)], ""),
-        )
-        .await;
+        let gw = Gateway::builder()
+            .route(Route::upstream("/flood", [format!("ws://{}", backend.addr)]).name("flood"))
+            .start()
+            .await;
         // Never reads; a small, fixed receive buffer.
-        let mut ws = common::ws_small_rcvbuf(&gw, "/flood").await;
+        let mut ws = gw.ws_small_rcvbuf("/flood").await;
         // 64 MiB in 256 KiB messages: far more than every socket buffer on
         // the way (4 MiB send, 32 MiB receive at most here) can hold.
         const COUNT: usize = 256;
@@ -577,31 +506,24 @@ async fn a_client_that_never_reads_does_not_make_the_gateway_buffer() {
 #[tokio::test]
 async fn the_active_check_marks_members_down_and_up_without_traffic() {
     within(20, async {
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let member = format!("ws://{addr}");
-        let gw = gateway(
-            "",
-            &upstream_route(
-                "checked",
-                "/checked",
-                std::slice::from_ref(&member),
-                "health_check_interval = \"50ms\"\nbackoff = \"30s\"",
-            ),
-        )
-        .await;
+        // Held, not listening: the member is down until the test listens.
+        let port = ClosedPort::new();
+        let member = format!("ws://{}", port.addr);
+        let gw = Gateway::builder()
+            .route(
+                Route::upstream("/checked", [&member])
+                    .name("checked")
+                    .key("health_check_interval", "50ms")
+                    .key("backoff", "30s"),
+            )
+            .start()
+            .await;
         let series = format!("wsgate_upstream_healthy{{route=\"checked\",upstream=\"{member}\"}}");
         common::wait_for_metric(&gw, &series, 0.0).await;
-        let refused = gw
-            .raw(common::upgrade_request("/checked", "").as_bytes())
-            .await;
-        assert_eq!(common::status_of(&refused), 503, "in backoff: {refused}");
+        let (status, refused) = gw.upgrade("/checked").await;
+        assert_eq!(status, 503, "in backoff: {refused}");
         // The member comes back; the check (not a 30 s backoff) puts it in service.
-        let mut backend =
-            Backend::start(TcpListener::bind(addr).await.unwrap(), Options::default());
+        let mut backend = Backend::start(port.listen(), Options::default());
         common::wait_for_metric(&gw, &series, 1.0).await;
         let _ws = gw.ws("/checked").await;
         backend.next_upgrade().await;

@@ -4,26 +4,20 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::Command;
 
-use common::{certs, config_text, start_with, wait_for_metric, within};
+use common::{Gateway, Route, certs, wait_for_metric, within};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::{Config, ConfigSource};
-
-fn config(text: &str) -> Config {
-    Config::load(ConfigSource::Text(text), Some(HashMap::new())).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_sessions_live_through_a_reload_that_changes_cert_and_routes() {
     within(120, async {
-        let old = certs(&["localhost"]);
-        let new = certs(&["localhost"]);
-        let old_ca = old.ca.clone();
-        let text = config_text(&old, "", "");
-        let gw = start_with(old, &text).await;
+        let gw = Gateway::builder()
+            .with_certs(certs(&["localhost"]))
+            .start()
+            .await;
+        let old_ca = gw.certs.ca.clone();
 
         // 200 sessions, each echoing 40 numbered messages, one at a time.
         const SESSIONS: usize = 200;
@@ -73,16 +67,15 @@ async fn two_hundred_sessions_live_through_a_reload_that_changes_cert_and_routes
         }
 
         // Reload: a new certificate, and a new route.
-        let extra = "[[routes]]\nname = \"added\"\npath = \"/added\"\nkind = \"echo\"\n";
-        gw.reload
-            .send(config(&config_text(&new, "", extra)))
-            .await
-            .unwrap();
+        let next = Gateway::builder()
+            .with_certs(certs(&["localhost"]))
+            .route(Route::echo("/added").name("added"));
+        gw.reload(next.config()).await;
         wait_for_metric(&gw, "wsgate_config_reloads_total{result=\"ok\"}", 1.0).await;
         go_tx.send(()).unwrap();
 
         // New connections see the new certificate and the new route...
-        let mut fresh = common::ws_connect(gw.addr, "localhost", "/added", &new.ca)
+        let mut fresh = common::ws_connect(gw.addr, "localhost", "/added", &next.certs().ca)
             .await
             .unwrap();
         fresh.send(Message::text("new")).await.unwrap();
@@ -104,9 +97,10 @@ async fn two_hundred_sessions_live_through_a_reload_that_changes_cert_and_routes
 #[tokio::test]
 async fn a_reload_that_cannot_be_applied_keeps_the_running_config() {
     within(20, async {
-        let good = certs(&["localhost"]);
-        let text = config_text(&good, "", "");
-        let gw = start_with(good, &text).await;
+        let gw = Gateway::builder()
+            .with_certs(certs(&["localhost"]))
+            .start()
+            .await;
         let mut ws = gw.ws("/echo").await;
 
         // A certificate file that is not a certificate.
@@ -116,21 +110,18 @@ async fn a_reload_that_cannot_be_applied_keeps_the_running_config() {
             "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
         )
         .unwrap();
-        let extra = "[[routes]]\nname = \"never\"\npath = \"/never\"\nkind = \"echo\"\n";
-        gw.reload
-            .send(config(&config_text(&broken, "", extra)))
-            .await
-            .unwrap();
+        let broken = Gateway::builder()
+            .with_certs(broken)
+            .route(Route::echo("/never").name("never"));
+        gw.reload(broken.config()).await;
         wait_for_metric(&gw, "wsgate_config_reloads_total{result=\"failed\"}", 1.0).await;
 
         // The old certificate and routes still serve, and the session lives on.
         let mut again = gw.ws("/echo").await;
         again.send(Message::text("still")).await.unwrap();
         assert_eq!(again.next().await.unwrap().unwrap(), Message::text("still"));
-        let never = gw
-            .raw(common::upgrade_request("/never", "").as_bytes())
-            .await;
-        assert_eq!(common::status_of(&never), 404);
+        let (status, _) = gw.upgrade("/never").await;
+        assert_eq!(status, 404);
         ws.send(Message::text("alive")).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("alive"));
     })
@@ -140,16 +131,12 @@ async fn a_reload_that_cannot_be_applied_keeps_the_running_config() {
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
     within(30, async {
-        let old = certs(&["localhost"]);
-        let new = certs(&["localhost"]);
+        let old = Gateway::builder().with_certs(certs(&["localhost"]));
+        let new = Gateway::builder().with_certs(certs(&["localhost"]));
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wsgate.toml");
-        let with_addrs = |text: String| {
-            format!("[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n{text}")
-        };
-        std::fs::write(&path, with_addrs(config_text(&old, "", ""))).unwrap();
+        let path = old.write_binary_config(dir.path().join("wsgate.toml"));
         let (mut child, addr, _admin, logs) = common::start_binary(&path);
-        let mut ws = common::ws_connect(addr, "localhost", "/echo", &old.ca)
+        let mut ws = common::ws_connect(addr, "localhost", "/echo", &old.certs().ca)
             .await
             .unwrap();
 
@@ -164,13 +151,13 @@ async fn sighup_reloads_the_running_binary() {
         assert!(hup(child.id()).success());
         while !logs.recv().unwrap().contains("reload refused") {}
         assert!(
-            common::tls_connect(addr, "localhost", &old.ca)
+            common::tls_connect(addr, "localhost", &old.certs().ca)
                 .await
                 .is_ok()
         );
 
         // A valid one with a new certificate: applied.
-        std::fs::write(&path, with_addrs(config_text(&new, "", ""))).unwrap();
+        new.write_binary_config(&path);
         assert!(hup(child.id()).success());
         while !logs
             .recv()
@@ -178,7 +165,7 @@ async fn sighup_reloads_the_running_binary() {
             .contains("reloaded certificates and routes")
         {}
         assert!(
-            common::ws_connect(addr, "localhost", "/echo", &new.ca)
+            common::ws_connect(addr, "localhost", "/echo", &new.certs().ca)
                 .await
                 .is_ok()
         );

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start, within};
+use common::{Gateway, Route, within};
 use futures_util::StreamExt;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -14,7 +14,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 #[tokio::test]
 async fn sessions_get_1001_and_run_returns_within_the_drain_deadline() {
     within(20, async {
-        let mut gw = start("drain_timeout = \"1500ms\"\nclose_timeout = \"10s\"").await;
+        let mut gw = Gateway::builder()
+            .limits(|l| l.set("drain_timeout", "1500ms").set("close_timeout", "10s"))
+            .start()
+            .await;
         assert_eq!(gw.admin_get("/readyz").await.0, 200);
         let mut a = gw.ws("/echo").await;
         let mut b = gw.ws("/echo").await;
@@ -55,7 +58,10 @@ async fn sessions_get_1001_and_run_returns_within_the_drain_deadline() {
 #[tokio::test]
 async fn a_cooperative_client_lets_shutdown_finish_at_once() {
     within(10, async {
-        let mut gw = start("drain_timeout = \"30s\"").await;
+        let mut gw = Gateway::builder()
+            .limits(|l| l.set("drain_timeout", "30s"))
+            .start()
+            .await;
         let mut ws = gw.ws("/echo").await;
         let started = Instant::now();
         gw.stop();
@@ -70,15 +76,17 @@ async fn a_cooperative_client_lets_shutdown_finish_at_once() {
 #[tokio::test]
 async fn a_client_that_stops_reading_does_not_hold_up_the_drain() {
     within(30, async {
-        let certs = common::certs(&["localhost"]);
-        let text = common::config_text(
-            &certs,
-            "send_timeout = \"60s\"\ndrain_timeout = \"30s\"\nclose_timeout = \"500ms\"",
-            "[[routes]]\nname = \"flood\"\npath = \"/flood\"\nkind = \"echo\"\n",
-        );
-        let mut gw = common::start_with(certs, &text).await;
+        let mut gw = Gateway::builder()
+            .limits(|l| {
+                l.set("send_timeout", "60s")
+                    .set("drain_timeout", "30s")
+                    .set("close_timeout", "500ms")
+            })
+            .route(Route::echo("/flood").name("flood"))
+            .start()
+            .await;
         // Never reads; a small, fixed receive buffer.
-        let mut ws = common::ws_small_rcvbuf(&gw, "/flood").await;
+        let mut ws = gw.ws_small_rcvbuf("/flood").await;
         let sending = tokio::spawn(async move {
             use futures_util::SinkExt;
             let _ = ws.send(Message::binary(vec![0u8; 6 << 20])).await;

@@ -7,31 +7,17 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{Certs, certs, start_with, within};
+use common::{Certs, Gateway, certs, within};
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::ServerName;
 use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::config::{CertPair, TlsConfig};
 
 async fn echo_once(ws: &mut common::Ws) {
     ws.send(Message::text("ping?")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping?"));
-}
-
-fn sni_config(default: &Certs, sni: &[(&str, &Certs)]) -> String {
-    let entries: String = sni
-        .iter()
-        .map(|(host, c)| {
-            format!(
-                "[[tls.sni]]\nhost = {host:?}\ncert = {:?}\nkey = {:?}\n",
-                c.cert, c.key
-            )
-        })
-        .collect();
-    common::config_text(default, "", &entries)
 }
 
 #[tokio::test]
@@ -41,8 +27,12 @@ async fn sni_picks_the_certificate_and_a_wrong_ca_fails() {
         let b = certs(&["b.test"]);
         let w = certs(&["x.w.test"]);
         let (b_ca, w_ca) = (b.ca.clone(), w.ca.clone());
-        let text = sni_config(&a, &[("b.test", &b), ("*.w.test", &w)]);
-        let gw = start_with(a, &text).await;
+        let gw = Gateway::builder()
+            .with_certs(a)
+            .sni("b.test", &b)
+            .sni("*.w.test", &w)
+            .start()
+            .await;
         let a_ca = gw.certs.ca.clone();
 
         // Each name gets its own certificate: only that certificate's CA verifies it.
@@ -107,8 +97,7 @@ async fn gen_cert_output_works_by_name_and_by_ip() {
             key: dir.path().join("key.pem"),
             dir,
         };
-        let text = common::config_text(&c, "", "");
-        let gw = start_with(c, &text).await;
+        let gw = Gateway::builder().with_certs(c).start().await;
         for name in ["localhost", "127.0.0.1"] {
             let mut ws = common::ws_connect(gw.addr, name, "/echo", &gw.certs.ca)
                 .await
@@ -122,7 +111,7 @@ async fn gen_cert_output_works_by_name_and_by_ip() {
 #[tokio::test]
 async fn tls12_clients_and_alpn() {
     within(20, async {
-        let gw = common::start("").await;
+        let gw = Gateway::builder().start().await;
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(
             rustls_pki_types::CertificateDer::pem_file_iter(&gw.certs.ca)
@@ -169,15 +158,10 @@ fn openssl(args: &[&str]) {
     );
 }
 
-fn tls_config(cert: &Path, key: &Path) -> TlsConfig {
-    TlsConfig {
-        default: CertPair {
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-        },
-        sni: vec![],
-        self_signed_if_missing: false,
-    }
+/// Start-up's checks (`wsgate::preflight`) on a config whose default
+/// certificate is `cert` and `key`: each issue names its key.
+fn server_config(cert: &Path, key: &Path) -> Result<(), wsgate::Error> {
+    wsgate::preflight(&Gateway::builder().tls_files(cert, key).config())
 }
 
 #[test]
@@ -192,7 +176,7 @@ fn key_formats_and_mismatches() {
             .unwrap()
             .contains("BEGIN EC PRIVATE KEY")
     );
-    assert!(wsgate::tls::server_config(&tls_config(&c.cert, &d.join("sec1.pem"))).is_ok());
+    assert!(server_config(&c.cert, &d.join("sec1.pem")).is_ok());
     // PKCS#1 RSA key with its own certificate.
     openssl(&[
         "req",
@@ -222,13 +206,11 @@ fn key_formats_and_mismatches() {
             .unwrap()
             .contains("BEGIN RSA PRIVATE KEY")
     );
-    assert!(
-        wsgate::tls::server_config(&tls_config(&d.join("rsa.crt"), &d.join("rsa1.pem"))).is_ok()
-    );
+    assert!(server_config(&d.join("rsa.crt"), &d.join("rsa1.pem")).is_ok());
     // A key that does not belong to the certificate is refused, naming tls.key.
-    let err = wsgate::tls::server_config(&tls_config(&c.cert, &d.join("rsa1.pem"))).unwrap_err();
+    let wsgate::Error::Config(err) = server_config(&c.cert, &d.join("rsa1.pem")).unwrap_err();
     assert_eq!(err[0].key, "tls.key", "{err:?}");
     // A file with no certificate in it names tls.cert.
-    let err = wsgate::tls::server_config(&tls_config(&c.key, &c.key)).unwrap_err();
+    let wsgate::Error::Config(err) = server_config(&c.key, &c.key).unwrap_err();
     assert_eq!(err[0].key, "tls.cert", "{err:?}");
 }

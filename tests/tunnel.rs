@@ -9,20 +9,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::backend::Backend;
-use common::{Running, certs, config_text, start_with, within};
+use common::{Gateway, Route, Running, Section, within};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
-use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 
-async fn gateway(tunnel: &str, routes: &str) -> Running {
-    let certs = certs(&["localhost", "127.0.0.1"]);
-    let extra = format!("[listen]\nconnect_tunnel = true\n[tunnel]\n{tunnel}\n{routes}");
-    let text = config_text(&certs, "", &extra);
-    start_with(certs, &text).await
+/// A gateway with CONNECT tunnels on and these `[tunnel]` keys.
+async fn tunnel_gateway(tunnel: impl FnOnce(Section) -> Section) -> Running {
+    Gateway::builder().tunnel(tunnel).start().await
 }
 
 /// Send a request head and read the answer's head.
@@ -48,8 +44,7 @@ fn connect(target: &str, extra: &str) -> String {
 
 /// wss to the echo route over `stream`, then one echo.
 async fn wss_echo<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(gw: &Running, stream: S) {
-    let tls = TlsConnector::from(common::client_config(&gw.certs.ca))
-        .connect(ServerName::try_from("localhost").unwrap(), stream)
+    let tls = common::tls_over(stream, "localhost", &gw.certs.ca)
         .await
         .unwrap();
     let url = format!("wss://localhost:{}/echo", gw.addr.port());
@@ -64,7 +59,7 @@ async fn wss_echo<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(gw: &Runni
 #[tokio::test]
 async fn connect_to_the_gateway_itself_in_plaintext_and_inside_tls() {
     within(20, async {
-        let gw = gateway("", "").await;
+        let gw = tunnel_gateway(|t| t).await;
         let port = gw.addr.port();
         // Plaintext CONNECT (a client configured with wsgate as its proxy), by IP and by name.
         for target in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
@@ -74,22 +69,17 @@ async fn connect_to_the_gateway_itself_in_plaintext_and_inside_tls() {
             wss_echo(&gw, tcp).await;
         }
         // Inside TLS (wsgate as an HTTPS proxy), then TLS again in the tunnel.
-        let mut tls = common::tls_connect(gw.addr, "localhost", &gw.certs.ca)
-            .await
-            .unwrap();
+        let mut tls = gw.tls().await.unwrap();
         let answer = ask(&mut tls, &connect(&format!("localhost:{port}"), "")).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         // Tunnels do not nest: CONNECT is refused inside a tunnel's TLS.
-        let inner = TlsConnector::from(common::client_config(&gw.certs.ca))
-            .connect(ServerName::try_from("localhost").unwrap(), tls)
+        let inner = common::tls_over(tls, "localhost", &gw.certs.ca)
             .await
             .unwrap();
         let mut inner = inner;
         let answer = ask(&mut inner, &connect(&format!("localhost:{port}"), "")).await;
         assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
-        let mut tls = common::tls_connect(gw.addr, "localhost", &gw.certs.ca)
-            .await
-            .unwrap();
+        let mut tls = gw.tls().await.unwrap();
         assert!(
             ask(&mut tls, &connect(&format!("localhost:{port}"), ""))
                 .await
@@ -121,13 +111,15 @@ async fn targets_are_refused_before_any_dial_unless_allowed() {
             }
         });
         // Allowed: the echo server, explicitly (and an unrelated network).
-        let gw = gateway(
-            &format!(
-                "allow = [\"127.0.0.1:{}\", \"10.9.9.9/32:*\"]",
-                echo_addr.port()
-            ),
-            "",
-        )
+        let gw = tunnel_gateway(|t| {
+            t.set(
+                "allow",
+                vec![
+                    format!("127.0.0.1:{}", echo_addr.port()),
+                    "10.9.9.9/32:*".into(),
+                ],
+            )
+        })
         .await;
         let refused = [
             "127.0.0.1:22".to_owned(),
@@ -137,7 +129,7 @@ async fn targets_are_refused_before_any_dial_unless_allowed() {
             format!("0x7f.0.0.1:{watched_port}"),
             format!("2130706433:{watched_port}"),
             format!("[::ffff:127.0.0.1]:{watched_port}"),
-            format!("{}", gw.admin),
+            format!("{}", gw.admin_addr),
             "10.1.2.3:80".to_owned(),
         ];
         for target in &refused {
@@ -156,9 +148,9 @@ async fn targets_are_refused_before_any_dial_unless_allowed() {
         );
 
         // The admin listener stays refused even where all of loopback is allowed.
-        let open = gateway("allow = [\"127.0.0.0/8:*\"]", "").await;
+        let open = tunnel_gateway(|t| t.set("allow", vec!["127.0.0.0/8:*"])).await;
         let mut tcp = TcpStream::connect(open.addr).await.unwrap();
-        let answer = ask(&mut tcp, &connect(&open.admin.to_string(), "")).await;
+        let answer = ask(&mut tcp, &connect(&open.admin_addr.to_string(), "")).await;
         assert!(answer.starts_with("HTTP/1.1 403"), "admin: {answer}");
 
         // The allowed target gets spliced bytes both ways.
@@ -199,7 +191,7 @@ async fn targets_are_refused_before_any_dial_unless_allowed() {
 #[tokio::test]
 async fn proxy_authentication_and_malformed_requests() {
     within(20, async {
-        let gw = gateway("users = [\"ann:s3cret\"]", "").await;
+        let gw = tunnel_gateway(|t| t.set("users", vec!["ann:s3cret"])).await;
         let target = format!("127.0.0.1:{}", gw.addr.port());
         let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
         let answer = ask(&mut tcp, &connect(&target, "")).await;
@@ -278,27 +270,46 @@ async fn upstreams_are_reached_through_an_egress_proxy() {
         let (proxy, seen, _) = egress_proxy(200).await;
         let (refusing, refused_seen, _) = egress_proxy(403).await;
         let (unused, _, unused_connections) = egress_proxy(200).await;
-        let routes = format!(
-            "[[routes]]\nname = \"via\"\npath = \"/via\"\nkind = \"upstream\"\nupstreams = [\"ws://{b}\"]\nproxy = \"http://{proxy}\"\n\
-             [[routes]]\nname = \"refused\"\npath = \"/refused\"\nkind = \"upstream\"\nupstreams = [\"ws://{b}\"]\nproxy = \"http://{refusing}\"\n\
-             [[routes]]\nname = \"direct\"\npath = \"/direct\"\nkind = \"upstream\"\nupstreams = [\"ws://{b}\"]\nproxy = \"http://{unused}\"\nno_proxy = [\"127.0.0.0/8\"]\n",
-            b = backend.addr
-        );
-        let gw = gateway("", &routes).await;
+        let to_backend = |path: &str, proxy: SocketAddr| {
+            Route::upstream(path, [format!("ws://{}", backend.addr)])
+                .key("proxy", format!("http://{proxy}"))
+        };
+        let gw = Gateway::builder()
+            .tunnel(|t| t)
+            .route(to_backend("/via", proxy).name("via"))
+            .route(to_backend("/refused", refusing).name("refused"))
+            .route(
+                to_backend("/direct", unused)
+                    .name("direct")
+                    .key("no_proxy", vec!["127.0.0.0/8"]),
+            )
+            .start()
+            .await;
 
         let mut ws = gw.ws("/via/room").await;
         ws.send(Message::text("via the proxy")).await.unwrap();
-        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("via the proxy"));
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text("via the proxy")
+        );
         assert_eq!(backend.next_upgrade().await.0, "/via/room");
-        assert_eq!(*seen.lock().await, vec![backend.addr.to_string()], "exactly one CONNECT, to the backend");
+        assert_eq!(
+            *seen.lock().await,
+            vec![backend.addr.to_string()],
+            "exactly one CONNECT, to the backend"
+        );
 
-        let answer = gw.raw(common::upgrade_request("/refused", "").as_bytes()).await;
-        assert_eq!(common::status_of(&answer), 502, "{answer}");
+        let (status, answer) = gw.upgrade("/refused").await;
+        assert_eq!(status, 502, "{answer}");
         assert_eq!(refused_seen.lock().await.len(), 1);
 
         let _ws = gw.ws("/direct").await;
         backend.next_upgrade().await;
-        assert_eq!(unused_connections.load(Ordering::SeqCst), 0, "no_proxy hosts are dialled directly");
+        assert_eq!(
+            unused_connections.load(Ordering::SeqCst),
+            0,
+            "no_proxy hosts are dialled directly"
+        );
     })
     .await
 }

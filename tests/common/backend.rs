@@ -56,6 +56,9 @@ pub struct Options {
 pub struct Backend {
     pub addr: SocketAddr,
     pub events: mpsc::Receiver<Event>,
+    listener: Arc<TcpListener>,
+    tx: mpsc::Sender<Event>,
+    opts: Options,
     tasks: JoinSet<()>,
 }
 
@@ -75,17 +78,29 @@ impl Backend {
         Self::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), opts)
     }
 
-    /// Serve on an already-bound listener (to bring a member back on its port).
+    /// Serve on an already-bound listener (a port the test held).
     pub fn start(listener: TcpListener, opts: Options) -> Backend {
-        let addr = listener.local_addr().unwrap();
         let (tx, events) = mpsc::channel(4096);
+        let mut backend = Backend {
+            addr: listener.local_addr().unwrap(),
+            events,
+            listener: Arc::new(listener),
+            tx,
+            opts,
+            tasks: JoinSet::new(),
+        };
+        backend.serve();
+        backend
+    }
+
+    fn serve(&mut self) {
+        let opts = &self.opts;
         let acceptor = opts
             .tls
             .as_ref()
             .map(|(cert, key)| tls_acceptor(cert, key, opts.client_ca.as_deref()));
-        let mut tasks = JoinSet::new();
-        let forbid = opts.forbid;
-        tasks.spawn(async move {
+        let (listener, tx, forbid) = (self.listener.clone(), self.tx.clone(), opts.forbid);
+        self.tasks.spawn(async move {
             let mut conns = JoinSet::new();
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -104,16 +119,25 @@ impl Backend {
                 });
             }
         });
-        Backend {
-            addr,
-            events,
-            tasks,
-        }
     }
 
     /// Like a killed process: every connection dropped, no Close frames.
+    /// The port stays held by this backend (so no other test can be given
+    /// it): a connection to it is accepted and dropped at once.
     pub fn kill(&mut self) {
         self.tasks.abort_all();
+        let listener = self.listener.clone();
+        self.tasks.spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                drop(tcp);
+            }
+        });
+    }
+
+    /// A killed backend restarted on its port.
+    pub fn restart(&mut self) {
+        self.tasks.abort_all();
+        self.serve();
     }
 
     /// The next event, skipping pings and pongs unless asked for.
