@@ -39,6 +39,7 @@ pub mod close;
 pub mod config;
 mod conn;
 pub mod devcert;
+mod echo;
 mod handshake;
 mod hub;
 mod listener;
