@@ -40,6 +40,8 @@ pub mod config;
 mod conn;
 pub mod devcert;
 mod echo;
+mod egress;
+mod forward;
 mod handshake;
 mod hub;
 mod listener;

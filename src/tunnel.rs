@@ -1,6 +1,4 @@
-//! HTTP `CONNECT`, in and out.
-//!
-//! In: clients behind restrictive networks (or configured to use wsgate as
+//! HTTP `CONNECT` in: clients behind restrictive networks (or configured to use wsgate as
 //! their HTTP proxy, like Qt's `QNetworkProxy::HttpProxy`) send
 //! `CONNECT host:port`. A CONNECT to the gateway itself is answered 200 and
 //! the TLS and WebSocket front runs on the tunnel, in process. A CONNECT
@@ -10,8 +8,8 @@
 //! private addresses (those need an explicit IP/CIDR rule), and the admin
 //! listener is never a target.
 //!
-//! Out: upstream members behind an egress proxy are dialled through its
-//! CONNECT, and TLS to the member runs inside the tunnel.
+//! (CONNECT out, through an egress proxy to an upstream member, is
+//! `egress`.)
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -29,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{Instrument, Span, debug, info};
 
-use crate::config::{EgressProxy, canonical};
+use crate::config::canonical;
 use crate::handshake::Body;
 use crate::{Shared, conn, metrics};
 
@@ -331,68 +329,6 @@ async fn carry<W: AsyncWrite + Unpin>(
             }
             _ => Step::Broken,
         },
-    }
-}
-
-/// Why dialling through an egress proxy failed.
-#[derive(Debug)]
-pub(crate) enum ProxyError {
-    Io(io::Error),
-    /// The proxy answered the CONNECT with this status line.
-    Refused(String),
-}
-
-impl std::fmt::Display for ProxyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ProxyError::Io(e) => write!(f, "proxy: {e}"),
-            ProxyError::Refused(status) => write!(f, "proxy answered {status:?}"),
-        }
-    }
-}
-
-/// A TCP stream to `host:port` through `proxy` (its CONNECT answered 200).
-/// The caller bounds the time this takes.
-pub(crate) async fn dial_via(
-    proxy: &EgressProxy,
-    host: &str,
-    port: u16,
-) -> Result<TcpStream, ProxyError> {
-    let mut stream = TcpStream::connect((proxy.host.as_str(), proxy.port))
-        .await
-        .map_err(ProxyError::Io)?;
-    let _ = stream.set_nodelay(true);
-    let authority = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
-    if let Some(auth) = &proxy.authorization {
-        request.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(ProxyError::Io)?;
-    // Read the answer's head byte by byte (a few dozen bytes, once per
-    // dial), so nothing after it is consumed.
-    let mut head = Vec::with_capacity(128);
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() >= 8 << 10 {
-            return Err(ProxyError::Refused("an answer head over 8 KiB".into()));
-        }
-        head.push(stream.read_u8().await.map_err(ProxyError::Io)?);
-    }
-    let status_line =
-        String::from_utf8_lossy(head.split(|&b| b == b'\r').next().unwrap_or_default())
-            .into_owned();
-    let ok = status_line.split(' ').nth(1) == Some("200");
-    if ok {
-        Ok(stream)
-    } else {
-        Err(ProxyError::Refused(status_line))
     }
 }
 
