@@ -11,10 +11,8 @@ use std::sync::Arc;
 
 use crate::admission::Ticket;
 use base64::Engine;
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -32,13 +30,11 @@ use crate::hub::session::HubClient;
 use crate::route::RouteTable;
 use crate::session::{SessionCtx, finish};
 use crate::upstream::{DialError, Dialed};
-use crate::{RouteState, Shared, Target, echo, hub, metrics, relay, tunnel};
+use crate::{Body, RouteState, Shared, Target, echo, hub, metrics, relay, tunnel};
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
 const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
-
-pub(crate) type Body = Full<Bytes>;
 
 /// Serve one request: upgrade it (for an upstream route, only once the
 /// upstream has answered 101) or refuse it.

@@ -20,7 +20,6 @@
 //! start exactly what the binary runs, on port 0.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -62,6 +61,7 @@ use hub::Hub;
 use metrics::RouteMetrics;
 use route::RouteTable;
 use shutdown::{Readiness, Shutdown};
+use tunnel::TunnelPolicy;
 use upstream::Pool;
 
 /// tungstenite's read buffer is allocated up front and zero-filled, so it is
@@ -70,6 +70,9 @@ use upstream::Pool;
 const READ_BUFFER_SIZE: usize = 4 << 10;
 /// Frames are fed into this buffer and written in one go on flush.
 const WRITE_BUFFER_SIZE: usize = 16 << 10;
+
+/// Every response the public front writes: small, whole, in memory.
+pub(crate) type Body = http_body_util::Full<bytes::Bytes>;
 
 /// The listeners [`run`] serves, bound by the caller.
 #[derive(Debug)]
@@ -97,10 +100,7 @@ pub(crate) struct Shared {
     pub(crate) ws: WebSocketConfig,
     pub(crate) hub: Hub,
     pub(crate) listen_connect_tunnel: bool,
-    pub(crate) tunnel: config::TunnelConfig,
-    /// Names and addresses that mean this gateway, for CONNECT.
-    listen: SocketAddr,
-    admin: SocketAddr,
+    pub(crate) tunnel: TunnelPolicy,
     /// The start-up config, to tell which changes a reload cannot apply.
     base: Config,
     pub(crate) admission: Admission,
@@ -212,9 +212,7 @@ impl Shared {
             ws,
             hub: Hub::new(config.hub.clone()),
             listen_connect_tunnel: config.listen.connect_tunnel,
-            tunnel: config.tunnel.clone(),
-            listen: config.listen.addr,
-            admin: config.admin.addr,
+            tunnel: TunnelPolicy::new(config.tunnel.clone(), config.listen.addr, config.admin.addr),
             base: config.clone(),
             shutdown,
         })
@@ -222,54 +220,6 @@ impl Shared {
 }
 
 impl Shared {
-    /// Is `host:port` this gateway (a CONNECT to serve in process)? Its port,
-    /// and `localhost`, a loopback or the listen address, an SNI host, or a
-    /// name in `[tunnel] names`.
-    pub(crate) fn is_gateway(&self, host: &str, port: u16) -> bool {
-        if port != self.listen.port() {
-            return false;
-        }
-        let by_ip = host.parse::<std::net::IpAddr>().is_ok_and(|ip| {
-            let ip = config::canonical(ip);
-            ip.is_loopback() || ip == self.listen.ip()
-        });
-        by_ip
-            || host == "localhost"
-            || self.tunnel.names.iter().any(|n| n == host)
-            || self.live.load().sni_hosts.iter().any(|n| n == host)
-    }
-
-    /// May a CONNECT for `host` go to `addr` (one of its resolved
-    /// addresses)? An allow rule must match the name or the address and the
-    /// port; a special address (loopback, private, link-local, ...) needs an
-    /// IP/CIDR rule covering it; the admin listener never.
-    pub(crate) fn may_tunnel_to(&self, host: &str, addr: SocketAddr) -> bool {
-        let ip = config::canonical(addr.ip());
-        let special = tunnel::is_special(ip);
-        let admin_ip = config::canonical(self.admin.ip());
-        if addr.port() == self.admin.port()
-            && (special || ip == admin_ip || admin_ip.is_unspecified())
-        {
-            return false;
-        }
-        self.tunnel.allow.iter().any(|rule| {
-            let port_ok = rule.port.is_none_or(|p| p == addr.port());
-            let by_ip = rule.host.matches_ip(ip);
-            let by_name = !special && rule.host.matches_name(host);
-            port_ok && (by_ip || by_name)
-        })
-    }
-
-    /// Could any allow rule admit `host:port`, before resolving it? (A name
-    /// rule matching the name, or an IP/CIDR rule, on that port.)
-    pub(crate) fn could_tunnel_to(&self, host: &str, port: u16) -> bool {
-        self.tunnel.allow.iter().any(|rule| {
-            rule.port.is_none_or(|p| p == port)
-                && (matches!(rule.host, config::HostPattern::Net(..))
-                    || rule.host.matches_name(host))
-        })
-    }
-
     /// Can some route serve a new session? Echo and hub routes always can; an
     /// upstream route while any member is out of its failure backoff.
     pub(crate) fn can_serve(&self) -> bool {
@@ -374,8 +324,7 @@ pub async fn run_with_reload(
     // The addresses actually bound (a test binds port 0): CONNECT decides
     // "this gateway" and "the admin listener" by them.
     if let (Ok(public), Ok(admin)) = (listeners.public.local_addr(), listeners.admin.local_addr()) {
-        shared.listen = public;
-        shared.admin = admin;
+        shared.tunnel = TunnelPolicy::new(config.tunnel.clone(), public, admin);
     }
     let shared = Arc::new(shared);
     shared.live.load().start();

@@ -27,11 +27,10 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{Instrument, Span, debug, info};
 
-use crate::config::canonical;
-use crate::handshake::Body;
-use crate::{Shared, conn, metrics};
+use crate::config::{HostPattern, TunnelConfig, canonical};
+use crate::{Body, Shared, conn, metrics};
 
-/// Answer a CONNECT request (`depth`: 0 on the outer connection).
+/// Answer a CONNECT request.
 pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
@@ -42,8 +41,8 @@ pub(crate) async fn handle(
         Ok(target) => target,
         Err(why) => return refuse(StatusCode::BAD_REQUEST, "bad_request", why),
     };
-    let tunnel = &shared.tunnel;
-    if !tunnel.users.is_empty() && !authorized(&req, &tunnel.users) {
+    let policy = &shared.tunnel;
+    if !policy.config.users.is_empty() && !authorized(&req, &policy.config.users) {
         let mut r = refuse(
             StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             "unauthorized",
@@ -55,78 +54,110 @@ pub(crate) async fn handle(
         );
         return r;
     }
-    if shared.is_gateway(&host, port) {
+    if policy.is_gateway(&host, port, &shared.live.load().sni_hosts) {
         metrics::tunnel("gateway");
         info!(%peer, target = %format!("{host}:{port}"), "CONNECT to the gateway itself");
-        let on_upgrade = hyper::upgrade::on(req);
-        let task_shared = shared.clone();
-        shared.shutdown.tracker.spawn(
-            async move {
-                if let Ok(upgraded) = on_upgrade.await {
-                    // The TLS and WebSocket front, on the tunnel; no CONNECT
-                    // inside it, so tunnels never nest.
-                    conn::serve_tunnelled(TokioIo::new(upgraded), peer, permit, task_shared).await;
-                }
-            }
-            .instrument(Span::current()),
-        );
-        return established();
+        return serve_gateway(req, &shared, permit, peer);
     }
-    // No rule could admit it whatever it resolves to: refuse without even a
-    // DNS lookup (a lookup is an outbound action too, and an oracle).
-    if !shared.could_tunnel_to(&host, port) {
-        debug!(%peer, target = %format!("{host}:{port}"), "CONNECT refused: no rule admits it");
-        return refuse(
+    match dial_target(policy, &host, port, peer).await {
+        Ok(target_stream) => {
+            metrics::tunnel("spliced");
+            info!(%peer, target = %format!("{host}:{port}"), "CONNECT tunnel opened");
+            splice_upgraded(req, target_stream, &shared, permit)
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// Answer 200 and run the TLS and WebSocket front on the tunnel, in
+/// process; no CONNECT inside it, so tunnels never nest.
+fn serve_gateway(
+    req: Request<Incoming>,
+    shared: &Arc<Shared>,
+    permit: Arc<Ticket>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let on_upgrade = hyper::upgrade::on(req);
+    let task_shared = shared.clone();
+    shared.shutdown.tracker.spawn(
+        async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                conn::serve_tunnelled(TokioIo::new(upgraded), peer, permit, task_shared).await;
+            }
+        }
+        .instrument(Span::current()),
+    );
+    established()
+}
+
+/// A TCP stream to an allowed address of `host:port`, or the refusal to
+/// answer with.
+async fn dial_target(
+    policy: &TunnelPolicy,
+    host: &str,
+    port: u16,
+    peer: SocketAddr,
+) -> Result<TcpStream, Response<Body>> {
+    let denied = || {
+        refuse(
             StatusCode::FORBIDDEN,
             "denied",
             "tunnelling to that target is not allowed",
-        );
+        )
+    };
+    // No rule could admit it whatever it resolves to: refuse without even a
+    // DNS lookup (a lookup is an outbound action too, and an oracle).
+    if !policy.could_tunnel_to(host, port) {
+        debug!(%peer, target = %format!("{host}:{port}"), "CONNECT refused: no rule admits it");
+        return Err(denied());
     }
-    let addresses = match resolve(&host, port, tunnel.connect_timeout).await {
+    let limit = policy.config.connect_timeout;
+    let addresses = match resolve(host, port, limit).await {
         Ok(addresses) => addresses,
         Err(_) => {
-            return refuse(
+            return Err(refuse(
                 StatusCode::BAD_GATEWAY,
                 "unresolved",
                 "the target host does not resolve",
-            );
+            ));
         }
     };
     let allowed: Vec<SocketAddr> = addresses
         .into_iter()
-        .filter(|a| shared.may_tunnel_to(&host, *a))
+        .filter(|a| policy.may_tunnel_to(host, *a))
         .collect();
     if allowed.is_empty() {
         debug!(%peer, target = %format!("{host}:{port}"), "CONNECT refused: not an allowed target");
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "denied",
-            "tunnelling to that target is not allowed",
-        );
+        return Err(denied());
     }
-    let dialled = timeout(tunnel.connect_timeout, TcpStream::connect(&allowed[..])).await;
-    let target_stream = match dialled {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(_)) => {
-            return refuse(
-                StatusCode::BAD_GATEWAY,
-                "unreachable",
-                "the target refused or is unreachable",
-            );
+    match timeout(limit, TcpStream::connect(&allowed[..])).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
         }
-        Err(_) => {
-            return refuse(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "the target did not answer in time",
-            );
-        }
-    };
-    let _ = target_stream.set_nodelay(true);
-    metrics::tunnel("spliced");
-    info!(%peer, target = %format!("{host}:{port}"), "CONNECT tunnel opened");
+        Ok(Err(_)) => Err(refuse(
+            StatusCode::BAD_GATEWAY,
+            "unreachable",
+            "the target refused or is unreachable",
+        )),
+        Err(_) => Err(refuse(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the target did not answer in time",
+        )),
+    }
+}
+
+/// Answer 200 and splice the tunnel to `target_stream` in a tracked task
+/// that holds the connection's admission `permit`.
+fn splice_upgraded(
+    req: Request<Incoming>,
+    target_stream: TcpStream,
+    shared: &Shared,
+    permit: Arc<Ticket>,
+) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(req);
-    let idle = tunnel.idle_timeout;
+    let idle = shared.tunnel.config.idle_timeout;
     let cancel = shared.shutdown.token.clone();
     shared.shutdown.tracker.spawn(
         async move {
@@ -143,6 +174,75 @@ pub(crate) async fn handle(
         .instrument(Span::current()),
     );
     established()
+}
+
+/// Where a CONNECT may go: the `[tunnel]` rules, and the addresses that
+/// mean this gateway and its admin listener.
+pub(crate) struct TunnelPolicy {
+    /// Allow rules, this gateway's extra names, users and timeouts.
+    pub(crate) config: TunnelConfig,
+    /// The public listener (as bound, once `run` has its listeners): a
+    /// CONNECT to it is served in process.
+    listen: SocketAddr,
+    /// The admin listener (as bound): never a tunnel target.
+    admin: SocketAddr,
+}
+
+impl TunnelPolicy {
+    pub(crate) fn new(config: TunnelConfig, listen: SocketAddr, admin: SocketAddr) -> Self {
+        TunnelPolicy {
+            config,
+            listen,
+            admin,
+        }
+    }
+
+    /// Is `host:port` this gateway (a CONNECT to serve in process)? Its port,
+    /// and `localhost`, a loopback or the listen address, an SNI host (of
+    /// the current certificates, `sni_hosts`), or a name in `[tunnel] names`.
+    pub(crate) fn is_gateway(&self, host: &str, port: u16, sni_hosts: &[String]) -> bool {
+        if port != self.listen.port() {
+            return false;
+        }
+        let by_ip = host.parse::<IpAddr>().is_ok_and(|ip| {
+            let ip = canonical(ip);
+            ip.is_loopback() || ip == self.listen.ip()
+        });
+        by_ip
+            || host == "localhost"
+            || self.config.names.iter().any(|n| n == host)
+            || sni_hosts.iter().any(|n| n == host)
+    }
+
+    /// May a CONNECT for `host` go to `addr` (one of its resolved
+    /// addresses)? An allow rule must match the name or the address and the
+    /// port; a special address (loopback, private, link-local, ...) needs an
+    /// IP/CIDR rule covering it; the admin listener never.
+    pub(crate) fn may_tunnel_to(&self, host: &str, addr: SocketAddr) -> bool {
+        let ip = canonical(addr.ip());
+        let special = is_special(ip);
+        let admin_ip = canonical(self.admin.ip());
+        if addr.port() == self.admin.port()
+            && (special || ip == admin_ip || admin_ip.is_unspecified())
+        {
+            return false;
+        }
+        self.config.allow.iter().any(|rule| {
+            let port_ok = rule.port.is_none_or(|p| p == addr.port());
+            let by_ip = rule.host.matches_ip(ip);
+            let by_name = !special && rule.host.matches_name(host);
+            port_ok && (by_ip || by_name)
+        })
+    }
+
+    /// Could any allow rule admit `host:port`, before resolving it? (A name
+    /// rule matching the name, or an IP/CIDR rule, on that port.)
+    pub(crate) fn could_tunnel_to(&self, host: &str, port: u16) -> bool {
+        self.config.allow.iter().any(|rule| {
+            rule.port.is_none_or(|p| p == port)
+                && (matches!(rule.host, HostPattern::Net(..)) || rule.host.matches_name(host))
+        })
+    }
 }
 
 /// The CONNECT target: `host:port` in authority form, no body.
