@@ -36,11 +36,10 @@ const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key
 const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
 const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
 
-/// Serve one request: upgrade it (for an upstream route, only once the
-/// upstream has answered 101) or refuse it.
 /// Where a request came in.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Front {
+    /// The client's address (for a tunnelled request, the tunnel's client).
     pub(crate) peer: SocketAddr,
     /// Inside TLS (else plaintext, where only CONNECT is served).
     pub(crate) tls: bool,
@@ -48,6 +47,9 @@ pub(crate) struct Front {
     pub(crate) connect: bool,
 }
 
+/// Serve one request: a CONNECT goes to `tunnel`; anything else is upgraded
+/// (for an upstream route, only once the upstream has answered 101) or
+/// refused.
 pub(crate) async fn handle(
     mut req: Request<Incoming>,
     shared: Arc<Shared>,

@@ -1,16 +1,26 @@
 //! wsgate: a TLS-terminating WebSocket gateway.
 //!
-//! A connection's way through the code, one module per stage:
+//! A connection's way through the code, one module per stage, in the order
+//! a connection meets them:
 //!
 //! - [`config`]: TOML + `WSGATE__*` env → validated [`Config`].
 //! - [`tls`]: PEM files → rustls server config (SNI, TLS 1.2/1.3, ALPN http/1.1).
-//! - `listener`: accept loop, admission (`max_connections`, shed and counted).
-//! - `conn`: TLS handshake and HTTP request head under one deadline; hyper.
-//! - `handshake`: strict RFC 6455 upgrade check, [`route`] lookup, 101 or refusal.
-//! - `upstream`: pools, dialling members (TCP, TLS, upgrade), failover, health.
-//! - `session`: the upgraded session task; echo; pings, idle, close handshake.
-//! - `relay`: client ↔ upstream frames, with backpressure.
-//! - `hub`: pub/sub channels, direct messages, presence, resume, HTTP API.
+//! - `listener`: accept loop; `admission` sheds (and counts) connections
+//!   past the global and per-address limits.
+//! - `conn`: the first byte picks TLS or plaintext; TLS handshake and HTTP
+//!   request head under one deadline; hyper.
+//! - `handshake`: strict RFC 6455 upgrade check, [`route`] lookup, 101 or
+//!   refusal; then the session task, which hands the client to its loop.
+//! - `tunnel`: HTTP `CONNECT` in: to the gateway itself (the front again,
+//!   through `conn`) or, when its policy allows, spliced to a target.
+//! - `upstream`: pools: choosing a member, failover, health; `forward`
+//!   builds the upgrade request a member gets; `egress` is the connection
+//!   to it (TCP, or through an egress proxy's CONNECT).
+//! - the session loops, one per route kind: `echo`; `relay` (client ↔
+//!   upstream frames, with backpressure); `hub` (pub/sub channels, direct
+//!   messages, presence, resume, and its HTTP API).
+//! - `session`: what every loop shares: its context, keepalive pings, the
+//!   idle deadline, bounded writes, the close handshake.
 //! - [`close`]: the one place mapping refusals to HTTP statuses and session
 //!   ends to close codes and metric labels.
 //! - [`metrics`], `admin`: Prometheus names and the admin listener.
@@ -94,16 +104,29 @@ pub enum Error {
 /// What every connection shares. Certificates and routes are the `live`
 /// snapshot, replaced whole on reload; the rest is fixed at start-up.
 pub(crate) struct Shared {
+    /// `[limits]`: deadlines and sizes for every connection and session.
     pub(crate) limits: Limits,
     pub(crate) live: ArcSwap<Live>,
+    /// hyper's HTTP/1 settings (header limits, timer), built once and
+    /// cloned per connection, which adds its own head deadline.
     pub(crate) http: http1::Builder,
+    /// tungstenite's buffer and message limits, for client and upstream
+    /// sessions alike.
     pub(crate) ws: WebSocketConfig,
+    /// One hub for the process: channels are one namespace across hub
+    /// routes and the HTTP API, and outlive reloads.
     pub(crate) hub: Hub,
+    /// `[listen] connect_tunnel`: whether the public listener serves CONNECT
+    /// (never inside a tunnel).
     pub(crate) listen_connect_tunnel: bool,
+    /// Where a CONNECT may go; knows the listeners' bound addresses.
     pub(crate) tunnel: TunnelPolicy,
     /// The start-up config, to tell which changes a reload cannot apply.
     base: Config,
+    /// Connection limits, checked at accept, before any TLS work.
     pub(crate) admission: Admission,
+    /// The root cancellation token and the tracker every connection,
+    /// session and tunnel task is spawned on, for the drain.
     pub(crate) shutdown: Shutdown,
 }
 
@@ -113,6 +136,8 @@ pub(crate) struct Shared {
 pub(crate) struct Live {
     pub(crate) routes: RouteTable<RouteState>,
     pub(crate) acceptor: TlsAcceptor,
+    /// The `[[tls.sni]]` host names: a CONNECT to one of them (on the
+    /// listen port) is a CONNECT to this gateway.
     pub(crate) sni_hosts: Vec<String>,
     /// Cancelled when this snapshot is replaced: stops its health checks.
     retired: CancellationToken,
@@ -171,16 +196,19 @@ impl Live {
 
 /// What a route carries at run time.
 pub(crate) struct RouteState {
-    /// The route's path prefix.
+    /// The route's path prefix (a hub route's raw channel may follow it).
     pub(crate) path: String,
     pub(crate) target: Target,
+    /// The route's metric series, registered once per snapshot.
     pub(crate) metrics: RouteMetrics,
 }
 
 /// Where a route's sessions go.
 pub(crate) enum Target {
     Echo,
+    /// Relayed to a member of this pool (its health and leases live here).
     Upstream(Arc<Pool>),
+    /// A client of the process's hub, with this route's settings.
     Hub(Arc<config::HubRoute>),
 }
 

@@ -275,6 +275,8 @@ fn target<B>(req: &Request<B>) -> Result<(String, u16), &'static str> {
     Ok((host, port))
 }
 
+/// Do the `Proxy-Authorization: Basic` credentials match a `[tunnel]`
+/// user? Every user is compared, each in constant time.
 fn authorized<B>(req: &Request<B>, users: &[(String, String)]) -> bool {
     let Some(given) = req
         .headers()
@@ -300,6 +302,7 @@ fn authorized<B>(req: &Request<B>, users: &[(String, String)]) -> bool {
     })
 }
 
+/// The addresses `host` resolves to, within `limit`.
 async fn resolve(host: &str, port: u16, limit: Duration) -> io::Result<Vec<SocketAddr>> {
     match timeout(limit, tokio::net::lookup_host((host, port))).await {
         Ok(addresses) => Ok(addresses?.collect()),
@@ -311,7 +314,7 @@ async fn resolve(host: &str, port: u16, limit: Duration) -> io::Result<Vec<Socke
 /// link-local, unique-local, unspecified, multicast, broadcast, documentation,
 /// and the IPv4-mapped forms of all of these. Only an IP/CIDR allow rule
 /// covering the address opens it.
-pub(crate) fn is_special(ip: IpAddr) -> bool {
+fn is_special(ip: IpAddr) -> bool {
     match canonical(ip) {
         IpAddr::V4(v4) => {
             v4.is_loopback()

@@ -1,6 +1,8 @@
 //! Upstream pools: choose a member (round-robin or least connections,
 //! skipping members in their failure backoff), dial it (TCP, optional TLS,
 //! WebSocket upgrade) under deadlines, fail over, and track member health.
+//! What the member is sent is `forward`'s; how it is reached (direct or
+//! through an egress proxy) is `egress`'s.
 
 use std::fmt;
 use std::io;
@@ -29,29 +31,40 @@ use crate::{forward, metrics, tls};
 
 /// A route's upstream members and how to reach them.
 pub(crate) struct Pool {
+    /// The route's name, for logs and metric labels.
     route: String,
     /// The route's path prefix, for `strip_prefix`.
     route_path: String,
+    /// Balance, deadlines, backoff, TLS and egress proxy settings.
     config: UpstreamConfig,
     members: Vec<Member>,
+    /// Round-robin cursor: each dial starts one member further on.
     next: AtomicUsize,
+    /// Built once per pool, only if some member is `wss://`.
     tls: Option<TlsConnector>,
+    /// The same frame and buffer limits as the client side.
     ws: WebSocketConfig,
     connect_seconds: Histogram,
 }
 
 struct Member {
     url: UpstreamUrl,
+    /// The name its certificate must carry: `tls.server_name`, else its host.
     server_name: ServerName<'static>,
     /// Open sessions, for least-connections.
     active: AtomicUsize,
+    /// Failure backoff; locked briefly, never across an `.await`.
     health: Mutex<Health>,
+    /// Its health series: 1 in service, 0 in backoff.
     healthy: Gauge,
 }
 
+/// A member's failure record: consecutive failures set the backoff.
 #[derive(Default)]
 struct Health {
+    /// Consecutive failed dials or health checks; a success resets it.
     failures: u32,
+    /// Left out of the candidates until then.
     down_until: Option<Instant>,
 }
 
