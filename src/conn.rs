@@ -24,6 +24,8 @@ use crate::{Shared, handshake, metrics};
 
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
+/// Serve one accepted connection. `permit` is its admission ticket, held
+/// until the last session or tunnel on it has ended.
 pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, permit: Ticket, shared: Arc<Shared>) {
     let deadline = Instant::now() + shared.limits.handshake_timeout;
     let mut first = [0u8; 1];

@@ -1,41 +1,46 @@
 //! The HTTP side of the upgrade: a strict RFC 6455 check of the request,
 //! route resolution, then `101 Switching Protocols` (and the session task) or
 //! a short error response whose status comes from `close::Rejection`.
+//!
+//! The session task lives here too: it completes the upgrade, hands the
+//! client to the route's loop (`echo`, `relay` or the hub's session), then
+//! closes both sides. The loops know nothing of how a session was set up.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::admission::Ticket;
 use base64::Engine;
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tracing::{Instrument, Span, debug};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::{Instrument, Span, debug, info};
 
-use crate::close::Rejection;
+use crate::close::{Rejection, SessionEnd, Side};
 use crate::config::Route;
 use crate::config::{HubProtocol, HubRoute};
 use crate::hub::Hub;
+use crate::hub::session::HubClient;
 use crate::names::{check_channel_name, check_client_name};
 use crate::route::RouteTable;
-use crate::session::Peer;
-use crate::upstream::DialError;
-use crate::{Shared, Target, metrics, session, tunnel};
+use crate::session::{SessionCtx, finish};
+use crate::upstream::{DialError, Dialed};
+use crate::{Body, RouteState, Shared, Target, echo, hub, metrics, relay, tunnel};
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
 const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
 
-pub(crate) type Body = Full<Bytes>;
-
-/// Serve one request: upgrade it (for an upstream route, only once the
-/// upstream has answered 101) or refuse it.
 /// Where a request came in.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Front {
+    /// The client's address (for a tunnelled request, the tunnel's client).
     pub(crate) peer: SocketAddr,
     /// Inside TLS (else plaintext, where only CONNECT is served).
     pub(crate) tls: bool,
@@ -43,6 +48,9 @@ pub(crate) struct Front {
     pub(crate) connect: bool,
 }
 
+/// Serve one request: a CONNECT goes to `tunnel`; anything else is upgraded
+/// (for an upstream route, only once the upstream has answered 101) or
+/// refused.
 pub(crate) async fn handle(
     mut req: Request<Incoming>,
     shared: Arc<Shared>,
@@ -94,11 +102,85 @@ pub(crate) async fn handle(
         },
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    shared
-        .shutdown
-        .tracker
-        .spawn(session::run(on_upgrade, state, permit, shared.clone(), peer_side).instrument(span));
+    let task = session(on_upgrade, state, permit, shared.clone(), peer_side);
+    shared.shutdown.tracker.spawn(task.instrument(span));
     switching_protocols(&accept_key, protocol)
+}
+
+/// What a session's client is connected to, set up before the 101.
+enum Peer {
+    Echo,
+    Upstream(Dialed),
+    Hub(HubClient),
+}
+
+/// The task that owns an upgraded session: complete the upgrade, run the
+/// route's loop, close both sides, count and log how it ended. `permit` is
+/// the connection's admission slot, released when this returns.
+async fn session(
+    on_upgrade: OnUpgrade,
+    route: Arc<RouteState>,
+    permit: Arc<Ticket>,
+    shared: Arc<Shared>,
+    peer: Peer,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            debug!(error = %e, "upgrade did not complete");
+            if let Peer::Upstream(mut dialed) = peer {
+                let gone = SessionEnd::Gone(Side::Client).plan(Side::Upstream);
+                finish(&mut dialed.ws, gone, shared.limits.close_timeout).await;
+            }
+            return;
+        }
+    };
+    // Boxed: the steady-state task keeps only pointers in its future.
+    let mut client = Box::new(
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(shared.ws))
+            .await,
+    );
+    let limits = &shared.limits;
+    let ctx = SessionCtx {
+        metrics: &route.metrics,
+        limits,
+        cancel: &shared.shutdown.token,
+    };
+    let started = Instant::now();
+    ctx.metrics.opened.increment(1);
+    ctx.metrics.active.increment(1.0);
+
+    let end = match peer {
+        Peer::Echo => {
+            let end = echo::run(&mut client, &ctx).await;
+            finish(&mut client, end.plan(Side::Client), limits.close_timeout).await;
+            end
+        }
+        Peer::Hub(hub_client) => {
+            let end = hub::session::run(&mut client, &ctx, &shared.hub, &hub_client).await;
+            // Leave the hub (and tell presence listeners) before the close handshake.
+            drop(hub_client);
+            finish(&mut client, end.plan(Side::Client), limits.close_timeout).await;
+            end
+        }
+        Peer::Upstream(mut dialed) => {
+            let end = relay::run(&mut client, &mut dialed.ws, &ctx).await;
+            futures_util::join!(
+                finish(&mut client, end.plan(Side::Client), limits.close_timeout),
+                finish(
+                    &mut dialed.ws,
+                    end.plan(Side::Upstream),
+                    limits.close_timeout
+                ),
+            );
+            end
+        }
+    };
+
+    let elapsed = started.elapsed();
+    ctx.metrics.session_ended(&end, elapsed.as_secs_f64());
+    info!(end = end.label(), code = ?end.client_code(), duration_ms = elapsed.as_millis() as u64, "session ended");
+    drop(permit);
 }
 
 /// Name and register a hub client (and find its room on a raw route)
@@ -147,11 +229,11 @@ fn hub_client<B>(
     {
         return Err(Rejection::HubFull);
     }
-    Ok(Peer::Hub {
+    Ok(Peer::Hub(HubClient {
         registration,
         route: route.clone(),
         room,
-    })
+    }))
 }
 
 /// The first value of `key` in a query string, percent-decoded.

@@ -1,16 +1,26 @@
 //! wsgate: a TLS-terminating WebSocket gateway.
 //!
-//! A connection's way through the code, one module per stage:
+//! A connection's way through the code, one module per stage, in the order
+//! a connection meets them:
 //!
 //! - [`config`]: TOML + `WSGATE__*` env → validated [`Config`].
 //! - [`tls`]: PEM files → rustls server config (SNI, TLS 1.2/1.3, ALPN http/1.1).
-//! - `listener`: accept loop, admission (`max_connections`, shed and counted).
-//! - `conn`: TLS handshake and HTTP request head under one deadline; hyper.
-//! - `handshake`: strict RFC 6455 upgrade check, [`route`] lookup, 101 or refusal.
-//! - `upstream`: pools, dialling members (TCP, TLS, upgrade), failover, health.
-//! - `session`: the upgraded session task; echo; pings, idle, close handshake.
-//! - `relay`: client ↔ upstream frames, with backpressure.
-//! - `hub`: pub/sub channels, direct messages, presence, resume, HTTP API.
+//! - `listener`: accept loop; `admission` sheds (and counts) connections
+//!   past the global and per-address limits.
+//! - `conn`: the first byte picks TLS or plaintext; TLS handshake and HTTP
+//!   request head under one deadline; hyper.
+//! - `handshake`: strict RFC 6455 upgrade check, [`route`] lookup, 101 or
+//!   refusal; then the session task, which hands the client to its loop.
+//! - `tunnel`: HTTP `CONNECT` in: to the gateway itself (the front again,
+//!   through `conn`) or, when its policy allows, spliced to a target.
+//! - `upstream`: pools: choosing a member, failover, health; `forward`
+//!   builds the upgrade request a member gets; `egress` is the connection
+//!   to it (TCP, or through an egress proxy's CONNECT).
+//! - the session loops, one per route kind: `echo`; `relay` (client ↔
+//!   upstream frames, with backpressure); `hub` (pub/sub channels, direct
+//!   messages, presence, resume, and its HTTP API).
+//! - `session`: what every loop shares: its context, keepalive pings, the
+//!   idle deadline, bounded writes, the close handshake.
 //! - [`close`]: the one place mapping refusals to HTTP statuses and session
 //!   ends to close codes and metric labels.
 //! - [`metrics`], `admin`: Prometheus names and the admin listener.
@@ -20,7 +30,6 @@
 //! start exactly what the binary runs, on port 0.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -39,6 +48,9 @@ pub mod close;
 pub mod config;
 mod conn;
 pub mod devcert;
+mod echo;
+mod egress;
+mod forward;
 mod handshake;
 mod headers;
 mod hub;
@@ -62,6 +74,7 @@ use hub::Hub;
 use metrics::RouteMetrics;
 use route::RouteTable;
 use shutdown::{Readiness, Shutdown};
+use tunnel::TunnelPolicy;
 use upstream::Pool;
 
 /// tungstenite's read buffer is allocated up front and zero-filled, so it is
@@ -70,6 +83,9 @@ use upstream::Pool;
 const READ_BUFFER_SIZE: usize = 4 << 10;
 /// Frames are fed into this buffer and written in one go on flush.
 const WRITE_BUFFER_SIZE: usize = 16 << 10;
+
+/// Every response the public front writes: small, whole, in memory.
+pub(crate) type Body = http_body_util::Full<bytes::Bytes>;
 
 /// The listeners [`run`] serves, bound by the caller.
 #[derive(Debug)]
@@ -91,19 +107,29 @@ pub enum Error {
 /// What every connection shares. Certificates and routes are the `live`
 /// snapshot, replaced whole on reload; the rest is fixed at start-up.
 pub(crate) struct Shared {
+    /// `[limits]`: deadlines and sizes for every connection and session.
     pub(crate) limits: Limits,
     pub(crate) live: ArcSwap<Live>,
+    /// hyper's HTTP/1 settings (header limits, timer), built once and
+    /// cloned per connection, which adds its own head deadline.
     pub(crate) http: http1::Builder,
+    /// tungstenite's buffer and message limits, for client and upstream
+    /// sessions alike.
     pub(crate) ws: WebSocketConfig,
+    /// One hub for the process: channels are one namespace across hub
+    /// routes and the HTTP API, and outlive reloads.
     pub(crate) hub: Hub,
+    /// `[listen] connect_tunnel`: whether the public listener serves CONNECT
+    /// (never inside a tunnel).
     pub(crate) listen_connect_tunnel: bool,
-    pub(crate) tunnel: config::TunnelConfig,
-    /// Names and addresses that mean this gateway, for CONNECT.
-    listen: SocketAddr,
-    admin: SocketAddr,
+    /// Where a CONNECT may go; knows the listeners' bound addresses.
+    pub(crate) tunnel: TunnelPolicy,
     /// The start-up config, to tell which changes a reload cannot apply.
     base: Config,
+    /// Connection limits, checked at accept, before any TLS work.
     pub(crate) admission: Admission,
+    /// The root cancellation token and the tracker every connection,
+    /// session and tunnel task is spawned on, for the drain.
     pub(crate) shutdown: Shutdown,
 }
 
@@ -113,6 +139,8 @@ pub(crate) struct Shared {
 pub(crate) struct Live {
     pub(crate) routes: RouteTable<RouteState>,
     pub(crate) acceptor: TlsAcceptor,
+    /// The `[[tls.sni]]` host names: a CONNECT to one of them (on the
+    /// listen port) is a CONNECT to this gateway.
     pub(crate) sni_hosts: Vec<names::ServerName>,
     /// Cancelled when this snapshot is replaced: stops its health checks.
     retired: CancellationToken,
@@ -171,16 +199,19 @@ impl Live {
 
 /// What a route carries at run time.
 pub(crate) struct RouteState {
-    /// The route's path prefix.
+    /// The route's path prefix (a hub route's raw channel may follow it).
     pub(crate) path: String,
     pub(crate) target: Target,
+    /// The route's metric series, registered once per snapshot.
     pub(crate) metrics: RouteMetrics,
 }
 
 /// Where a route's sessions go.
 pub(crate) enum Target {
     Echo,
+    /// Relayed to a member of this pool (its health and leases live here).
     Upstream(Arc<Pool>),
+    /// A client of the process's hub, with this route's settings.
     Hub(Arc<config::HubRoute>),
 }
 
@@ -212,9 +243,7 @@ impl Shared {
             ws,
             hub: Hub::new(config.hub.clone()),
             listen_connect_tunnel: config.listen.connect_tunnel,
-            tunnel: config.tunnel.clone(),
-            listen: config.listen.addr,
-            admin: config.admin.addr,
+            tunnel: TunnelPolicy::new(config.tunnel.clone(), config.listen.addr, config.admin.addr),
             base: config.clone(),
             shutdown,
         })
@@ -222,54 +251,6 @@ impl Shared {
 }
 
 impl Shared {
-    /// Is `host:port` this gateway (a CONNECT to serve in process)? Its port,
-    /// and `localhost`, a loopback or the listen address, an SNI host, or a
-    /// name in `[tunnel] names`.
-    pub(crate) fn is_gateway(&self, host: &str, port: u16) -> bool {
-        if port != self.listen.port() {
-            return false;
-        }
-        let by_ip = host.parse::<std::net::IpAddr>().is_ok_and(|ip| {
-            let ip = names::canonical(ip);
-            ip.is_loopback() || ip == self.listen.ip()
-        });
-        by_ip
-            || host == "localhost"
-            || self.tunnel.names.iter().any(|n| n.matches(host))
-            || self.live.load().sni_hosts.iter().any(|n| n.matches(host))
-    }
-
-    /// May a CONNECT for `host` go to `addr` (one of its resolved
-    /// addresses)? An allow rule must match the name or the address and the
-    /// port; a special address (loopback, private, link-local, ...) needs an
-    /// IP/CIDR rule covering it; the admin listener never.
-    pub(crate) fn may_tunnel_to(&self, host: &str, addr: SocketAddr) -> bool {
-        let ip = names::canonical(addr.ip());
-        let special = tunnel::is_special(ip);
-        let admin_ip = names::canonical(self.admin.ip());
-        if addr.port() == self.admin.port()
-            && (special || ip == admin_ip || admin_ip.is_unspecified())
-        {
-            return false;
-        }
-        self.tunnel.allow.iter().any(|rule| {
-            let port_ok = rule.port.is_none_or(|p| p == addr.port());
-            let by_ip = rule.host.matches_ip(ip);
-            let by_name = !special && rule.host.matches_name(host);
-            port_ok && (by_ip || by_name)
-        })
-    }
-
-    /// Could any allow rule admit `host:port`, before resolving it? (A name
-    /// rule matching the name, or an IP/CIDR rule, on that port.)
-    pub(crate) fn could_tunnel_to(&self, host: &str, port: u16) -> bool {
-        self.tunnel.allow.iter().any(|rule| {
-            rule.port.is_none_or(|p| p == port)
-                && (matches!(rule.host, names::HostPattern::Net(..))
-                    || rule.host.matches_name(host))
-        })
-    }
-
     /// Can some route serve a new session? Echo and hub routes always can; an
     /// upstream route while any member is out of its failure backoff.
     pub(crate) fn can_serve(&self) -> bool {
@@ -374,8 +355,7 @@ pub async fn run_with_reload(
     // The addresses actually bound (a test binds port 0): CONNECT decides
     // "this gateway" and "the admin listener" by them.
     if let (Ok(public), Ok(admin)) = (listeners.public.local_addr(), listeners.admin.local_addr()) {
-        shared.listen = public;
-        shared.admin = admin;
+        shared.tunnel = TunnelPolicy::new(config.tunnel.clone(), public, admin);
     }
     let shared = Arc::new(shared);
     shared.live.load().start();

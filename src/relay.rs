@@ -16,36 +16,34 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
-use tokio_util::sync::CancellationToken;
 
 use crate::close::{SessionEnd, Side};
-use crate::config::Limits;
 use crate::metrics::RouteMetrics;
-use crate::session::{KEEPALIVE, Timers, bounded};
+use crate::session::{KEEPALIVE, SessionCtx, Timers};
 
 type Next = Option<Result<Message, WsError>>;
 
+/// Carry messages between `client` and `upstream` until either side ends,
+/// a clock runs out, or the gateway drains; return how it ended.
 pub(crate) async fn run<C, U>(
     client: &mut WebSocketStream<C>,
     upstream: &mut WebSocketStream<U>,
-    metrics: &RouteMetrics,
-    limits: &Limits,
-    cancel: &CancellationToken,
+    ctx: &SessionCtx<'_>,
 ) -> SessionEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut timers = Timers::new(limits);
+    let mut timers = Timers::new(ctx.limits);
     let mut pings = Pings::default();
     loop {
         // Unbiased between the two sides, so neither can starve the other.
         let (from, first) = tokio::select! {
             msg = client.next() => (Side::Client, msg),
             msg = upstream.next() => (Side::Upstream, msg),
-            _ = cancel.cancelled() => return SessionEnd::Shutdown,
+            _ = ctx.cancel.cancelled() => return SessionEnd::Shutdown,
             tick = timers.next() => {
-                if let Err(end) = timers.handle(tick, client, limits.send_timeout).await {
+                if let Err(end) = timers.handle(tick, client, ctx.limits.send_timeout).await {
                     return end;
                 }
                 continue;
@@ -58,11 +56,11 @@ where
                     client,
                     upstream,
                     first,
-                    metrics,
+                    ctx.metrics,
                     &mut timers,
                     &mut pings,
                 );
-                bounded(Side::Upstream, limits.send_timeout, cancel, batch).await
+                ctx.bounded(Side::Upstream, batch).await
             }
             Side::Upstream => {
                 let batch = pump(
@@ -70,11 +68,11 @@ where
                     upstream,
                     client,
                     first,
-                    metrics,
+                    ctx.metrics,
                     &mut timers,
                     &mut pings,
                 );
-                bounded(Side::Client, limits.send_timeout, cancel, batch).await
+                ctx.bounded(Side::Client, batch).await
             }
         };
         if let Err(end) = written {

@@ -1,184 +1,36 @@
-//! An upgraded WebSocket session: the task that owns it, the echo loop, and
-//! what every session loop shares: keepalive pings, the idle deadline,
-//! bounded writes, and a bounded close handshake at the end.
+//! What every session loop (echo, relay, hub) shares, so that none of them
+//! holds a tool the others borrow: the session's context, keepalive pings,
+//! the idle deadline, bounded writes, and the bounded close handshake at the
+//! end. A leaf: it knows nothing of the loops that use it, nor of how the
+//! session was set up.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admission::Ticket;
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Interval, MissedTickBehavior, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
 
 use crate::close::{ClosePlan, SessionEnd, Side};
-use crate::config::HubRoute;
 use crate::config::Limits;
-use crate::hub::{self, Registration};
 use crate::metrics::RouteMetrics;
-use crate::upstream::Dialed;
-use crate::{RouteState, Shared, relay};
 
 /// Payload of the gateway's own pings to clients; pongs carrying it are
 /// consumed, not relayed.
 pub(crate) const KEEPALIVE: &[u8] = b"wsgate-keepalive";
 
-/// What a session's client is connected to, set up before the 101.
-pub(crate) enum Peer {
-    Echo,
-    Upstream(Dialed),
-    /// A registered hub client; `room` is its channel on a raw route.
-    Hub {
-        registration: Registration,
-        route: Arc<HubRoute>,
-        room: Option<String>,
-    },
-}
-
-/// Run the session for an accepted upgrade. `permit` is the connection's
-/// admission slot, released when this returns.
-pub(crate) async fn run(
-    on_upgrade: OnUpgrade,
-    route: Arc<RouteState>,
-    permit: Arc<Ticket>,
-    shared: Arc<Shared>,
-    peer: Peer,
-) {
-    let upgraded = match on_upgrade.await {
-        Ok(upgraded) => upgraded,
-        Err(e) => {
-            debug!(error = %e, "upgrade did not complete");
-            if let Peer::Upstream(mut dialed) = peer {
-                let gone = SessionEnd::Gone(Side::Client).plan(Side::Upstream);
-                finish(&mut dialed.ws, gone, shared.limits.close_timeout).await;
-            }
-            return;
-        }
-    };
-    // Boxed: the steady-state task keeps only pointers in its future.
-    let mut client = Box::new(
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(shared.ws))
-            .await,
-    );
-    let metrics = &route.metrics;
-    let limits = &shared.limits;
-    let cancel = &shared.shutdown.token;
-    let started = Instant::now();
-    metrics.opened.increment(1);
-    metrics.active.increment(1.0);
-
-    let end = match peer {
-        Peer::Echo => {
-            let end = echo(&mut client, metrics, limits, cancel).await;
-            finish(&mut client, end.plan(Side::Client), limits.close_timeout).await;
-            end
-        }
-        Peer::Hub {
-            registration,
-            route: hub_route,
-            room,
-        } => {
-            let hub = &shared.hub;
-            let conn = &registration.conn;
-            let end = hub::session::run(
-                &mut client,
-                hub,
-                conn,
-                &hub_route,
-                room.as_deref(),
-                metrics,
-                limits,
-                cancel,
-            )
-            .await;
-            // Leave the hub (and tell presence listeners) before the close handshake.
-            drop(registration);
-            finish(&mut client, end.plan(Side::Client), limits.close_timeout).await;
-            end
-        }
-        Peer::Upstream(mut dialed) => {
-            let end = relay::run(&mut client, &mut dialed.ws, metrics, limits, cancel).await;
-            futures_util::join!(
-                finish(&mut client, end.plan(Side::Client), limits.close_timeout),
-                finish(
-                    &mut dialed.ws,
-                    end.plan(Side::Upstream),
-                    limits.close_timeout
-                ),
-            );
-            end
-        }
-    };
-
-    let elapsed = started.elapsed();
-    metrics.session_ended(&end, elapsed.as_secs_f64());
-    info!(end = end.label(), code = ?end.client_code(), duration_ms = elapsed.as_millis() as u64, "session ended");
-    drop(permit);
-}
-
-/// Echo every text and binary message back; answer pings (tungstenite
-/// queues the pong, the flush sends it); return how the session ended.
-async fn echo<S>(
-    ws: &mut WebSocketStream<S>,
-    metrics: &RouteMetrics,
-    limits: &Limits,
-    cancel: &CancellationToken,
-) -> SessionEnd
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut timers = Timers::new(limits);
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return SessionEnd::Shutdown,
-            msg = ws.next() => msg,
-            tick = timers.next() => {
-                if let Err(end) = timers.handle(tick, ws, limits.send_timeout).await {
-                    return end;
-                }
-                continue;
-            }
-        };
-        // Feed this message and every one already readable, then flush once.
-        let batch = async {
-            let mut next = Some(first);
-            while let Some(msg) = next {
-                let msg = match msg {
-                    None => return Err(SessionEnd::Gone(Side::Client)),
-                    Some(Err(e)) => return Err(SessionEnd::from_ws_error(Side::Client, &e)),
-                    Some(Ok(msg)) => msg,
-                };
-                match msg {
-                    Message::Text(_) | Message::Binary(_) => {
-                        let len = msg.len() as u64;
-                        metrics.count(Side::Client, len);
-                        ws.feed(msg)
-                            .await
-                            .map_err(|e| SessionEnd::from_ws_error(Side::Client, &e))?;
-                        metrics.count(Side::Upstream, len);
-                        timers.touch();
-                    }
-                    Message::Pong(_) => timers.pong(),
-                    Message::Close(frame) => return Err(SessionEnd::Closed(Side::Client, frame)),
-                    Message::Ping(_) | Message::Frame(_) => {}
-                }
-                next = ws.next().now_or_never();
-            }
-            ws.flush()
-                .await
-                .map_err(|e| SessionEnd::from_ws_error(Side::Client, &e))
-        };
-        if let Err(end) = bounded(Side::Client, limits.send_timeout, cancel, batch).await {
-            return end;
-        }
-    }
+/// What every session loop is handed, one per session: where its traffic is
+/// counted, the limits that bound it, and the signal to stop.
+pub(crate) struct SessionCtx<'a> {
+    /// The route's series: messages and bytes each way.
+    pub(crate) metrics: &'a RouteMetrics,
+    /// Send, ping, idle and close deadlines, as configured.
+    pub(crate) limits: &'a Limits,
+    /// The gateway's shutdown: the loop ends with `SessionEnd::Shutdown`.
+    pub(crate) cancel: &'a CancellationToken,
 }
 
 /// Carry out one side's part of the end, within `limit`: send our Close (or
@@ -209,18 +61,21 @@ where
     .await;
 }
 
-/// Run a write batch to `to` under `send_timeout`, giving way to shutdown:
-/// a peer that stops reading holds a session for at most that long, and
-/// never delays a drain.
-pub(crate) async fn bounded(
-    to: Side,
-    limit: Duration,
-    cancel: &CancellationToken,
-    work: impl Future<Output = Result<(), SessionEnd>>,
-) -> Result<(), SessionEnd> {
-    tokio::select! {
-        written = timeout(limit, work) => written.unwrap_or(Err(SessionEnd::SendTimeout(to))),
-        _ = cancel.cancelled() => Err(SessionEnd::Shutdown),
+impl SessionCtx<'_> {
+    /// Run a write batch to `to` under `send_timeout`, giving way to
+    /// shutdown: a peer that stops reading holds a session for at most that
+    /// long, and never delays a drain.
+    pub(crate) async fn bounded(
+        &self,
+        to: Side,
+        work: impl Future<Output = Result<(), SessionEnd>>,
+    ) -> Result<(), SessionEnd> {
+        tokio::select! {
+            written = timeout(self.limits.send_timeout, work) => {
+                written.unwrap_or(Err(SessionEnd::SendTimeout(to)))
+            }
+            _ = self.cancel.cancelled() => Err(SessionEnd::Shutdown),
+        }
     }
 }
 

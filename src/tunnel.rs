@@ -1,6 +1,4 @@
-//! HTTP `CONNECT`, in and out.
-//!
-//! In: clients behind restrictive networks (or configured to use wsgate as
+//! HTTP `CONNECT` in: clients behind restrictive networks (or configured to use wsgate as
 //! their HTTP proxy, like Qt's `QNetworkProxy::HttpProxy`) send
 //! `CONNECT host:port`. A CONNECT to the gateway itself is answered 200 and
 //! the TLS and WebSocket front runs on the tunnel, in process. A CONNECT
@@ -10,8 +8,8 @@
 //! private addresses (those need an explicit IP/CIDR rule), and the admin
 //! listener is never a target.
 //!
-//! Out: upstream members behind an egress proxy are dialled through its
-//! CONNECT, and TLS to the member runs inside the tunnel.
+//! (CONNECT out, through an egress proxy to an upstream member, is
+//! `egress`.)
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -30,12 +28,11 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{Instrument, Span, debug, info};
 
-use crate::config::EgressProxy;
-use crate::handshake::Body;
-use crate::names::canonical;
-use crate::{Shared, conn, metrics};
+use crate::config::TunnelConfig;
+use crate::names::{HostPattern, ServerName, canonical, split_host_port};
+use crate::{Body, Shared, conn, metrics};
 
-/// Answer a CONNECT request (`depth`: 0 on the outer connection).
+/// Answer a CONNECT request.
 pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
@@ -46,8 +43,8 @@ pub(crate) async fn handle(
         Ok(target) => target,
         Err(why) => return refuse(TunnelOutcome::BadRequest(why)),
     };
-    let tunnel = &shared.tunnel;
-    if !tunnel.users.is_empty() && !authorized(&req, &tunnel.users) {
+    let policy = &shared.tunnel;
+    if !policy.config.users.is_empty() && !authorized(&req, &policy.config.users) {
         let mut r = refuse(TunnelOutcome::Unauthorized);
         r.headers_mut().insert(
             header::PROXY_AUTHENTICATE,
@@ -55,52 +52,90 @@ pub(crate) async fn handle(
         );
         return r;
     }
-    if shared.is_gateway(&host, port) {
+    if policy.is_gateway(&host, port, &shared.live.load().sni_hosts) {
         metrics::tunnel(TunnelOutcome::Gateway);
         info!(%peer, target = %format!("{host}:{port}"), "CONNECT to the gateway itself");
-        let on_upgrade = hyper::upgrade::on(req);
-        let task_shared = shared.clone();
-        shared.shutdown.tracker.spawn(
-            async move {
-                if let Ok(upgraded) = on_upgrade.await {
-                    // The TLS and WebSocket front, on the tunnel; no CONNECT
-                    // inside it, so tunnels never nest.
-                    conn::serve_tunnelled(TokioIo::new(upgraded), peer, permit, task_shared).await;
-                }
-            }
-            .instrument(Span::current()),
-        );
-        return established(TunnelOutcome::Gateway);
+        return serve_gateway(req, &shared, permit, peer);
     }
+    match dial_target(policy, &host, port, peer).await {
+        Ok(target_stream) => {
+            metrics::tunnel(TunnelOutcome::Spliced);
+            info!(%peer, target = %format!("{host}:{port}"), "CONNECT tunnel opened");
+            splice_upgraded(req, target_stream, &shared, permit)
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// Answer 200 and run the TLS and WebSocket front on the tunnel, in
+/// process; no CONNECT inside it, so tunnels never nest.
+fn serve_gateway(
+    req: Request<Incoming>,
+    shared: &Arc<Shared>,
+    permit: Arc<Ticket>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let on_upgrade = hyper::upgrade::on(req);
+    let task_shared = shared.clone();
+    shared.shutdown.tracker.spawn(
+        async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                conn::serve_tunnelled(TokioIo::new(upgraded), peer, permit, task_shared).await;
+            }
+        }
+        .instrument(Span::current()),
+    );
+    established(TunnelOutcome::Gateway)
+}
+
+/// A TCP stream to an allowed address of `host:port`, or the refusal to
+/// answer with.
+async fn dial_target(
+    policy: &TunnelPolicy,
+    host: &str,
+    port: u16,
+    peer: SocketAddr,
+) -> Result<TcpStream, Response<Body>> {
+    let denied = || refuse(TunnelOutcome::Denied);
     // No rule could admit it whatever it resolves to: refuse without even a
     // DNS lookup (a lookup is an outbound action too, and an oracle).
-    if !shared.could_tunnel_to(&host, port) {
+    if !policy.could_tunnel_to(host, port) {
         debug!(%peer, target = %format!("{host}:{port}"), "CONNECT refused: no rule admits it");
-        return refuse(TunnelOutcome::Denied);
+        return Err(denied());
     }
-    let addresses = match resolve(&host, port, tunnel.connect_timeout).await {
+    let limit = policy.config.connect_timeout;
+    let addresses = match resolve(host, port, limit).await {
         Ok(addresses) => addresses,
-        Err(_) => return refuse(TunnelOutcome::Unresolved),
+        Err(_) => return Err(refuse(TunnelOutcome::Unresolved)),
     };
     let allowed: Vec<SocketAddr> = addresses
         .into_iter()
-        .filter(|a| shared.may_tunnel_to(&host, *a))
+        .filter(|a| policy.may_tunnel_to(host, *a))
         .collect();
     if allowed.is_empty() {
         debug!(%peer, target = %format!("{host}:{port}"), "CONNECT refused: not an allowed target");
-        return refuse(TunnelOutcome::Denied);
+        return Err(denied());
     }
-    let dialled = timeout(tunnel.connect_timeout, TcpStream::connect(&allowed[..])).await;
-    let target_stream = match dialled {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(_)) => return refuse(TunnelOutcome::Unreachable),
-        Err(_) => return refuse(TunnelOutcome::Timeout),
-    };
-    let _ = target_stream.set_nodelay(true);
-    metrics::tunnel(TunnelOutcome::Spliced);
-    info!(%peer, target = %format!("{host}:{port}"), "CONNECT tunnel opened");
+    match timeout(limit, TcpStream::connect(&allowed[..])).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(_)) => Err(refuse(TunnelOutcome::Unreachable)),
+        Err(_) => Err(refuse(TunnelOutcome::Timeout)),
+    }
+}
+
+/// Answer 200 and splice the tunnel to `target_stream` in a tracked task
+/// that holds the connection's admission `permit`.
+fn splice_upgraded(
+    req: Request<Incoming>,
+    target_stream: TcpStream,
+    shared: &Shared,
+    permit: Arc<Ticket>,
+) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(req);
-    let idle = tunnel.idle_timeout;
+    let idle = shared.tunnel.config.idle_timeout;
     let cancel = shared.shutdown.token.clone();
     shared.shutdown.tracker.spawn(
         async move {
@@ -119,6 +154,75 @@ pub(crate) async fn handle(
     established(TunnelOutcome::Spliced)
 }
 
+/// Where a CONNECT may go: the `[tunnel]` rules, and the addresses that
+/// mean this gateway and its admin listener.
+pub(crate) struct TunnelPolicy {
+    /// Allow rules, this gateway's extra names, users and timeouts.
+    pub(crate) config: TunnelConfig,
+    /// The public listener (as bound, once `run` has its listeners): a
+    /// CONNECT to it is served in process.
+    listen: SocketAddr,
+    /// The admin listener (as bound): never a tunnel target.
+    admin: SocketAddr,
+}
+
+impl TunnelPolicy {
+    pub(crate) fn new(config: TunnelConfig, listen: SocketAddr, admin: SocketAddr) -> Self {
+        TunnelPolicy {
+            config,
+            listen,
+            admin,
+        }
+    }
+
+    /// Is `host:port` this gateway (a CONNECT to serve in process)? Its port,
+    /// and `localhost`, a loopback or the listen address, an SNI host (of
+    /// the current certificates, `sni_hosts`), or a name in `[tunnel] names`.
+    pub(crate) fn is_gateway(&self, host: &str, port: u16, sni_hosts: &[ServerName]) -> bool {
+        if port != self.listen.port() {
+            return false;
+        }
+        let by_ip = host.parse::<IpAddr>().is_ok_and(|ip| {
+            let ip = canonical(ip);
+            ip.is_loopback() || ip == self.listen.ip()
+        });
+        by_ip
+            || host == "localhost"
+            || self.config.names.iter().any(|n| n.matches(host))
+            || sni_hosts.iter().any(|n| n.matches(host))
+    }
+
+    /// May a CONNECT for `host` go to `addr` (one of its resolved
+    /// addresses)? An allow rule must match the name or the address and the
+    /// port; a special address (loopback, private, link-local, ...) needs an
+    /// IP/CIDR rule covering it; the admin listener never.
+    pub(crate) fn may_tunnel_to(&self, host: &str, addr: SocketAddr) -> bool {
+        let ip = canonical(addr.ip());
+        let special = is_special(ip);
+        let admin_ip = canonical(self.admin.ip());
+        if addr.port() == self.admin.port()
+            && (special || ip == admin_ip || admin_ip.is_unspecified())
+        {
+            return false;
+        }
+        self.config.allow.iter().any(|rule| {
+            let port_ok = rule.port.is_none_or(|p| p == addr.port());
+            let by_ip = rule.host.matches_ip(ip);
+            let by_name = !special && rule.host.matches_name(host);
+            port_ok && (by_ip || by_name)
+        })
+    }
+
+    /// Could any allow rule admit `host:port`, before resolving it? (A name
+    /// rule matching the name, or an IP/CIDR rule, on that port.)
+    pub(crate) fn could_tunnel_to(&self, host: &str, port: u16) -> bool {
+        self.config.allow.iter().any(|rule| {
+            rule.port.is_none_or(|p| p == port)
+                && (matches!(rule.host, HostPattern::Net(..)) || rule.host.matches_name(host))
+        })
+    }
+}
+
 /// The CONNECT target: `host:port` in authority form, no body.
 fn target<B>(req: &Request<B>) -> Result<(String, u16), &'static str> {
     if crate::headers::has_body(req.headers()) {
@@ -128,11 +232,7 @@ fn target<B>(req: &Request<B>) -> Result<(String, u16), &'static str> {
     let port = authority
         .port_u16()
         .ok_or("CONNECT needs an explicit port")?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
+    let host = split_host_port(authority.host()).0.to_ascii_lowercase();
     if host.is_empty()
         || req
             .uri()
@@ -144,6 +244,8 @@ fn target<B>(req: &Request<B>) -> Result<(String, u16), &'static str> {
     Ok((host, port))
 }
 
+/// Do the `Proxy-Authorization: Basic` credentials match a `[tunnel]`
+/// user? Every user is compared, each in constant time.
 fn authorized<B>(req: &Request<B>, users: &[(String, String)]) -> bool {
     let Some(given) = req
         .headers()
@@ -162,6 +264,7 @@ fn authorized<B>(req: &Request<B>, users: &[(String, String)]) -> bool {
     crate::headers::matches_any(expected.iter().map(|e| e.as_bytes()), &given)
 }
 
+/// The addresses `host` resolves to, within `limit`.
 async fn resolve(host: &str, port: u16, limit: Duration) -> io::Result<Vec<SocketAddr>> {
     match timeout(limit, tokio::net::lookup_host((host, port))).await {
         Ok(addresses) => Ok(addresses?.collect()),
@@ -173,7 +276,7 @@ async fn resolve(host: &str, port: u16, limit: Duration) -> io::Result<Vec<Socke
 /// link-local, unique-local, unspecified, multicast, broadcast, documentation,
 /// and the IPv4-mapped forms of all of these. Only an IP/CIDR allow rule
 /// covering the address opens it.
-pub(crate) fn is_special(ip: IpAddr) -> bool {
+fn is_special(ip: IpAddr) -> bool {
     match canonical(ip) {
         IpAddr::V4(v4) => {
             v4.is_loopback()
@@ -293,68 +396,6 @@ async fn carry<W: AsyncWrite + Unpin>(
             }
             _ => Step::Broken,
         },
-    }
-}
-
-/// Why dialling through an egress proxy failed.
-#[derive(Debug)]
-pub(crate) enum ProxyError {
-    Io(io::Error),
-    /// The proxy answered the CONNECT with this status line.
-    Refused(String),
-}
-
-impl std::fmt::Display for ProxyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ProxyError::Io(e) => write!(f, "proxy: {e}"),
-            ProxyError::Refused(status) => write!(f, "proxy answered {status:?}"),
-        }
-    }
-}
-
-/// A TCP stream to `host:port` through `proxy` (its CONNECT answered 200).
-/// The caller bounds the time this takes.
-pub(crate) async fn dial_via(
-    proxy: &EgressProxy,
-    host: &str,
-    port: u16,
-) -> Result<TcpStream, ProxyError> {
-    let mut stream = TcpStream::connect((proxy.host.as_str(), proxy.port))
-        .await
-        .map_err(ProxyError::Io)?;
-    let _ = stream.set_nodelay(true);
-    let authority = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
-    if let Some(auth) = &proxy.authorization {
-        request.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(ProxyError::Io)?;
-    // Read the answer's head byte by byte (a few dozen bytes, once per
-    // dial), so nothing after it is consumed.
-    let mut head = Vec::with_capacity(128);
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() >= 8 << 10 {
-            return Err(ProxyError::Refused("an answer head over 8 KiB".into()));
-        }
-        head.push(stream.read_u8().await.map_err(ProxyError::Io)?);
-    }
-    let status_line =
-        String::from_utf8_lossy(head.split(|&b| b == b'\r').next().unwrap_or_default())
-            .into_owned();
-    let ok = status_line.split(' ').nth(1) == Some("200");
-    if ok {
-        Ok(stream)
-    } else {
-        Err(ProxyError::Refused(status_line))
     }
 }
 

@@ -1,60 +1,70 @@
 //! Upstream pools: choose a member (round-robin or least connections,
 //! skipping members in their failure backoff), dial it (TCP, optional TLS,
 //! WebSocket upgrade) under deadlines, fail over, and track member health.
+//! What the member is sent is `forward`'s; how it is reached (direct or
+//! through an egress proxy) is `egress`'s.
 
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ::metrics::{Gauge, Histogram};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Uri};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::close::Rejection;
 use crate::config::{Balance, ConfigIssue, Route, UpstreamConfig, UpstreamUrl};
-use crate::{metrics, tls, tunnel};
+use crate::egress::{self, UpstreamIo};
+use crate::{forward, metrics, tls};
 
 /// A route's upstream members and how to reach them.
 pub(crate) struct Pool {
+    /// The route's name, for logs and metric labels.
     route: String,
     /// The route's path prefix, for `strip_prefix`.
     route_path: String,
+    /// Balance, deadlines, backoff, TLS and egress proxy settings.
     config: UpstreamConfig,
     members: Vec<Member>,
+    /// Round-robin cursor: each dial starts one member further on.
     next: AtomicUsize,
+    /// Built once per pool, only if some member is `wss://`.
     tls: Option<TlsConnector>,
+    /// The same frame and buffer limits as the client side.
     ws: WebSocketConfig,
     connect_seconds: Histogram,
 }
 
 struct Member {
     url: UpstreamUrl,
+    /// The name its certificate must carry: `tls.server_name`, else its host.
     server_name: ServerName<'static>,
     /// Open sessions, for least-connections.
     active: AtomicUsize,
+    /// Failure backoff; locked briefly, never across an `.await`.
     health: Mutex<Health>,
+    /// Its health series: 1 in service, 0 in backoff.
     healthy: Gauge,
 }
 
+/// A member's failure record: consecutive failures set the backoff.
 #[derive(Default)]
 struct Health {
+    /// Consecutive failed dials or health checks; a success resets it.
     failures: u32,
+    /// Left out of the candidates until then.
     down_until: Option<Instant>,
 }
 
@@ -95,7 +105,7 @@ pub(crate) enum DialError {
 enum Attempt {
     Unreachable(io::Error),
     /// The egress proxy failed or refused the CONNECT.
-    Proxy(tunnel::ProxyError),
+    Proxy(egress::ProxyError),
     Timeout,
     BadHandshake(WsError),
     Status(Response<Option<Vec<u8>>>),
@@ -185,7 +195,8 @@ impl Pool {
         let mut last = None;
         for index in self.candidates() {
             let member = &self.members[index];
-            let request = self.request(&member.url, uri, headers, peer);
+            let strip_prefix = self.config.strip_prefix.then_some(self.route_path.as_str());
+            let request = forward::upgrade_request(&member.url, strip_prefix, uri, headers, peer);
             let started = Instant::now();
             match self.dial_member(member, request).await {
                 Ok((ws, response)) => {
@@ -255,7 +266,7 @@ impl Pool {
         let (host, port) = (member.url.host.as_str(), member.url.port);
         let connect = async {
             match &self.config.proxy {
-                Some(proxy) if proxy.applies_to(host) => tunnel::dial_via(proxy, host, port).await.map_err(|e| {
+                Some(proxy) if proxy.applies_to(host) => egress::dial_via(proxy, host, port).await.map_err(|e| {
                     warn!(route = %self.route, upstream = %member.url.url, proxy = %proxy.display, error = %e, "egress proxy refused");
                     Attempt::Proxy(e)
                 }),
@@ -288,84 +299,6 @@ impl Pool {
         timeout(self.config.handshake_timeout, handshake)
             .await
             .unwrap_or(Err(Attempt::Timeout))
-    }
-
-    /// The upgrade request the member gets: the client's path (less the
-    /// route prefix with `strip_prefix`) under the member's path, the
-    /// client's query, its end-to-end headers (subprotocols, cookies,
-    /// `Authorization`, ...), and the forwarding headers.
-    fn request(
-        &self,
-        member: &UpstreamUrl,
-        uri: &Uri,
-        headers: &HeaderMap,
-        peer: IpAddr,
-    ) -> Request<()> {
-        let client_path = uri.path();
-        let rest = if self.config.strip_prefix {
-            client_path
-                .strip_prefix(self.route_path.trim_end_matches('/'))
-                .unwrap_or(client_path)
-        } else {
-            client_path
-        };
-        let mut target = member.path.clone();
-        if !rest.starts_with('/') && !rest.is_empty() {
-            target.push('/');
-        }
-        target.push_str(rest);
-        if target.is_empty() {
-            target.push('/');
-        }
-        match (member.query.as_deref(), uri.query()) {
-            (Some(a), Some(b)) => target.extend(["?", a, "&", b]),
-            (Some(q), None) | (None, Some(q)) => target.extend(["?", q]),
-            (None, None) => {}
-        }
-
-        let mut out = HeaderMap::with_capacity(headers.len() + 8);
-        let listed_in_connection: Vec<String> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .collect();
-        for (name, value) in headers {
-            if !is_hop_by_hop(name) && !listed_in_connection.iter().any(|t| t == name.as_str()) {
-                out.append(name.clone(), value.clone());
-            }
-        }
-        let client_host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        append_list(&mut out, X_FORWARDED_FOR, &peer.to_string());
-        let for_ = match peer {
-            IpAddr::V4(ip) => ip.to_string(),
-            IpAddr::V6(ip) => format!("\"[{ip}]\""),
-        };
-        append_list(
-            &mut out,
-            header::FORWARDED,
-            &format!("for={for_};host=\"{client_host}\";proto=https"),
-        );
-        insert(&mut out, X_FORWARDED_PROTO, "https");
-        insert(&mut out, X_FORWARDED_HOST, client_host);
-        insert(&mut out, header::HOST, &member.authority);
-        insert(&mut out, header::CONNECTION, "Upgrade");
-        insert(&mut out, header::UPGRADE, "websocket");
-        insert(&mut out, header::SEC_WEBSOCKET_VERSION, "13");
-        insert(&mut out, header::SEC_WEBSOCKET_KEY, &generate_key());
-
-        // tungstenite wants the absolute URI; only its path and query go on the wire.
-        let scheme = if member.secure { "wss" } else { "ws" };
-        let mut request = Request::new(());
-        *request.uri_mut() = format!("{scheme}://{}{target}", member.authority)
-            .parse()
-            .unwrap_or_else(|_| Uri::from_static("/"));
-        *request.headers_mut() = out;
-        request
     }
 
     fn failed(&self, member: &Member, why: &dyn fmt::Display) {
@@ -439,216 +372,5 @@ fn attempt_label(attempt: &Attempt) -> &'static str {
         Attempt::Proxy(_) => "proxy",
         Attempt::Timeout => "timeout",
         Attempt::BadHandshake(_) | Attempt::Status(_) => "bad_handshake",
-    }
-}
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Headers that belong to one hop (RFC 9110 section 7.6.1), the client's
-/// own upgrade handshake (the member gets a fresh one), extensions wsgate does
-/// not relay (permessage-deflate), and the ones wsgate sets itself.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    const DROPPED: &[&str] = &[
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-accept",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-    ];
-    DROPPED.contains(&name.as_str())
-}
-
-/// Append `value` to a comma-separated list header, merging repeats.
-fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let existing: Vec<&str> = headers
-        .get_all(&name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let joined = if existing.is_empty() {
-        value.to_owned()
-    } else {
-        format!("{}, {value}", existing.join(", "))
-    };
-    insert(headers, name, &joined);
-}
-
-fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
-    }
-}
-
-/// A plain or TLS connection to a member.
-pub(crate) enum UpstreamIo {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{RouteKind, UpstreamTls};
-
-    fn pool(strip_prefix: bool, member: &str, route_path: &str) -> Pool {
-        let config = UpstreamConfig {
-            members: vec![UpstreamUrl::parse(member).unwrap()],
-            strip_prefix,
-            balance: Balance::RoundRobin,
-            connect_timeout: Duration::from_secs(1),
-            handshake_timeout: Duration::from_secs(1),
-            backoff: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(30),
-            health_check_interval: None,
-            tls: UpstreamTls::default(),
-            proxy: None,
-        };
-        let route = Route {
-            name: "r".into(),
-            host: None,
-            path: route_path.into(),
-            kind: RouteKind::Upstream(Box::new(config.clone())),
-        };
-        Pool::new(&route, &config, WebSocketConfig::default()).unwrap()
-    }
-
-    fn target(strip: bool, member: &str, route: &str, client: &str) -> String {
-        let p = pool(strip, member, route);
-        let uri: Uri = client.parse().unwrap();
-        let r = p.request(
-            &p.members[0].url,
-            &uri,
-            &HeaderMap::new(),
-            "10.0.0.1".parse().unwrap(),
-        );
-        r.uri().path_and_query().unwrap().to_string()
-    }
-
-    #[test]
-    fn paths_and_queries_are_joined() {
-        let cases = [
-            (false, "ws://h:1/", "/app", "/app/room?x=1", "/app/room?x=1"),
-            (true, "ws://h:1/", "/app", "/app/room?x=1", "/room?x=1"),
-            (true, "ws://h:1/", "/app", "/app", "/"),
-            (true, "ws://h:1/base", "/app", "/app", "/base"),
-            (true, "ws://h:1/base/", "/app", "/app/x", "/base/x"),
-            (
-                false,
-                "ws://h:1/base?k=v",
-                "/",
-                "/chat?x=1",
-                "/base/chat?k=v&x=1",
-            ),
-            (true, "ws://h:1", "/", "/chat", "/chat"),
-        ];
-        for (strip, member, route, client, want) in cases {
-            assert_eq!(
-                target(strip, member, route, client),
-                want,
-                "{member} {route} {client} strip={strip}"
-            );
-        }
-    }
-
-    #[test]
-    fn headers_are_forwarded_and_hop_by_hop_dropped() {
-        let p = pool(false, "ws://backend:9000/", "/");
-        let mut h = HeaderMap::new();
-        for (k, v) in [
-            ("host", "gw.example:8443"),
-            ("connection", "Upgrade, X-Secret"),
-            ("x-secret", "hop"),
-            ("upgrade", "websocket"),
-            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ("sec-websocket-extensions", "permessage-deflate"),
-            ("sec-websocket-protocol", "chat.v2, chat.v1"),
-            ("cookie", "session=abc"),
-            ("authorization", "Bearer t"),
-            ("x-forwarded-for", "192.0.2.1"),
-            ("x-forwarded-proto", "http"),
-        ] {
-            h.append(k, HeaderValue::from_static(v));
-        }
-        let uri: Uri = "/".parse().unwrap();
-        let r = p.request(&p.members[0].url, &uri, &h, "2001:db8::7".parse().unwrap());
-        let get = |k: &str| r.headers().get(k).map(|v| v.to_str().unwrap().to_owned());
-        assert_eq!(get("host").as_deref(), Some("backend:9000"));
-        assert_eq!(get("x-secret"), None, "named in Connection");
-        assert_eq!(get("sec-websocket-extensions"), None);
-        assert_ne!(
-            get("sec-websocket-key").as_deref(),
-            Some("dGhlIHNhbXBsZSBub25jZQ==")
-        );
-        assert_eq!(
-            get("sec-websocket-protocol").as_deref(),
-            Some("chat.v2, chat.v1")
-        );
-        assert_eq!(get("cookie").as_deref(), Some("session=abc"));
-        assert_eq!(get("authorization").as_deref(), Some("Bearer t"));
-        assert_eq!(
-            get("x-forwarded-for").as_deref(),
-            Some("192.0.2.1, 2001:db8::7")
-        );
-        assert_eq!(get("x-forwarded-proto").as_deref(), Some("https"));
-        assert_eq!(get("x-forwarded-host").as_deref(), Some("gw.example:8443"));
-        assert_eq!(
-            get("forwarded").as_deref(),
-            Some("for=\"[2001:db8::7]\";host=\"gw.example:8443\";proto=https")
-        );
-        assert_eq!(get("connection").as_deref(), Some("Upgrade"));
     }
 }

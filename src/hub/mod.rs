@@ -38,9 +38,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Hub(Arc<Inner>);
 
 struct Inner {
+    /// `[hub]`: history size and age, the channel limit, API tokens.
     config: HubConfig,
+    /// Every channel by name: subscribed ones, and ones whose history is
+    /// still resumable (the sweeper forgets the rest).
     channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
+    /// Connected clients by name, for direct messages; a list, as a route
+    /// with shared names lets several connections use one name.
     clients: Mutex<HashMap<Arc<str>, Vec<Arc<Conn>>>>,
+    /// Source of `Conn` ids (and of `guest-N` names): tells apart
+    /// connections that share a name.
     next_id: AtomicU64,
     metrics: HubMetrics,
 }

@@ -8,44 +8,52 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, Body, Request};
-use super::{Conn, Hub, HubError};
+use super::{Conn, Hub, HubError, Registration};
 use crate::close::{SessionEnd, Side};
-use crate::config::{HubProtocol, HubRoute, Limits};
-use crate::metrics::RouteMetrics;
+use crate::config::{HubProtocol, HubRoute};
 use crate::names::check_channel_name;
 use crate::rate::TokenBucket;
-use crate::session::{Timers, bounded};
+use crate::session::{SessionCtx, Timers};
 
-/// Run a hub session. `room` is the raw protocol's channel.
-#[allow(clippy::too_many_arguments)]
+/// A hub client as the handshake set it up, before its 101.
+pub(crate) struct HubClient {
+    /// Its place in the hub; dropping it leaves the hub (and tells presence
+    /// listeners), so the session task drops it before the close handshake.
+    pub(crate) registration: Registration,
+    pub(crate) route: Arc<HubRoute>,
+    /// The raw protocol's channel, joined at the handshake.
+    pub(crate) room: Option<String>,
+}
+
+/// Run a hub session until the client leaves, breaks a rule, falls too far
+/// behind, or the gateway drains; return how it ended.
 pub(crate) async fn run<S>(
     ws: &mut WebSocketStream<S>,
+    ctx: &SessionCtx<'_>,
     hub: &Hub,
-    conn: &Arc<Conn>,
-    route: &HubRoute,
-    room: Option<&str>,
-    metrics: &RouteMetrics,
-    limits: &Limits,
-    cancel: &CancellationToken,
+    client: &HubClient,
 ) -> SessionEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let conn = &client.registration.conn;
+    let route = &*client.route;
+    let room = client.room.as_deref();
+    let metrics = ctx.metrics;
     // A raw client joined its room at the handshake, before its 101.
     if route.protocol == HubProtocol::Json {
         conn.reply(protocol::welcome(&conn.name));
     }
-    let mut timers = Timers::new(limits);
+    let mut timers = Timers::new(ctx.limits);
     let mut bucket = TokenBucket::new(route.publish_rate, f64::from(route.publish_burst));
     loop {
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => return SessionEnd::Shutdown,
+            _ = ctx.cancel.cancelled() => return SessionEnd::Shutdown,
             _ = conn.queue.ready() => {
-                if let Err(end) = drain(ws, conn, metrics, &mut timers, limits, cancel).await {
+                if let Err(end) = drain(ws, conn, ctx, &mut timers).await {
                     return end;
                 }
             }
@@ -75,7 +83,7 @@ where
                     Message::Close(frame) => return SessionEnd::Closed(Side::Client, frame),
                     // tungstenite queued the pong; the next flush sends it.
                     Message::Ping(_) | Message::Frame(_) => {
-                        if let Err(end) = bounded(Side::Client, limits.send_timeout, cancel, async {
+                        if let Err(end) = ctx.bounded(Side::Client, async {
                             ws.flush().await.map_err(|e| SessionEnd::from_ws_error(Side::Client, &e))
                         })
                         .await
@@ -86,7 +94,7 @@ where
                 }
             }
             tick = timers.next() => {
-                if let Err(end) = timers.handle(tick, ws, limits.send_timeout).await {
+                if let Err(end) = timers.handle(tick, ws, ctx.limits.send_timeout).await {
                     return end;
                 }
             }
@@ -101,10 +109,8 @@ where
 async fn drain<S>(
     ws: &mut WebSocketStream<S>,
     conn: &Conn,
-    metrics: &RouteMetrics,
+    ctx: &SessionCtx<'_>,
     timers: &mut Timers,
-    limits: &Limits,
-    cancel: &CancellationToken,
 ) -> Result<(), SessionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -129,12 +135,12 @@ where
                     .map_err(err)?;
             }
             for frame in batch.items {
-                metrics.count(Side::Upstream, frame.len() as u64);
+                ctx.metrics.count(Side::Upstream, frame.len() as u64);
                 ws.feed(frame).await.map_err(err)?;
             }
             ws.flush().await.map_err(err)
         };
-        let write = bounded(Side::Client, limits.send_timeout, cancel, write);
+        let write = ctx.bounded(Side::Client, write);
         tokio::pin!(write);
         loop {
             tokio::select! {
