@@ -131,6 +131,13 @@ pub fn cert_not_after(sni: &str, unix_seconds: i64) {
 }
 
 fn describe() {
+    describe_sessions();
+    describe_upstreams_and_tunnels();
+    describe_hub();
+}
+
+/// Connections, sessions, handshakes and what they carry.
+fn describe_sessions() {
     describe_counter!(
         CONNECTIONS_TOTAL,
         "WebSocket sessions opened, by route and kind"
@@ -169,6 +176,10 @@ fn describe() {
         Unit::Seconds,
         "WebSocket session lifetime, by route"
     );
+}
+
+/// Upstream pools, CONNECT tunnels, and the process as operated.
+fn describe_upstreams_and_tunnels() {
     describe_histogram!(
         UPSTREAM_CONNECT_SECONDS,
         Unit::Seconds,
@@ -204,6 +215,9 @@ fn describe() {
         Unit::Bytes,
         "Bytes spliced through CONNECT tunnels, by direction"
     );
+}
+
+fn describe_hub() {
     describe_gauge!(HUB_CLIENTS, "Hub connections open now");
     describe_gauge!(
         HUB_CHANNELS,

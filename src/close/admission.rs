@@ -33,14 +33,14 @@ mod tests {
 
     #[test]
     fn shed_table() {
-        let table = [
-            (Shed::Capacity, "capacity"),
-            (Shed::PerIp, "per_ip"),
-            (Shed::Rate, "rate"),
-            (Shed::RatePerIp, "rate_per_ip"),
-        ];
-        for (shed, label) in table {
-            assert_eq!(shed.label(), label, "{shed:?}");
-        }
+        super::super::assert_labels(
+            &[
+                (Shed::Capacity, "capacity"),
+                (Shed::PerIp, "per_ip"),
+                (Shed::Rate, "rate"),
+                (Shed::RatePerIp, "rate_per_ip"),
+            ],
+            Shed::label,
+        );
     }
 }

@@ -28,13 +28,13 @@ mod tests {
 
     #[test]
     fn hub_drop_table() {
-        let table = [
-            (HubDrop::SlowConsumer, "slow_consumer"),
-            (HubDrop::Lagged, "lagged"),
-            (HubDrop::NoRecipient, "no_recipient"),
-        ];
-        for (drop, label) in table {
-            assert_eq!(drop.label(), label, "{drop:?}");
-        }
+        super::super::assert_labels(
+            &[
+                (HubDrop::SlowConsumer, "slow_consumer"),
+                (HubDrop::Lagged, "lagged"),
+                (HubDrop::NoRecipient, "no_recipient"),
+            ],
+            HubDrop::label,
+        );
     }
 }

@@ -30,3 +30,11 @@ pub use reload::Reload;
 pub use session::{ClosePlan, Fault, SessionEnd, Side};
 pub use tunnel::TunnelOutcome;
 pub use upgrade::{EarlyFailure, Rejection};
+
+/// Check a label-only table: every row's value has its label.
+#[cfg(test)]
+fn assert_labels<T: Copy + std::fmt::Debug>(rows: &[(T, &str)], label: fn(T) -> &'static str) {
+    for (value, want) in rows {
+        assert_eq!(label(*value), *want, "{value:?}");
+    }
+}

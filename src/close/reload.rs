@@ -29,13 +29,13 @@ mod tests {
 
     #[test]
     fn reload_table() {
-        let table = [
-            (Reload::Ok, "ok"),
-            (Reload::Failed, "failed"),
-            (Reload::Invalid, "invalid"),
-        ];
-        for (reload, label) in table {
-            assert_eq!(reload.label(), label, "{reload:?}");
-        }
+        super::super::assert_labels(
+            &[
+                (Reload::Ok, "ok"),
+                (Reload::Failed, "failed"),
+                (Reload::Invalid, "invalid"),
+            ],
+            Reload::label,
+        );
     }
 }

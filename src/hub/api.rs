@@ -43,45 +43,16 @@ async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<F
         return r;
     }
     let path = req.uri().path().to_owned();
-    let method = req.method().clone();
-    if path == "/api/channels" {
-        return match method {
-            Method::GET => channels(hub),
-            _ => not_allowed("GET"),
-        };
+    let Some(endpoint) = Endpoint::parse(&path) else {
+        return error(ApiError::NotFound);
+    };
+    let (method, allow) = endpoint.method();
+    if req.method() != method {
+        return not_allowed(allow);
     }
-    if let Some(channel) = path
-        .strip_prefix("/api/channels/")
-        .and_then(|p| p.strip_suffix("/publish"))
-    {
-        if method != Method::POST {
-            return not_allowed("POST");
-        }
-        if let Err(why) = check_channel_name(channel) {
-            return error(ApiError::BadChannel(why));
-        }
-        let body = match read_body(req, max_body).await {
-            Ok(body) => body,
-            Err(response) => return response,
-        };
-        return match hub.publish(channel, None, body, true) {
-            Ok((seq, delivered)) => {
-                let mut out = String::from(r#"{"channel":"#);
-                push_json_string(&mut out, channel);
-                out.push_str(&format!(r#","seq":{seq},"delivered":{delivered}}}"#));
-                ok(out)
-            }
-            Err(e) => error(ApiError::Hub(e.code(), e.message())),
-        };
-    }
-    if let Some(channel) = path
-        .strip_prefix("/api/channels/")
-        .and_then(|p| p.strip_suffix("/presence"))
-    {
-        if method != Method::GET {
-            return not_allowed("GET");
-        }
-        return match hub.presence(channel) {
+    match endpoint {
+        Endpoint::Channels => channels(hub),
+        Endpoint::Presence(channel) => match hub.presence(channel) {
             Some(clients) => {
                 let mut out = String::from(r#"{"channel":"#);
                 push_json_string(&mut out, channel);
@@ -91,28 +62,68 @@ async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<F
                 ok(out)
             }
             None => error(ApiError::NoSuchChannel),
-        };
-    }
-    if let Some(name) = path
-        .strip_prefix("/api/clients/")
-        .and_then(|p| p.strip_suffix("/send"))
-    {
-        if method != Method::POST {
-            return not_allowed("POST");
+        },
+        Endpoint::Publish(channel) => {
+            let name_ok = check_channel_name(channel).map_err(ApiError::BadChannel);
+            let body = match named_body(req, max_body, name_ok).await {
+                Ok(body) => body,
+                Err(response) => return response,
+            };
+            match hub.publish(channel, None, body, true) {
+                Ok((seq, delivered)) => {
+                    let mut out = String::from(r#"{"channel":"#);
+                    push_json_string(&mut out, channel);
+                    out.push_str(&format!(r#","seq":{seq},"delivered":{delivered}}}"#));
+                    ok(out)
+                }
+                Err(e) => error(ApiError::Hub(e.code(), e.message())),
+            }
         }
-        if let Err(why) = check_client_name(name) {
-            return error(ApiError::BadName(why));
+        Endpoint::Send(name) => {
+            let name_ok = check_client_name(name).map_err(ApiError::BadName);
+            let body = match named_body(req, max_body, name_ok).await {
+                Ok(body) => body,
+                Err(response) => return response,
+            };
+            match hub.send(name, None, body) {
+                0 => error(ApiError::NoSuchClient),
+                delivered => ok(format!(r#"{{"delivered":{delivered}}}"#)),
+            }
         }
-        let body = match read_body(req, max_body).await {
-            Ok(body) => body,
-            Err(response) => return response,
-        };
-        return match hub.send(name, None, body) {
-            0 => error(ApiError::NoSuchClient),
-            delivered => ok(format!(r#"{{"delivered":{delivered}}}"#)),
-        };
     }
-    error(ApiError::NotFound)
+}
+
+/// The API's endpoints, by path.
+enum Endpoint<'p> {
+    Channels,
+    Publish(&'p str),
+    Presence(&'p str),
+    Send(&'p str),
+}
+
+impl<'p> Endpoint<'p> {
+    fn parse(path: &'p str) -> Option<Self> {
+        if path == "/api/channels" {
+            return Some(Endpoint::Channels);
+        }
+        if let Some(rest) = path.strip_prefix("/api/channels/") {
+            return match rest.strip_suffix("/publish") {
+                Some(channel) => Some(Endpoint::Publish(channel)),
+                None => rest.strip_suffix("/presence").map(Endpoint::Presence),
+            };
+        }
+        path.strip_prefix("/api/clients/")
+            .and_then(|p| p.strip_suffix("/send"))
+            .map(Endpoint::Send)
+    }
+
+    /// The one method the endpoint answers, and its `Allow` value.
+    fn method(&self) -> (Method, &'static str) {
+        match self {
+            Endpoint::Channels | Endpoint::Presence(_) => (Method::GET, "GET"),
+            Endpoint::Publish(_) | Endpoint::Send(_) => (Method::POST, "POST"),
+        }
+    }
 }
 
 fn authorized<B>(req: &Request<B>, tokens: &[String]) -> bool {
@@ -125,6 +136,17 @@ fn authorized<B>(req: &Request<B>, tokens: &[String]) -> bool {
         return false;
     };
     crate::headers::matches_any(tokens.iter().map(|t| t.as_bytes()), given.trim().as_bytes())
+}
+
+/// The body of a request whose path names a channel or client, once the
+/// name is known to be good.
+async fn named_body(
+    req: Request<Incoming>,
+    max: usize,
+    name_ok: Result<(), ApiError>,
+) -> Result<Body, Response<Full<Bytes>>> {
+    name_ok.map_err(error)?;
+    read_body(req, max).await
 }
 
 /// The body as a message: JSON, text or binary by content type; bounded.
