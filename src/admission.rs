@@ -25,11 +25,19 @@ use crate::rate::TokenBucket;
 /// of distinct addresses cannot grow them without bound.
 const MAX_TRACKED_ADDRESSES: usize = 65_536;
 
+/// The gate every accepted connection passes before any TLS work: shed
+/// (and counted) rather than queued when a limit is reached.
 pub(crate) struct Admission {
+    /// `max_connections`: a permit per open connection, held by its ticket.
     permits: Arc<Semaphore>,
+    /// Open connections per address key (IPv6: its /64); shared with every
+    /// ticket's slot, which counts itself out when dropped.
     per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max_per_ip: Option<usize>,
+    /// `handshake_rate`, over all clients.
     rate: Mutex<TokenBucket>,
+    /// `handshake_rate_per_ip`: one bucket per address key, pruned of full
+    /// (idle) buckets when the map grows past `MAX_TRACKED_ADDRESSES`.
     rate_per_ip: Mutex<HashMap<IpAddr, TokenBucket>>,
     per_ip_rate: Option<f64>,
 }

@@ -26,6 +26,11 @@
 //! - [`metrics`], `admin`: Prometheus names and the admin listener.
 //! - [`shutdown`]: cancellation, task tracking, signals, readiness.
 //!
+//! Leaves that several stages share: [`names`] (host parsing, the two
+//! host-pattern rules, client and channel names), `headers` (has a body;
+//! constant-time secret comparison), `rate` (the one token bucket), and
+//! [`devcert`] (the development certificate).
+//!
 //! [`run`] takes already-bound listeners and a shutdown future, so tests
 //! start exactly what the binary runs, on port 0.
 
@@ -280,26 +285,11 @@ impl Shared {
         };
         let base = &self.base;
         let fixed = [
-            (
-                "listen",
-                format!("{:?}", base.listen) != format!("{:?}", config.listen),
-            ),
-            (
-                "admin",
-                format!("{:?}", base.admin) != format!("{:?}", config.admin),
-            ),
-            (
-                "limits",
-                format!("{:?}", base.limits) != format!("{:?}", config.limits),
-            ),
-            (
-                "hub",
-                format!("{:?}", base.hub) != format!("{:?}", config.hub),
-            ),
-            (
-                "tunnel",
-                format!("{:?}", base.tunnel) != format!("{:?}", config.tunnel),
-            ),
+            ("listen", base.listen != config.listen),
+            ("admin", base.admin != config.admin),
+            ("limits", base.limits != config.limits),
+            ("hub", base.hub != config.hub),
+            ("tunnel", base.tunnel != config.tunnel),
         ];
         for (section, changed) in fixed {
             if changed {

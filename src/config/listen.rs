@@ -16,7 +16,7 @@ pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
 const DEFAULT_CERT: &str = "certs/cert.pem";
 const DEFAULT_KEY: &str = "certs/key.pem";
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ListenConfig {
     /// Public `wss://` listener.
     pub addr: SocketAddr,
@@ -24,7 +24,7 @@ pub struct ListenConfig {
     pub connect_tunnel: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AdminConfig {
     /// Plain-HTTP admin listener: `/metrics`, `/healthz`, `/readyz`.
     pub addr: SocketAddr,
