@@ -56,6 +56,7 @@ pub mod devcert;
 mod echo;
 mod egress;
 mod forward;
+pub mod frame;
 mod handshake;
 mod headers;
 mod hub;

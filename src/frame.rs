@@ -1,0 +1,534 @@
+//! RFC 6455 frames, without messages: the header codec, masking, and the
+//! per-direction rules a frame must follow, checked from the header before
+//! its payload is read.
+//!
+//! This is the layer the relay forwards with: it never reassembles a
+//! message, so what a session holds is one header and one read buffer, not
+//! the largest message a peer ever sent. Everything here is pure (no IO), so
+//! each rule is tested on its own.
+
+use std::fmt;
+
+/// Longest header: 2 bytes, 8 bytes of extended length, 4 bytes of mask.
+pub const MAX_HEADER: usize = 14;
+/// Longest control frame payload (RFC 6455 §5.5).
+pub const MAX_CONTROL: usize = 125;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpCode {
+    Continuation,
+    Text,
+    Binary,
+    Close,
+    Ping,
+    Pong,
+}
+
+impl OpCode {
+    fn from_bits(bits: u8) -> Option<OpCode> {
+        Some(match bits {
+            0x0 => OpCode::Continuation,
+            0x1 => OpCode::Text,
+            0x2 => OpCode::Binary,
+            0x8 => OpCode::Close,
+            0x9 => OpCode::Ping,
+            0xA => OpCode::Pong,
+            _ => return None,
+        })
+    }
+
+    fn bits(self) -> u8 {
+        match self {
+            OpCode::Continuation => 0x0,
+            OpCode::Text => 0x1,
+            OpCode::Binary => 0x2,
+            OpCode::Close => 0x8,
+            OpCode::Ping => 0x9,
+            OpCode::Pong => 0xA,
+        }
+    }
+
+    pub fn is_control(self) -> bool {
+        matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
+    }
+}
+
+/// One frame header as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub fin: bool,
+    /// RSV1-3 as the top three bits' values (`0b100` is RSV1).
+    pub rsv: u8,
+    pub opcode: OpCode,
+    pub mask: Option<[u8; 4]>,
+    pub len: u64,
+}
+
+/// Why a frame, or the message it belongs to, is refused. Each maps to the
+/// close code RFC 6455 prescribes (see [`Violation::close_code`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    /// An RSV bit set without an extension that defines it.
+    ReservedBits,
+    /// Opcode 3-7 or B-F.
+    ReservedOpcode,
+    /// A 64-bit length with its most significant bit set.
+    LengthOverflow,
+    /// A client frame without a mask, or a server frame with one.
+    Masking,
+    /// A control frame with FIN clear or over 125 bytes.
+    BadControl,
+    /// A continuation with no message in progress.
+    UnexpectedContinuation,
+    /// A new text or binary frame while a message is in progress.
+    ExpectedContinuation,
+    /// A Close payload of one byte, or with a code that may not be sent.
+    BadClose,
+    /// Text (or a Close reason) that is not UTF-8.
+    InvalidUtf8,
+    /// A frame or message over the configured limit.
+    TooBig,
+}
+
+impl Violation {
+    /// The close code to end the session with.
+    pub fn close_code(self) -> u16 {
+        match self {
+            Violation::ReservedBits
+            | Violation::ReservedOpcode
+            | Violation::LengthOverflow
+            | Violation::Masking
+            | Violation::BadControl
+            | Violation::UnexpectedContinuation
+            | Violation::ExpectedContinuation
+            | Violation::BadClose => 1002,
+            Violation::InvalidUtf8 => 1007,
+            Violation::TooBig => 1009,
+        }
+    }
+
+    /// Short reason for the Close frame and the log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Violation::ReservedBits => "reserved bits set",
+            Violation::ReservedOpcode => "reserved opcode",
+            Violation::LengthOverflow => "frame length too large",
+            Violation::Masking => "wrong masking",
+            Violation::BadControl => "fragmented or oversized control frame",
+            Violation::UnexpectedContinuation => "continuation without a message",
+            Violation::ExpectedContinuation => "new message inside a fragmented one",
+            Violation::BadClose => "invalid close frame",
+            Violation::InvalidUtf8 => "invalid UTF-8",
+            Violation::TooBig => "message too big",
+        }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl Header {
+    /// Parse a header from the start of `buf`: `Ok(None)` when more bytes
+    /// are needed, else the header and how many bytes it took.
+    pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, Violation> {
+        let [b0, b1, ..] = *buf else {
+            return Ok(None);
+        };
+        let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(Violation::ReservedOpcode)?;
+        let masked = b1 & 0x80 != 0;
+        let (len, mut at) = match b1 & 0x7F {
+            126 => match buf.get(2..4) {
+                Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+                None => return Ok(None),
+            },
+            127 => match buf.get(2..10) {
+                Some(b) => {
+                    let mut be = [0; 8];
+                    be.copy_from_slice(b);
+                    (u64::from_be_bytes(be), 10)
+                }
+                None => return Ok(None),
+            },
+            n => (u64::from(n), 2),
+        };
+        if len >> 63 != 0 {
+            return Err(Violation::LengthOverflow);
+        }
+        let mask = if masked {
+            let Some(key) = buf.get(at..at + 4) else {
+                return Ok(None);
+            };
+            at += 4;
+            Some([key[0], key[1], key[2], key[3]])
+        } else {
+            None
+        };
+        let header = Header {
+            fin: b0 & 0x80 != 0,
+            rsv: (b0 >> 4) & 0x07,
+            opcode,
+            mask,
+            len,
+        };
+        Ok(Some((header, at)))
+    }
+
+    /// Write the header into `out`; returns its length.
+    pub fn encode(&self, out: &mut [u8; MAX_HEADER]) -> usize {
+        out[0] = u8::from(self.fin) << 7 | (self.rsv & 0x07) << 4 | self.opcode.bits();
+        let mask_bit = if self.mask.is_some() { 0x80 } else { 0 };
+        let mut at = match self.len {
+            0..=125 => {
+                out[1] = mask_bit | self.len as u8;
+                2
+            }
+            126..=0xFFFF => {
+                out[1] = mask_bit | 126;
+                out[2..4].copy_from_slice(&(self.len as u16).to_be_bytes());
+                4
+            }
+            _ => {
+                out[1] = mask_bit | 127;
+                out[2..10].copy_from_slice(&self.len.to_be_bytes());
+                10
+            }
+        };
+        if let Some(key) = self.mask {
+            out[at..at + 4].copy_from_slice(&key);
+            at += 4;
+        }
+        at
+    }
+}
+
+/// XOR `buf` with the mask `key`, where `buf` starts `offset` bytes into the
+/// payload (so a payload can be unmasked piece by piece as it arrives).
+pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: u64) {
+    let mut key = key;
+    key.rotate_left((offset % 4) as usize);
+    let wide = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= key[i % 4];
+    }
+}
+
+/// UTF-8 validated across chunk and frame boundaries: a character split
+/// between two frames is held (at most 3 bytes) until its end arrives.
+#[derive(Debug, Default, Clone)]
+pub struct Utf8Stream {
+    pending: [u8; 4],
+    held: u8,
+}
+
+impl Utf8Stream {
+    /// Validate the next bytes of the text.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), Violation> {
+        // First complete a character held from the last chunk.
+        while self.held > 0 {
+            let Some((&b, rest)) = bytes.split_first() else {
+                return Ok(());
+            };
+            self.pending[self.held as usize] = b;
+            self.held += 1;
+            bytes = rest;
+            let held = &self.pending[..self.held as usize];
+            match std::str::from_utf8(held) {
+                Ok(_) => self.held = 0,
+                Err(e) if e.error_len().is_some() => return Err(Violation::InvalidUtf8),
+                Err(_) if self.held == 4 => return Err(Violation::InvalidUtf8),
+                Err(_) => {}
+            }
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_some() => Err(Violation::InvalidUtf8),
+            Err(e) => {
+                // An incomplete character at the end: hold it.
+                let tail = &bytes[e.valid_up_to()..];
+                self.pending[..tail.len()].copy_from_slice(tail);
+                self.held = tail.len() as u8;
+                Ok(())
+            }
+        }
+    }
+
+    /// The text ended: nothing may be held.
+    pub fn finish(&mut self) -> Result<(), Violation> {
+        let complete = self.held == 0;
+        self.held = 0;
+        if complete {
+            Ok(())
+        } else {
+            Err(Violation::InvalidUtf8)
+        }
+    }
+}
+
+/// May a peer send this close code (RFC 6455 §7.4)?
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Check a whole Close payload: empty, or a sendable code and a UTF-8
+/// reason. Returns the code and reason.
+pub fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, Violation> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(Violation::BadClose),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !close_code_allowed(code) {
+                return Err(Violation::BadClose);
+            }
+            let reason = std::str::from_utf8(reason).map_err(|_| Violation::InvalidUtf8)?;
+            Ok(Some((code, reason)))
+        }
+    }
+}
+
+/// Who sent the frames a [`Rules`] checks: client frames must be masked,
+/// server frames must not be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    Client,
+    Server,
+}
+
+/// The rules of one direction of a connection: message order, limits and
+/// masking, checked from each header before the payload is read.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    sender: Sender,
+    max_frame: u64,
+    max_message: u64,
+    /// The message in progress: its opcode and bytes so far.
+    open: Option<(OpCode, u64)>,
+}
+
+impl Rules {
+    pub fn new(sender: Sender, max_frame: usize, max_message: usize) -> Self {
+        Rules {
+            sender,
+            max_frame: max_frame as u64,
+            max_message: max_message as u64,
+            open: None,
+        }
+    }
+
+    /// Check the next frame's header. For a data frame, returns the opcode
+    /// of the message it belongs to (Text or Binary) and whether it ends it.
+    pub fn check(&mut self, h: &Header) -> Result<Option<(OpCode, bool)>, Violation> {
+        if h.rsv != 0 {
+            return Err(Violation::ReservedBits);
+        }
+        if h.mask.is_some() != (self.sender == Sender::Client) {
+            return Err(Violation::Masking);
+        }
+        if h.opcode.is_control() {
+            if !h.fin || h.len > MAX_CONTROL as u64 {
+                return Err(Violation::BadControl);
+            }
+            return Ok(None);
+        }
+        let (kind, so_far) = match (h.opcode, self.open) {
+            (OpCode::Continuation, Some(open)) => open,
+            (OpCode::Continuation, None) => return Err(Violation::UnexpectedContinuation),
+            (_, Some(_)) => return Err(Violation::ExpectedContinuation),
+            (opcode, None) => (opcode, 0),
+        };
+        let total = so_far.saturating_add(h.len);
+        if h.len > self.max_frame || total > self.max_message {
+            return Err(Violation::TooBig);
+        }
+        self.open = (!h.fin).then_some((kind, total));
+        Ok(Some((kind, h.fin)))
+    }
+
+    /// Is a fragmented message in progress?
+    pub fn in_message(&self) -> bool {
+        self.open.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(fin: bool, opcode: OpCode, mask: Option<[u8; 4]>, len: u64) -> Header {
+        Header {
+            fin,
+            rsv: 0,
+            opcode,
+            mask,
+            len,
+        }
+    }
+
+    #[test]
+    fn headers_round_trip_at_every_length_form() {
+        for len in [0, 125, 126, 0xFFFF, 0x1_0000, 1 << 40] {
+            for mask in [None, Some([1, 2, 3, 4])] {
+                let h = header(len % 2 == 0, OpCode::Binary, mask, len);
+                let mut out = [0; MAX_HEADER];
+                let n = h.encode(&mut out);
+                assert_eq!(Header::parse(&out[..n]), Ok(Some((h, n))));
+                // Every shorter prefix asks for more.
+                for short in 0..n {
+                    assert_eq!(Header::parse(&out[..short]), Ok(None), "{len} {short}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_headers_are_refused() {
+        assert_eq!(Header::parse(&[0x83, 0]), Err(Violation::ReservedOpcode));
+        let huge = [0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(Header::parse(&huge), Err(Violation::LengthOverflow));
+        let (h, _) = Header::parse(&[0xC2, 0]).unwrap().unwrap();
+        assert_eq!(h.rsv, 0b100);
+    }
+
+    #[test]
+    fn masking_is_its_own_inverse_at_any_offset() {
+        let key = [0xA1, 0xB2, 0xC3, 0xD4];
+        let plain: Vec<u8> = (0..=255).cycle().take(1000).collect();
+        let mut whole = plain.clone();
+        apply_mask(&mut whole, key, 0);
+        let expected: Vec<u8> = plain
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect();
+        assert_eq!(whole, expected);
+        // Piece by piece, at odd offsets, gives the same bytes.
+        let mut pieces = plain.clone();
+        let mut at = 0;
+        for size in [1, 3, 7, 8, 13, 500] {
+            let end = (at + size).min(pieces.len());
+            apply_mask(&mut pieces[at..end], key, at as u64);
+            at = end;
+        }
+        apply_mask(&mut pieces[at..], key, at as u64);
+        assert_eq!(pieces, expected);
+    }
+
+    #[test]
+    fn utf8_is_checked_across_boundaries() {
+        let text = "aé€😀z".as_bytes();
+        for split in 0..=text.len() {
+            let mut v = Utf8Stream::default();
+            v.feed(&text[..split]).unwrap();
+            v.feed(&text[split..]).unwrap();
+            v.finish().unwrap();
+        }
+        // One byte at a time.
+        let mut v = Utf8Stream::default();
+        for b in text {
+            v.feed(std::slice::from_ref(b)).unwrap();
+        }
+        v.finish().unwrap();
+        // Invalid as soon as it is invalid; truncated at the end.
+        assert!(Utf8Stream::default().feed(&[0xCE, 0xBA, 0xFF]).is_err());
+        let mut v = Utf8Stream::default();
+        v.feed(&[0xF0, 0x9F]).unwrap();
+        assert!(v.feed(&[0x41]).is_err());
+        let mut v = Utf8Stream::default();
+        v.feed(&[0xE2, 0x82]).unwrap();
+        assert_eq!(v.finish(), Err(Violation::InvalidUtf8));
+        // Surrogates and overlong forms are not UTF-8.
+        assert!(Utf8Stream::default().feed(&[0xED, 0xA0, 0x80]).is_err());
+        assert!(Utf8Stream::default().feed(&[0xC0, 0xAF]).is_err());
+    }
+
+    #[test]
+    fn close_payloads() {
+        assert_eq!(parse_close(&[]), Ok(None));
+        assert_eq!(parse_close(&[3]), Err(Violation::BadClose));
+        assert_eq!(
+            parse_close(&[0x03, 0xE8, b'o', b'k']),
+            Ok(Some((1000, "ok")))
+        );
+        for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            let b = bad.to_be_bytes();
+            assert_eq!(parse_close(&b), Err(Violation::BadClose), "{bad}");
+        }
+        for good in [1001u16, 1011, 1013, 3000, 4999] {
+            assert!(parse_close(&good.to_be_bytes()).is_ok(), "{good}");
+        }
+        assert_eq!(
+            parse_close(&[0x03, 0xE8, 0xFF]),
+            Err(Violation::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn rules_follow_rfc_6455() {
+        let m = Some([0; 4]);
+        let mut r = Rules::new(Sender::Client, 100, 150);
+        assert_eq!(
+            r.check(&header(true, OpCode::Text, None, 1)),
+            Err(Violation::Masking)
+        );
+        assert_eq!(
+            r.check(&header(false, OpCode::Text, m, 60)),
+            Ok(Some((OpCode::Text, false)))
+        );
+        // Control frames may come between fragments.
+        assert_eq!(r.check(&header(true, OpCode::Ping, m, 125)), Ok(None));
+        assert_eq!(
+            r.check(&header(true, OpCode::Ping, m, 126)),
+            Err(Violation::BadControl)
+        );
+        assert_eq!(
+            r.check(&header(false, OpCode::Pong, m, 0)),
+            Err(Violation::BadControl)
+        );
+        assert_eq!(
+            r.check(&header(true, OpCode::Binary, m, 1)),
+            Err(Violation::ExpectedContinuation)
+        );
+        assert!(r.in_message());
+        // 60 + 91 is over the message limit of 150.
+        assert_eq!(
+            r.clone().check(&header(true, OpCode::Continuation, m, 91)),
+            Err(Violation::TooBig)
+        );
+        assert_eq!(
+            r.check(&header(true, OpCode::Continuation, m, 90)),
+            Ok(Some((OpCode::Text, true)))
+        );
+        assert!(!r.in_message());
+        assert_eq!(
+            r.check(&header(true, OpCode::Continuation, m, 1)),
+            Err(Violation::UnexpectedContinuation)
+        );
+        assert_eq!(
+            r.check(&header(true, OpCode::Binary, m, 101)),
+            Err(Violation::TooBig)
+        );
+        let mut rsv = header(true, OpCode::Binary, m, 1);
+        rsv.rsv = 0b100;
+        assert_eq!(r.check(&rsv), Err(Violation::ReservedBits));
+        let mut server = Rules::new(Sender::Server, 100, 100);
+        assert_eq!(
+            server.check(&header(true, OpCode::Binary, m, 1)),
+            Err(Violation::Masking)
+        );
+        assert_eq!(
+            server.check(&header(true, OpCode::Binary, None, 1)),
+            Ok(Some((OpCode::Binary, true)))
+        );
+    }
+}
