@@ -9,6 +9,10 @@
 
 use std::fmt;
 
+mod inbound;
+
+pub use inbound::{Inbound, Step};
+
 /// Longest header: 2 bytes, 8 bytes of extended length, 4 bytes of mask.
 pub const MAX_HEADER: usize = 14;
 /// Longest control frame payload (RFC 6455 §5.5).
