@@ -191,13 +191,13 @@ mod tests {
         out
     }
 
+    /// What a relay did with a stream: bytes forwarded, control frames seen,
+    /// messages ended.
+    type Relayed = (Vec<u8>, Vec<(OpCode, Vec<u8>)>, usize);
+
     /// Feed `wire` in pieces of `chunk` bytes as a relay would; returns the
     /// bytes forwarded, the control frames seen and the message ends.
-    fn run(
-        inbound: &mut Inbound,
-        wire: &[u8],
-        chunk: usize,
-    ) -> Result<(Vec<u8>, Vec<(OpCode, Vec<u8>)>, usize), Violation> {
+    fn run(inbound: &mut Inbound, wire: &[u8], chunk: usize) -> Result<Relayed, Violation> {
         let (mut buf, mut out, mut controls, mut ends) = (Vec::new(), Vec::new(), Vec::new(), 0);
         for piece in wire.chunks(chunk) {
             buf.extend_from_slice(piece);
