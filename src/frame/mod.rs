@@ -9,8 +9,10 @@
 
 use std::fmt;
 
+mod buffer;
 mod inbound;
 
+pub use buffer::ReadBuffer;
 pub use inbound::{Inbound, Step};
 
 /// Longest header: 2 bytes, 8 bytes of extended length, 4 bytes of mask.
