@@ -16,15 +16,17 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::time::Instant;
+use tokio::io::AsyncWriteExt;
+use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{Instrument, Span, debug, info};
 
-use crate::close::{Rejection, SessionEnd, Side};
+use crate::close::{Rejection, Side};
 use crate::config::Route;
 use crate::config::{HubProtocol, HubRoute};
+use crate::frame::ControlFrame;
 use crate::hub::Hub;
 use crate::hub::session::HubClient;
 use crate::names::{check_channel_name, check_client_name};
@@ -129,17 +131,22 @@ async fn session(
         Err(e) => {
             debug!(error = %e, "upgrade did not complete");
             if let Peer::Upstream(mut dialed) = peer {
-                let gone = SessionEnd::Gone(Side::Client).plan(Side::Upstream);
-                finish(&mut dialed.ws, gone, shared.limits.close_timeout).await;
+                // Tell the member the client went away (a masked 1001).
+                let bye = ControlFrame::close(Some(1001), "client gone", Some(rand::random()));
+                let _ = timeout(shared.limits.close_timeout, async {
+                    let _ = dialed.io.write_all(bye.as_bytes()).await;
+                    let _ = dialed.io.shutdown().await;
+                })
+                .await;
             }
             return;
         }
     };
     // Boxed: the steady-state task keeps only pointers in its future.
-    let mut client = Box::new(
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(shared.ws))
-            .await,
-    );
+    let client = Box::new(TokioIo::new(upgraded));
+    let websocket = |client: Box<TokioIo<_>>| async {
+        Box::new(WebSocketStream::from_raw_socket(*client, Role::Server, Some(shared.ws)).await)
+    };
     let limits = &shared.limits;
     let ctx = SessionCtx {
         metrics: &route.metrics,
@@ -152,28 +159,23 @@ async fn session(
 
     let end = match peer {
         Peer::Echo => {
+            let mut client = websocket(client).await;
             let end = echo::run(&mut client, &ctx).await;
             finish(&mut client, end.plan(Side::Client), limits.close_timeout).await;
             end
         }
         Peer::Hub(hub_client) => {
+            let mut client = websocket(client).await;
             let end = hub::session::run(&mut client, &ctx, &shared.hub, &hub_client).await;
             // Leave the hub (and tell presence listeners) before the close handshake.
             drop(hub_client);
             finish(&mut client, end.plan(Side::Client), limits.close_timeout).await;
             end
         }
-        Peer::Upstream(mut dialed) => {
-            let end = relay::run(&mut client, &mut dialed.ws, &ctx).await;
-            futures_util::join!(
-                finish(&mut client, end.plan(Side::Client), limits.close_timeout),
-                finish(
-                    &mut dialed.ws,
-                    end.plan(Side::Upstream),
-                    limits.close_timeout
-                ),
-            );
-            end
+        Peer::Upstream(dialed) => {
+            let Dialed { mut io, early, .. } = dialed;
+            let mut client = client;
+            relay::run(&mut client, &mut io, early, &ctx).await
         }
     };
 

@@ -49,6 +49,7 @@ use tracing::{error, info, warn};
 
 mod admin;
 mod admission;
+mod client_handshake;
 pub mod close;
 pub mod config;
 mod conn;
@@ -153,11 +154,7 @@ pub(crate) struct Live {
 }
 
 impl Live {
-    fn build(
-        config: &Config,
-        ws: WebSocketConfig,
-        parent: &CancellationToken,
-    ) -> Result<Live, Error> {
+    fn build(config: &Config, parent: &CancellationToken) -> Result<Live, Error> {
         let tls = tls::server_config(&config.tls).map_err(Error::Config)?;
         let mut targets = Vec::new();
         let mut issues = Vec::new();
@@ -165,7 +162,7 @@ impl Live {
             targets.push(match &route.kind {
                 RouteKind::Echo => Target::Echo,
                 RouteKind::Hub(hub) => Target::Hub(Arc::new((**hub).clone())),
-                RouteKind::Upstream(upstream) => match Pool::new(route, upstream, ws) {
+                RouteKind::Upstream(upstream) => match Pool::new(route, upstream) {
                     Ok(pool) => Target::Upstream(Arc::new(pool)),
                     Err(mut e) => {
                         issues.append(&mut e);
@@ -240,7 +237,7 @@ impl Shared {
             .max_message_size(Some(limits.max_message_size))
             .max_frame_size(Some(limits.max_frame_size));
         let shutdown = Shutdown::default();
-        let live = Live::build(config, ws, &shutdown.token)?;
+        let live = Live::build(config, &shutdown.token)?;
         Ok(Shared {
             admission: Admission::new(&limits),
             limits,
@@ -276,7 +273,7 @@ impl Shared {
     /// running ones if it cannot be applied. Changes that need a restart
     /// are logged and ignored.
     fn reload(&self, config: &Config) {
-        let next = match Live::build(config, self.ws, &self.shutdown.token) {
+        let next = match Live::build(config, &self.shutdown.token) {
             Ok(live) => live,
             Err(e) => {
                 metrics::config_reload(close::Reload::Failed);

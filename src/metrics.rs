@@ -275,12 +275,18 @@ impl RouteMetrics {
     /// One data message of `len` bytes read from `from` (for an echo route,
     /// `Side::Upstream` is the echo coming back).
     pub fn count(&self, from: Side, len: u64) {
-        let (messages, bytes) = match from {
+        self.counted(from, 1, len);
+    }
+
+    /// `messages` data messages ended and `bytes` payload bytes passed,
+    /// read from `from` (a relay counts a batch of frames at once).
+    pub fn counted(&self, from: Side, messages: u64, bytes: u64) {
+        let (message_counter, byte_counter) = match from {
             Side::Client => (&self.messages_in, &self.bytes_in),
             Side::Upstream => (&self.messages_out, &self.bytes_out),
         };
-        messages.increment(1);
-        bytes.increment(len);
+        message_counter.increment(messages);
+        byte_counter.increment(bytes);
     }
 
     pub fn session_ended(&self, end: &SessionEnd, seconds: f64) {

@@ -1,33 +1,102 @@
-//! The relay: one task carries a client session and its upstream session.
-//! Each message read from one side is fed to the other, together with every
-//! message already readable, then flushed once; nothing more is read until
-//! that write is done, so each side is read only as fast as the other side
-//! takes it (memory per session stays within the configured message and
-//! buffer sizes whatever the peers do).
+//! The relay: one task carries a client session and its upstream session,
+//! frame by frame. What is read from one side is checked by the frame layer
+//! (`frame::Inbound`: RFC 6455 rules, limits from the header, UTF-8 of text
+//! across fragments) and written to the other side as it came: client
+//! frames keep their mask on the way up, nothing is reassembled, so a
+//! session holds two small read buffers whatever the message sizes.
+//! Nothing more is read from a side until what it sent is written, so each
+//! side is read only as fast as the other takes it.
 //!
 //! Text stays text, binary stays binary, messages keep their boundaries and
-//! order; pings are passed on with their payloads both ways, and every ping
-//! gets exactly one pong (see [`Pings`]); a Close passes through with its
-//! code and reason.
+//! order. Pings and pongs pass through both ways untouched, so every ping
+//! is answered exactly once, by the far side; only pongs to the gateway's
+//! own keepalive pings are kept back. A Close passes through with its code
+//! and reason, and the close handshake is completed with both sides.
 
-use std::collections::VecDeque;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
-
-use crate::close::{SessionEnd, Side};
-use crate::metrics::RouteMetrics;
+use crate::close::{ClosePlan, Fault, SessionEnd, Side};
+use crate::config::Limits;
+use crate::frame::{
+    ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, Violation, parse_close,
+};
 use crate::session::{KEEPALIVE, SessionCtx, Timers};
 
-type Next = Option<Result<Message, WsError>>;
+/// What one side sends, as it is read: its buffer and its frames' rules.
+struct Inflow {
+    buf: ReadBuffer,
+    frames: Inbound,
+    /// This side sent a Close (valid or not): it will send no other, so
+    /// the end does not wait for one.
+    sent_close: bool,
+}
 
-/// Carry messages between `client` and `upstream` until either side ends,
-/// a clock runs out, or the gateway drains; return how it ended.
+impl Inflow {
+    fn new(sender: Sender, limits: &Limits) -> Self {
+        Inflow {
+            buf: ReadBuffer::default(),
+            frames: Inbound::new(Rules::new(
+                sender,
+                limits.max_frame_size,
+                limits.max_message_size,
+            )),
+            sent_close: false,
+        }
+    }
+}
+
+/// Relay between `client` and `upstream` until either side closes, breaks
+/// a rule or goes away, or the gateway drains; then close both sides.
+/// `early` is what the upstream sent right after its 101.
 pub(crate) async fn run<C, U>(
-    client: &mut WebSocketStream<C>,
-    upstream: &mut WebSocketStream<U>,
+    client: &mut C,
+    upstream: &mut U,
+    early: Vec<u8>,
+    ctx: &SessionCtx<'_>,
+) -> SessionEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut up = Inflow::new(Sender::Client, ctx.limits);
+    let mut down = Inflow::new(Sender::Server, ctx.limits);
+    let end = relay(client, upstream, &mut up, &mut down, early, ctx).await;
+    let limit = ctx.limits.close_timeout;
+    // A side that is in the middle of a frame from the other cannot be sent
+    // a Close: its bytes would be read as that frame's payload.
+    let to_client = if down.frames.in_frame() {
+        ClosePlan::Nothing
+    } else {
+        end.plan(Side::Client)
+    };
+    let to_upstream = if up.frames.in_frame() {
+        ClosePlan::Nothing
+    } else {
+        end.plan(Side::Upstream)
+    };
+    tokio::join!(
+        close(client, &mut up, to_client, &end, None, limit),
+        close(
+            upstream,
+            &mut down,
+            to_upstream,
+            &end,
+            Some(rand::random()),
+            limit
+        ),
+    );
+    end
+}
+
+async fn relay<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    up: &mut Inflow,
+    down: &mut Inflow,
+    early: Vec<u8>,
     ctx: &SessionCtx<'_>,
 ) -> SessionEnd
 where
@@ -35,147 +104,228 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let mut timers = Timers::new(ctx.limits);
-    let mut pings = Pings::default();
+    if !early.is_empty() {
+        down.buf.preload(&early);
+        if let Err(end) = pass(Side::Upstream, down, client, ctx, &mut timers).await {
+            return end;
+        }
+    }
     loop {
         // Unbiased between the two sides, so neither can starve the other.
-        let (from, first) = tokio::select! {
-            msg = client.next() => (Side::Client, msg),
-            msg = upstream.next() => (Side::Upstream, msg),
+        let (from, read) = tokio::select! {
+            read = up.buf.read_from(client) => (Side::Client, read),
+            read = down.buf.read_from(upstream) => (Side::Upstream, read),
             _ = ctx.cancel.cancelled() => return SessionEnd::Shutdown,
             tick = timers.next() => {
-                if let Err(end) = timers.handle(tick, client, ctx.limits.send_timeout).await {
-                    return end;
+                match timers.due(tick) {
+                    Ok(true) => {
+                        let ping = ControlFrame::new(OpCode::Ping, KEEPALIVE, None);
+                        let sent = ctx.bounded(Side::Client, write(client, ping.as_bytes(), Side::Client));
+                        if let Err(end) = sent.await {
+                            return end;
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(end) => return end,
                 }
                 continue;
             }
         };
-        let written = match from {
-            Side::Client => {
-                let batch = pump(
-                    Side::Client,
-                    client,
-                    upstream,
-                    first,
-                    ctx.metrics,
-                    &mut timers,
-                    &mut pings,
-                );
-                ctx.bounded(Side::Upstream, batch).await
-            }
-            Side::Upstream => {
-                let batch = pump(
-                    Side::Upstream,
-                    upstream,
-                    client,
-                    first,
-                    ctx.metrics,
-                    &mut timers,
-                    &mut pings,
-                );
-                ctx.bounded(Side::Client, batch).await
-            }
+        match read {
+            Ok(0) => return SessionEnd::Gone(from),
+            Err(_) => return SessionEnd::Broken(from, Fault::Io),
+            Ok(_) => {}
+        }
+        let passed = match from {
+            Side::Client => pass(Side::Client, up, upstream, ctx, &mut timers).await,
+            Side::Upstream => pass(Side::Upstream, down, client, ctx, &mut timers).await,
         };
-        if let Err(end) = written {
+        if let Err(end) = passed {
             return end;
         }
     }
 }
 
-/// Forward `first` and every message `src` already has ready to `dst`,
-/// then flush `dst` once.
-async fn pump<S, D>(
+/// Check what `from` sent and is held in `inflow`, write what passes to
+/// `dst` in one go, and keep an incomplete frame's start for the next read.
+/// The frames before a Close or a broken rule still go through.
+async fn pass<D>(
     from: Side,
-    src: &mut WebSocketStream<S>,
-    dst: &mut WebSocketStream<D>,
-    first: Next,
-    metrics: &RouteMetrics,
+    inflow: &mut Inflow,
+    dst: &mut D,
+    ctx: &SessionCtx<'_>,
     timers: &mut Timers,
-    pings: &mut Pings,
 ) -> Result<(), SessionEnd>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
-    D: AsyncRead + AsyncWrite + Unpin,
+    D: AsyncWrite + Unpin,
 {
-    let to = match from {
+    let to = other(from);
+    let Inflow {
+        buf,
+        frames,
+        sent_close,
+    } = inflow;
+    let data = buf.data();
+    // `data[..out]` is what goes on; `data[at..]` is not looked at yet.
+    let (mut at, mut out) = (0, 0);
+    let (mut messages, mut bytes) = (0, 0);
+    let mut ended = None;
+    while at < data.len() {
+        let (len, keep) = match frames.next(&mut data[at..]) {
+            Err(violation) => {
+                ended = Some(SessionEnd::Broken(from, fault(violation)));
+                break;
+            }
+            Ok(Step::Need) => break,
+            Ok(Step::Data { len, payload, end }) => {
+                bytes += payload as u64;
+                messages += u64::from(end);
+                (len, true)
+            }
+            Ok(Step::Control {
+                len,
+                opcode: OpCode::Close,
+            }) => {
+                *sent_close = true;
+                ended = Some(match parse_close(frames.control()) {
+                    Ok(close) => SessionEnd::Closed(from, close.map(close_frame)),
+                    Err(violation) => SessionEnd::Broken(from, fault(violation)),
+                });
+                at += len;
+                break;
+            }
+            Ok(Step::Control { len, opcode }) => {
+                let ours = from == Side::Client && opcode == OpCode::Pong && {
+                    timers.pong();
+                    frames.control() == KEEPALIVE
+                };
+                (len, !ours)
+            }
+        };
+        if keep {
+            data.copy_within(at..at + len, out);
+            out += len;
+        }
+        at += len;
+    }
+    if bytes > 0 || messages > 0 {
+        ctx.metrics.counted(from, messages, bytes);
+        timers.touch();
+    }
+    let written = match out {
+        0 => Ok(()),
+        _ => ctx.bounded(to, write(dst, &data[..out], to)).await,
+    };
+    buf.consume(at);
+    written?;
+    ended.map_or(Ok(()), Err)
+}
+
+/// Write all of `bytes` to `side` and flush.
+async fn write<D>(dst: &mut D, bytes: &[u8], side: Side) -> Result<(), SessionEnd>
+where
+    D: AsyncWrite + Unpin,
+{
+    let broken = |_| SessionEnd::Broken(side, Fault::Io);
+    dst.write_all(bytes).await.map_err(broken)?;
+    dst.flush().await.map_err(broken)
+}
+
+/// Carry out one side's part of the end, within `limit`: send our Close
+/// (masked with `mask` to the upstream), or pass the other side's on, or
+/// answer theirs; wait for their Close when we spoke first; then close
+/// TLS and TCP.
+async fn close<S>(
+    io: &mut S,
+    inflow: &mut Inflow,
+    plan: ClosePlan,
+    end: &SessionEnd,
+    mask: Option<[u8; 4]>,
+    limit: std::time::Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = timeout(limit, async {
+        let (frame, wait) = match plan {
+            ClosePlan::Send(code, reason) => (
+                Some(ControlFrame::close(Some(code.into()), reason, mask)),
+                true,
+            ),
+            ClosePlan::Forward(frame) => (Some(close_of(frame.as_ref(), mask)), true),
+            // They spoke first: answer with their own code.
+            ClosePlan::Reply => match end {
+                SessionEnd::Closed(_, frame) => (Some(close_of(frame.as_ref(), mask)), false),
+                _ => (None, false),
+            },
+            ClosePlan::Nothing => (None, false),
+        };
+        if let Some(frame) = frame {
+            let sent = io.write_all(frame.as_bytes()).await.and(io.flush().await);
+            if sent.is_ok() && wait && !inflow.sent_close {
+                await_close(io, inflow).await;
+            }
+        }
+        let _ = io.shutdown().await;
+    })
+    .await;
+}
+
+fn close_of(frame: Option<&CloseFrame>, mask: Option<[u8; 4]>) -> ControlFrame {
+    match frame {
+        Some(f) => ControlFrame::close(Some(f.code.into()), &f.reason, mask),
+        None => ControlFrame::close(None, "", mask),
+    }
+}
+
+/// Read (and drop) what the peer still sends until its Close, the end of
+/// its stream, or a frame that breaks the rules.
+async fn await_close<S>(io: &mut S, inflow: &mut Inflow)
+where
+    S: AsyncRead + Unpin,
+{
+    loop {
+        while !inflow.buf.is_empty() {
+            match inflow.frames.next(inflow.buf.data()) {
+                Ok(Step::Control {
+                    opcode: OpCode::Close,
+                    ..
+                })
+                | Err(_) => return,
+                Ok(Step::Need) => break,
+                Ok(Step::Data { len, .. } | Step::Control { len, .. }) => inflow.buf.consume(len),
+            }
+        }
+        if !matches!(inflow.buf.read_from(io).await, Ok(n) if n > 0) {
+            return;
+        }
+    }
+}
+
+fn close_frame((code, reason): (u16, &str)) -> CloseFrame {
+    CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }
+}
+
+fn fault(violation: Violation) -> Fault {
+    match violation {
+        Violation::TooBig => Fault::TooBig,
+        Violation::InvalidUtf8 => Fault::InvalidUtf8,
+        Violation::ReservedBits
+        | Violation::ReservedOpcode
+        | Violation::LengthOverflow
+        | Violation::Masking
+        | Violation::BadControl
+        | Violation::UnexpectedContinuation
+        | Violation::ExpectedContinuation
+        | Violation::BadClose => Fault::Protocol,
+    }
+}
+
+fn other(side: Side) -> Side {
+    match side {
         Side::Client => Side::Upstream,
         Side::Upstream => Side::Client,
-    };
-    let write_err = |e: WsError| SessionEnd::from_ws_error(to, &e);
-    let mut next = Some(first);
-    while let Some(msg) = next {
-        let msg = match msg {
-            None => return Err(SessionEnd::Gone(from)),
-            Some(Err(e)) => return Err(SessionEnd::from_ws_error(from, &e)),
-            Some(Ok(msg)) => msg,
-        };
-        match msg {
-            Message::Text(_) | Message::Binary(_) => {
-                metrics.count(from, msg.len() as u64);
-                timers.touch();
-                dst.feed(msg).await.map_err(write_err)?;
-            }
-            Message::Ping(ref payload) => {
-                pings.forwarded(to, payload);
-                dst.feed(msg).await.map_err(write_err)?;
-            }
-            Message::Pong(ref payload) => {
-                if from == Side::Client {
-                    timers.pong();
-                }
-                let ours = from == Side::Client && payload.as_ref() == KEEPALIVE;
-                if !ours && !pings.answered(from, payload) {
-                    dst.feed(msg).await.map_err(write_err)?;
-                }
-            }
-            Message::Close(frame) => return Err(SessionEnd::Closed(from, frame)),
-            Message::Frame(_) => {}
-        }
-        next = src.next().now_or_never();
-    }
-    dst.flush().await.map_err(write_err)
-}
-
-/// Pings forwarded to each side and not yet answered by it. tungstenite
-/// answers every ping it reads at once (and cannot be told not to), so the
-/// sender already has its pong with the same payload; the far side's own
-/// pong to a forwarded ping is dropped instead of delivered as a second one.
-/// Pongs that answer no forwarded ping (unsolicited, heartbeats) pass through.
-#[derive(Default)]
-struct Pings {
-    to_client: VecDeque<Bytes>,
-    to_upstream: VecDeque<Bytes>,
-}
-
-impl Pings {
-    /// At most this many outstanding pings are remembered per side; older
-    /// ones are forgotten (their late pongs then pass through).
-    const MAX: usize = 16;
-
-    fn side(&mut self, side: Side) -> &mut VecDeque<Bytes> {
-        match side {
-            Side::Client => &mut self.to_client,
-            Side::Upstream => &mut self.to_upstream,
-        }
-    }
-
-    fn forwarded(&mut self, to: Side, payload: &Bytes) {
-        let pending = self.side(to);
-        if pending.len() == Self::MAX {
-            pending.pop_front();
-        }
-        pending.push_back(payload.clone());
-    }
-
-    /// Is this pong from `from` the answer to a ping forwarded to it?
-    fn answered(&mut self, from: Side, payload: &Bytes) -> bool {
-        let pending = self.side(from);
-        match pending.iter().position(|p| p == payload) {
-            Some(i) => {
-                // A pong answers the latest ping; earlier ones are settled too.
-                pending.drain(..=i);
-                true
-            }
-            None => false,
-        }
     }
 }

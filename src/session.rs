@@ -118,10 +118,24 @@ impl Timers {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        if !self.due(tick)? {
+            return Ok(());
+        }
+        let ping = client.send(Message::Ping(Bytes::from_static(KEEPALIVE)));
+        match timeout(limit, ping).await {
+            Ok(sent) => sent.map_err(|e| SessionEnd::from_ws_error(Side::Client, &e)),
+            Err(_) => Err(SessionEnd::SendTimeout(Side::Client)),
+        }
+    }
+
+    /// What a tick asks for: `Ok(true)`, a keepalive ping (with
+    /// [`KEEPALIVE`]) to send to the client now; an error, the session's end
+    /// (the last ping went unanswered, or the session is idle).
+    pub(crate) fn due(&mut self, tick: Tick) -> Result<bool, SessionEnd> {
         match tick {
-            Tick::Ping => self.keepalive.ping(client, limit).await,
+            Tick::Ping => self.keepalive.due().map(|()| true),
             Tick::Idle if self.idle.check() => Err(SessionEnd::Idle),
-            Tick::Idle => Ok(()),
+            Tick::Idle => Ok(false),
         }
     }
 
@@ -165,24 +179,14 @@ impl Keepalive {
         }
     }
 
-    /// After a tick: end the session if the last ping went unanswered, else ping.
-    async fn ping<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        limit: Duration,
-    ) -> Result<(), SessionEnd>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    /// After a tick: end the session if the last ping went unanswered;
+    /// else a ping is to be sent, and its pong awaited.
+    fn due(&mut self) -> Result<(), SessionEnd> {
         if self.awaiting_pong {
             return Err(SessionEnd::PingTimeout);
         }
         self.awaiting_pong = true;
-        let ping = ws.send(Message::Ping(Bytes::from_static(KEEPALIVE)));
-        match timeout(limit, ping).await {
-            Ok(sent) => sent.map_err(|e| SessionEnd::from_ws_error(Side::Client, &e)),
-            Err(_) => Err(SessionEnd::SendTimeout(Side::Client)),
-        }
+        Ok(())
     }
 
     /// Any pong from the client shows it is alive.

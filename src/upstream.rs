@@ -18,12 +18,10 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsConnector;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::client_handshake::{Answer, UpgradeError, upgrade};
 use crate::close::Rejection;
 use crate::config::{Balance, ConfigIssue, Route, UpstreamConfig, UpstreamUrl};
 use crate::egress::{self, UpstreamIo};
@@ -42,8 +40,6 @@ pub(crate) struct Pool {
     next: AtomicUsize,
     /// Built once per pool, only if some member is `wss://`.
     tls: Option<TlsConnector>,
-    /// The same frame and buffer limits as the client side.
-    ws: WebSocketConfig,
     connect_seconds: Histogram,
 }
 
@@ -70,7 +66,11 @@ struct Health {
 
 /// An established upstream session and the member it holds.
 pub(crate) struct Dialed {
-    pub(crate) ws: Box<WebSocketStream<UpstreamIo>>,
+    /// The member's stream, after its 101.
+    pub(crate) io: Box<UpstreamIo>,
+    /// What the member sent after its 101 in the same read: the start of
+    /// its first frames, relayed before anything else it sends.
+    pub(crate) early: Vec<u8>,
     /// The subprotocol the member chose, for the client's 101.
     pub(crate) protocol: Option<HeaderValue>,
     /// Held for its `Drop`: counts the session against the member.
@@ -107,7 +107,7 @@ enum Attempt {
     /// The egress proxy failed or refused the CONNECT.
     Proxy(egress::ProxyError),
     Timeout,
-    BadHandshake(WsError),
+    BadHandshake(UpgradeError),
     Status(Response<Option<Vec<u8>>>),
 }
 
@@ -124,11 +124,7 @@ impl fmt::Display for Attempt {
 }
 
 impl Pool {
-    pub(crate) fn new(
-        route: &Route,
-        config: &UpstreamConfig,
-        ws: WebSocketConfig,
-    ) -> Result<Pool, Vec<ConfigIssue>> {
+    pub(crate) fn new(route: &Route, config: &UpstreamConfig) -> Result<Pool, Vec<ConfigIssue>> {
         let prefix = format!("routes[{}]", route.name);
         let tls = if config.members.iter().any(|m| m.secure) {
             Some(TlsConnector::from(tls::client_config(
@@ -179,7 +175,6 @@ impl Pool {
             members,
             next: AtomicUsize::new(0),
             tls,
-            ws,
             connect_seconds: metrics::upstream_connect_seconds(&route.name),
         })
     }
@@ -199,7 +194,7 @@ impl Pool {
             let request = forward::upgrade_request(&member.url, strip_prefix, uri, headers, peer);
             let started = Instant::now();
             match self.dial_member(member, request).await {
-                Ok((ws, response)) => {
+                Ok((io, response, early)) => {
                     self.connect_seconds.record(started.elapsed().as_secs_f64());
                     self.succeeded(member);
                     member.active.fetch_add(1, Ordering::Relaxed);
@@ -212,7 +207,8 @@ impl Pool {
                         member: index,
                     };
                     return Ok(Dialed {
-                        ws: Box::new(ws),
+                        io: Box::new(io),
+                        early,
                         protocol,
                         _lease: lease,
                     });
@@ -262,7 +258,7 @@ impl Pool {
         &self,
         member: &Member,
         request: Request<()>,
-    ) -> Result<(WebSocketStream<UpstreamIo>, Response<Option<Vec<u8>>>), Attempt> {
+    ) -> Result<(UpstreamIo, Response<()>, Vec<u8>), Attempt> {
         let (host, port) = (member.url.host.as_str(), member.url.port);
         let connect = async {
             match &self.config.proxy {
@@ -280,7 +276,7 @@ impl Pool {
         };
         let _ = tcp.set_nodelay(true);
         let handshake = async {
-            let io = match (&self.tls, member.url.secure) {
+            let mut io = match (&self.tls, member.url.secure) {
                 (Some(tls), true) => UpstreamIo::Tls(Box::new(
                     tls.connect(member.server_name.clone(), tcp)
                         .await
@@ -288,13 +284,12 @@ impl Pool {
                 )),
                 _ => UpstreamIo::Plain(tcp),
             };
-            tokio_tungstenite::client_async_with_config(request, io, Some(self.ws))
-                .await
-                .map_err(|e| match e {
-                    WsError::Http(response) => Attempt::Status(*response),
-                    WsError::Io(e) => Attempt::Unreachable(e),
-                    other => Attempt::BadHandshake(other),
-                })
+            match upgrade(&mut io, &request).await {
+                Ok(Answer::Upgraded(response, early)) => Ok((io, response, early)),
+                Ok(Answer::Refused(response)) => Err(Attempt::Status(response)),
+                Err(UpgradeError::Io(e)) => Err(Attempt::Unreachable(e)),
+                Err(other) => Err(Attempt::BadHandshake(other)),
+            }
         };
         timeout(self.config.handshake_timeout, handshake)
             .await

@@ -42,6 +42,15 @@ impl ReadBuffer {
         Ok(n)
     }
 
+    /// Hold `bytes` as if they had been read (what came with a handshake).
+    pub fn preload(&mut self, bytes: &[u8]) {
+        if self.bytes.len() < self.filled + bytes.len() {
+            self.resize(self.filled + bytes.len());
+        }
+        self.bytes[self.filled..self.filled + bytes.len()].copy_from_slice(bytes);
+        self.filled += bytes.len();
+    }
+
     /// The bytes held.
     pub fn data(&mut self) -> &mut [u8] {
         &mut self.bytes[..self.filled]

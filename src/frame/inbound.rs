@@ -67,6 +67,12 @@ impl Inbound {
         &self.control[..usize::from(self.control_len)]
     }
 
+    /// Has a data frame's header gone through without all of its payload?
+    /// (Then nothing else may be written to where it goes.)
+    pub fn in_frame(&self) -> bool {
+        self.payload.is_some()
+    }
+
     /// Is a message in progress (between its first frame and its last)?
     pub fn in_message(&self) -> bool {
         self.payload.is_some() || self.rules.in_message()

@@ -229,6 +229,61 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: u64) {
     }
 }
 
+/// A whole control frame as bytes: header and payload (at most 125 bytes,
+/// masked with `mask` on the way to a server).
+pub struct ControlFrame {
+    bytes: [u8; MAX_HEADER + MAX_CONTROL],
+    len: usize,
+}
+
+impl ControlFrame {
+    pub fn new(opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) -> Self {
+        let payload = &payload[..payload.len().min(MAX_CONTROL)];
+        let header = Header {
+            fin: true,
+            rsv: 0,
+            opcode,
+            mask,
+            len: payload.len() as u64,
+        };
+        let mut bytes = [0; MAX_HEADER + MAX_CONTROL];
+        let mut head = [0; MAX_HEADER];
+        let at = header.encode(&mut head);
+        bytes[..at].copy_from_slice(&head[..at]);
+        bytes[at..at + payload.len()].copy_from_slice(payload);
+        if let Some(key) = mask {
+            apply_mask(&mut bytes[at..at + payload.len()], key, 0);
+        }
+        ControlFrame {
+            bytes,
+            len: at + payload.len(),
+        }
+    }
+
+    /// A Close with `code` and as much of `reason` as fits (cut at a
+    /// character boundary); no code: an empty Close.
+    pub fn close(code: Option<u16>, reason: &str, mask: Option<[u8; 4]>) -> Self {
+        let mut payload = [0; MAX_CONTROL];
+        let len = match code {
+            None => 0,
+            Some(code) => {
+                payload[..2].copy_from_slice(&code.to_be_bytes());
+                let mut cut = reason.len().min(MAX_CONTROL - 2);
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                payload[2..2 + cut].copy_from_slice(&reason.as_bytes()[..cut]);
+                2 + cut
+            }
+        };
+        ControlFrame::new(OpCode::Close, &payload[..len], mask)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// UTF-8 validated across chunk and frame boundaries: a character split
 /// between two frames is held (at most 3 bytes) until its end arrives.
 #[derive(Debug, Default, Clone)]
@@ -456,6 +511,26 @@ mod tests {
         // Surrogates and overlong forms are not UTF-8.
         assert!(Utf8Stream::default().feed(&[0xED, 0xA0, 0x80]).is_err());
         assert!(Utf8Stream::default().feed(&[0xC0, 0xAF]).is_err());
+    }
+
+    #[test]
+    fn control_frames_encode_and_parse_back() {
+        let key = [1, 2, 3, 4];
+        let long = "é".repeat(100);
+        let frame = ControlFrame::close(Some(1001), &long, Some(key));
+        let (h, at) = Header::parse(frame.as_bytes()).unwrap().unwrap();
+        assert_eq!((h.opcode, h.fin, h.mask), (OpCode::Close, true, Some(key)));
+        let mut payload = frame.as_bytes()[at..].to_vec();
+        apply_mask(&mut payload, key, 0);
+        let (code, reason) = parse_close(&payload).unwrap().unwrap();
+        assert_eq!(code, 1001);
+        assert!(
+            long.starts_with(reason) && reason.len() == 122,
+            "cut at a char boundary"
+        );
+        let ping = ControlFrame::new(OpCode::Ping, b"hi", None);
+        assert_eq!(ping.as_bytes(), &[0x89, 2, b'h', b'i']);
+        assert_eq!(ControlFrame::close(None, "", None).as_bytes(), &[0x88, 0]);
     }
 
     #[test]
