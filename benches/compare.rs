@@ -60,10 +60,12 @@ fn main() {
         Some("serve-ws") => serve(&args[1..], false),
         Some("serve-wss") => serve(&args[1..], true),
         Some("run") => Opts::parse(&args[1..]).and_then(run),
+        Some("load") => load(&args[1..]),
         _ => Err(anyhow!(
             "usage: compare run --wsgate BIN --nginx BIN --dir DIR [--quick] [--repeats N] \
              [--sessions N] [--secs S]; compare serve-ws PORT; compare serve-wss PORT CERT KEY \
-             (normally started by benches/compare.sh)"
+             (normally started by benches/compare.sh); \
+             compare load CA URL CONNS IN_FLIGHT SIZE MESSAGES_PER_CONN PAUSE_SECS (for profiling)"
         )),
     };
     if let Err(e) = result {
@@ -167,6 +169,69 @@ fn acceptor(cert: &str, key: &str) -> anyhow::Result<TlsAcceptor> {
     .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A bounded load for profiling a gateway: open `CONNS` sessions to `URL`
+/// (wss://localhost:PORT/path), print "connected", wait `PAUSE_SECS`, echo
+/// exactly `MESSAGES_PER_CONN` messages of `SIZE` bytes on each with
+/// `IN_FLIGHT` outstanding, print "done" and the rate, wait `PAUSE_SECS`,
+/// close. The pauses leave time to switch a profiler's collection on and off.
+fn load(args: &[String]) -> anyhow::Result<()> {
+    let arg = |i: usize, name: &str| args.get(i).with_context(|| name.to_string());
+    let ca = PathBuf::from(arg(0, "CA")?);
+    let url = arg(1, "URL")?;
+    let rest = url
+        .strip_prefix("wss://localhost:")
+        .context("URL: wss://localhost:PORT/path")?;
+    let (port, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port.parse::<u16>()?));
+    let num = |i: usize, name: &str| -> anyhow::Result<u64> { Ok(arg(i, name)?.parse()?) };
+    let conns = num(2, "CONNS")? as usize;
+    let in_flight = num(3, "IN_FLIGHT")? as usize;
+    let size = num(4, "SIZE")? as usize;
+    let messages = num(5, "MESSAGES_PER_CONN")?;
+    let pause = Duration::from_secs(num(6, "PAUSE_SECS")?);
+    let path = if path.is_empty() { "/" } else { path };
+    let client = Client::new(&ca, addr, path)?;
+    runtime().block_on(async move {
+        let (streams, failed) = client.connect_many(conns).await;
+        if failed > 0 {
+            bail!("{failed} of {conns} connections failed");
+        }
+        println!("connected");
+        sleep(pause).await;
+        let shared = Arc::new(Shared::default());
+        let payload = Bytes::from(vec![0x5a; size]);
+        let started = Instant::now();
+        let tasks = streams.into_iter().map(|ws| {
+            tokio::spawn(pipeline(
+                ws,
+                shared.clone(),
+                payload.clone(),
+                in_flight,
+                messages,
+            ))
+        });
+        let joined = timeout(
+            Duration::from_secs(3600),
+            futures_util::future::join_all(tasks),
+        )
+        .await
+        .context("load did not finish within an hour")?;
+        let mut streams = Vec::new();
+        for r in joined {
+            streams.push(r??.0);
+        }
+        let n = shared.received.load(Ordering::Relaxed);
+        println!(
+            "done: {n} echoes in {:.2} s ({:.0}/s)",
+            started.elapsed().as_secs_f64(),
+            n as f64 / started.elapsed().as_secs_f64()
+        );
+        sleep(pause).await;
+        close_all(streams).await;
+        Ok(())
+    })
 }
 
 // ---------------------------------------------------------------- options
@@ -707,9 +772,13 @@ async fn echo_load(
     )
     .await
     .context("connections did not finish within 20 s of the stop")?;
+    let mut streams = Vec::with_capacity(joined.len());
     for r in joined {
-        samples.extend(r??);
+        let (ws, s) = r??;
+        samples.extend(s);
+        streams.push(ws);
     }
+    close_all(streams).await;
     let n = c1 - c0;
     if n == 0 || samples.is_empty() {
         bail!("no echoes in the measured window");
@@ -724,15 +793,15 @@ async fn echo_load(
     })
 }
 
-/// One connection's part of `echo_load`: returns round-trip times in µs of
-/// the echoes received while recording.
+/// One connection's part of `echo_load`: returns the connection and the
+/// round-trip times in µs of the echoes received while recording.
 async fn pipeline(
     mut ws: Ws,
     shared: Arc<Shared>,
     payload: Bytes,
     in_flight: usize,
     max: u64,
-) -> anyhow::Result<Vec<u32>> {
+) -> anyhow::Result<(Ws, Vec<u32>)> {
     let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(in_flight);
     let mut samples = Vec::new();
     let mut sent = 0u64;
@@ -775,8 +844,16 @@ async fn pipeline(
             next = ws.next().now_or_never();
         }
     }
-    let _ = timeout(Duration::from_secs(2), ws.close(None)).await;
-    Ok(samples)
+    Ok((ws, samples))
+}
+
+/// Close handshakes on every connection, at most 5 s in all.
+async fn close_all(mut streams: Vec<Ws>) {
+    let _ = timeout(
+        Duration::from_secs(5),
+        futures_util::future::join_all(streams.iter_mut().map(|ws| ws.close(None))),
+    )
+    .await;
 }
 
 struct Handshakes {
@@ -1115,13 +1192,17 @@ fn print_table(opts: &Opts, results: &Results, handshake_failures: &BTreeMap<Tar
             }
             let _ = write!(row, " {text} |");
         }
-        let _ = write!(
-            row,
-            " {} | {} | {} |",
-            ratio(cells[2].as_ref(), cells[0].as_ref()),
-            ratio(cells[2].as_ref(), cells[1].as_ref()),
-            ratio(cells[3].as_ref(), cells[0].as_ref()),
-        );
+        if i == 10 {
+            row.push_str(" | | |");
+        } else {
+            let _ = write!(
+                row,
+                " {} | {} | {} |",
+                ratio(cells[2].as_ref(), cells[0].as_ref()),
+                ratio(cells[2].as_ref(), cells[1].as_ref()),
+                ratio(cells[3].as_ref(), cells[0].as_ref()),
+            );
+        }
         println!("{row}");
     }
     println!(
