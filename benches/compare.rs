@@ -812,7 +812,7 @@ async fn pipeline(
             break;
         }
         if !stopping {
-            while sent_at.len() < in_flight {
+            while sent_at.len() < in_flight && sent < max {
                 ws.feed(Message::Binary(payload.clone())).await?;
                 sent_at.push_back(Instant::now());
                 sent += 1;
@@ -989,7 +989,7 @@ const MEASURES: [&str; 11] = [
     "  same: gateway CPU us per handshake",
     "RSS KiB per idle session",
     "RSS KiB per session after 16 KiB each way",
-    "sessions opened (failed handshakes)",
+    "sessions opened per run (failed handshakes in all runs)",
 ];
 
 /// Decimal places per measure.
@@ -1162,7 +1162,7 @@ fn print_table(opts: &Opts, results: &Results, handshake_failures: &BTreeMap<Tar
         let m = median(v);
         let d = DIGITS[i];
         let mut s = fmt_num(m, d);
-        if v.len() > 1 {
+        if v.len() > 1 && i != 10 {
             let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let _ = write!(s, " ({}–{})", fmt_num(lo, d), fmt_num(hi, d));
@@ -1212,7 +1212,7 @@ fn print_table(opts: &Opts, results: &Results, handshake_failures: &BTreeMap<Tar
          memory are excluded). A message is one echo round trip (relayed once each way); CPU is \
          utime+stime of the gateway's processes over the measured {} s after {} s of warm-up. \
          Memory: {} sessions opened on a fresh process; RSS delta / sessions. Full handshakes \
-         (no resumption), TLS 1.3, X25519, the certificate from `wsgate gen-cert`.{}",
+         (no resumption), TLS 1.3, X25519, the ECDSA P-256 certificate from `wsgate gen-cert`.{}",
         opts.repeats,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         opts.workers,
