@@ -592,15 +592,19 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 
 /// CPU seconds (user + system) of the process tree.
 fn cpu_secs(root: u32, clk_tck: f64) -> f64 {
-    let ticks: u64 = tree(root)
-        .into_iter()
-        .filter_map(stat_fields)
-        .map(|f| {
-            let n = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-            n(11) + n(12)
-        })
-        .sum();
-    ticks as f64 / clk_tck
+    let (user, system) = cpu_split(root, clk_tck);
+    user + system
+}
+
+/// CPU seconds of the process tree: (user, system).
+fn cpu_split(root: u32, clk_tck: f64) -> (f64, f64) {
+    let (mut user, mut system) = (0u64, 0u64);
+    for f in tree(root).into_iter().filter_map(stat_fields) {
+        let n = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        user += n(11);
+        system += n(12);
+    }
+    (user as f64 / clk_tck, system as f64 / clk_tck)
 }
 
 /// Resident KiB of the process tree.
@@ -717,6 +721,7 @@ struct Shared {
 struct Echo {
     msgs_per_sec: f64,
     cpu_us_per_msg: f64,
+    system_us_per_msg: f64,
     p50_ms: f64,
     p99_ms: f64,
 }
@@ -751,17 +756,17 @@ async fn echo_load(
         })
         .collect();
     sleep(Duration::from_secs_f64(opts.warmup)).await;
-    let (c0, cpu0, t0) = (
+    let (c0, (user0, sys0), t0) = (
         shared.received.load(Ordering::Relaxed),
-        cpu_secs(measured, opts.clk_tck),
+        cpu_split(measured, opts.clk_tck),
         Instant::now(),
     );
     shared.recording.store(true, Ordering::Relaxed);
     sleep(Duration::from_secs_f64(opts.secs)).await;
     shared.recording.store(false, Ordering::Relaxed);
-    let (c1, cpu1, elapsed) = (
+    let (c1, (user1, sys1), elapsed) = (
         shared.received.load(Ordering::Relaxed),
-        cpu_secs(measured, opts.clk_tck),
+        cpu_split(measured, opts.clk_tck),
         t0.elapsed(),
     );
     shared.stop.store(true, Ordering::Relaxed);
@@ -787,7 +792,8 @@ async fn echo_load(
     let pct = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
     Ok(Echo {
         msgs_per_sec: n as f64 / elapsed.as_secs_f64(),
-        cpu_us_per_msg: (cpu1 - cpu0) * 1e6 / n as f64,
+        cpu_us_per_msg: (user1 + sys1 - user0 - sys0) * 1e6 / n as f64,
+        system_us_per_msg: (sys1 - sys0) * 1e6 / n as f64,
         p50_ms: pct(0.50) as f64 / 1000.0,
         p99_ms: pct(0.99) as f64 / 1000.0,
     })
@@ -978,7 +984,7 @@ async fn memory(opts: &Opts, client: &Client, measured: u32) -> anyhow::Result<M
 // ---------------------------------------------------------------- the run
 
 /// Measures in table order.
-const MEASURES: [&str; 11] = [
+const MEASURES: [&str; 12] = [
     "relay echo 64 B, 64 conns x 16 in flight: msg/s",
     "  same: gateway CPU us per message",
     "  same: round trip p50 ms",
@@ -990,10 +996,14 @@ const MEASURES: [&str; 11] = [
     "RSS KiB per idle session",
     "RSS KiB per session after 16 KiB each way",
     "sessions opened per run (failed handshakes in all runs)",
+    "  same: of which system (kernel) CPU us",
 ];
 
+/// Display order of the measures.
+const ORDER: [usize; 12] = [0, 1, 11, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+
 /// Decimal places per measure.
-const DIGITS: [usize; 11] = [0, 2, 2, 2, 0, 1, 0, 0, 1, 1, 0];
+const DIGITS: [usize; 12] = [0, 2, 2, 2, 0, 1, 0, 0, 1, 1, 0, 2];
 
 type Results = BTreeMap<(Target, usize), Vec<f64>>;
 
@@ -1102,6 +1112,7 @@ async fn measure_target(
         Ok(e) => {
             put(0, e.msgs_per_sec);
             put(1, e.cpu_us_per_msg);
+            put(11, e.system_us_per_msg);
             put(2, e.p50_ms);
             put(3, e.p99_ms);
         }
@@ -1178,7 +1189,8 @@ fn print_table(opts: &Opts, results: &Results, handshake_failures: &BTreeMap<Tar
         "| measure | nginx | nginx 64k buf | wsgate | direct wss | wsgate / nginx | wsgate / nginx 64k | direct / nginx |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (i, label) in MEASURES.iter().enumerate() {
+    for i in ORDER {
+        let label = MEASURES[i];
         let cells: Vec<_> = TARGETS.iter().map(|t| cell(*t, i)).collect();
         let mut row = format!("| {} |", label.trim_start());
         for (t, c) in TARGETS.iter().zip(&cells) {

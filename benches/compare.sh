@@ -92,7 +92,7 @@ echo "$("$nginx_bin" -v 2>&1)" >&2
 # Builds: the load generator (bench profile = release), then wsgate in
 # release last, so target/release/wsgate is built without dev-dependencies.
 runner="$(cargo bench --bench compare --no-run --message-format=json \
-    | grep -o '"executable":"[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/')"
+    | grep -o '"executable":"[^"]*/deps/compare-[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/')"
 [[ -x "$runner" ]] || { echo "could not build the compare bench" >&2; exit 1; }
 cargo build --release --bin wsgate >&2
 wsgate="$(pwd)/target/release/wsgate"

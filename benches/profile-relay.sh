@@ -43,7 +43,7 @@ CARGO_PROFILE_RELEASE_DEBUG=true CARGO_TARGET_DIR="$target_dir" \
     cargo build --release --bin wsgate >&2
 wsgate="$target_dir/release/wsgate"
 runner="$(cargo bench --bench compare --no-run --message-format=json \
-    | grep -o '"executable":"[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/')"
+    | grep -o '"executable":"[^"]*/deps/compare-[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/')"
 "$wsgate" gen-cert --host localhost --host 127.0.0.1 --out "$out" >/dev/null 2>&1
 
 free_port() {
