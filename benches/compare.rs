@@ -518,8 +518,8 @@ fn nginx_conf(opts: &Opts, prefix: &Path, port: u16, backend: u16, big: bool) ->
         "worker_processes {workers};\n\
          pid {p}/nginx.pid;\n\
          error_log {p}/logs/error.log warn;\n\
-         worker_rlimit_nofile 65536;\n\
-         events {{ worker_connections 32768; }}\n\
+         worker_rlimit_nofile {nofile};\n\
+         events {{ worker_connections {connections}; }}\n\
          http {{\n\
            access_log off;\n\
            client_body_temp_path {p}/client_body;\n\
@@ -546,12 +546,28 @@ fn nginx_conf(opts: &Opts, prefix: &Path, port: u16, backend: u16, big: bool) ->
            }}\n\
          }}\n",
         workers = opts.workers,
+        nofile = nofile(),
+        connections = nofile() / 2,
         cert = cert.display(),
         key = key.display(),
     )
 }
 
 // ---------------------------------------------------------------- /proc
+
+/// This process's descriptor limit (soft), which its children inherit.
+fn nofile() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(1024)
+}
 
 /// The process and all its descendants.
 fn tree(root: u32) -> Vec<u32> {
@@ -1009,6 +1025,15 @@ type Results = BTreeMap<(Target, usize), Vec<f64>>;
 
 fn run(opts: Opts) -> anyhow::Result<()> {
     let started = Instant::now();
+    // A relayed session holds two descriptors in the gateway.
+    if (opts.sessions as u64) * 2 + 200 > nofile() {
+        eprintln!(
+            "warning: {} sessions need about {} descriptors per gateway; the limit is {}",
+            opts.sessions,
+            opts.sessions * 2 + 200,
+            nofile()
+        );
+    }
     let ca = opts.dir.join("ca.pem");
     let mut results: Results = BTreeMap::new();
     let mut failures: Vec<String> = Vec::new();
