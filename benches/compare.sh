@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # wsgate against nginx, in one run on 127.0.0.1: see benches/compare.rs.
 #
-#   benches/compare.sh            full run (3 repeats; under 10 minutes on 2 cores)
-#   benches/compare.sh --quick    every target and measure once, tiny and short (CI)
+#   benches/compare.sh            full run (3 repeats; about 4 minutes on 2 cores after the build)
+#   benches/compare.sh --quick    every target and measure once, tiny and short (CI; about 25 s)
 #
 # Options (or the environment variable in brackets):
 #   --repeats N   [COMPARE_REPEATS]   repeats of every measure (default 3, quick 1)
@@ -10,8 +10,8 @@
 #   --secs S      [COMPARE_SECS]      measured seconds per load measure (default 4, quick 1)
 #   --workers N   [COMPARE_WORKERS]   wsgate tokio workers = nginx worker_processes (default 2)
 #
-# Installs nginx (Debian nginx-light, else nginx) if it is missing; needs root
-# for that. Everything it starts is stopped when it exits, however it exits.
+# Installs nginx (Debian nginx-light, else nginx) if it is missing (as root,
+# or through sudo). Everything it starts is stopped when it exits, however it exits.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ while [[ $# -gt 0 ]]; do
         --workers)
             [[ $# -ge 2 ]] || { echo "$1 needs a value" >&2; exit 2; }
             workers="$2"; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -79,12 +79,14 @@ nginx_bin="$(command -v nginx || true)"
 [[ -z "$nginx_bin" && -x /usr/sbin/nginx ]] && nginx_bin=/usr/sbin/nginx
 if [[ -z "$nginx_bin" ]]; then
     echo "installing nginx..." >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq nginx-light >&2 || apt-get install -y -qq nginx >&2
+    if [[ "$(id -u)" -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
+    "${sudo[@]}" apt-get update -qq >&2
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >&2 \
+        || "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >&2
     nginx_bin=/usr/sbin/nginx
+    # Where the package starts its own service, stop that instance.
     if [[ -s /run/nginx.pid ]]; then
-        kill -QUIT "$(cat /run/nginx.pid)" 2>/dev/null || true
+        "${sudo[@]}" kill -QUIT "$(cat /run/nginx.pid)" 2>/dev/null || true
     fi
 fi
 echo "$("$nginx_bin" -v 2>&1)" >&2
