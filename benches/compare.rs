@@ -1,0 +1,1266 @@
+//! The comparison with nginx: one load generator driving, in turn, nginx
+//! (default proxy buffers, then 64k proxy buffers) and wsgate, each relaying
+//! to the same plain-ws tokio-tungstenite echo backend, and a direct wss echo
+//! backend (TLS terminated in the backend: the practical limit for a relay).
+//! Prints one table with the medians of every measure, their spread and the
+//! ratios to nginx.
+//!
+//! Run it through `benches/compare.sh`, which builds wsgate, installs nginx if
+//! missing, raises the descriptor limit, writes the certificate and stops
+//! everything it started. This binary has three modes:
+//!
+//! - `compare run --wsgate BIN --nginx BIN --dir DIR [options]`: the comparison
+//!   (DIR holds `ca.pem`, `cert.pem`, `key.pem` and receives configs, logs and
+//!   `pids`, one line per process started, for the script's cleanup);
+//! - `compare serve-ws PORT`: the plain ws echo backend;
+//! - `compare serve-wss PORT CERT KEY`: the direct wss echo backend.
+//!
+//! Every server is its own process (its own process group), so the CPU and
+//! memory figures are the measured gateway's alone: CPU from `utime + stime`
+//! in `/proc/PID/stat`, memory from `VmRSS` in `/proc/PID/status`, each summed
+//! over the process and its descendants (nginx's master and workers).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, sleep, timeout};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+type Ws = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// Read buffer of the echo backends and of the load generator's clients
+/// (tokio-tungstenite's default, 128 KiB, would dominate the direct backend's
+/// memory per connection).
+const READ_BUFFER: usize = 16 * 1024;
+/// The larger message size measured.
+const BIG: usize = 16 * 1024;
+/// Upper bound on messages per connection in one throughput measure.
+const MAX_MSGS_PER_CONN: u64 = 20_000_000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("serve-ws") => serve(&args[1..], false),
+        Some("serve-wss") => serve(&args[1..], true),
+        Some("run") => Opts::parse(&args[1..]).and_then(run),
+        Some("load") => load(&args[1..]),
+        _ => Err(anyhow!(
+            "usage: compare run --wsgate BIN --nginx BIN --dir DIR [--quick] [--repeats N] \
+             [--sessions N] [--secs S]; compare serve-ws PORT; compare serve-wss PORT CERT KEY \
+             (normally started by benches/compare.sh); \
+             compare load CA URL CONNS IN_FLIGHT SIZE MESSAGES_PER_CONN PAUSE_SECS (for profiling)"
+        )),
+    };
+    if let Err(e) = result {
+        eprintln!("compare: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    // TOKIO_WORKER_THREADS (set by the script) picks the worker count.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+// ---------------------------------------------------------------- backends
+
+/// An echo server: plain ws, or wss with this certificate. Each connection
+/// echoes every data message; whatever is already readable is fed before one
+/// flush.
+fn serve(args: &[String], tls: bool) -> anyhow::Result<()> {
+    let port: u16 = args.first().context("PORT")?.parse()?;
+    let acceptor = if tls {
+        let cert = args.get(1).context("CERT")?;
+        let key = args.get(2).context("KEY")?;
+        Some(acceptor(cert, key)?)
+    } else {
+        None
+    };
+    runtime().block_on(async move {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        loop {
+            let (tcp, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    // Out of descriptors or similar: back off, never spin.
+                    sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                match acceptor {
+                    Some(acceptor) => {
+                        if let Ok(tls) = acceptor.accept(tcp).await {
+                            echo(tls).await;
+                        }
+                    }
+                    None => echo(tcp).await,
+                }
+            });
+        }
+    })
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(READ_BUFFER)
+}
+
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
+    let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await
+    else {
+        return;
+    };
+    while let Some(Ok(msg)) = ws.next().await {
+        if !echo_one(&mut ws, msg).await {
+            return;
+        }
+        while let Some(Some(Ok(msg))) = ws.next().now_or_never() {
+            if !echo_one(&mut ws, msg).await {
+                return;
+            }
+        }
+        if ws.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn echo_one<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    msg: Message,
+) -> bool {
+    match msg {
+        Message::Binary(_) | Message::Text(_) => ws.feed(msg).await.is_ok(),
+        Message::Close(_) => false,
+        _ => true,
+    }
+}
+
+fn acceptor(cert: &str, key: &str) -> anyhow::Result<TlsAcceptor> {
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A bounded load for profiling a gateway: open `CONNS` sessions to `URL`
+/// (wss://localhost:PORT/path), print "connected", wait `PAUSE_SECS`, echo
+/// exactly `MESSAGES_PER_CONN` messages of `SIZE` bytes on each with
+/// `IN_FLIGHT` outstanding, print "done" and the rate, wait `PAUSE_SECS`,
+/// close. The pauses leave time to switch a profiler's collection on and off.
+fn load(args: &[String]) -> anyhow::Result<()> {
+    let arg = |i: usize, name: &str| args.get(i).with_context(|| name.to_string());
+    let ca = PathBuf::from(arg(0, "CA")?);
+    let url = arg(1, "URL")?;
+    let rest = url
+        .strip_prefix("wss://localhost:")
+        .context("URL: wss://localhost:PORT/path")?;
+    let (port, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port.parse::<u16>()?));
+    let num = |i: usize, name: &str| -> anyhow::Result<u64> { Ok(arg(i, name)?.parse()?) };
+    let conns = num(2, "CONNS")? as usize;
+    let in_flight = num(3, "IN_FLIGHT")? as usize;
+    let size = num(4, "SIZE")? as usize;
+    let messages = num(5, "MESSAGES_PER_CONN")?;
+    let pause = Duration::from_secs(num(6, "PAUSE_SECS")?);
+    let path = if path.is_empty() { "/" } else { path };
+    let client = Client::new(&ca, addr, path)?;
+    runtime().block_on(async move {
+        let (streams, failed) = client.connect_many(conns).await;
+        if failed > 0 {
+            bail!("{failed} of {conns} connections failed");
+        }
+        println!("connected");
+        sleep(pause).await;
+        let shared = Arc::new(Shared::default());
+        let payload = Bytes::from(vec![0x5a; size]);
+        let started = Instant::now();
+        let tasks = streams.into_iter().map(|ws| {
+            tokio::spawn(pipeline(
+                ws,
+                shared.clone(),
+                payload.clone(),
+                in_flight,
+                messages,
+            ))
+        });
+        let joined = timeout(
+            Duration::from_secs(3600),
+            futures_util::future::join_all(tasks),
+        )
+        .await
+        .context("load did not finish within an hour")?;
+        let mut streams = Vec::new();
+        for r in joined {
+            streams.push(r??.0);
+        }
+        let n = shared.received.load(Ordering::Relaxed);
+        println!(
+            "done: {n} echoes in {:.2} s ({:.0}/s)",
+            started.elapsed().as_secs_f64(),
+            n as f64 / started.elapsed().as_secs_f64()
+        );
+        sleep(pause).await;
+        close_all(streams).await;
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------- options
+
+struct Opts {
+    wsgate: PathBuf,
+    nginx: PathBuf,
+    dir: PathBuf,
+    quick: bool,
+    repeats: usize,
+    /// Idle relayed sessions opened for the memory measures.
+    sessions: usize,
+    /// Measured seconds per throughput measure (after a warm-up).
+    secs: f64,
+    warmup: f64,
+    clk_tck: f64,
+    workers: usize,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> anyhow::Result<Opts> {
+        let mut flags = BTreeMap::new();
+        let mut quick = false;
+        let mut i = 0;
+        while i < args.len() {
+            match args[i].as_str() {
+                "--quick" => quick = true,
+                // `cargo bench` appends this.
+                "--bench" => {}
+                flag if flag.starts_with("--") => {
+                    let value = args
+                        .get(i + 1)
+                        .with_context(|| format!("{flag} needs a value"))?;
+                    flags.insert(flag.trim_start_matches("--").to_string(), value.clone());
+                    i += 1;
+                }
+                other => bail!("unexpected argument {other:?}"),
+            }
+            i += 1;
+        }
+        let get = |name: &str| flags.get(name).cloned();
+        let num = |name: &str, default: f64| -> anyhow::Result<f64> {
+            match get(name) {
+                Some(v) => v.parse().with_context(|| format!("--{name} {v}")),
+                None => Ok(default),
+            }
+        };
+        let opts = Opts {
+            wsgate: get("wsgate").context("--wsgate BIN")?.into(),
+            nginx: get("nginx").context("--nginx BIN")?.into(),
+            dir: get("dir").context("--dir DIR")?.into(),
+            quick,
+            repeats: num("repeats", if quick { 1.0 } else { 3.0 })? as usize,
+            sessions: num("sessions", if quick { 100.0 } else { 2000.0 })? as usize,
+            secs: num("secs", if quick { 1.0 } else { 4.0 })?,
+            warmup: num("warmup", if quick { 0.3 } else { 1.0 })?,
+            clk_tck: num("clk-tck", 100.0)?,
+            workers: num("workers", 2.0)? as usize,
+        };
+        if opts.repeats == 0 || opts.sessions == 0 || opts.secs <= 0.0 {
+            bail!("--repeats, --sessions and --secs must be positive");
+        }
+        Ok(opts)
+    }
+}
+
+// ---------------------------------------------------------------- targets
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Target {
+    Nginx,
+    Nginx64k,
+    Wsgate,
+    Direct,
+}
+
+const TARGETS: [Target; 4] = [
+    Target::Nginx,
+    Target::Nginx64k,
+    Target::Wsgate,
+    Target::Direct,
+];
+
+impl Target {
+    fn label(self) -> &'static str {
+        match self {
+            Target::Nginx => "nginx",
+            Target::Nginx64k => "nginx 64k buf",
+            Target::Wsgate => "wsgate",
+            Target::Direct => "direct wss",
+        }
+    }
+}
+
+/// A child process in its own process group, listed in `DIR/pids`. Dropping
+/// it stops the group: SIGTERM, then SIGKILL after two seconds.
+struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    fn spawn(opts: &Opts, name: &str, mut cmd: Command) -> anyhow::Result<Proc> {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(opts.dir.join(format!("{name}.log")))?;
+        cmd.process_group(0)
+            .env("TOKIO_WORKER_THREADS", opts.workers.to_string())
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        let mut pids = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(opts.dir.join("pids"))?;
+        writeln!(pids, "{}", child.id())?;
+        Ok(Proc {
+            child,
+            name: name.to_string(),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..40 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Ok(None) = self.child.try_wait() {
+            eprintln!("  {} did not stop on SIGTERM; killing it", self.name);
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What runs for one target: `procs` in start order (dropped in reverse:
+/// the front end before the backend), the address clients dial, the path,
+/// and the process whose tree is measured.
+struct Stack {
+    procs: Vec<Proc>,
+    addr: SocketAddr,
+    path: &'static str,
+    measured: u32,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        while let Some(p) = self.procs.pop() {
+            drop(p);
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Wait (at most 10 s) until something listens on `port`.
+fn wait_listening(port: u16, proc: &mut Proc) -> anyhow::Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..200 {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            bail!("{} exited ({status}); see its log", proc.name);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{} is not listening on {port} after 10 s", proc.name)
+}
+
+fn start(opts: &Opts, target: Target) -> anyhow::Result<Stack> {
+    let me = std::env::current_exe()?;
+    let cert = opts.dir.join("cert.pem");
+    let key = opts.dir.join("key.pem");
+    let mut procs = Vec::new();
+    let port = free_port()?;
+    if target == Target::Direct {
+        let mut cmd = Command::new(&me);
+        cmd.arg("serve-wss")
+            .arg(port.to_string())
+            .arg(&cert)
+            .arg(&key);
+        let mut p = Proc::spawn(opts, "direct", cmd)?;
+        wait_listening(port, &mut p)?;
+        let measured = p.pid();
+        procs.push(p);
+        return Ok(Stack {
+            procs,
+            addr: ([127, 0, 0, 1], port).into(),
+            path: "/",
+            measured,
+        });
+    }
+    let backend_port = free_port()?;
+    let mut cmd = Command::new(&me);
+    cmd.arg("serve-ws").arg(backend_port.to_string());
+    let mut backend = Proc::spawn(opts, "backend", cmd)?;
+    wait_listening(backend_port, &mut backend)?;
+    procs.push(backend);
+    let (mut front, path) = match target {
+        Target::Wsgate => {
+            let config = opts.dir.join("wsgate.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[listen]\naddr = \"127.0.0.1:{port}\"\n\n[admin]\naddr = \"127.0.0.1:0\"\n\n\
+                     [tls]\ncert = {cert:?}\nkey = {key:?}\n\n[limits]\nmax_connections = {}\n\n\
+                     [[routes]]\npath = \"/relay\"\nkind = \"upstream\"\n\
+                     upstreams = [\"ws://127.0.0.1:{backend_port}\"]\n",
+                    opts.sessions * 2 + 1000
+                ),
+            )?;
+            let mut cmd = Command::new(&opts.wsgate);
+            cmd.arg("--config").arg(&config);
+            (Proc::spawn(opts, "wsgate", cmd)?, "/relay")
+        }
+        _ => {
+            let big = target == Target::Nginx64k;
+            let prefix = opts
+                .dir
+                .join(if big { "nginx-64k" } else { "nginx-default" });
+            std::fs::create_dir_all(prefix.join("logs"))?;
+            let conf = prefix.join("nginx.conf");
+            std::fs::write(&conf, nginx_conf(opts, &prefix, port, backend_port, big))?;
+            let mut cmd = Command::new(&opts.nginx);
+            cmd.arg("-p")
+                .arg(&prefix)
+                .arg("-e")
+                .arg(prefix.join("logs/error.log"))
+                .arg("-c")
+                .arg(&conf)
+                .args(["-g", "daemon off;"]);
+            let name = if big { "nginx-64k" } else { "nginx" };
+            (Proc::spawn(opts, name, cmd)?, "/relay")
+        }
+    };
+    wait_listening(port, &mut front)?;
+    let measured = front.pid();
+    procs.push(front);
+    Ok(Stack {
+        procs,
+        addr: ([127, 0, 0, 1], port).into(),
+        path,
+        measured,
+    })
+}
+
+fn nginx_conf(opts: &Opts, prefix: &Path, port: u16, backend: u16, big: bool) -> String {
+    let p = prefix.display();
+    let cert = opts.dir.join("cert.pem");
+    let key = opts.dir.join("key.pem");
+    let buffers = if big {
+        "      proxy_buffer_size 64k;\n      proxy_buffers 8 64k;\n"
+    } else {
+        ""
+    };
+    format!(
+        "worker_processes {workers};\n\
+         pid {p}/nginx.pid;\n\
+         error_log {p}/logs/error.log warn;\n\
+         worker_rlimit_nofile {nofile};\n\
+         events {{ worker_connections {connections}; }}\n\
+         http {{\n\
+           access_log off;\n\
+           client_body_temp_path {p}/client_body;\n\
+           proxy_temp_path {p}/proxy;\n\
+           fastcgi_temp_path {p}/fastcgi;\n\
+           uwsgi_temp_path {p}/uwsgi;\n\
+           scgi_temp_path {p}/scgi;\n\
+           upstream backend {{ server 127.0.0.1:{backend}; }}\n\
+           server {{\n\
+             listen 127.0.0.1:{port} ssl;\n\
+             ssl_certificate {cert};\n\
+             ssl_certificate_key {key};\n\
+             ssl_protocols TLSv1.2 TLSv1.3;\n\
+             location / {{\n\
+               proxy_pass http://backend;\n\
+               proxy_http_version 1.1;\n\
+               proxy_set_header Upgrade $http_upgrade;\n\
+               proxy_set_header Connection \"upgrade\";\n\
+               proxy_set_header Host $host;\n\
+               proxy_read_timeout 1h;\n\
+               proxy_send_timeout 1h;\n\
+         {buffers}\
+             }}\n\
+           }}\n\
+         }}\n",
+        workers = opts.workers,
+        nofile = nofile(),
+        connections = nofile() / 2,
+        cert = cert.display(),
+        key = key.display(),
+    )
+}
+
+// ---------------------------------------------------------------- /proc
+
+/// This process's descriptor limit (soft), which its children inherit.
+fn nofile() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+/// The process and all its descendants.
+fn tree(root: u32) -> Vec<u32> {
+    let mut parent = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(fields) = stat_fields(pid)
+                && let Some(ppid) = fields.get(1).and_then(|s| s.parse::<u32>().ok())
+            {
+                parent.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() && i < 10_000 {
+        let p = out[i];
+        out.extend(parent.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    out
+}
+
+/// Fields of /proc/PID/stat after the command name: index 0 is the state
+/// (field 3), so utime (field 14) is index 11 and stime index 12.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// CPU seconds (user + system) of the process tree.
+fn cpu_secs(root: u32, clk_tck: f64) -> f64 {
+    let (user, system) = cpu_split(root, clk_tck);
+    user + system
+}
+
+/// CPU seconds of the process tree: (user, system).
+fn cpu_split(root: u32, clk_tck: f64) -> (f64, f64) {
+    let (mut user, mut system) = (0u64, 0u64);
+    for f in tree(root).into_iter().filter_map(stat_fields) {
+        let n = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        user += n(11);
+        system += n(12);
+    }
+    (user as f64 / clk_tck, system as f64 / clk_tck)
+}
+
+/// Resident KiB of the process tree.
+fn rss_kib(root: u32) -> u64 {
+    tree(root)
+        .into_iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+// ---------------------------------------------------------------- clients
+
+#[derive(Clone)]
+struct Client {
+    connector: TlsConnector,
+    addr: SocketAddr,
+    url: String,
+}
+
+impl Client {
+    fn new(ca: &Path, addr: SocketAddr, path: &str) -> anyhow::Result<Client> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca)? {
+            roots.add(cert?)?;
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        // Every handshake is a full one, for every target alike.
+        config.resumption = rustls::client::Resumption::disabled();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Client {
+            connector: TlsConnector::from(Arc::new(config)),
+            addr,
+            url: format!("wss://localhost:{}{path}", addr.port()),
+        })
+    }
+
+    async fn connect(&self) -> anyhow::Result<Ws> {
+        let fut = async {
+            let tcp = TcpStream::connect(self.addr).await?;
+            tcp.set_nodelay(true)?;
+            let tls = self
+                .connector
+                .connect(ServerName::try_from("localhost")?, tcp)
+                .await?;
+            let (ws, _) = tokio_tungstenite::client_async_with_config(
+                self.url.as_str(),
+                tls,
+                Some(ws_config()),
+            )
+            .await?;
+            anyhow::Ok(ws)
+        };
+        timeout(Duration::from_secs(10), fut)
+            .await
+            .context("connect timed out")?
+    }
+
+    /// Open `n` sessions, 64 handshakes at a time; returns the sessions and
+    /// how many failed.
+    async fn connect_many(&self, n: usize) -> (Vec<Ws>, usize) {
+        let mut out = Vec::with_capacity(n);
+        let mut failed = 0;
+        let mut start = 0;
+        while start < n {
+            let end = (start + 64).min(n);
+            let batch = futures_util::future::join_all((start..end).map(|_| self.connect())).await;
+            for r in batch {
+                match r {
+                    Ok(ws) => out.push(ws),
+                    Err(_) => failed += 1,
+                }
+            }
+            start = end;
+        }
+        (out, failed)
+    }
+}
+
+async fn round_trip(ws: &mut Ws, payload: Bytes) -> anyhow::Result<()> {
+    let len = payload.len();
+    ws.send(Message::Binary(payload)).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) if b.len() == len => return Ok(()),
+            Some(Ok(Message::Binary(b))) => bail!("echo of {len} bytes came back as {}", b.len()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("closed"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- measures
+
+#[derive(Default)]
+struct Shared {
+    received: AtomicU64,
+    recording: AtomicBool,
+    stop: AtomicBool,
+}
+
+struct Echo {
+    msgs_per_sec: f64,
+    cpu_us_per_msg: f64,
+    system_us_per_msg: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `conns` connections, each keeping `in_flight` messages of `size` bytes
+/// outstanding; after the warm-up, count echoes and the gateway's CPU for
+/// `secs`.
+async fn echo_load(
+    opts: &Opts,
+    client: &Client,
+    measured: u32,
+    conns: usize,
+    in_flight: usize,
+    size: usize,
+) -> anyhow::Result<Echo> {
+    let (streams, failed) = client.connect_many(conns).await;
+    if failed > 0 {
+        bail!("{failed} of {conns} connections failed");
+    }
+    let shared = Arc::new(Shared::default());
+    let payload = Bytes::from(vec![0x5a; size]);
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|ws| {
+            tokio::spawn(pipeline(
+                ws,
+                shared.clone(),
+                payload.clone(),
+                in_flight,
+                MAX_MSGS_PER_CONN,
+            ))
+        })
+        .collect();
+    sleep(Duration::from_secs_f64(opts.warmup)).await;
+    let (c0, (user0, sys0), t0) = (
+        shared.received.load(Ordering::Relaxed),
+        cpu_split(measured, opts.clk_tck),
+        Instant::now(),
+    );
+    shared.recording.store(true, Ordering::Relaxed);
+    sleep(Duration::from_secs_f64(opts.secs)).await;
+    shared.recording.store(false, Ordering::Relaxed);
+    let (c1, (user1, sys1), elapsed) = (
+        shared.received.load(Ordering::Relaxed),
+        cpu_split(measured, opts.clk_tck),
+        t0.elapsed(),
+    );
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut samples = Vec::new();
+    let joined = timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(tasks),
+    )
+    .await
+    .context("connections did not finish within 20 s of the stop")?;
+    let mut streams = Vec::with_capacity(joined.len());
+    for r in joined {
+        let (ws, s) = r??;
+        samples.extend(s);
+        streams.push(ws);
+    }
+    close_all(streams).await;
+    let n = c1 - c0;
+    if n == 0 || samples.is_empty() {
+        bail!("no echoes in the measured window");
+    }
+    samples.sort_unstable();
+    let pct = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    Ok(Echo {
+        msgs_per_sec: n as f64 / elapsed.as_secs_f64(),
+        cpu_us_per_msg: (user1 + sys1 - user0 - sys0) * 1e6 / n as f64,
+        system_us_per_msg: (sys1 - sys0) * 1e6 / n as f64,
+        p50_ms: pct(0.50) as f64 / 1000.0,
+        p99_ms: pct(0.99) as f64 / 1000.0,
+    })
+}
+
+/// One connection's part of `echo_load`: returns the connection and the
+/// round-trip times in µs of the echoes received while recording.
+async fn pipeline(
+    mut ws: Ws,
+    shared: Arc<Shared>,
+    payload: Bytes,
+    in_flight: usize,
+    max: u64,
+) -> anyhow::Result<(Ws, Vec<u32>)> {
+    let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(in_flight);
+    let mut samples = Vec::new();
+    let mut sent = 0u64;
+    let len = payload.len();
+    loop {
+        let stopping = shared.stop.load(Ordering::Relaxed) || sent >= max;
+        if stopping && sent_at.is_empty() {
+            break;
+        }
+        if !stopping {
+            while sent_at.len() < in_flight && sent < max {
+                ws.feed(Message::Binary(payload.clone())).await?;
+                sent_at.push_back(Instant::now());
+                sent += 1;
+            }
+        }
+        ws.flush().await?;
+        let mut next = Some(
+            timeout(Duration::from_secs(10), ws.next())
+                .await
+                .context("no echo for 10 s")?,
+        );
+        while let Some(msg) = next {
+            match msg {
+                Some(Ok(Message::Binary(b))) if b.len() == len => {
+                    let at = sent_at.pop_front().context("an echo nobody sent")?;
+                    shared.received.fetch_add(1, Ordering::Relaxed);
+                    if shared.recording.load(Ordering::Relaxed) {
+                        samples.push(at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    }
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    bail!("echo of {len} bytes came back as {}", b.len())
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => bail!("closed by the server"),
+            }
+            // Take every echo that is already here before sending more.
+            next = ws.next().now_or_never();
+        }
+    }
+    Ok((ws, samples))
+}
+
+/// Close handshakes on every connection, at most 5 s in all.
+async fn close_all(mut streams: Vec<Ws>) {
+    let _ = timeout(
+        Duration::from_secs(5),
+        futures_util::future::join_all(streams.iter_mut().map(|ws| ws.close(None))),
+    )
+    .await;
+}
+
+struct Handshakes {
+    per_sec: f64,
+    cpu_us_per_handshake: f64,
+    failed: u64,
+}
+
+/// `concurrency` loops, each connecting (TCP, TLS, WebSocket upgrade) and
+/// dropping the connection again, for `secs` after the warm-up.
+async fn handshake_load(
+    opts: &Opts,
+    client: &Client,
+    measured: u32,
+    concurrency: usize,
+) -> anyhow::Result<Handshakes> {
+    let shared = Arc::new(Shared::default());
+    let failed = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, shared, failed) = (client.clone(), shared.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !shared.stop.load(Ordering::Relaxed) && n < MAX_MSGS_PER_CONN {
+                    match client.connect().await {
+                        Ok(ws) => {
+                            shared.received.fetch_add(1, Ordering::Relaxed);
+                            drop(ws);
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    sleep(Duration::from_secs_f64(opts.warmup)).await;
+    let (c0, f0, cpu0, t0) = (
+        shared.received.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        cpu_secs(measured, opts.clk_tck),
+        Instant::now(),
+    );
+    sleep(Duration::from_secs_f64(opts.secs)).await;
+    let (c1, f1, cpu1, elapsed) = (
+        shared.received.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        cpu_secs(measured, opts.clk_tck),
+        t0.elapsed(),
+    );
+    shared.stop.store(true, Ordering::Relaxed);
+    timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(tasks),
+    )
+    .await
+    .context("handshake loops did not finish within 20 s of the stop")?;
+    let n = c1 - c0;
+    if n == 0 {
+        bail!("no handshake completed in the measured window");
+    }
+    Ok(Handshakes {
+        per_sec: n as f64 / elapsed.as_secs_f64(),
+        cpu_us_per_handshake: (cpu1 - cpu0) * 1e6 / n as f64,
+        failed: f1 - f0,
+    })
+}
+
+struct Memory {
+    idle_kib: f64,
+    after_kib: f64,
+    opened: usize,
+    failed: usize,
+}
+
+/// RSS of the measured tree per open session: idle, then after every
+/// session has carried one 16 KiB message each way.
+async fn memory(opts: &Opts, client: &Client, measured: u32) -> anyhow::Result<Memory> {
+    let before = rss_kib(measured);
+    let (mut sessions, failed) = client.connect_many(opts.sessions).await;
+    if sessions.is_empty() {
+        bail!("no session opened");
+    }
+    // A fresh session's round trip: everything before it is set up.
+    let mut probe = client.connect().await?;
+    round_trip(&mut probe, Bytes::from_static(b"probe")).await?;
+    sleep(Duration::from_millis(300)).await;
+    let opened = sessions.len();
+    let idle = rss_kib(measured);
+    let payload = Bytes::from(vec![0x42; BIG]);
+    let mut errors = 0;
+    for chunk in sessions.chunks_mut(256) {
+        let results = timeout(
+            Duration::from_secs(60),
+            futures_util::future::join_all(
+                chunk.iter_mut().map(|ws| round_trip(ws, payload.clone())),
+            ),
+        )
+        .await
+        .context("16 KiB round trips did not finish in 60 s")?;
+        errors += results.iter().filter(|r| r.is_err()).count();
+    }
+    if errors > 0 {
+        bail!("{errors} of {opened} sessions failed their 16 KiB round trip");
+    }
+    sleep(Duration::from_millis(300)).await;
+    let after = rss_kib(measured);
+    drop(sessions);
+    drop(probe);
+    let per = |rss: u64| rss.saturating_sub(before) as f64 / opened as f64;
+    Ok(Memory {
+        idle_kib: per(idle),
+        after_kib: per(after),
+        opened,
+        failed,
+    })
+}
+
+// ---------------------------------------------------------------- the run
+
+/// Measures in table order.
+const MEASURES: [&str; 12] = [
+    "relay echo 64 B, 64 conns x 16 in flight: msg/s",
+    "  same: gateway CPU us per message",
+    "  same: round trip p50 ms",
+    "  same: round trip p99 ms",
+    "relay echo 16 KiB, 16 conns x 4 in flight: msg/s",
+    "  same: gateway CPU us per message",
+    "TLS + WebSocket handshakes/s, 32 concurrent",
+    "  same: gateway CPU us per handshake",
+    "RSS KiB per idle session",
+    "RSS KiB per session after 16 KiB each way",
+    "sessions opened per run (failed handshakes in all runs)",
+    "  same: of which system (kernel) CPU us",
+];
+
+/// Display order of the measures.
+const ORDER: [usize; 12] = [0, 1, 11, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+
+/// Decimal places per measure.
+const DIGITS: [usize; 12] = [0, 2, 2, 2, 0, 1, 0, 0, 1, 1, 0, 2];
+
+type Results = BTreeMap<(Target, usize), Vec<f64>>;
+
+fn run(opts: Opts) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // A relayed session holds two descriptors in the gateway.
+    if (opts.sessions as u64) * 2 + 200 > nofile() {
+        eprintln!(
+            "warning: {} sessions need about {} descriptors per gateway; the limit is {}",
+            opts.sessions,
+            opts.sessions * 2 + 200,
+            nofile()
+        );
+    }
+    let ca = opts.dir.join("ca.pem");
+    let mut results: Results = BTreeMap::new();
+    let mut failures: Vec<String> = Vec::new();
+    let mut handshake_failures: BTreeMap<Target, u64> = BTreeMap::new();
+    let rt = runtime();
+    for repeat in 0..opts.repeats {
+        for target in TARGETS {
+            eprintln!(
+                "[{:>5.1}s] repeat {}/{}: {}",
+                started.elapsed().as_secs_f64(),
+                repeat + 1,
+                opts.repeats,
+                target.label()
+            );
+            let stack = match start(&opts, target) {
+                Ok(s) => s,
+                Err(e) => {
+                    failures.push(format!(
+                        "{} (repeat {}): start: {e:#}",
+                        target.label(),
+                        repeat + 1
+                    ));
+                    continue;
+                }
+            };
+            let client = Client::new(&ca, stack.addr, stack.path)?;
+            let outcome = rt.block_on(measure_target(
+                &opts,
+                &client,
+                &stack,
+                target,
+                &mut results,
+                &mut handshake_failures,
+            ));
+            for e in outcome {
+                failures.push(format!("{} (repeat {}): {e:#}", target.label(), repeat + 1));
+            }
+            drop(stack);
+        }
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+    print_table(&opts, &results, &handshake_failures);
+    if !failures.is_empty() {
+        println!("\nFailed measures (missing from the table):");
+        for f in &failures {
+            println!("- {f}");
+        }
+    }
+    println!("\n(run took {:.0} s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Every measure on one freshly started target; the errors of those that
+/// failed.
+async fn measure_target(
+    opts: &Opts,
+    client: &Client,
+    stack: &Stack,
+    target: Target,
+    results: &mut Results,
+    handshake_failures: &mut BTreeMap<Target, u64>,
+) -> Vec<anyhow::Error> {
+    let mut errors = Vec::new();
+    let pid = stack.measured;
+    // Warm up (retrying while an upstream member comes up).
+    let mut warm = None;
+    for _ in 0..50 {
+        if let Ok(mut ws) = client.connect().await
+            && round_trip(&mut ws, Bytes::from_static(b"warm"))
+                .await
+                .is_ok()
+        {
+            warm = Some(ws);
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    let Some(mut warm) = warm else {
+        errors.push(anyhow!("no echo through the target within 5 s"));
+        return errors;
+    };
+    for _ in 0..100 {
+        if let Err(e) = round_trip(&mut warm, Bytes::from_static(&[7; 64])).await {
+            errors.push(e);
+            return errors;
+        }
+    }
+    let mut put = |i: usize, v: f64| results.entry((target, i)).or_default().push(v);
+    // Memory first, on a fresh process.
+    match memory(opts, client, pid).await {
+        Ok(m) => {
+            put(8, m.idle_kib);
+            put(9, m.after_kib);
+            put(10, m.opened as f64);
+            *handshake_failures.entry(target).or_default() += m.failed as u64;
+        }
+        Err(e) => errors.push(e.context("memory")),
+    }
+    sleep(Duration::from_millis(500)).await;
+    match echo_load(opts, client, pid, 64, 16, 64).await {
+        Ok(e) => {
+            put(0, e.msgs_per_sec);
+            put(1, e.cpu_us_per_msg);
+            put(11, e.system_us_per_msg);
+            put(2, e.p50_ms);
+            put(3, e.p99_ms);
+        }
+        Err(e) => errors.push(e.context("64 B echo")),
+    }
+    sleep(Duration::from_millis(300)).await;
+    match echo_load(opts, client, pid, 16, 4, BIG).await {
+        Ok(e) => {
+            put(4, e.msgs_per_sec);
+            put(5, e.cpu_us_per_msg);
+        }
+        Err(e) => errors.push(e.context("16 KiB echo")),
+    }
+    sleep(Duration::from_millis(300)).await;
+    match handshake_load(opts, client, pid, 32).await {
+        Ok(h) => {
+            put(6, h.per_sec);
+            put(7, h.cpu_us_per_handshake);
+            *handshake_failures.entry(target).or_default() += h.failed;
+        }
+        Err(e) => errors.push(e.context("handshakes")),
+    }
+    drop(warm);
+    errors
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn fmt_num(v: f64, digits: usize) -> String {
+    let s = format!("{v:.digits$}");
+    if digits > 0 || v.abs() < 10_000.0 {
+        return s;
+    }
+    // Thousands separators for large integers.
+    let (sign, digits_only) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+    let mut out = String::new();
+    for (i, c) in digits_only.chars().enumerate() {
+        if i > 0 && (digits_only.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{sign}{out}")
+}
+
+fn print_table(opts: &Opts, results: &Results, handshake_failures: &BTreeMap<Target, u64>) {
+    let cell = |t: Target, i: usize| -> Option<(f64, String)> {
+        let v = results.get(&(t, i)).filter(|v| !v.is_empty())?;
+        let m = median(v);
+        let d = DIGITS[i];
+        let mut s = fmt_num(m, d);
+        if v.len() > 1 && i != 10 {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let _ = write!(s, " ({}–{})", fmt_num(lo, d), fmt_num(hi, d));
+        }
+        Some((m, s))
+    };
+    let ratio = |a: Option<&(f64, String)>, b: Option<&(f64, String)>| match (a, b) {
+        (Some((a, _)), Some((b, _))) if *b != 0.0 => format!("{:.2}", a / b),
+        _ => "–".to_string(),
+    };
+    println!();
+    println!(
+        "| measure | nginx | nginx 64k buf | wsgate | direct wss | wsgate / nginx | wsgate / nginx 64k | direct / nginx |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for i in ORDER {
+        let label = MEASURES[i];
+        let cells: Vec<_> = TARGETS.iter().map(|t| cell(*t, i)).collect();
+        let mut row = format!("| {} |", label.trim_start());
+        for (t, c) in TARGETS.iter().zip(&cells) {
+            let mut text = c.as_ref().map_or("–".to_string(), |c| c.1.clone());
+            if i == 10 {
+                let _ = write!(
+                    text,
+                    " ({})",
+                    handshake_failures.get(t).copied().unwrap_or(0)
+                );
+            }
+            let _ = write!(row, " {text} |");
+        }
+        if i == 10 {
+            row.push_str(" | | |");
+        } else {
+            let _ = write!(
+                row,
+                " {} | {} | {} |",
+                ratio(cells[2].as_ref(), cells[0].as_ref()),
+                ratio(cells[2].as_ref(), cells[1].as_ref()),
+                ratio(cells[3].as_ref(), cells[0].as_ref()),
+            );
+        }
+        println!("{row}");
+    }
+    println!(
+        "\nMedians of {} run(s), (min–max) when repeated. 127.0.0.1, {} cores; gateway = nginx \
+         (master + {} workers) / wsgate ({} tokio workers) / the direct wss backend itself, each \
+         relaying to a plain-ws tokio-tungstenite echo backend in its own process (its CPU and \
+         memory are excluded). A message is one echo round trip (relayed once each way); CPU is \
+         utime+stime of the gateway's processes over the measured {} s after {} s of warm-up. \
+         Memory: {} sessions opened on a fresh process; RSS delta / sessions. Full handshakes \
+         (no resumption), TLS 1.3, X25519, the ECDSA P-256 certificate from `wsgate gen-cert`.{}",
+        opts.repeats,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        opts.workers,
+        opts.workers,
+        opts.secs,
+        opts.warmup,
+        opts.sessions,
+        if opts.quick {
+            " QUICK MODE: too short and too small to mean much; it checks that every target runs."
+        } else {
+            ""
+        }
+    );
+}

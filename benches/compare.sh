@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# wsgate against nginx, in one run on 127.0.0.1: see benches/compare.rs.
+#
+#   benches/compare.sh            full run (3 repeats; about 4 minutes on 2 cores after the build)
+#   benches/compare.sh --quick    every target and measure once, tiny and short (CI; about 25 s)
+#
+# Options (or the environment variable in brackets):
+#   --repeats N   [COMPARE_REPEATS]   repeats of every measure (default 3, quick 1)
+#   --sessions N  [COMPARE_SESSIONS]  sessions for the memory measures (default 2000, quick 100)
+#   --secs S      [COMPARE_SECS]      measured seconds per load measure (default 4, quick 1)
+#   --workers N   [COMPARE_WORKERS]   wsgate tokio workers = nginx worker_processes (default 2)
+#
+# Installs nginx (Debian nginx-light, else nginx) if it is missing (as root,
+# or through sudo). Everything it starts is stopped when it exits, however it exits.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+args=()
+[[ -n "${COMPARE_REPEATS:-}" ]] && args+=(--repeats "$COMPARE_REPEATS")
+[[ -n "${COMPARE_SESSIONS:-}" ]] && args+=(--sessions "$COMPARE_SESSIONS")
+[[ -n "${COMPARE_SECS:-}" ]] && args+=(--secs "$COMPARE_SECS")
+workers="${COMPARE_WORKERS:-2}"
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) args+=(--quick) ;;
+        --repeats|--sessions|--secs|--warmup)
+            [[ $# -ge 2 ]] || { echo "$1 needs a value" >&2; exit 2; }
+            args+=("$1" "$2"); shift ;;
+        --workers)
+            [[ $# -ge 2 ]] || { echo "$1 needs a value" >&2; exit 2; }
+            workers="$2"; shift ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+dir="$(mktemp -d -t wsgate-compare.XXXXXX)"
+runner_pid=""
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if [[ -n "$runner_pid" ]] && kill -0 "$runner_pid" 2>/dev/null; then
+        kill -TERM "$runner_pid" 2>/dev/null || true
+    fi
+    # Every server the runner started is listed here, each the leader of its
+    # own process group (nginx's workers are in their master's group).
+    if [[ -f "$dir/pids" ]]; then
+        while read -r pid; do
+            kill -TERM -- "-$pid" 2>/dev/null || true
+        done < "$dir/pids"
+        sleep 0.5
+        while read -r pid; do
+            kill -KILL -- "-$pid" 2>/dev/null || true
+        done < "$dir/pids"
+    fi
+    if [[ $status -ne 0 ]]; then
+        for log in "$dir"/*.log "$dir"/nginx-*/logs/error.log; do
+            [[ -s "$log" ]] || continue
+            echo "--- last lines of $log" >&2
+            tail -n 5 "$log" >&2
+        done
+    fi
+    rm -rf "$dir"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Descriptors: as many as the hard limit allows.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+echo "descriptor limit: $(ulimit -n)" >&2
+
+# nginx, installed if missing (without leaving the package's own service running).
+nginx_bin="$(command -v nginx || true)"
+[[ -z "$nginx_bin" && -x /usr/sbin/nginx ]] && nginx_bin=/usr/sbin/nginx
+if [[ -z "$nginx_bin" ]]; then
+    echo "installing nginx..." >&2
+    if [[ "$(id -u)" -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
+    "${sudo[@]}" apt-get update -qq >&2
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >&2 \
+        || "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >&2
+    nginx_bin=/usr/sbin/nginx
+    # Where the package starts its own service, stop that instance.
+    if [[ -s /run/nginx.pid ]]; then
+        "${sudo[@]}" kill -QUIT "$(cat /run/nginx.pid)" 2>/dev/null || true
+    fi
+fi
+echo "$("$nginx_bin" -v 2>&1)" >&2
+
+# Builds: the load generator (bench profile = release), then wsgate in
+# release last, so target/release/wsgate is built without dev-dependencies.
+runner="$(cargo bench --bench compare --no-run --message-format=json \
+    | grep -o '"executable":"[^"]*/deps/compare-[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/')"
+[[ -x "$runner" ]] || { echo "could not build the compare bench" >&2; exit 1; }
+cargo build --release --bin wsgate >&2
+wsgate="$(pwd)/target/release/wsgate"
+
+# The certificate, as users make it.
+"$wsgate" gen-cert --host localhost --host 127.0.0.1 --out "$dir" >/dev/null 2>&1
+chmod 755 "$dir"   # nginx workers run as an unprivileged user
+chmod 644 "$dir"/*.pem
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(uname -r)" >&2
+start=$(date +%s)
+"$runner" run --wsgate "$wsgate" --nginx "$nginx_bin" --dir "$dir" \
+    --workers "$workers" --clk-tck "$(getconf CLK_TCK)" "${args[@]}" &
+runner_pid=$!
+wait "$runner_pid"
+echo "(compare.sh total: $(( $(date +%s) - start )) s after the build)" >&2
