@@ -415,6 +415,7 @@ pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
         | Rejection::BadRequest(_)
         | Rejection::Draining
         | Rejection::UpstreamsDown
+        | Rejection::LocalResources
         | Rejection::UpstreamUnreachable
         | Rejection::UpstreamTimeout
         | Rejection::UpstreamBadHandshake

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 use wsgate::{Config, ConfigSource, Listeners, devcert, shutdown};
 
@@ -201,7 +201,31 @@ fn gen_cert(hosts: &[String], out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raise the soft limit on open files to the hard limit and say what it
+/// allows: a relayed session holds two descriptors (client and upstream).
+fn descriptor_budget(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let sessions = limit.saturating_sub(64) / 2;
+            info!(
+                limit,
+                relayed_sessions = sessions,
+                "open-file limit (a relayed session needs two descriptors)"
+            );
+            if (max_connections as u64) > sessions {
+                warn!(
+                    limit,
+                    max_connections,
+                    "limits.max_connections cannot be met for relayed sessions: raise the open-file hard limit (LimitNOFILE, ulimit -Hn)"
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+}
+
 async fn serve(config: Config, source: Option<PathBuf>) -> anyhow::Result<()> {
+    descriptor_budget(config.limits.max_connections);
     let public = bind(config.listen.addr)
         .with_context(|| format!("listen.addr: cannot bind {}", config.listen.addr))?;
     let admin = bind(config.admin.addr)

@@ -104,6 +104,9 @@ pub(crate) enum DialError {
 /// One failed attempt on one member.
 enum Attempt {
     Unreachable(io::Error),
+    /// Out of a local resource while dialling (no descriptor, buffer or
+    /// port): not the member's fault.
+    Local(io::Error),
     /// The egress proxy failed or refused the CONNECT.
     Proxy(egress::ProxyError),
     Timeout,
@@ -111,10 +114,29 @@ enum Attempt {
     Status(Response<Option<Vec<u8>>>),
 }
 
+impl Attempt {
+    /// A failed TCP connect: the member's fault, or ours when the kernel
+    /// ran out of descriptors (EMFILE, ENFILE), buffers (ENOBUFS) or local
+    /// ports (EADDRNOTAVAIL). Error numbers as on Linux.
+    fn from_connect(e: io::Error) -> Attempt {
+        const ENFILE: i32 = 23;
+        const EMFILE: i32 = 24;
+        const ENOBUFS: i32 = 105;
+        let local = e.kind() == io::ErrorKind::AddrNotAvailable
+            || matches!(e.raw_os_error(), Some(ENFILE | EMFILE | ENOBUFS));
+        if local {
+            Attempt::Local(e)
+        } else {
+            Attempt::Unreachable(e)
+        }
+    }
+}
+
 impl fmt::Display for Attempt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Attempt::Unreachable(e) => write!(f, "unreachable: {e}"),
+            Attempt::Local(e) => write!(f, "out of local resources: {e}"),
             Attempt::Proxy(e) => write!(f, "{e}"),
             Attempt::Timeout => f.write_str("timed out"),
             Attempt::BadHandshake(e) => write!(f, "bad upgrade answer: {e}"),
@@ -213,6 +235,13 @@ impl Pool {
                         _lease: lease,
                     });
                 }
+                // Our own shortage: the member stays in service, and the
+                // next member would fare no better.
+                Err(Attempt::Local(e)) => {
+                    metrics::upstream_error(&self.route, "local_resources");
+                    warn!(route = %self.route, upstream = %member.url.url, error = %e, "dial failed for want of local resources");
+                    return Err(DialError::Rejected(Rejection::LocalResources));
+                }
                 // An HTTP answer is the application speaking: no failover.
                 Err(Attempt::Status(response)) if response.status().as_u16() >= 400 => {
                     self.succeeded(member);
@@ -230,6 +259,7 @@ impl Pool {
             None => Rejection::UpstreamsDown,
             Some(Attempt::Timeout) => Rejection::UpstreamTimeout,
             Some(Attempt::Unreachable(_) | Attempt::Proxy(_)) => Rejection::UpstreamUnreachable,
+            Some(Attempt::Local(_)) => Rejection::LocalResources,
             Some(Attempt::BadHandshake(_) | Attempt::Status(_)) => Rejection::UpstreamBadHandshake,
         }))
     }
@@ -266,7 +296,7 @@ impl Pool {
                     warn!(route = %self.route, upstream = %member.url.url, proxy = %proxy.display, error = %e, "egress proxy refused");
                     Attempt::Proxy(e)
                 }),
-                _ => TcpStream::connect((host, port)).await.map_err(Attempt::Unreachable),
+                _ => TcpStream::connect((host, port)).await.map_err(Attempt::from_connect),
             }
         };
         let tcp = match timeout(self.config.connect_timeout, connect).await {
@@ -340,7 +370,11 @@ impl Pool {
                 let addr = (member.url.host.as_str(), member.url.port);
                 match timeout(self.config.connect_timeout, TcpStream::connect(addr)).await {
                     Ok(Ok(_)) => self.succeeded(member),
-                    Ok(Err(e)) => self.failed(member, &Attempt::Unreachable(e)),
+                    Ok(Err(e)) => match Attempt::from_connect(e) {
+                        // Our shortage says nothing about the member.
+                        Attempt::Local(_) => {}
+                        attempt => self.failed(member, &attempt),
+                    },
                     Err(_) => self.failed(member, &Attempt::Timeout),
                 }
             }
@@ -364,8 +398,29 @@ impl Pool {
 fn attempt_label(attempt: &Attempt) -> &'static str {
     match attempt {
         Attempt::Unreachable(_) => "unreachable",
+        Attempt::Local(_) => "local_resources",
         Attempt::Proxy(_) => "proxy",
         Attempt::Timeout => "timeout",
         Attempt::BadHandshake(_) | Attempt::Status(_) => "bad_handshake",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_shortages_are_not_the_members_fault() {
+        for errno in [23, 24, 105] {
+            let e = io::Error::from_raw_os_error(errno);
+            assert!(
+                matches!(Attempt::from_connect(e), Attempt::Local(_)),
+                "{errno}"
+            );
+        }
+        let e = io::Error::from(io::ErrorKind::AddrNotAvailable);
+        assert!(matches!(Attempt::from_connect(e), Attempt::Local(_)));
+        let e = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(matches!(Attempt::from_connect(e), Attempt::Unreachable(_)));
     }
 }

@@ -20,6 +20,9 @@ pub enum Rejection {
     Draining,
     /// Every pool member is in its failure backoff; nothing was dialled.
     UpstreamsDown,
+    /// Dialling failed for want of a local resource (descriptors, buffers,
+    /// ports): the gateway's fault, not the member's, which stays in service.
+    LocalResources,
     /// The member refused or failed the connection or TLS (after failover).
     UpstreamUnreachable,
     /// Connecting to, or the upgrade answer from, the member took too long.
@@ -47,9 +50,10 @@ impl Rejection {
             Rejection::NotWebSocket | Rejection::Version => StatusCode::UPGRADE_REQUIRED,
             Rejection::Method => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Rejection::Draining | Rejection::UpstreamsDown | Rejection::HubFull => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Rejection::Draining
+            | Rejection::UpstreamsDown
+            | Rejection::LocalResources
+            | Rejection::HubFull => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::UpstreamUnreachable | Rejection::UpstreamBadHandshake => {
                 StatusCode::BAD_GATEWAY
             }
@@ -71,6 +75,7 @@ impl Rejection {
             Rejection::BadRequest(_) => "bad_request",
             Rejection::Draining => "draining",
             Rejection::UpstreamsDown => "upstreams_down",
+            Rejection::LocalResources => "local_resources",
             Rejection::UpstreamUnreachable => "upstream_unreachable",
             Rejection::UpstreamTimeout => "upstream_timeout",
             Rejection::UpstreamBadHandshake => "upstream_bad_handshake",
@@ -93,6 +98,7 @@ impl Rejection {
             Rejection::BadRequest(why) => why,
             Rejection::Draining => "shutting down",
             Rejection::UpstreamsDown => "no upstream available",
+            Rejection::LocalResources => "the gateway is out of resources, try again",
             Rejection::UpstreamUnreachable => "upstream unreachable",
             Rejection::UpstreamTimeout => "upstream timed out",
             Rejection::UpstreamBadHandshake | Rejection::UpstreamStatus(_) => {
@@ -147,6 +153,7 @@ mod tests {
             (Rejection::BadRequest("x"), 400, "bad_request"),
             (Rejection::Draining, 503, "draining"),
             (Rejection::UpstreamsDown, 503, "upstreams_down"),
+            (Rejection::LocalResources, 503, "local_resources"),
             (Rejection::UpstreamUnreachable, 502, "upstream_unreachable"),
             (Rejection::UpstreamTimeout, 504, "upstream_timeout"),
             (
