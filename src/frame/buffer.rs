@@ -10,7 +10,7 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// What an idle direction holds: enough for a few small frames per read.
-pub const IDLE: usize = 512;
+pub const IDLE: usize = 256;
 /// The most one read takes.
 pub const MAX: usize = 64 << 10;
 
