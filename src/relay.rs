@@ -23,7 +23,7 @@ use crate::config::Limits;
 use crate::frame::{
     ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, Violation, parse_close,
 };
-use crate::session::{KEEPALIVE, SessionCtx, Timers};
+use crate::session::{KEEPALIVE, SessionCtx, Tick, Timers};
 
 /// What one side sends, as it is read: its buffer and its frames' rules.
 struct Inflow {
@@ -117,6 +117,11 @@ where
             read = down.buf.read_from(upstream) => (Side::Upstream, read),
             _ = ctx.cancel.cancelled() => return SessionEnd::Shutdown,
             tick = timers.next() => {
+                // Nothing may be written into a frame on its way to the
+                // client: the keepalive waits for the next tick.
+                if matches!(tick, Tick::Ping) && down.frames.in_frame() {
+                    continue;
+                }
                 match timers.due(tick) {
                     Ok(true) => {
                         let ping = ControlFrame::new(OpCode::Ping, KEEPALIVE, None);
