@@ -20,9 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::close::{ClosePlan, Fault, SessionEnd, Side};
 use crate::config::Limits;
-use crate::frame::{
-    ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, Violation, parse_close,
-};
+use crate::frame::{ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, parse_close};
 use crate::session::{KEEPALIVE, SessionCtx, Tick, Timers};
 
 /// What one side sends, as it is read: its buffer and its frames' rules.
@@ -178,7 +176,7 @@ where
     while at < data.len() {
         let (len, keep) = match frames.next(&mut data[at..]) {
             Err(violation) => {
-                ended = Some(SessionEnd::Broken(from, fault(violation)));
+                ended = Some(SessionEnd::Broken(from, Fault::from(violation)));
                 break;
             }
             Ok(Step::Need) => break,
@@ -194,7 +192,7 @@ where
                 *sent_close = true;
                 ended = Some(match parse_close(frames.control()) {
                     Ok(close) => SessionEnd::Closed(from, close.map(close_frame)),
-                    Err(violation) => SessionEnd::Broken(from, fault(violation)),
+                    Err(violation) => SessionEnd::Broken(from, Fault::from(violation)),
                 });
                 at += len;
                 break;
@@ -310,21 +308,6 @@ fn close_frame((code, reason): (u16, &str)) -> CloseFrame {
     CloseFrame {
         code: CloseCode::from(code),
         reason: reason.into(),
-    }
-}
-
-fn fault(violation: Violation) -> Fault {
-    match violation {
-        Violation::TooBig => Fault::TooBig,
-        Violation::InvalidUtf8 => Fault::InvalidUtf8,
-        Violation::ReservedBits
-        | Violation::ReservedOpcode
-        | Violation::LengthOverflow
-        | Violation::Masking
-        | Violation::BadControl
-        | Violation::UnexpectedContinuation
-        | Violation::ExpectedContinuation
-        | Violation::BadClose => Fault::Protocol,
     }
 }
 

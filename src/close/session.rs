@@ -5,6 +5,8 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, Pro
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::frame::Violation;
+
 /// The two ends of a session. An echo session has only a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -62,6 +64,24 @@ pub enum ClosePlan {
     Reply,
     /// Nothing can or should be sent; just close the connection.
     Nothing,
+}
+
+impl From<Violation> for Fault {
+    /// What the frame layer refused, as the fault it is.
+    fn from(violation: Violation) -> Fault {
+        match violation {
+            Violation::TooBig => Fault::TooBig,
+            Violation::InvalidUtf8 => Fault::InvalidUtf8,
+            Violation::ReservedBits
+            | Violation::ReservedOpcode
+            | Violation::LengthOverflow
+            | Violation::Masking
+            | Violation::BadControl
+            | Violation::UnexpectedContinuation
+            | Violation::ExpectedContinuation
+            | Violation::BadClose => Fault::Protocol,
+        }
+    }
 }
 
 impl SessionEnd {
@@ -263,5 +283,25 @@ mod tests {
             SessionEnd::from_ws_error(Upstream, &WsError::ConnectionClosed),
             SessionEnd::Gone(Upstream)
         );
+    }
+
+    #[test]
+    fn violation_faults() {
+        use Violation::*;
+        let table = [
+            (TooBig, Fault::TooBig),
+            (InvalidUtf8, Fault::InvalidUtf8),
+            (ReservedBits, Fault::Protocol),
+            (ReservedOpcode, Fault::Protocol),
+            (LengthOverflow, Fault::Protocol),
+            (Masking, Fault::Protocol),
+            (BadControl, Fault::Protocol),
+            (UnexpectedContinuation, Fault::Protocol),
+            (ExpectedContinuation, Fault::Protocol),
+            (BadClose, Fault::Protocol),
+        ];
+        for (violation, fault) in table {
+            assert_eq!(Fault::from(violation), fault, "{violation:?}");
+        }
     }
 }

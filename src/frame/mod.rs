@@ -11,9 +11,13 @@ use std::fmt;
 
 mod buffer;
 mod inbound;
+mod rules;
+mod utf8;
 
 pub use buffer::ReadBuffer;
 pub use inbound::{Inbound, Step};
+pub use rules::{Rules, Sender, close_code_allowed, parse_close};
+pub use utf8::Utf8Stream;
 
 /// Longest header: 2 bytes, 8 bytes of extended length, 4 bytes of mask.
 pub const MAX_HEADER: usize = 14;
@@ -70,8 +74,8 @@ pub struct Header {
     pub len: u64,
 }
 
-/// Why a frame, or the message it belongs to, is refused. Each maps to the
-/// close code RFC 6455 prescribes (see [`Violation::close_code`]).
+/// Why a frame, or the message it belongs to, is refused. `close/` maps
+/// each to the close code RFC 6455 prescribes (1002, 1007 or 1009).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Violation {
     /// An RSV bit set without an extension that defines it.
@@ -97,23 +101,7 @@ pub enum Violation {
 }
 
 impl Violation {
-    /// The close code to end the session with.
-    pub fn close_code(self) -> u16 {
-        match self {
-            Violation::ReservedBits
-            | Violation::ReservedOpcode
-            | Violation::LengthOverflow
-            | Violation::Masking
-            | Violation::BadControl
-            | Violation::UnexpectedContinuation
-            | Violation::ExpectedContinuation
-            | Violation::BadClose => 1002,
-            Violation::InvalidUtf8 => 1007,
-            Violation::TooBig => 1009,
-        }
-    }
-
-    /// Short reason for the Close frame and the log.
+    /// Short reason, for the log.
     pub fn reason(self) -> &'static str {
         match self {
             Violation::ReservedBits => "reserved bits set",
@@ -284,149 +272,12 @@ impl ControlFrame {
     }
 }
 
-/// UTF-8 validated across chunk and frame boundaries: a character split
-/// between two frames is held (at most 3 bytes) until its end arrives.
-#[derive(Debug, Default, Clone)]
-pub struct Utf8Stream {
-    pending: [u8; 4],
-    held: u8,
-}
-
-impl Utf8Stream {
-    /// Validate the next bytes of the text.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), Violation> {
-        // First complete a character held from the last chunk.
-        while self.held > 0 {
-            let Some((&b, rest)) = bytes.split_first() else {
-                return Ok(());
-            };
-            self.pending[self.held as usize] = b;
-            self.held += 1;
-            bytes = rest;
-            let held = &self.pending[..self.held as usize];
-            match std::str::from_utf8(held) {
-                Ok(_) => self.held = 0,
-                Err(e) if e.error_len().is_some() => return Err(Violation::InvalidUtf8),
-                Err(_) if self.held == 4 => return Err(Violation::InvalidUtf8),
-                Err(_) => {}
-            }
-        }
-        match std::str::from_utf8(bytes) {
-            Ok(_) => Ok(()),
-            Err(e) if e.error_len().is_some() => Err(Violation::InvalidUtf8),
-            Err(e) => {
-                // An incomplete character at the end: hold it.
-                let tail = &bytes[e.valid_up_to()..];
-                self.pending[..tail.len()].copy_from_slice(tail);
-                self.held = tail.len() as u8;
-                Ok(())
-            }
-        }
-    }
-
-    /// The text ended: nothing may be held.
-    pub fn finish(&mut self) -> Result<(), Violation> {
-        let complete = self.held == 0;
-        self.held = 0;
-        if complete {
-            Ok(())
-        } else {
-            Err(Violation::InvalidUtf8)
-        }
-    }
-}
-
-/// May a peer send this close code (RFC 6455 §7.4)?
-pub fn close_code_allowed(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
-
-/// Check a whole Close payload: empty, or a sendable code and a UTF-8
-/// reason. Returns the code and reason.
-pub fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, Violation> {
-    match payload {
-        [] => Ok(None),
-        [_] => Err(Violation::BadClose),
-        [hi, lo, reason @ ..] => {
-            let code = u16::from_be_bytes([*hi, *lo]);
-            if !close_code_allowed(code) {
-                return Err(Violation::BadClose);
-            }
-            let reason = std::str::from_utf8(reason).map_err(|_| Violation::InvalidUtf8)?;
-            Ok(Some((code, reason)))
-        }
-    }
-}
-
-/// Who sent the frames a [`Rules`] checks: client frames must be masked,
-/// server frames must not be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sender {
-    Client,
-    Server,
-}
-
-/// The rules of one direction of a connection: message order, limits and
-/// masking, checked from each header before the payload is read.
-#[derive(Debug, Clone)]
-pub struct Rules {
-    sender: Sender,
-    max_frame: u64,
-    max_message: u64,
-    /// The message in progress: its opcode and bytes so far.
-    open: Option<(OpCode, u64)>,
-}
-
-impl Rules {
-    pub fn new(sender: Sender, max_frame: usize, max_message: usize) -> Self {
-        Rules {
-            sender,
-            max_frame: max_frame as u64,
-            max_message: max_message as u64,
-            open: None,
-        }
-    }
-
-    /// Check the next frame's header. For a data frame, returns the opcode
-    /// of the message it belongs to (Text or Binary) and whether it ends it.
-    pub fn check(&mut self, h: &Header) -> Result<Option<(OpCode, bool)>, Violation> {
-        if h.rsv != 0 {
-            return Err(Violation::ReservedBits);
-        }
-        if h.mask.is_some() != (self.sender == Sender::Client) {
-            return Err(Violation::Masking);
-        }
-        if h.opcode.is_control() {
-            if !h.fin || h.len > MAX_CONTROL as u64 {
-                return Err(Violation::BadControl);
-            }
-            return Ok(None);
-        }
-        let (kind, so_far) = match (h.opcode, self.open) {
-            (OpCode::Continuation, Some(open)) => open,
-            (OpCode::Continuation, None) => return Err(Violation::UnexpectedContinuation),
-            (_, Some(_)) => return Err(Violation::ExpectedContinuation),
-            (opcode, None) => (opcode, 0),
-        };
-        let total = so_far.saturating_add(h.len);
-        if h.len > self.max_frame || total > self.max_message {
-            return Err(Violation::TooBig);
-        }
-        self.open = (!h.fin).then_some((kind, total));
-        Ok(Some((kind, h.fin)))
-    }
-
-    /// Is a fragmented message in progress?
-    pub fn in_message(&self) -> bool {
-        self.open.is_some()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn header(fin: bool, opcode: OpCode, mask: Option<[u8; 4]>, len: u64) -> Header {
+    /// A header as the tests write them (no RSV bits).
+    pub(super) fn header(fin: bool, opcode: OpCode, mask: Option<[u8; 4]>, len: u64) -> Header {
         Header {
             fin,
             rsv: 0,
@@ -486,34 +337,6 @@ mod tests {
     }
 
     #[test]
-    fn utf8_is_checked_across_boundaries() {
-        let text = "aé€😀z".as_bytes();
-        for split in 0..=text.len() {
-            let mut v = Utf8Stream::default();
-            v.feed(&text[..split]).unwrap();
-            v.feed(&text[split..]).unwrap();
-            v.finish().unwrap();
-        }
-        // One byte at a time.
-        let mut v = Utf8Stream::default();
-        for b in text {
-            v.feed(std::slice::from_ref(b)).unwrap();
-        }
-        v.finish().unwrap();
-        // Invalid as soon as it is invalid; truncated at the end.
-        assert!(Utf8Stream::default().feed(&[0xCE, 0xBA, 0xFF]).is_err());
-        let mut v = Utf8Stream::default();
-        v.feed(&[0xF0, 0x9F]).unwrap();
-        assert!(v.feed(&[0x41]).is_err());
-        let mut v = Utf8Stream::default();
-        v.feed(&[0xE2, 0x82]).unwrap();
-        assert_eq!(v.finish(), Err(Violation::InvalidUtf8));
-        // Surrogates and overlong forms are not UTF-8.
-        assert!(Utf8Stream::default().feed(&[0xED, 0xA0, 0x80]).is_err());
-        assert!(Utf8Stream::default().feed(&[0xC0, 0xAF]).is_err());
-    }
-
-    #[test]
     fn control_frames_encode_and_parse_back() {
         let key = [1, 2, 3, 4];
         let long = "é".repeat(100);
@@ -531,85 +354,5 @@ mod tests {
         let ping = ControlFrame::new(OpCode::Ping, b"hi", None);
         assert_eq!(ping.as_bytes(), &[0x89, 2, b'h', b'i']);
         assert_eq!(ControlFrame::close(None, "", None).as_bytes(), &[0x88, 0]);
-    }
-
-    #[test]
-    fn close_payloads() {
-        assert_eq!(parse_close(&[]), Ok(None));
-        assert_eq!(parse_close(&[3]), Err(Violation::BadClose));
-        assert_eq!(
-            parse_close(&[0x03, 0xE8, b'o', b'k']),
-            Ok(Some((1000, "ok")))
-        );
-        for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
-            let b = bad.to_be_bytes();
-            assert_eq!(parse_close(&b), Err(Violation::BadClose), "{bad}");
-        }
-        for good in [1001u16, 1011, 1013, 3000, 4999] {
-            assert!(parse_close(&good.to_be_bytes()).is_ok(), "{good}");
-        }
-        assert_eq!(
-            parse_close(&[0x03, 0xE8, 0xFF]),
-            Err(Violation::InvalidUtf8)
-        );
-    }
-
-    #[test]
-    fn rules_follow_rfc_6455() {
-        let m = Some([0; 4]);
-        let mut r = Rules::new(Sender::Client, 100, 150);
-        assert_eq!(
-            r.check(&header(true, OpCode::Text, None, 1)),
-            Err(Violation::Masking)
-        );
-        assert_eq!(
-            r.check(&header(false, OpCode::Text, m, 60)),
-            Ok(Some((OpCode::Text, false)))
-        );
-        // Control frames may come between fragments.
-        assert_eq!(r.check(&header(true, OpCode::Ping, m, 125)), Ok(None));
-        assert_eq!(
-            r.check(&header(true, OpCode::Ping, m, 126)),
-            Err(Violation::BadControl)
-        );
-        assert_eq!(
-            r.check(&header(false, OpCode::Pong, m, 0)),
-            Err(Violation::BadControl)
-        );
-        assert_eq!(
-            r.check(&header(true, OpCode::Binary, m, 1)),
-            Err(Violation::ExpectedContinuation)
-        );
-        assert!(r.in_message());
-        // 60 + 91 is over the message limit of 150.
-        assert_eq!(
-            r.clone().check(&header(true, OpCode::Continuation, m, 91)),
-            Err(Violation::TooBig)
-        );
-        assert_eq!(
-            r.check(&header(true, OpCode::Continuation, m, 90)),
-            Ok(Some((OpCode::Text, true)))
-        );
-        assert!(!r.in_message());
-        assert_eq!(
-            r.check(&header(true, OpCode::Continuation, m, 1)),
-            Err(Violation::UnexpectedContinuation)
-        );
-        assert_eq!(
-            r.check(&header(true, OpCode::Binary, m, 101)),
-            Err(Violation::TooBig)
-        );
-        let mut rsv = header(true, OpCode::Binary, m, 1);
-        rsv.rsv = 0b100;
-        assert_eq!(r.check(&rsv), Err(Violation::ReservedBits));
-        let mut server = Rules::new(Sender::Server, 100, 100);
-        assert_eq!(
-            server.check(&header(true, OpCode::Binary, m, 1)),
-            Err(Violation::Masking)
-        );
-        assert_eq!(
-            server.check(&header(true, OpCode::Binary, None, 1)),
-            Ok(Some((OpCode::Binary, true)))
-        );
     }
 }
