@@ -59,93 +59,106 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut up = Inflow::new(Sender::Client, ctx.limits);
-    let mut down = Inflow::new(Sender::Server, ctx.limits);
-    let end = relay(client, upstream, &mut up, &mut down, early, ctx).await;
-    let limit = ctx.limits.close_timeout;
-    // A side that is in the middle of a frame from the other cannot be sent
-    // a Close: its bytes would be read as that frame's payload.
-    let to_client = if down.frames.in_frame() {
-        ClosePlan::Nothing
-    } else {
-        end.plan(Side::Client)
+    let mut relay = Relay {
+        client,
+        upstream,
+        up: Inflow::new(Sender::Client, ctx.limits),
+        down: Inflow::new(Sender::Server, ctx.limits),
+        ctx,
     };
-    let to_upstream = if up.frames.in_frame() {
-        ClosePlan::Nothing
-    } else {
-        end.plan(Side::Upstream)
-    };
-    tokio::join!(
-        close(client, &mut up, to_client, &end, None, limit),
-        close(
-            upstream,
-            &mut down,
-            to_upstream,
-            &end,
-            Some(rand::random()),
-            limit
-        ),
-    );
+    let end = relay.relay(early).await;
+    relay.close_both(&end).await;
     end
 }
 
-async fn relay<C, U>(
-    client: &mut C,
-    upstream: &mut U,
-    up: &mut Inflow,
-    down: &mut Inflow,
-    early: Vec<u8>,
-    ctx: &SessionCtx<'_>,
-) -> SessionEnd
+/// A session's two ends and what each of them sends.
+struct Relay<'r, 'c, C, U> {
+    client: &'r mut C,
+    upstream: &'r mut U,
+    /// What the client sends: frames on their way up.
+    up: Inflow,
+    /// What the upstream sends: frames on their way down.
+    down: Inflow,
+    ctx: &'r SessionCtx<'c>,
+}
+
+impl<C, U> Relay<'_, '_, C, U>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut timers = Timers::new(ctx.limits);
-    if !early.is_empty() {
-        down.buf.preload(&early);
-        if let Err(end) = pass(Side::Upstream, down, client, ctx, &mut timers).await {
-            return end;
+    async fn relay(&mut self, early: Vec<u8>) -> SessionEnd {
+        let Relay {
+            client,
+            upstream,
+            up,
+            down,
+            ctx,
+        } = self;
+        let mut timers = Timers::new(ctx.limits);
+        if !early.is_empty() {
+            down.buf.preload(&early);
+            if let Err(end) = pass(Side::Upstream, down, *client, ctx, &mut timers).await {
+                return end;
+            }
         }
-    }
-    loop {
-        // Unbiased between the two sides, so neither can starve the other.
-        let (from, read) = tokio::select! {
-            read = up.buf.read_from(client) => (Side::Client, read),
-            read = down.buf.read_from(upstream) => (Side::Upstream, read),
-            _ = ctx.cancel.cancelled() => return SessionEnd::Shutdown,
-            tick = timers.next() => {
-                // Nothing may be written into a frame on its way to the
-                // client: the keepalive waits for the next tick.
-                if matches!(tick, Tick::Ping) && down.frames.in_frame() {
+        loop {
+            // Unbiased between the two sides, so neither can starve the other.
+            let (from, read) = tokio::select! {
+                read = up.buf.read_from(*client) => (Side::Client, read),
+                read = down.buf.read_from(*upstream) => (Side::Upstream, read),
+                _ = ctx.cancel.cancelled() => return SessionEnd::Shutdown,
+                tick = timers.next() => {
+                    // Nothing may be written into a frame on its way to the
+                    // client: the keepalive waits for the next tick.
+                    if matches!(tick, Tick::Ping) && down.frames.in_frame() {
+                        continue;
+                    }
+                    match timers.due(tick) {
+                        Ok(true) => {
+                            let ping = ControlFrame::new(OpCode::Ping, KEEPALIVE, None);
+                            let sent = write(*client, ping.as_bytes(), Side::Client);
+                            if let Err(end) = ctx.bounded(Side::Client, sent).await {
+                                return end;
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(end) => return end,
+                    }
                     continue;
                 }
-                match timers.due(tick) {
-                    Ok(true) => {
-                        let ping = ControlFrame::new(OpCode::Ping, KEEPALIVE, None);
-                        let sent = ctx.bounded(Side::Client, write(client, ping.as_bytes(), Side::Client));
-                        if let Err(end) = sent.await {
-                            return end;
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(end) => return end,
-                }
-                continue;
+            };
+            match read {
+                Ok(0) => return SessionEnd::Gone(from),
+                Err(_) => return SessionEnd::Broken(from, Fault::Io),
+                Ok(_) => {}
             }
-        };
-        match read {
-            Ok(0) => return SessionEnd::Gone(from),
-            Err(_) => return SessionEnd::Broken(from, Fault::Io),
-            Ok(_) => {}
+            let passed = match from {
+                Side::Client => pass(Side::Client, up, *upstream, ctx, &mut timers).await,
+                Side::Upstream => pass(Side::Upstream, down, *client, ctx, &mut timers).await,
+            };
+            if let Err(end) = passed {
+                return end;
+            }
         }
-        let passed = match from {
-            Side::Client => pass(Side::Client, up, upstream, ctx, &mut timers).await,
-            Side::Upstream => pass(Side::Upstream, down, client, ctx, &mut timers).await,
+    }
+
+    /// Both sides' part of the end, at once. A side in the middle of a
+    /// frame from the other cannot be sent a Close: its bytes would be read
+    /// as that frame's payload.
+    async fn close_both(&mut self, end: &SessionEnd) {
+        let limit = self.ctx.limits.close_timeout;
+        let plan = |side: Side, mid_frame: bool| match mid_frame {
+            true => ClosePlan::Nothing,
+            false => end.plan(side),
         };
-        if let Err(end) = passed {
-            return end;
-        }
+        let to_client = plan(Side::Client, self.down.frames.in_frame());
+        let to_upstream = plan(Side::Upstream, self.up.frames.in_frame());
+        let mask = Some(rand::random());
+        tokio::join!(
+            close(self.client, &mut self.up, to_client, end, None, limit),
+            close(self.upstream, &mut self.down, to_upstream, end, mask, limit),
+        );
     }
 }
 
