@@ -530,3 +530,56 @@ async fn the_active_check_marks_members_down_and_up_without_traffic() {
     })
     .await
 }
+
+#[tokio::test]
+async fn frames_sent_with_the_101_come_first_and_fragments_pass_as_they_are() {
+    use tokio::io::AsyncReadExt;
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    within(30, async {
+        // A member that sends its first frames in the same write as its 101.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let member = format!("ws://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                tcp.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            let key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+                .expect("the upgrade carries a key");
+            let mut out = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                derive_accept_key(key.trim().as_bytes())
+            )
+            .into_bytes();
+            out.extend_from_slice(b"\x81\x05hello");
+            // A text message in two fragments.
+            out.extend_from_slice(b"\x01\x04frag\x80\x05ments");
+            tcp.write_all(&out).await.unwrap();
+            // The client's Close arrives masked; answer it.
+            let mut frame = [0u8; 64];
+            let n = tcp.read(&mut frame).await.unwrap();
+            assert!(
+                n >= 2 && frame[0] == 0x88 && frame[1] & 0x80 != 0,
+                "a masked Close"
+            );
+            tcp.write_all(b"\x88\x02\x03\xe8").await.unwrap();
+        });
+        let gw = Gateway::builder()
+            .route(Route::upstream("/app", [member]).name("app"))
+            .start()
+            .await;
+        let mut ws = gw.ws("/app").await;
+        assert_eq!(next_data(&mut ws).await, Message::text("hello"));
+        assert_eq!(next_data(&mut ws).await, Message::text("fragments"));
+        ws.close(None).await.unwrap();
+        server.await.unwrap();
+    })
+    .await;
+}
