@@ -1336,8 +1336,9 @@ const HUB_READ_BUFFER: usize = 4096;
 
 /// The kernel floor's writer (a child process): connect `CONNS` TCP sockets
 /// to 127.0.0.1:PORT, then `RATE` times a second for `SECS` seconds write
-/// `SIZE` bytes to each with a plain blocking write; write to OUT the writes
-/// done, this process's user and system CPU seconds over the loop (from
+/// `SIZE` bytes to each with a plain blocking write (stopping after `SECS`
+/// seconds if it cannot keep that rate); write to OUT the writes done, this
+/// process's user and system CPU seconds over the loop (from
 /// /proc/self/stat), the loop's seconds, and how many ticks started late.
 fn floor_write(args: &[String]) -> anyhow::Result<()> {
     use std::io::Write;
@@ -1371,10 +1372,14 @@ fn floor_write(args: &[String]) -> anyhow::Result<()> {
     let me = std::process::id();
     let (user0, sys0) = proc_cpu(me, clk_tck);
     let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(secs);
     let (mut writes, mut late) = (0u64, 0u64);
     for tick in 0..ticks {
         let due = t0 + period.mul_f64(tick as f64);
         let now = Instant::now();
+        if now >= end {
+            break;
+        }
         if due > now {
             std::thread::sleep(due - now);
         } else if tick > 0 {
@@ -1406,6 +1411,7 @@ fn proc_cpu(pid: u32, clk_tck: f64) -> (f64, f64) {
 }
 
 struct Floor {
+    writes_per_sec: f64,
     cpu_us_per_write: f64,
     system_us_per_write: f64,
     late_ticks: u64,
@@ -1470,7 +1476,7 @@ async fn floor(opts: &Opts, conns: usize) -> anyhow::Result<Floor> {
             .split_whitespace()
             .map(str::parse)
             .collect::<Result<_, _>>()?;
-        let [writes, user, system, _elapsed, late] = f[..] else {
+        let [writes, user, system, elapsed, late] = f[..] else {
             bail!("the floor's writer wrote {text:?}");
         };
         // Everything written was read.
@@ -1487,6 +1493,7 @@ async fn floor(opts: &Opts, conns: usize) -> anyhow::Result<Floor> {
             bail!("the floor's writer wrote nothing");
         }
         Ok(Floor {
+            writes_per_sec: writes / elapsed.max(1e-9),
             cpu_us_per_write: (user + system) * 1e6 / writes,
             system_us_per_write: system * 1e6 / writes,
             late_ticks: late as u64,
@@ -1559,8 +1566,12 @@ async fn measure_hub(opts: &Opts, ca: &Path, results: &mut HubResults) -> Vec<an
             Ok(f) => {
                 results.put(format!("{n}:cpu"), 0, f.cpu_us_per_write);
                 results.put(format!("{n}:sys"), 0, f.system_us_per_write);
+                results.put(format!("{n}:rate"), 0, f.writes_per_sec);
                 if f.late_ticks > 0 {
-                    eprintln!("  floor, {n} sockets: {} ticks started late", f.late_ticks);
+                    eprintln!(
+                        "  floor, {n} sockets: {} ticks started late ({:.0} writes/s)",
+                        f.late_ticks, f.writes_per_sec
+                    );
                 }
             }
             Err(e) => errors.push(e.context(format!("kernel floor, {n} sockets"))),
@@ -1584,6 +1595,7 @@ async fn measure_hub(opts: &Opts, ca: &Path, results: &mut HubResults) -> Vec<an
             return errors;
         }
     };
+    eprintln!("  hub: {} idle connections", opts.hub_idle);
     match hub_idle(opts, &idle, &probe, pid).await {
         Ok(m) => {
             results.put("idle:kib".into(), 1, m.kib);
@@ -1603,6 +1615,7 @@ async fn measure_hub(opts: &Opts, ca: &Path, results: &mut HubResults) -> Vec<an
     };
     let mut subs: Vec<Ws> = Vec::new();
     for &n in &opts.hub_subs {
+        eprintln!("  hub fan-out to {n} subscribers");
         let (more, failed) = hub.connect_many(n - subs.len()).await;
         subs.extend(more);
         if failed > 0 {
@@ -1617,6 +1630,7 @@ async fn measure_hub(opts: &Opts, ca: &Path, results: &mut HubResults) -> Vec<an
             Ok(f) => {
                 results.put(format!("{n}:cpu"), 1, f.cpu_us_per_delivery);
                 results.put(format!("{n}:sys"), 1, f.system_us_per_delivery);
+                results.put(format!("{n}:rate"), 1, f.deliveries_per_sec);
                 results.put(format!("{n}:p50"), 1, f.p50_ms);
                 results.put(format!("{n}:p99"), 1, f.p99_ms);
                 results.put(format!("{n}:lost"), 1, f.lost as f64);
@@ -1687,6 +1701,7 @@ async fn hub_idle(opts: &Opts, idle: &Client, probe: &Client, pid: u32) -> anyho
 }
 
 struct Fanout {
+    deliveries_per_sec: f64,
     cpu_us_per_delivery: f64,
     system_us_per_delivery: f64,
     p50_ms: f64,
@@ -1816,7 +1831,12 @@ async fn fanout(
             sleep(Duration::from_millis(5)).await;
         }
         let (user1, sys1) = cpu_split(pid, opts.clk_tck);
-        Ok((user1 + sys1 - user0 - sys0, sys1 - sys0, expected))
+        Ok((
+            user1 + sys1 - user0 - sys0,
+            sys1 - sys0,
+            expected,
+            t0.elapsed(),
+        ))
     }
     .await;
     ctl.stop.store(true, Ordering::Relaxed);
@@ -1840,7 +1860,7 @@ async fn fanout(
         reordered += stats.reordered;
         samples.extend(stats.samples);
     }
-    let result = outcome.and_then(|(cpu, system, expected)| {
+    let result = outcome.and_then(|(cpu, system, expected, elapsed)| {
         if received == 0 {
             bail!("no publish was delivered");
         }
@@ -1849,6 +1869,7 @@ async fn fanout(
             samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)] as f64 / 1000.0
         };
         Ok(Fanout {
+            deliveries_per_sec: received as f64 / elapsed.as_secs_f64(),
             cpu_us_per_delivery: cpu * 1e6 / received as f64,
             system_us_per_delivery: system * 1e6 / received as f64,
             p50_ms: pct(0.50),
@@ -1903,6 +1924,12 @@ fn print_hub_table(opts: &Opts, results: &HubResults) {
                 "sys",
                 2,
                 true,
+            ),
+            (
+                "  same: writes / deliveries per second achieved".to_string(),
+                "rate",
+                0,
+                false,
             ),
             (
                 "  same: publish-to-delivery p50 ms".to_string(),
@@ -1966,7 +1993,12 @@ fn print_hub_table(opts: &Opts, results: &HubResults) {
          with a raw hub room; N subscribers over wss and one publisher in the load generator; \
          {HUB_RATE} publishes/s of {HUB_PAYLOAD} B (send time stamped in the payload) for {} s; \
          wsgate's utime+stime from the first publish to the last delivery / deliveries (N x \
-         publishes). Each subscriber count is measured on the same process, subscribers added \
+         publishes; lost = not delivered within 10 s of the last publish; reordered = a publish \
+         older than one already delivered to that subscriber). The rates achieved show whether \
+         the machine kept up: where the floor could not write 100 x N a second it ran for the \
+         same seconds at the rate it could; where wsgate could not, frames queued and left in \
+         fewer, larger writes, so its CPU per delivery can fall below the floor's one write per \
+         delivery. Each subscriber count is measured on the same process, subscribers added \
          from one count to the next. Idle: RSS delta of a fresh wsgate / idle connections \
          opened to a raw room that never sends.{}",
         opts.repeats,
