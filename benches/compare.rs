@@ -62,12 +62,14 @@ fn main() {
         Some("run") => Opts::parse(&args[1..]).and_then(run),
         Some("load") => load(&args[1..]),
         Some("floor-write") => floor_write(&args[1..]),
+        Some("floor-read") => floor_read(&args[1..]),
         _ => Err(anyhow!(
             "usage: compare run --wsgate BIN --nginx BIN --dir DIR [--quick] [--repeats N] \
              [--sessions N] [--secs S]; compare serve-ws PORT; compare serve-wss PORT CERT KEY \
              (normally started by benches/compare.sh); \
              compare load CA URL CONNS IN_FLIGHT SIZE MESSAGES_PER_CONN PAUSE_SECS (for profiling); \
-             compare floor-write PORT CONNS RATE SECS SIZE CLK_TCK OUT (the kernel floor's writer)"
+             compare floor-write PORT CONNS RATE SECS SIZE CLK_TCK OUT and \
+             compare floor-read CONNS SECS PORT_FILE OUT (the kernel floor's two ends)"
         )),
     };
     if let Err(e) = result {
@@ -1360,11 +1362,18 @@ fn floor_write(args: &[String]) -> anyhow::Result<()> {
     }
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut socks = Vec::with_capacity(conns);
+    let connecting = Instant::now();
     for _ in 0..conns {
         let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         s.set_nodelay(true)?;
+        // A reader that stops cannot hold the loop for long.
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
         socks.push(s);
     }
+    eprintln!(
+        "floor-write: {conns} connected in {:.2} s",
+        connecting.elapsed().as_secs_f64()
+    );
     std::thread::sleep(Duration::from_millis(200));
     let payload = vec![0x5au8; size];
     let ticks = (rate * secs).round().max(1.0) as u64;
@@ -1420,32 +1429,38 @@ struct Floor {
 /// The kernel floor for `conns` sockets: the writer is a child process, the
 /// far ends are read and discarded here.
 async fn floor(opts: &Opts, conns: usize) -> anyhow::Result<Floor> {
-    use tokio::io::AsyncReadExt;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let read = Arc::new(AtomicU64::new(0));
-    let accepting = tokio::spawn({
-        let read = read.clone();
-        async move {
-            loop {
-                let Ok((mut tcp, _)) = listener.accept().await else {
-                    sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let read = read.clone();
-                // Ends when the writer's side closes (it exits or is stopped).
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 2048];
-                    while let Ok(n @ 1..) = tcp.read(&mut buf).await {
-                        read.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                });
-            }
+    let me = std::env::current_exe()?;
+    // The far ends: a reader process of its own, which writes its port, and
+    // when every connection has closed, the bytes it read.
+    let port_file = opts.dir.join(format!("floor-read-{conns}.port"));
+    let read_file = opts.dir.join(format!("floor-read-{conns}.out"));
+    let _ = std::fs::remove_file(&port_file);
+    let _ = std::fs::remove_file(&read_file);
+    let mut cmd = Command::new(&me);
+    cmd.arg("floor-read")
+        .arg(conns.to_string())
+        .arg((opts.hub_secs + 60.0).to_string())
+        .arg(&port_file)
+        .arg(&read_file);
+    let mut reader = Proc::spawn(opts, "floor-read", cmd)?;
+    let mut port = None;
+    for _ in 0..200 {
+        if let Some(p) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<u16>().ok())
+        {
+            port = Some(p);
+            break;
         }
-    });
+        if let Ok(Some(status)) = reader.child.try_wait() {
+            bail!("the floor's reader exited ({status}); see floor-read.log");
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    let port = port.context("the floor's reader gave no port in 10 s")?;
     let out = opts.dir.join(format!("floor-{conns}.out"));
     let _ = std::fs::remove_file(&out);
-    let mut cmd = Command::new(std::env::current_exe()?);
+    let mut cmd = Command::new(&me);
     cmd.arg("floor-write")
         .arg(port.to_string())
         .arg(conns.to_string())
@@ -1461,8 +1476,7 @@ async fn floor(opts: &Opts, conns: usize) -> anyhow::Result<Floor> {
             break status;
         }
         if Instant::now() > deadline {
-            accepting.abort();
-            bail!("the floor's writer did not finish in time");
+            bail!("the floor's writer did not finish in time; see floor.log");
         }
         sleep(Duration::from_millis(20)).await;
     };
@@ -1479,13 +1493,17 @@ async fn floor(opts: &Opts, conns: usize) -> anyhow::Result<Floor> {
         let [writes, user, system, elapsed, late] = f[..] else {
             bail!("the floor's writer wrote {text:?}");
         };
-        // Everything written was read.
+        // Everything written was read: the reader ends when every
+        // connection has closed.
         let expected = writes as u64 * FLOOR_WRITE as u64;
-        let until = Instant::now() + Duration::from_secs(5);
-        while read.load(Ordering::Relaxed) < expected && Instant::now() < until {
+        let until = Instant::now() + Duration::from_secs(10);
+        while reader.child.try_wait()?.is_none() && Instant::now() < until {
             sleep(Duration::from_millis(10)).await;
         }
-        let got = read.load(Ordering::Relaxed);
+        let got: u64 = std::fs::read_to_string(&read_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .context("the floor's reader did not finish; see floor-read.log")?;
         if got != expected {
             bail!("the floor's readers got {got} of {expected} bytes");
         }
@@ -1500,8 +1518,59 @@ async fn floor(opts: &Opts, conns: usize) -> anyhow::Result<Floor> {
         })
     }
     .await;
-    accepting.abort();
+    drop(reader);
     result
+}
+
+/// The kernel floor's reader (a child process): listen on 127.0.0.1:0 and
+/// write the port to PORT_FILE; accept `CONNS` connections and read and
+/// discard until each has closed, or for at most `SECS` seconds; then write
+/// the bytes read to OUT.
+fn floor_read(args: &[String]) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let arg = |i: usize, name: &str| args.get(i).with_context(|| name.to_string());
+    let conns: usize = arg(0, "CONNS")?.parse()?;
+    let secs: f64 = arg(1, "SECS")?.parse()?;
+    let port_file = PathBuf::from(arg(2, "PORT_FILE")?);
+    let out = PathBuf::from(arg(3, "OUT")?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let listener = socket.listen(4096)?;
+        std::fs::write(&port_file, listener.local_addr()?.port().to_string())?;
+        let read = Arc::new(AtomicU64::new(0));
+        let mut readers = tokio::task::JoinSet::new();
+        let work = async {
+            let mut accepted = 0;
+            while accepted < conns {
+                match listener.accept().await {
+                    Ok((mut tcp, _)) => {
+                        accepted += 1;
+                        let read = read.clone();
+                        readers.spawn(async move {
+                            let mut buf = vec![0u8; 2048];
+                            while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                                read.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        eprintln!("floor-read: accept: {e}");
+                        sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            while readers.join_next().await.is_some() {}
+        };
+        if timeout(Duration::from_secs_f64(secs), work).await.is_err() {
+            eprintln!("floor-read: gave up after {secs} s");
+        }
+        std::fs::write(&out, read.load(Ordering::Relaxed).to_string())?;
+        anyhow::Ok(())
+    })
 }
 
 /// wsgate with three raw hub routes: `/hub` (the fan-out room), `/idle` (the
@@ -1988,8 +2057,8 @@ fn print_hub_table(opts: &Opts, results: &HubResults) {
     println!(
         "\nHub: medians of {} run(s), (min–max) when repeated. Kernel floor = a plain blocking \
          loop in its own process writing one {FLOOR_WRITE}-byte write to each of N loopback TCP \
-         sockets {HUB_RATE} times a second for {} s (the far ends read and discard in the load \
-         generator); its utime+stime per write. wsgate hub = a fresh wsgate ({} tokio workers) \
+         sockets {HUB_RATE} times a second for {} s (the far ends read and discard in a reader process \
+         of their own); its utime+stime per write. wsgate hub = a fresh wsgate ({} tokio workers) \
          with a raw hub room; N subscribers over wss and one publisher in the load generator; \
          {HUB_RATE} publishes/s of {HUB_PAYLOAD} B (send time stamped in the payload) for {} s; \
          wsgate's utime+stime from the first publish to the last delivery / deliveries (N x \
