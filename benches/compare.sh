@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # wsgate against nginx, in one run on 127.0.0.1: see benches/compare.rs.
 #
-#   benches/compare.sh            full run (3 repeats; about 7 minutes on 2 cores after the build)
-#   benches/compare.sh --quick    every target and measure once, tiny and short (CI; about 35 s)
+#   benches/compare.sh            full run (3 repeats; about 6 minutes on 2 cores after the build)
+#   benches/compare.sh --quick    every target and measure once, tiny and short (CI; about 30 s)
 #
 # Prints two tables: the relay (wsgate, nginx, a direct wss backend) and the
 # hub (wsgate's fan-out against the kernel floor of a plain write loop, and
