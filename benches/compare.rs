@@ -61,11 +61,15 @@ fn main() {
         Some("serve-wss") => serve(&args[1..], true),
         Some("run") => Opts::parse(&args[1..]).and_then(run),
         Some("load") => load(&args[1..]),
+        Some("floor-write") => floor_write(&args[1..]),
+        Some("floor-read") => floor_read(&args[1..]),
         _ => Err(anyhow!(
             "usage: compare run --wsgate BIN --nginx BIN --dir DIR [--quick] [--repeats N] \
              [--sessions N] [--secs S]; compare serve-ws PORT; compare serve-wss PORT CERT KEY \
              (normally started by benches/compare.sh); \
-             compare load CA URL CONNS IN_FLIGHT SIZE MESSAGES_PER_CONN PAUSE_SECS (for profiling)"
+             compare load CA URL CONNS IN_FLIGHT SIZE MESSAGES_PER_CONN PAUSE_SECS (for profiling); \
+             compare floor-write PORT CONNS RATE SECS SIZE CLK_TCK OUT and \
+             compare floor-read CONNS SECS PORT_FILE OUT (the kernel floor's two ends)"
         )),
     };
     if let Err(e) = result {
@@ -249,6 +253,12 @@ struct Opts {
     warmup: f64,
     clk_tck: f64,
     workers: usize,
+    /// Subscriber counts of the hub fan-out measures, ascending.
+    hub_subs: Vec<usize>,
+    /// Seconds of publishing per fan-out measure.
+    hub_secs: f64,
+    /// Idle hub connections for the hub memory measure.
+    hub_idle: usize,
 }
 
 impl Opts {
@@ -290,9 +300,29 @@ impl Opts {
             warmup: num("warmup", if quick { 0.3 } else { 1.0 })?,
             clk_tck: num("clk-tck", 100.0)?,
             workers: num("workers", 2.0)? as usize,
+            hub_subs: match get("hub-subs") {
+                Some(list) => list
+                    .split(',')
+                    .map(|n| n.trim().parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .with_context(|| format!("--hub-subs {list}"))?,
+                None if quick => vec![100],
+                None => vec![1000, 5000, 10_000],
+            },
+            hub_secs: num("hub-secs", if quick { 1.0 } else { 4.0 })?,
+            hub_idle: num("hub-idle", if quick { 100.0 } else { 2000.0 })? as usize,
         };
+        let mut opts = opts;
+        opts.hub_subs.sort_unstable();
+        opts.hub_subs.dedup();
         if opts.repeats == 0 || opts.sessions == 0 || opts.secs <= 0.0 {
             bail!("--repeats, --sessions and --secs must be positive");
+        }
+        if opts.hub_subs.contains(&0) || opts.hub_secs <= 0.0 || opts.hub_idle == 0 {
+            bail!("--hub-subs, --hub-secs and --hub-idle must be positive");
+        }
+        if opts.hub_secs > 600.0 || opts.hub_subs.iter().any(|&n| n > 100_000) {
+            bail!("--hub-secs is at most 600 and --hub-subs at most 100000");
         }
         Ok(opts)
     }
@@ -645,6 +675,7 @@ struct Client {
     connector: TlsConnector,
     addr: SocketAddr,
     url: String,
+    read_buffer: usize,
 }
 
 impl Client {
@@ -666,7 +697,14 @@ impl Client {
             connector: TlsConnector::from(Arc::new(config)),
             addr,
             url: format!("wss://localhost:{}{path}", addr.port()),
+            read_buffer: READ_BUFFER,
         })
+    }
+
+    /// The same client with this WebSocket read buffer.
+    fn with_read_buffer(mut self, bytes: usize) -> Client {
+        self.read_buffer = bytes;
+        self
     }
 
     async fn connect(&self) -> anyhow::Result<Ws> {
@@ -680,7 +718,7 @@ impl Client {
             let (ws, _) = tokio_tungstenite::client_async_with_config(
                 self.url.as_str(),
                 tls,
-                Some(ws_config()),
+                Some(WebSocketConfig::default().read_buffer_size(self.read_buffer)),
             )
             .await?;
             anyhow::Ok(ws)
@@ -1034,7 +1072,16 @@ fn run(opts: Opts) -> anyhow::Result<()> {
             nofile()
         );
     }
+    if (opts.hub_idle.max(*opts.hub_subs.last().unwrap_or(&0)) as u64) + 200 > nofile() {
+        eprintln!(
+            "warning: {} hub connections need about as many descriptors in the load generator \
+             and in wsgate; the limit is {}",
+            opts.hub_idle.max(*opts.hub_subs.last().unwrap_or(&0)),
+            nofile()
+        );
+    }
     let ca = opts.dir.join("ca.pem");
+    let mut hub_results = HubResults::default();
     let mut results: Results = BTreeMap::new();
     let mut failures: Vec<String> = Vec::new();
     let mut handshake_failures: BTreeMap<Target, u64> = BTreeMap::new();
@@ -1073,9 +1120,19 @@ fn run(opts: Opts) -> anyhow::Result<()> {
             }
             drop(stack);
         }
+        eprintln!(
+            "[{:>5.1}s] repeat {}/{}: kernel floor and wsgate hub",
+            started.elapsed().as_secs_f64(),
+            repeat + 1,
+            opts.repeats,
+        );
+        for e in rt.block_on(measure_hub(&opts, &ca, &mut hub_results)) {
+            failures.push(format!("hub (repeat {}): {e:#}", repeat + 1));
+        }
     }
     rt.shutdown_timeout(Duration::from_secs(2));
     print_table(&opts, &results, &handshake_failures);
+    print_hub_table(&opts, &hub_results);
     if !failures.is_empty() {
         println!("\nFailed measures (missing from the table):");
         for f in &failures {
@@ -1259,6 +1316,771 @@ fn print_table(opts: &Opts, results: &Results, handshake_failures: &BTreeMap<Tar
         opts.sessions,
         if opts.quick {
             " QUICK MODE: too short and too small to mean much; it checks that every target runs."
+        } else {
+            ""
+        }
+    );
+}
+
+// ---------------------------------------------------------------- the hub
+
+/// Publishes per second in the fan-out measures.
+const HUB_RATE: f64 = 100.0;
+/// Payload of one publish.
+const HUB_PAYLOAD: usize = 256;
+/// Bytes of one write in the kernel floor: about what one 256-byte publish
+/// costs on the wire (WebSocket header, TLS record header and tag).
+const FLOOR_WRITE: usize = 290;
+/// The sequence number of warm-up publishes.
+const WARM: u64 = u64::MAX;
+/// WebSocket read buffer of the load generator's hub clients.
+const HUB_READ_BUFFER: usize = 4096;
+
+/// The kernel floor's writer (a child process): connect `CONNS` TCP sockets
+/// to 127.0.0.1:PORT, then `RATE` times a second for `SECS` seconds write
+/// `SIZE` bytes to each with a plain blocking write (stopping after `SECS`
+/// seconds if it cannot keep that rate); write to OUT the writes done, this
+/// process's user and system CPU seconds over the loop (from
+/// /proc/self/stat), the loop's seconds, and how many ticks started late.
+fn floor_write(args: &[String]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let arg = |i: usize, name: &str| args.get(i).with_context(|| name.to_string());
+    let num = |i: usize, name: &str| -> anyhow::Result<f64> {
+        arg(i, name)?
+            .parse::<f64>()
+            .with_context(|| name.to_string())
+    };
+    let port = num(0, "PORT")? as u16;
+    let conns = num(1, "CONNS")? as usize;
+    let rate = num(2, "RATE")?;
+    let secs = num(3, "SECS")?;
+    let size = num(4, "SIZE")? as usize;
+    let clk_tck = num(5, "CLK_TCK")?;
+    let out = PathBuf::from(arg(6, "OUT")?);
+    if rate <= 0.0 || rate > 10_000.0 || secs <= 0.0 || secs > 600.0 {
+        bail!("RATE must be in (0, 10000] and SECS in (0, 600]");
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut socks = Vec::with_capacity(conns);
+    let connecting = Instant::now();
+    for _ in 0..conns {
+        let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_nodelay(true)?;
+        // A reader that stops cannot hold the loop for long.
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        socks.push(s);
+    }
+    eprintln!(
+        "floor-write: {conns} connected in {:.2} s",
+        connecting.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let payload = vec![0x5au8; size];
+    let ticks = (rate * secs).round().max(1.0) as u64;
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let me = std::process::id();
+    let (user0, sys0) = proc_cpu(me, clk_tck);
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(secs);
+    let (mut writes, mut late) = (0u64, 0u64);
+    for tick in 0..ticks {
+        let due = t0 + period.mul_f64(tick as f64);
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if due > now {
+            std::thread::sleep(due - now);
+        } else if tick > 0 {
+            late += 1;
+        }
+        for s in &mut socks {
+            s.write_all(&payload)?;
+            writes += 1;
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let (user1, sys1) = proc_cpu(me, clk_tck);
+    std::fs::write(
+        &out,
+        format!(
+            "{writes} {} {} {elapsed} {late}\n",
+            user1 - user0,
+            sys1 - sys0
+        ),
+    )?;
+    Ok(())
+}
+
+/// CPU seconds of one process (not its children): (user, system).
+fn proc_cpu(pid: u32, clk_tck: f64) -> (f64, f64) {
+    let f = stat_fields(pid).unwrap_or_default();
+    let n = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    (n(11) as f64 / clk_tck, n(12) as f64 / clk_tck)
+}
+
+struct Floor {
+    writes_per_sec: f64,
+    cpu_us_per_write: f64,
+    system_us_per_write: f64,
+    late_ticks: u64,
+}
+
+/// The kernel floor for `conns` sockets: the writer is a child process, the
+/// far ends are read and discarded here.
+async fn floor(opts: &Opts, conns: usize) -> anyhow::Result<Floor> {
+    let me = std::env::current_exe()?;
+    // The far ends: a reader process of its own, which writes its port, and
+    // when every connection has closed, the bytes it read.
+    let port_file = opts.dir.join(format!("floor-read-{conns}.port"));
+    let read_file = opts.dir.join(format!("floor-read-{conns}.out"));
+    let _ = std::fs::remove_file(&port_file);
+    let _ = std::fs::remove_file(&read_file);
+    let mut cmd = Command::new(&me);
+    cmd.arg("floor-read")
+        .arg(conns.to_string())
+        .arg((opts.hub_secs + 60.0).to_string())
+        .arg(&port_file)
+        .arg(&read_file);
+    let mut reader = Proc::spawn(opts, "floor-read", cmd)?;
+    let mut port = None;
+    for _ in 0..200 {
+        if let Some(p) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<u16>().ok())
+        {
+            port = Some(p);
+            break;
+        }
+        if let Ok(Some(status)) = reader.child.try_wait() {
+            bail!("the floor's reader exited ({status}); see floor-read.log");
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    let port = port.context("the floor's reader gave no port in 10 s")?;
+    let out = opts.dir.join(format!("floor-{conns}.out"));
+    let _ = std::fs::remove_file(&out);
+    let mut cmd = Command::new(&me);
+    cmd.arg("floor-write")
+        .arg(port.to_string())
+        .arg(conns.to_string())
+        .arg(HUB_RATE.to_string())
+        .arg(opts.hub_secs.to_string())
+        .arg(FLOOR_WRITE.to_string())
+        .arg(opts.clk_tck.to_string())
+        .arg(&out);
+    let mut writer = Proc::spawn(opts, "floor", cmd)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(opts.hub_secs + 60.0);
+    let status = loop {
+        if let Some(status) = writer.child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            bail!("the floor's writer did not finish in time; see floor.log");
+        }
+        sleep(Duration::from_millis(20)).await;
+    };
+    drop(writer);
+    let result = async {
+        if !status.success() {
+            bail!("the floor's writer failed ({status}); see floor.log");
+        }
+        let text = std::fs::read_to_string(&out)?;
+        let f: Vec<f64> = text
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        let [writes, user, system, elapsed, late] = f[..] else {
+            bail!("the floor's writer wrote {text:?}");
+        };
+        // Everything written was read: the reader ends when every
+        // connection has closed.
+        let expected = writes as u64 * FLOOR_WRITE as u64;
+        let until = Instant::now() + Duration::from_secs(10);
+        while reader.child.try_wait()?.is_none() && Instant::now() < until {
+            sleep(Duration::from_millis(10)).await;
+        }
+        let got: u64 = std::fs::read_to_string(&read_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .context("the floor's reader did not finish; see floor-read.log")?;
+        if got != expected {
+            bail!("the floor's readers got {got} of {expected} bytes");
+        }
+        if writes == 0.0 {
+            bail!("the floor's writer wrote nothing");
+        }
+        Ok(Floor {
+            writes_per_sec: writes / elapsed.max(1e-9),
+            cpu_us_per_write: (user + system) * 1e6 / writes,
+            system_us_per_write: system * 1e6 / writes,
+            late_ticks: late as u64,
+        })
+    }
+    .await;
+    drop(reader);
+    result
+}
+
+/// The kernel floor's reader (a child process): listen on 127.0.0.1:0 and
+/// write the port to PORT_FILE; accept `CONNS` connections and read and
+/// discard until each has closed, or for at most `SECS` seconds; then write
+/// the bytes read to OUT.
+fn floor_read(args: &[String]) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let arg = |i: usize, name: &str| args.get(i).with_context(|| name.to_string());
+    let conns: usize = arg(0, "CONNS")?.parse()?;
+    let secs: f64 = arg(1, "SECS")?.parse()?;
+    let port_file = PathBuf::from(arg(2, "PORT_FILE")?);
+    let out = PathBuf::from(arg(3, "OUT")?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let listener = socket.listen(4096)?;
+        std::fs::write(&port_file, listener.local_addr()?.port().to_string())?;
+        let read = Arc::new(AtomicU64::new(0));
+        let mut readers = tokio::task::JoinSet::new();
+        let work = async {
+            let mut accepted = 0;
+            while accepted < conns {
+                match listener.accept().await {
+                    Ok((mut tcp, _)) => {
+                        accepted += 1;
+                        let read = read.clone();
+                        readers.spawn(async move {
+                            let mut buf = vec![0u8; 2048];
+                            while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                                read.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        eprintln!("floor-read: accept: {e}");
+                        sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            while readers.join_next().await.is_some() {}
+        };
+        if timeout(Duration::from_secs_f64(secs), work).await.is_err() {
+            eprintln!("floor-read: gave up after {secs} s");
+        }
+        std::fs::write(&out, read.load(Ordering::Relaxed).to_string())?;
+        anyhow::Ok(())
+    })
+}
+
+/// wsgate with three raw hub routes: `/hub` (the fan-out room), `/idle` (the
+/// idle connections' room) and `/probe`.
+fn start_hub(opts: &Opts) -> anyhow::Result<Stack> {
+    let port = free_port()?;
+    let cert = opts.dir.join("cert.pem");
+    let key = opts.dir.join("key.pem");
+    let most = opts.hub_idle.max(*opts.hub_subs.last().unwrap_or(&0));
+    let route = |path: &str| {
+        format!(
+            "[[routes]]\npath = \"/{path}\"\nkind = \"hub\"\nprotocol = \"raw\"\n\
+             channel = \"{path}\"\npublish_rate = 1000000000\npublish_burst = 1000000000\n\n"
+        )
+    };
+    let config = opts.dir.join("wsgate-hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n\n[admin]\naddr = \"127.0.0.1:0\"\n\n\
+             [tls]\ncert = {cert:?}\nkey = {key:?}\n\n[limits]\nmax_connections = {}\n\n{}{}{}",
+            most + 1000,
+            route("hub"),
+            route("idle"),
+            route("probe"),
+        ),
+    )?;
+    let mut cmd = Command::new(&opts.wsgate);
+    cmd.arg("--config").arg(&config);
+    let mut p = Proc::spawn(opts, "wsgate-hub", cmd)?;
+    wait_listening(port, &mut p)?;
+    let measured = p.pid();
+    Ok(Stack {
+        procs: vec![p],
+        addr: ([127, 0, 0, 1], port).into(),
+        path: "/hub",
+        measured,
+    })
+}
+
+/// The table's cells: (row key, column) to the value of each repeat.
+/// Column 0 is the floor, column 1 the hub.
+#[derive(Default)]
+struct HubResults {
+    values: BTreeMap<(String, usize), Vec<f64>>,
+}
+
+impl HubResults {
+    fn put(&mut self, key: String, col: usize, v: f64) {
+        self.values.entry((key, col)).or_default().push(v);
+    }
+}
+
+/// The floor for every subscriber count, then on one fresh wsgate: the idle
+/// hub connections' memory, then the fan-out to every subscriber count (the
+/// subscribers of one count stay for the next). The errors of the measures
+/// that failed.
+async fn measure_hub(opts: &Opts, ca: &Path, results: &mut HubResults) -> Vec<anyhow::Error> {
+    let mut errors = Vec::new();
+    for &n in &opts.hub_subs {
+        match floor(opts, n).await {
+            Ok(f) => {
+                results.put(format!("{n}:cpu"), 0, f.cpu_us_per_write);
+                results.put(format!("{n}:sys"), 0, f.system_us_per_write);
+                results.put(format!("{n}:rate"), 0, f.writes_per_sec);
+                if f.late_ticks > 0 {
+                    eprintln!(
+                        "  floor, {n} sockets: {} ticks started late ({:.0} writes/s)",
+                        f.late_ticks, f.writes_per_sec
+                    );
+                }
+            }
+            Err(e) => errors.push(e.context(format!("kernel floor, {n} sockets"))),
+        }
+    }
+    let stack = match start_hub(opts) {
+        Ok(s) => s,
+        Err(e) => {
+            errors.push(e.context("start wsgate with hub routes"));
+            return errors;
+        }
+    };
+    let pid = stack.measured;
+    let client = |path: &str| -> anyhow::Result<Client> {
+        Ok(Client::new(ca, stack.addr, path)?.with_read_buffer(HUB_READ_BUFFER))
+    };
+    let (hub, idle, probe) = match (client("/hub"), client("/idle"), client("/probe")) {
+        (Ok(h), Ok(i), Ok(p)) => (h, i, p),
+        _ => {
+            errors.push(anyhow!("hub clients"));
+            return errors;
+        }
+    };
+    eprintln!("  hub: {} idle connections", opts.hub_idle);
+    match hub_idle(opts, &idle, &probe, pid).await {
+        Ok(m) => {
+            results.put("idle:kib".into(), 1, m.kib);
+            results.put("idle:opened".into(), 1, m.opened as f64);
+            results.put("idle:failed".into(), 1, m.failed as f64);
+        }
+        Err(e) => errors.push(e.context("idle hub connections")),
+    }
+    // The idle connections are gone (dropped); let wsgate notice.
+    sleep(Duration::from_millis(500)).await;
+    let mut publisher = match hub.connect().await {
+        Ok(ws) => ws,
+        Err(e) => {
+            errors.push(e.context("publisher"));
+            return errors;
+        }
+    };
+    let mut subs: Vec<Ws> = Vec::new();
+    for &n in &opts.hub_subs {
+        eprintln!("  hub fan-out to {n} subscribers");
+        let (more, failed) = hub.connect_many(n - subs.len()).await;
+        subs.extend(more);
+        if failed > 0 {
+            errors.push(anyhow!(
+                "fan-out to {n}: {failed} subscribers failed to connect"
+            ));
+            break;
+        }
+        let (back, outcome) = fanout(opts, subs, &mut publisher, pid).await;
+        subs = back;
+        match outcome {
+            Ok(f) => {
+                results.put(format!("{n}:cpu"), 1, f.cpu_us_per_delivery);
+                results.put(format!("{n}:sys"), 1, f.system_us_per_delivery);
+                results.put(format!("{n}:rate"), 1, f.deliveries_per_sec);
+                results.put(format!("{n}:p50"), 1, f.p50_ms);
+                results.put(format!("{n}:p99"), 1, f.p99_ms);
+                results.put(format!("{n}:lost"), 1, f.lost as f64);
+                results.put(format!("{n}:reordered"), 1, f.reordered as f64);
+                results.put(format!("{n}:expected"), 1, f.expected as f64);
+                results.put(format!("{n}:closed"), 1, f.closed as f64);
+                if f.closed > 0 {
+                    errors.push(anyhow!(
+                        "fan-out to {n}: {} subscribers were closed by the gateway",
+                        f.closed
+                    ));
+                    break;
+                }
+            }
+            Err(e) => {
+                errors.push(e.context(format!("fan-out to {n}")));
+                break;
+            }
+        }
+        sleep(Duration::from_millis(300)).await;
+    }
+    drop(subs);
+    drop(publisher);
+    drop(stack);
+    errors
+}
+
+struct HubIdle {
+    kib: f64,
+    opened: usize,
+    failed: usize,
+}
+
+/// RSS of wsgate per idle hub connection: `hub_idle` connections opened to a
+/// raw room (none sends anything), then a round trip through another room
+/// from a fresh connection (everything before it is set up).
+async fn hub_idle(opts: &Opts, idle: &Client, probe: &Client, pid: u32) -> anyhow::Result<HubIdle> {
+    let before = rss_kib(pid);
+    let (conns, failed) = idle.connect_many(opts.hub_idle).await;
+    if conns.is_empty() {
+        bail!("no idle hub connection opened ({failed} failed)");
+    }
+    let mut a = probe.connect().await?;
+    let mut b = probe.connect().await?;
+    a.send(Message::Binary(Bytes::from_static(b"probe")))
+        .await?;
+    timeout(Duration::from_secs(10), async {
+        loop {
+            match b.next().await {
+                Some(Ok(Message::Binary(_))) => return Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                None => bail!("probe closed"),
+            }
+        }
+    })
+    .await
+    .context("no probe through the hub in 10 s")??;
+    sleep(Duration::from_millis(300)).await;
+    let after = rss_kib(pid);
+    let opened = conns.len();
+    drop((conns, a, b));
+    Ok(HubIdle {
+        kib: after.saturating_sub(before) as f64 / opened as f64,
+        opened,
+        failed,
+    })
+}
+
+struct Fanout {
+    deliveries_per_sec: f64,
+    cpu_us_per_delivery: f64,
+    system_us_per_delivery: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    expected: u64,
+    lost: u64,
+    reordered: u64,
+    closed: u64,
+}
+
+#[derive(Default)]
+struct FanCtl {
+    /// Subscribers that have seen a warm-up publish.
+    ready: AtomicU64,
+    /// Measured publishes delivered, over all subscribers.
+    delivered: AtomicU64,
+    stop: AtomicBool,
+}
+
+struct SubStats {
+    received: u64,
+    reordered: u64,
+    /// Publish-to-delivery, µs.
+    samples: Vec<u32>,
+}
+
+/// One subscriber: reads until it has every measured publish or is told to
+/// stop; the connection back (none if the gateway closed it).
+async fn subscriber(
+    mut ws: Ws,
+    ctl: Arc<FanCtl>,
+    base: Instant,
+    publishes: u64,
+) -> (Option<Ws>, SubStats) {
+    let mut stats = SubStats {
+        received: 0,
+        reordered: 0,
+        samples: Vec::with_capacity(publishes as usize),
+    };
+    let (mut warmed, mut next) = (false, 0u64);
+    // Bounded: at most every publish, and the stop flag is looked at every
+    // 200 ms.
+    while stats.received < publishes && !ctl.stop.load(Ordering::Relaxed) {
+        // A frame already here is taken without arming a timer.
+        let msg = match ws.next().now_or_never() {
+            Some(msg) => msg,
+            None => match timeout(Duration::from_millis(200), ws.next()).await {
+                Ok(msg) => msg,
+                Err(_) => continue,
+            },
+        };
+        match msg {
+            Some(Ok(Message::Binary(b))) if b.len() >= 16 => {
+                let now = base.elapsed().as_nanos() as u64;
+                let seq = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+                let sent = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+                if seq == WARM {
+                    if !warmed {
+                        warmed = true;
+                        ctl.ready.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                if seq < next {
+                    stats.reordered += 1;
+                } else {
+                    next = seq + 1;
+                }
+                stats.received += 1;
+                ctl.delivered.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .samples
+                    .push((now.saturating_sub(sent) / 1000).min(u32::MAX as u64) as u32);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return (None, stats),
+        }
+    }
+    (Some(ws), stats)
+}
+
+/// One publisher sends `HUB_RATE` publishes a second of `HUB_PAYLOAD` bytes
+/// for `hub_secs` into the room of `subs`; every subscriber should get every
+/// publish, in order. The gateway's CPU is taken from the first publish to
+/// the last delivery.
+async fn fanout(
+    opts: &Opts,
+    subs: Vec<Ws>,
+    publisher: &mut Ws,
+    pid: u32,
+) -> (Vec<Ws>, anyhow::Result<Fanout>) {
+    let n = subs.len() as u64;
+    let publishes = (HUB_RATE * opts.hub_secs).round().max(1.0) as u64;
+    let ctl = Arc::new(FanCtl::default());
+    let base = Instant::now();
+    let tasks: Vec<_> = subs
+        .into_iter()
+        .map(|ws| tokio::spawn(subscriber(ws, ctl.clone(), base, publishes)))
+        .collect();
+    let stamp = |seq: u64| {
+        let mut payload = vec![0x5au8; HUB_PAYLOAD];
+        payload[..8].copy_from_slice(&seq.to_le_bytes());
+        payload[8..16].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
+        Message::Binary(Bytes::from(payload))
+    };
+    let outcome = async {
+        // Every subscriber is in the room: warm-up publishes until each has
+        // seen one (at most 30 s).
+        let until = Instant::now() + Duration::from_secs(30);
+        while ctl.ready.load(Ordering::Relaxed) < n {
+            if Instant::now() > until {
+                bail!(
+                    "only {} of {n} subscribers got a warm-up publish in 30 s",
+                    ctl.ready.load(Ordering::Relaxed)
+                );
+            }
+            publisher.send(stamp(WARM)).await?;
+            sleep(Duration::from_millis(200)).await;
+        }
+        sleep(Duration::from_millis(300)).await;
+        let (user0, sys0) = cpu_split(pid, opts.clk_tck);
+        let t0 = Instant::now();
+        let period = Duration::from_secs_f64(1.0 / HUB_RATE);
+        for seq in 0..publishes {
+            tokio::time::sleep_until(t0 + period.mul_f64(seq as f64)).await;
+            publisher.send(stamp(seq)).await?;
+        }
+        // Every delivery, or 10 s after the last publish.
+        let expected = n * publishes;
+        let until = Instant::now() + Duration::from_secs(10);
+        while ctl.delivered.load(Ordering::Relaxed) < expected && Instant::now() < until {
+            sleep(Duration::from_millis(5)).await;
+        }
+        let (user1, sys1) = cpu_split(pid, opts.clk_tck);
+        Ok((
+            user1 + sys1 - user0 - sys0,
+            sys1 - sys0,
+            expected,
+            t0.elapsed(),
+        ))
+    }
+    .await;
+    ctl.stop.store(true, Ordering::Relaxed);
+    let mut back = Vec::with_capacity(tasks.len());
+    let mut samples: Vec<u32> = Vec::new();
+    let (mut received, mut reordered, mut closed) = (0u64, 0u64, 0u64);
+    let joined = timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(tasks),
+    )
+    .await;
+    let Ok(joined) = joined else {
+        return (back, Err(anyhow!("subscribers did not stop within 20 s")));
+    };
+    for (ws, stats) in joined.into_iter().flatten() {
+        match ws {
+            Some(ws) => back.push(ws),
+            None => closed += 1,
+        }
+        received += stats.received;
+        reordered += stats.reordered;
+        samples.extend(stats.samples);
+    }
+    let result = outcome.and_then(|(cpu, system, expected, elapsed)| {
+        if received == 0 {
+            bail!("no publish was delivered");
+        }
+        samples.sort_unstable();
+        let pct = |q: f64| {
+            samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)] as f64 / 1000.0
+        };
+        Ok(Fanout {
+            deliveries_per_sec: received as f64 / elapsed.as_secs_f64(),
+            cpu_us_per_delivery: cpu * 1e6 / received as f64,
+            system_us_per_delivery: system * 1e6 / received as f64,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            expected,
+            lost: expected.saturating_sub(received),
+            reordered,
+            closed,
+        })
+    });
+    (back, result)
+}
+
+fn print_hub_table(opts: &Opts, results: &HubResults) {
+    let values = |key: &str, col: usize| {
+        results
+            .values
+            .get(&(key.to_string(), col))
+            .filter(|v| !v.is_empty())
+    };
+    let cell = |key: &str, col: usize, digits: usize| -> (Option<f64>, String) {
+        let Some(v) = values(key, col) else {
+            return (None, "–".to_string());
+        };
+        let m = median(v);
+        let mut s = fmt_num(m, digits);
+        if v.len() > 1 {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let _ = write!(s, " ({}–{})", fmt_num(lo, digits), fmt_num(hi, digits));
+        }
+        (Some(m), s)
+    };
+    let sum = |key: &str, col: usize| values(key, col).map(|v| v.iter().sum::<f64>());
+    println!();
+    println!("| hub measure | kernel floor | wsgate hub | wsgate / floor |");
+    println!("| --- | --- | --- | --- |");
+    for &n in &opts.hub_subs {
+        let rows = [
+            (
+                format!(
+                    "hub fan-out, {} subscribers x {HUB_RATE} publishes/s x {HUB_PAYLOAD} B: \
+                     CPU us per delivery (floor: per {FLOOR_WRITE} B write)",
+                    fmt_num(n as f64, 0)
+                ),
+                "cpu",
+                2,
+                true,
+            ),
+            (
+                "  same: of which system (kernel) CPU us".to_string(),
+                "sys",
+                2,
+                true,
+            ),
+            (
+                "  same: writes / deliveries per second achieved".to_string(),
+                "rate",
+                0,
+                false,
+            ),
+            (
+                "  same: publish-to-delivery p50 ms".to_string(),
+                "p50",
+                2,
+                false,
+            ),
+            (
+                "  same: publish-to-delivery p99 ms".to_string(),
+                "p99",
+                2,
+                false,
+            ),
+        ];
+        for (label, what, digits, ratio) in rows {
+            let key = format!("{n}:{what}");
+            let (f, ftext) = cell(&key, 0, digits);
+            let (h, htext) = cell(&key, 1, digits);
+            let r = match (h, f) {
+                (Some(h), Some(f)) if ratio && f != 0.0 => format!("{:.2}", h / f),
+                _ => "–".to_string(),
+            };
+            println!("| {} | {ftext} | {htext} | {r} |", label.trim_start());
+        }
+        let lost = match (
+            sum(&format!("{n}:lost"), 1),
+            sum(&format!("{n}:reordered"), 1),
+            sum(&format!("{n}:expected"), 1),
+        ) {
+            (Some(l), Some(r), Some(e)) => {
+                format!("{} / {} of {}", fmt_num(l, 0), fmt_num(r, 0), fmt_num(e, 0))
+            }
+            _ => "–".to_string(),
+        };
+        println!("| same: deliveries lost / reordered, all runs | | {lost} | |");
+    }
+    let (_, kib) = cell("idle:kib", 1, 1);
+    println!(
+        "| RSS KiB per idle hub connection ({} per run) | | {kib} | |",
+        fmt_num(opts.hub_idle as f64, 0)
+    );
+    let opened = values("idle:opened", 1).map_or("–".to_string(), |v| {
+        v.iter()
+            .map(|x| fmt_num(*x, 0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    let failed = sum("idle:failed", 1).map_or("–".to_string(), |f| fmt_num(f, 0));
+    println!(
+        "| idle hub connections opened per run (failed in all runs) | | {opened} ({failed}) | |"
+    );
+    println!(
+        "\nidle hub connections: {opened} opened of {} per run, {failed} failed in all runs.",
+        fmt_num(opts.hub_idle as f64, 0)
+    );
+    println!(
+        "\nHub: medians of {} run(s), (min–max) when repeated. Kernel floor = a plain blocking \
+         loop in its own process writing one {FLOOR_WRITE}-byte write to each of N loopback TCP \
+         sockets {HUB_RATE} times a second for {} s (the far ends read and discard in a reader process \
+         of their own); its utime+stime per write. wsgate hub = a fresh wsgate ({} tokio workers) \
+         with a raw hub room; N subscribers over wss and one publisher in the load generator; \
+         {HUB_RATE} publishes/s of {HUB_PAYLOAD} B (send time stamped in the payload) for {} s; \
+         wsgate's utime+stime from the first publish to the last delivery / deliveries (N x \
+         publishes; lost = not delivered within 10 s of the last publish; reordered = a publish \
+         older than one already delivered to that subscriber). The rates achieved show whether \
+         the machine kept up: where the floor could not write 100 x N a second it ran for the \
+         same seconds at the rate it could; where wsgate could not, frames queued and left in \
+         fewer, larger writes, so its CPU per delivery can fall below the floor's one write per \
+         delivery. Each subscriber count is measured on the same process, subscribers added \
+         from one count to the next. Idle: RSS delta of a fresh wsgate / idle connections \
+         opened to a raw room that never sends.{}",
+        opts.repeats,
+        opts.hub_secs,
+        opts.workers,
+        opts.hub_secs,
+        if opts.quick {
+            " QUICK MODE: too short and too small to mean much."
         } else {
             ""
         }

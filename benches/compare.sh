@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # wsgate against nginx, in one run on 127.0.0.1: see benches/compare.rs.
 #
-#   benches/compare.sh            full run (3 repeats; about 4 minutes on 2 cores after the build)
-#   benches/compare.sh --quick    every target and measure once, tiny and short (CI; about 25 s)
+#   benches/compare.sh            full run (3 repeats; about 6 minutes on 2 cores after the build)
+#   benches/compare.sh --quick    every target and measure once, tiny and short (CI; about 30 s)
+#
+# Prints two tables: the relay (wsgate, nginx, a direct wss backend) and the
+# hub (wsgate's fan-out against the kernel floor of a plain write loop, and
+# the memory of idle hub connections).
 #
 # Options (or the environment variable in brackets):
 #   --repeats N   [COMPARE_REPEATS]   repeats of every measure (default 3, quick 1)
 #   --sessions N  [COMPARE_SESSIONS]  sessions for the memory measures (default 2000, quick 100)
 #   --secs S      [COMPARE_SECS]      measured seconds per load measure (default 4, quick 1)
 #   --workers N   [COMPARE_WORKERS]   wsgate tokio workers = nginx worker_processes (default 2)
+#   --hub-subs L  [COMPARE_HUB_SUBS]  hub subscriber counts, comma-separated (default 1000,5000,10000;
+#                                     quick 100)
+#   --hub-secs S  [COMPARE_HUB_SECS]  seconds of publishing per fan-out measure (default 4, quick 1)
+#   --hub-idle N  [COMPARE_HUB_IDLE]  idle hub connections for the memory measure (default 2000,
+#                                     quick 100; up to about 19000 under a 20000 descriptor limit)
 #
 # Installs nginx (Debian nginx-light, else nginx) if it is missing (as root,
 # or through sudo). Everything it starts is stopped when it exits, however it exits.
@@ -20,17 +29,20 @@ args=()
 [[ -n "${COMPARE_REPEATS:-}" ]] && args+=(--repeats "$COMPARE_REPEATS")
 [[ -n "${COMPARE_SESSIONS:-}" ]] && args+=(--sessions "$COMPARE_SESSIONS")
 [[ -n "${COMPARE_SECS:-}" ]] && args+=(--secs "$COMPARE_SECS")
+[[ -n "${COMPARE_HUB_SUBS:-}" ]] && args+=(--hub-subs "$COMPARE_HUB_SUBS")
+[[ -n "${COMPARE_HUB_SECS:-}" ]] && args+=(--hub-secs "$COMPARE_HUB_SECS")
+[[ -n "${COMPARE_HUB_IDLE:-}" ]] && args+=(--hub-idle "$COMPARE_HUB_IDLE")
 workers="${COMPARE_WORKERS:-2}"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) args+=(--quick) ;;
-        --repeats|--sessions|--secs|--warmup)
+        --repeats|--sessions|--secs|--warmup|--hub-subs|--hub-secs|--hub-idle)
             [[ $# -ge 2 ]] || { echo "$1 needs a value" >&2; exit 2; }
             args+=("$1" "$2"); shift ;;
         --workers)
             [[ $# -ge 2 ]] || { echo "$1 needs a value" >&2; exit 2; }
             workers="$2"; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
