@@ -119,12 +119,38 @@ pub async fn wait_for_metric(gw: &Running, series: &str, value: f64) {
     }
 }
 
+/// The real binary, running: killed when dropped, so a test that fails
+/// half-way leaves no gateway behind.
+pub struct Binary(std::process::Child);
+
+impl std::ops::Deref for Binary {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Binary {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Start the real binary on `config_path`; returns it and its addresses
 /// (read from its "serving" log line).
 pub fn start_binary(
     config_path: &std::path::Path,
 ) -> (
-    std::process::Child,
+    Binary,
     std::net::SocketAddr,
     std::net::SocketAddr,
     std::sync::mpsc::Receiver<String>,
@@ -164,7 +190,7 @@ pub fn start_binary(
             let _ = tx.send(line);
         }
     });
-    (child, addr, admin, rx)
+    (Binary(child), addr, admin, rx)
 }
 
 /// Resident memory of a process, in KiB.
