@@ -15,9 +15,11 @@
 //!   through `conn`) or, when its policy allows, spliced to a target.
 //! - `upstream`: pools: choosing a member, failover, health; `forward`
 //!   builds the upgrade request a member gets; `egress` is the connection
-//!   to it (TCP, or through an egress proxy's CONNECT).
+//!   to it (TCP, or through an egress proxy's CONNECT); `client_handshake`
+//!   sends that request and checks the member's 101.
 //! - the session loops, one per route kind: `echo`; `relay` (client ↔
-//!   upstream frames, with backpressure); `hub` (pub/sub channels, direct
+//!   upstream frames as they came, checked by the [`frame`] layer, with
+//!   backpressure); `hub` (pub/sub channels, direct
 //!   messages, presence, resume, and its HTTP API).
 //! - `session`: what every loop shares: its context, keepalive pings, the
 //!   idle deadline, bounded writes, the close handshake.
@@ -26,7 +28,8 @@
 //! - [`metrics`], `admin`: Prometheus names and the admin listener.
 //! - [`shutdown`]: cancellation, task tracking, signals, readiness.
 //!
-//! Leaves that several stages share: [`names`] (host parsing, the two
+//! Leaves that several stages share: [`frame`] (RFC 6455 frames without
+//! messages: codec, rules, UTF-8, read buffers), [`names`] (host parsing, the two
 //! host-pattern rules, client and channel names), `headers` (has a body;
 //! constant-time secret comparison), `rate` (the one token bucket), and
 //! [`devcert`] (the development certificate).
