@@ -219,7 +219,10 @@ where
             }
         };
         if keep {
-            data.copy_within(at..at + len, out);
+            // Only after a dropped frame do the bytes that go on move up.
+            if out != at {
+                data.copy_within(at..at + len, out);
+            }
             out += len;
         }
         at += len;
