@@ -259,16 +259,19 @@ struct Opts {
     hub_secs: f64,
     /// Idle hub connections for the hub memory measure.
     hub_idle: usize,
+    /// Measure the hub only (no relay table).
+    hub_only: bool,
 }
 
 impl Opts {
     fn parse(args: &[String]) -> anyhow::Result<Opts> {
         let mut flags = BTreeMap::new();
-        let mut quick = false;
+        let (mut quick, mut hub_only) = (false, false);
         let mut i = 0;
         while i < args.len() {
             match args[i].as_str() {
                 "--quick" => quick = true,
+                "--hub-only" => hub_only = true,
                 // `cargo bench` appends this.
                 "--bench" => {}
                 flag if flag.starts_with("--") => {
@@ -311,6 +314,7 @@ impl Opts {
             },
             hub_secs: num("hub-secs", if quick { 1.0 } else { 4.0 })?,
             hub_idle: num("hub-idle", if quick { 100.0 } else { 2000.0 })? as usize,
+            hub_only,
         };
         let mut opts = opts;
         opts.hub_subs.sort_unstable();
@@ -1087,7 +1091,8 @@ fn run(opts: Opts) -> anyhow::Result<()> {
     let mut handshake_failures: BTreeMap<Target, u64> = BTreeMap::new();
     let rt = runtime();
     for repeat in 0..opts.repeats {
-        for target in TARGETS {
+        let relay_targets = if opts.hub_only { &[][..] } else { &TARGETS[..] };
+        for &target in relay_targets {
             eprintln!(
                 "[{:>5.1}s] repeat {}/{}: {}",
                 started.elapsed().as_secs_f64(),
@@ -1131,7 +1136,9 @@ fn run(opts: Opts) -> anyhow::Result<()> {
         }
     }
     rt.shutdown_timeout(Duration::from_secs(2));
-    print_table(&opts, &results, &handshake_failures);
+    if !opts.hub_only {
+        print_table(&opts, &results, &handshake_failures);
+    }
     print_hub_table(&opts, &hub_results);
     if !failures.is_empty() {
         println!("\nFailed measures (missing from the table):");

@@ -3,6 +3,7 @@
 #
 #   benches/compare.sh            full run (3 repeats; about 6 minutes on 2 cores after the build)
 #   benches/compare.sh --quick    every target and measure once, tiny and short (CI; about 30 s)
+#   benches/compare.sh --hub-only the hub table alone (no relay targets)
 #
 # Prints two tables: the relay (wsgate, nginx, a direct wss backend) and the
 # hub (wsgate's fan-out against the kernel floor of a plain write loop, and
@@ -18,6 +19,8 @@
 #   --hub-secs S  [COMPARE_HUB_SECS]  seconds of publishing per fan-out measure (default 4, quick 1)
 #   --hub-idle N  [COMPARE_HUB_IDLE]  idle hub connections for the memory measure (default 2000,
 #                                     quick 100; up to about 19000 under a 20000 descriptor limit)
+#   --wsgate BIN  [COMPARE_WSGATE]    measure this wsgate binary instead of building one
+#                                     (an older build, for a before/after comparison)
 #
 # Installs nginx (Debian nginx-light, else nginx) if it is missing (as root,
 # or through sudo). Everything it starts is stopped when it exits, however it exits.
@@ -33,16 +36,21 @@ args=()
 [[ -n "${COMPARE_HUB_SECS:-}" ]] && args+=(--hub-secs "$COMPARE_HUB_SECS")
 [[ -n "${COMPARE_HUB_IDLE:-}" ]] && args+=(--hub-idle "$COMPARE_HUB_IDLE")
 workers="${COMPARE_WORKERS:-2}"
+wsgate="${COMPARE_WSGATE:-}"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) args+=(--quick) ;;
+        --hub-only) args+=(--hub-only) ;;
         --repeats|--sessions|--secs|--warmup|--hub-subs|--hub-secs|--hub-idle)
             [[ $# -ge 2 ]] || { echo "$1 needs a value" >&2; exit 2; }
             args+=("$1" "$2"); shift ;;
         --workers)
             [[ $# -ge 2 ]] || { echo "$1 needs a value" >&2; exit 2; }
             workers="$2"; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --wsgate)
+            [[ $# -ge 2 ]] || { echo "$1 needs a value" >&2; exit 2; }
+            wsgate="$(realpath "$2")"; shift ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -108,8 +116,11 @@ echo "$("$nginx_bin" -v 2>&1)" >&2
 runner="$(cargo bench --bench compare --no-run --message-format=json \
     | grep -o '"executable":"[^"]*/deps/compare-[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/')"
 [[ -x "$runner" ]] || { echo "could not build the compare bench" >&2; exit 1; }
-cargo build --release --bin wsgate >&2
-wsgate="$(pwd)/target/release/wsgate"
+if [[ -z "$wsgate" ]]; then
+    cargo build --release --bin wsgate >&2
+    wsgate="$(pwd)/target/release/wsgate"
+fi
+[[ -x "$wsgate" ]] || { echo "no wsgate binary at $wsgate" >&2; exit 1; }
 
 # The certificate, as users make it.
 "$wsgate" gen-cert --host localhost --host 127.0.0.1 --out "$dir" >/dev/null 2>&1

@@ -157,25 +157,25 @@ async fn session(
     ctx.metrics.opened.increment(1);
     ctx.metrics.active.increment(1.0);
 
+    // Each kind's loop is boxed at its own size: the task's future holds a
+    // pointer, so a connection pays only for its own kind's state.
     let end = match peer {
         Peer::Echo => {
-            let mut client = websocket(client).await;
-            let end = echo::run(&mut client, &ctx).await;
-            finish(&mut client, end.plan(Side::Client), limits.close_timeout).await;
-            end
+            Box::pin(async {
+                let mut client = websocket(client).await;
+                let end = echo::run(&mut client, &ctx).await;
+                finish(&mut client, end.plan(Side::Client), limits.close_timeout).await;
+                end
+            })
+            .await
         }
         Peer::Hub(hub_client) => {
-            let mut client = websocket(client).await;
-            let end = hub::session::run(&mut client, &ctx, &shared.hub, &hub_client).await;
-            // Leave the hub (and tell presence listeners) before the close handshake.
-            drop(hub_client);
-            finish(&mut client, end.plan(Side::Client), limits.close_timeout).await;
-            end
+            Box::pin(hub::session::serve(client, &ctx, &shared.hub, hub_client)).await
         }
         Peer::Upstream(dialed) => {
             let Dialed { mut io, early, .. } = dialed;
             let mut client = client;
-            relay::run(&mut client, &mut io, early, &ctx).await
+            Box::pin(relay::run(&mut client, &mut io, early, &ctx)).await
         }
     };
 

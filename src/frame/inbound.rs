@@ -49,6 +49,11 @@ pub struct Inbound {
     utf8: Utf8Stream,
     control: [u8; MAX_CONTROL],
     control_len: u8,
+    /// Leave data payload unmasked in the buffer (a reader that keeps the
+    /// messages), instead of forwarding it as it came.
+    unmask: bool,
+    /// The message of the last data step is text.
+    text: bool,
 }
 
 impl Inbound {
@@ -59,7 +64,24 @@ impl Inbound {
             utf8: Utf8Stream::default(),
             control: [0; MAX_CONTROL],
             control_len: 0,
+            unmask: false,
+            text: false,
         }
+    }
+
+    /// For a reader that keeps what it reads: data payload is left
+    /// unmasked in the buffer (the last `payload` bytes of each
+    /// [`Step::Data`]).
+    pub fn unmasking(rules: Rules) -> Self {
+        Inbound {
+            unmask: true,
+            ..Inbound::new(rules)
+        }
+    }
+
+    /// Does the last [`Step::Data`] belong to a text message?
+    pub fn text(&self) -> bool {
+        self.text
     }
 
     /// The unmasked payload of the last [`Step::Control`].
@@ -122,8 +144,16 @@ impl Inbound {
                 }),
             };
         }
-        if p.text {
-            let bytes = &mut buf[at..at + take];
+        self.text = p.text;
+        let bytes = &mut buf[at..at + take];
+        if self.unmask {
+            if let Some(key) = p.mask {
+                apply_mask(bytes, key, p.seen);
+            }
+            if p.text {
+                self.utf8.feed(bytes)?;
+            }
+        } else if p.text {
             match p.mask {
                 Some(key) => {
                     apply_mask(bytes, key, p.seen);
@@ -293,5 +323,41 @@ mod tests {
             inbound.next(&mut wire[..2].to_vec()),
             Err(Violation::TooBig)
         );
+    }
+
+    #[test]
+    fn an_unmasking_reader_gets_the_plain_payload_and_the_message_kind() {
+        let key = Some([9, 8, 7, 6]);
+        let text = "héllo wörld 😀".repeat(9);
+        let mut wire = frame(false, OpCode::Text, key, &text.as_bytes()[..50]);
+        wire.extend(frame(
+            true,
+            OpCode::Continuation,
+            key,
+            &text.as_bytes()[50..],
+        ));
+        wire.extend(frame(true, OpCode::Binary, key, &[1, 2, 3]));
+        for chunk in [1, 5, 64, wire.len()] {
+            let mut inbound = Inbound::unmasking(Rules::new(Sender::Client, 1000, 1000));
+            let (mut buf, mut messages, mut message) = (Vec::new(), Vec::new(), Vec::new());
+            for piece in wire.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Step::Data { len, payload, end } = inbound.next(&mut buf).unwrap() {
+                    message.extend_from_slice(&buf[len - payload..len]);
+                    buf.drain(..len);
+                    if end {
+                        messages.push((inbound.text(), std::mem::take(&mut message)));
+                    }
+                    if buf.is_empty() {
+                        break;
+                    }
+                }
+            }
+            assert_eq!(
+                messages,
+                vec![(true, text.as_bytes().to_vec()), (false, vec![1, 2, 3])],
+                "chunk {chunk}"
+            );
+        }
     }
 }

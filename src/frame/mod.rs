@@ -217,6 +217,24 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: u64) {
     }
 }
 
+/// A whole unmasked frame (a server's), header and payload in one buffer:
+/// what is written as it is to every recipient of a message.
+pub fn server_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    let header = Header {
+        fin: true,
+        rsv: 0,
+        opcode,
+        mask: None,
+        len: payload.len() as u64,
+    };
+    let mut head = [0; MAX_HEADER];
+    let at = header.encode(&mut head);
+    let mut frame = Vec::with_capacity(at + payload.len());
+    frame.extend_from_slice(&head[..at]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
 /// A whole control frame as bytes: header and payload (at most 125 bytes,
 /// masked with `mask` on the way to a server).
 pub struct ControlFrame {
@@ -354,5 +372,16 @@ mod tests {
         let ping = ControlFrame::new(OpCode::Ping, b"hi", None);
         assert_eq!(ping.as_bytes(), &[0x89, 2, b'h', b'i']);
         assert_eq!(ControlFrame::close(None, "", None).as_bytes(), &[0x88, 0]);
+    }
+
+    #[test]
+    fn server_frames_are_one_unmasked_buffer() {
+        for len in [0, 125, 126, 70_000] {
+            let payload = vec![7u8; len];
+            let frame = server_frame(OpCode::Text, &payload);
+            let (h, at) = Header::parse(&frame).unwrap().unwrap();
+            assert_eq!(h, header(true, OpCode::Text, None, len as u64));
+            assert_eq!(&frame[at..], &payload[..]);
+        }
     }
 }

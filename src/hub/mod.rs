@@ -10,6 +10,7 @@
 //! lock is ever held across an `.await`.
 
 pub(crate) mod api;
+mod member;
 pub(crate) mod protocol;
 mod queue;
 pub(crate) mod session;
@@ -19,11 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HubConfig, HubProtocol, HubRoute, NamePolicy};
+use crate::frame::{OpCode, server_frame};
 use crate::metrics::HubMetrics;
 use protocol::Body;
 use queue::Pushed;
@@ -64,34 +66,45 @@ struct ChannelState {
     subscribers: HashMap<u64, Arc<Conn>>,
 }
 
-/// A channel message: serialized at most once per representation, shared by
-/// every recipient.
+/// A channel message: serialized and framed at most once per
+/// representation; the frame is shared by every recipient.
 struct Msg {
     seq: u64,
     at: Instant,
     channel: Arc<str>,
     from: Option<Arc<str>>,
     body: Body,
-    envelope: OnceLock<Utf8Bytes>,
+    /// The JSON envelope's frame.
+    envelope: OnceLock<Bytes>,
+    /// The body's own frame, for raw clients.
+    raw: OnceLock<Bytes>,
 }
 
 impl Msg {
-    fn frame(&self, json: bool) -> Message {
-        if json {
-            let envelope = self.envelope.get_or_init(|| {
-                protocol::message(&self.channel, self.seq, self.from.as_deref(), &self.body)
-            });
-            Message::Text(envelope.clone())
+    fn frame(&self, json: bool) -> Bytes {
+        let frame = if json {
+            self.envelope.get_or_init(|| {
+                let text =
+                    protocol::message(&self.channel, self.seq, self.from.as_deref(), &self.body);
+                text_frame(&text)
+            })
         } else {
-            raw_frame(&self.body)
-        }
+            self.raw.get_or_init(|| raw_frame(&self.body))
+        };
+        frame.clone()
     }
 }
 
-fn raw_frame(body: &Body) -> Message {
+/// A whole text frame, to be queued as it is.
+pub(crate) fn text_frame(text: &str) -> Bytes {
+    Bytes::from(server_frame(OpCode::Text, text.as_bytes()))
+}
+
+/// A body as a raw client receives it: text stays text, binary binary.
+fn raw_frame(body: &Body) -> Bytes {
     match body {
-        Body::Json(t) | Body::Text(t) => Message::Text(t.clone()),
-        Body::Binary(b) => Message::Binary(b.clone()),
+        Body::Json(t) | Body::Text(t) => text_frame(t),
+        Body::Binary(b) => Bytes::from(server_frame(OpCode::Binary, b)),
     }
 }
 
@@ -108,7 +121,7 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    fn push(&self, frame: Message, metrics: &HubMetrics) -> bool {
+    fn push(&self, frame: Bytes, metrics: &HubMetrics) -> bool {
         match self.queue.push(frame) {
             Pushed::Queued => true,
             Pushed::DroppedOldest(n) => {
@@ -123,8 +136,8 @@ impl Conn {
     }
 
     /// Queue a reply to this client itself.
-    pub(crate) fn reply(&self, text: Utf8Bytes) {
-        let _ = self.queue.push(Message::Text(text));
+    pub(crate) fn reply(&self, text: &str) {
+        let _ = self.queue.push(text_frame(text));
     }
 }
 
@@ -305,6 +318,7 @@ impl Hub {
             from: from.map(|c| c.name.clone()),
             body,
             envelope: OnceLock::new(),
+            raw: OnceLock::new(),
         });
         self.trim_history(&mut state.history, now);
         if self.0.config.history_size > 0 {
@@ -381,9 +395,9 @@ impl Hub {
             }
         }
         if state.subscribers.values().any(|s| s.presence) {
-            let join = protocol::presence_event("join", &channel.name, &conn.name);
+            let join = text_frame(&protocol::presence_event("join", &channel.name, &conn.name));
             for sub in state.subscribers.values().filter(|s| s.presence) {
-                sub.push(Message::Text(join.clone()), metrics);
+                sub.push(join.clone(), metrics);
             }
         }
         state.subscribers.insert(conn.id, conn.clone());
@@ -412,9 +426,13 @@ impl Hub {
             return;
         }
         if state.subscribers.values().any(|s| s.presence) {
-            let leave = protocol::presence_event("leave", &channel.name, &conn.name);
+            let leave = text_frame(&protocol::presence_event(
+                "leave",
+                &channel.name,
+                &conn.name,
+            ));
             for sub in state.subscribers.values().filter(|s| s.presence) {
-                sub.push(Message::Text(leave.clone()), metrics);
+                sub.push(leave.clone(), metrics);
             }
         }
         drop(state);
@@ -441,18 +459,15 @@ impl Hub {
     pub(crate) fn send(&self, to: &str, from: Option<&str>, body: Body) -> usize {
         let targets = lock(&self.0.clients).get(to).cloned().unwrap_or_default();
         let metrics = &self.0.metrics;
-        let envelope = OnceLock::new();
+        let (envelope, raw) = (OnceLock::new(), OnceLock::new());
         let mut delivered = 0;
         for conn in targets {
             let frame = if conn.json {
-                Message::Text(
-                    envelope
-                        .get_or_init(|| protocol::direct(from, &body))
-                        .clone(),
-                )
+                envelope.get_or_init(|| text_frame(&protocol::direct(from, &body)))
             } else {
-                raw_frame(&body)
-            };
+                raw.get_or_init(|| raw_frame(&body))
+            }
+            .clone();
             if conn.push(frame, metrics) {
                 delivered += 1;
             }

@@ -1,13 +1,15 @@
 //! A connection's outbound queue: bounded in messages and bytes, never
 //! waited on by the publisher. Allocated lazily (an idle connection holds an
 //! empty `VecDeque`), woken through a `Notify` that keeps one permit, so a
-//! push while the session is busy is never lost.
+//! push while the session is busy is never lost. What it holds are whole
+//! frames as they go on the wire, shared by every recipient of a message;
+//! the byte bound counts them whole.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::SlowConsumer;
 
@@ -21,7 +23,7 @@ pub(crate) struct Queue {
 
 #[derive(Default)]
 struct State {
-    items: VecDeque<Message>,
+    items: VecDeque<Bytes>,
     bytes: usize,
     /// Messages dropped (drop-oldest policy) since the session last looked.
     lagged: u64,
@@ -31,7 +33,7 @@ struct State {
 
 /// What the session takes out of the queue in one go.
 pub(crate) struct Batch {
-    pub(crate) items: VecDeque<Message>,
+    pub(crate) items: VecDeque<Bytes>,
     pub(crate) lagged: u64,
     pub(crate) overflowed: bool,
 }
@@ -58,7 +60,7 @@ impl Queue {
     }
 
     /// Queue `msg` without waiting; apply the slow-consumer policy if full.
-    pub(crate) fn push(&self, msg: Message) -> Pushed {
+    pub(crate) fn push(&self, msg: Bytes) -> Pushed {
         let len = msg.len();
         let pushed = {
             let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -133,8 +135,8 @@ impl Queue {
 mod tests {
     use super::*;
 
-    fn msg(n: usize) -> Message {
-        Message::binary(vec![0u8; n])
+    fn msg(n: usize) -> Bytes {
+        Bytes::from(vec![0u8; n])
     }
 
     #[test]
@@ -157,7 +159,7 @@ mod tests {
         }
         let batch = q.take();
         assert_eq!(batch.lagged, 3);
-        let lens: Vec<usize> = batch.items.iter().map(Message::len).collect();
+        let lens: Vec<usize> = batch.items.iter().map(Bytes::len).collect();
         assert_eq!(lens, [4, 5]);
         assert!(!batch.overflowed);
         assert_eq!(q.push(msg(2000)), Pushed::DroppedOldest(1));

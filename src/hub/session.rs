@@ -1,21 +1,23 @@
 //! A hub client's session: one `select!` loop over its outbound queue, its
-//! frames, the keepalive and idle clocks, and shutdown.
+//! frames, the keepalive and idle clocks, and shutdown; what each message
+//! asks of the hub.
 
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::member::{Data, Event, Member, payload_len};
 use super::protocol::{self, Body, Request};
-use super::{Conn, Hub, HubError, Registration};
+use super::{Conn, Hub, HubError, Registration, text_frame};
 use crate::close::{SessionEnd, Side};
 use crate::config::{HubProtocol, HubRoute};
+use crate::frame::{ControlFrame, OpCode};
 use crate::names::check_channel_name;
 use crate::rate::TokenBucket;
-use crate::session::{SessionCtx, Timers};
+use crate::session::{KEEPALIVE, SessionCtx, Timers};
 
 /// A hub client as the handshake set it up, before its 101.
 pub(crate) struct HubClient {
@@ -27,10 +29,30 @@ pub(crate) struct HubClient {
     pub(crate) room: Option<String>,
 }
 
+/// The steady state of a hub member after its 101: run the session, leave
+/// the hub (telling presence listeners) and carry out the close handshake.
+/// Spawned on its own with the stream behind a pointer, so an idle member's
+/// task holds a few hundred bytes.
+pub(crate) async fn serve<S>(
+    io: Box<S>,
+    ctx: &SessionCtx<'_>,
+    hub: &Hub,
+    client: HubClient,
+) -> SessionEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut member = Member::new(io, ctx.limits);
+    let end = run(&mut member, ctx, hub, &client).await;
+    drop(client);
+    member.finish(&end, ctx.limits.close_timeout).await;
+    end
+}
+
 /// Run a hub session until the client leaves, breaks a rule, falls too far
 /// behind, or the gateway drains; return how it ended.
-pub(crate) async fn run<S>(
-    ws: &mut WebSocketStream<S>,
+async fn run<S>(
+    member: &mut Member<S>,
     ctx: &SessionCtx<'_>,
     hub: &Hub,
     client: &HubClient,
@@ -40,74 +62,97 @@ where
 {
     let conn = &client.registration.conn;
     let route = &*client.route;
-    let room = client.room.as_deref();
-    let metrics = ctx.metrics;
     // A raw client joined its room at the handshake, before its 101.
     if route.protocol == HubProtocol::Json {
-        conn.reply(protocol::welcome(&conn.name));
+        conn.reply(&protocol::welcome(&conn.name));
     }
     let mut timers = Timers::new(ctx.limits);
     let mut bucket = TokenBucket::new(route.publish_rate, f64::from(route.publish_burst));
     loop {
-        tokio::select! {
+        let step = tokio::select! {
             biased;
-            _ = ctx.cancel.cancelled() => return SessionEnd::Shutdown,
-            _ = conn.queue.ready() => {
-                if let Err(end) = drain(ws, conn, ctx, &mut timers).await {
-                    return end;
+            _ = ctx.cancel.cancelled() => Err(SessionEnd::Shutdown),
+            _ = conn.queue.ready() => Box::pin(drain(member, conn, ctx, &mut timers)).await,
+            read = member.read() => match read {
+                Ok(()) => received(member, hub, client, &mut bucket, ctx, &mut timers).await,
+                Err(end) => Err(end),
+            },
+            tick = timers.next() => match timers.due(tick) {
+                Ok(true) => {
+                    member.queue(keepalive_ping());
+                    Box::pin(drain(member, conn, ctx, &mut timers)).await
                 }
-            }
-            msg = ws.next() => {
-                let msg = match msg {
-                    None => return SessionEnd::Gone(Side::Client),
-                    Some(Err(e)) => return SessionEnd::from_ws_error(Side::Client, &e),
-                    Some(Ok(msg)) => msg,
-                };
-                match msg {
-                    Message::Text(_) | Message::Binary(_) => {
-                        metrics.count(Side::Client, msg.len() as u64);
-                        timers.touch();
-                        let handled = match (route.protocol, room) {
-                            (HubProtocol::Json, _) => {
-                                json_request(hub, conn, route, &mut bucket, msg);
-                                Ok(())
-                            }
-                            (HubProtocol::Raw, Some(room)) => raw_frame(hub, conn, route, room, &mut bucket, msg),
-                            (HubProtocol::Raw, None) => Ok(()),
-                        };
-                        if let Err(end) = handled {
-                            return end;
-                        }
-                    }
-                    Message::Pong(_) => timers.pong(),
-                    Message::Close(frame) => return SessionEnd::Closed(Side::Client, frame),
-                    // tungstenite queued the pong; the next flush sends it.
-                    Message::Ping(_) | Message::Frame(_) => {
-                        if let Err(end) = ctx.bounded(Side::Client, async {
-                            ws.flush().await.map_err(|e| SessionEnd::from_ws_error(Side::Client, &e))
-                        })
-                        .await
-                        {
-                            return end;
-                        }
-                    }
-                }
-            }
-            tick = timers.next() => {
-                if let Err(end) = timers.handle(tick, ws, ctx.limits.send_timeout).await {
-                    return end;
-                }
-            }
+                Ok(false) => Ok(()),
+                Err(end) => Err(end),
+            },
+        };
+        if let Err(end) = step {
+            return end;
         }
     }
 }
 
-/// Write out everything queued for the client, batch after batch until the
-/// queue is empty, one flush per batch. While a write is blocked on a client
-/// that does not read, further pushes still wake this, so an overflow ends the
-/// session at once instead of after `send_timeout`.
+/// The keepalive ping, framed (outside the loop, so the task does not hold
+/// the frame while it waits).
+fn keepalive_ping() -> Bytes {
+    Bytes::copy_from_slice(ControlFrame::new(OpCode::Ping, KEEPALIVE, None).as_bytes())
+}
+
+/// Act on everything the client sent that was read; write the pongs its
+/// pings asked for.
+async fn received<S>(
+    member: &mut Member<S>,
+    hub: &Hub,
+    client: &HubClient,
+    bucket: &mut TokenBucket,
+    ctx: &SessionCtx<'_>,
+    timers: &mut Timers,
+) -> Result<(), SessionEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = &client.registration.conn;
+    let route = &*client.route;
+    loop {
+        let event = match member.event() {
+            Ok(Some(event)) => event,
+            Ok(None) => break,
+            Err(end) => {
+                // What was queued before a Close or a broken rule still goes.
+                let _ = Box::pin(drain(member, conn, ctx, timers)).await;
+                return Err(end);
+            }
+        };
+        let data = match event {
+            Event::Pong => {
+                timers.pong();
+                continue;
+            }
+            Event::Message(data) => data,
+        };
+        ctx.metrics.count(Side::Client, data.len() as u64);
+        timers.touch();
+        // Every message a member sends is handled here.
+        match (route.protocol, client.room.as_deref()) {
+            (HubProtocol::Json, _) => json_request(hub, conn, route, bucket, data),
+            (HubProtocol::Raw, Some(room)) => raw_frame(hub, conn, route, room, bucket, data)?,
+            (HubProtocol::Raw, None) => {}
+        }
+    }
+    match member.has_output() {
+        true => Box::pin(drain(member, conn, ctx, timers)).await,
+        false => Ok(()),
+    }
+}
+
+/// Write out everything queued for the client, batch after batch, and
+/// flush once nothing more is ready. Callers box it: its state (write and
+/// flush deadlines) then takes memory only while it runs, not in every idle
+/// session's task. While a write is blocked on a client
+/// that does not read, further pushes still wake this, so an overflow ends
+/// the session at once instead of after `send_timeout`.
 async fn drain<S>(
-    ws: &mut WebSocketStream<S>,
+    member: &mut Member<S>,
     conn: &Conn,
     ctx: &SessionCtx<'_>,
     timers: &mut Timers,
@@ -115,47 +160,57 @@ async fn drain<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut flushed = false;
     loop {
         let batch = conn.queue.take();
         if batch.overflowed {
             return Err(SessionEnd::SlowConsumer);
         }
-        if batch.items.is_empty() && batch.lagged == 0 {
-            return Ok(());
+        if batch.lagged > 0 && conn.json {
+            let text = format!(
+                "{} messages were dropped: this client reads too slowly",
+                batch.lagged
+            );
+            member.queue(text_frame(&protocol::error("lagged", &text, None, None)));
         }
-        let write = async {
-            let err = |e| SessionEnd::from_ws_error(Side::Client, &e);
-            if batch.lagged > 0 && conn.json {
-                let text = format!(
-                    "{} messages were dropped: this client reads too slowly",
-                    batch.lagged
-                );
-                ws.feed(Message::Text(protocol::error("lagged", &text, None, None)))
-                    .await
-                    .map_err(err)?;
+        let (messages, bytes) = batch
+            .items
+            .iter()
+            .fold((0, 0), |(m, b), f| (m + 1, b + payload_len(f) as u64));
+        ctx.metrics.counted(Side::Upstream, messages, bytes);
+        member.take(batch.items);
+        if !member.has_output() {
+            if flushed {
+                return Ok(());
             }
-            for frame in batch.items {
-                ctx.metrics.count(Side::Upstream, frame.len() as u64);
-                ws.feed(frame).await.map_err(err)?;
-            }
-            ws.flush().await.map_err(err)
-        };
-        let write = ctx.bounded(Side::Client, write);
-        tokio::pin!(write);
-        loop {
-            tokio::select! {
-                written = &mut write => {
-                    written?;
-                    break;
-                }
-                _ = conn.queue.ready() => {
-                    if conn.queue.overflowed() {
-                        return Err(SessionEnd::SlowConsumer);
-                    }
-                }
-            }
+            watch(conn, ctx, member.flush()).await?;
+            flushed = true;
+            continue;
         }
+        watch(conn, ctx, member.write_out()).await?;
+        flushed = false;
         timers.touch();
+    }
+}
+
+/// Run a write under `send_timeout`, ending the session as soon as the
+/// client's queue overflows.
+async fn watch(
+    conn: &Conn,
+    ctx: &SessionCtx<'_>,
+    work: impl Future<Output = Result<(), SessionEnd>>,
+) -> Result<(), SessionEnd> {
+    let work = ctx.bounded(Side::Client, work);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = conn.queue.ready() => {
+                if conn.queue.overflowed() {
+                    return Err(SessionEnd::SlowConsumer);
+                }
+            }
+        }
     }
 }
 
@@ -167,13 +222,13 @@ fn raw_frame(
     route: &HubRoute,
     room: &str,
     bucket: &mut TokenBucket,
-    msg: Message,
+    msg: Data,
 ) -> Result<(), SessionEnd> {
     if !bucket.take() {
         return Err(SessionEnd::RateLimited);
     }
     let body = match msg {
-        Message::Text(text) => {
+        Data::Text(text) => {
             if let Some(field) = &route.direct_field
                 && let Some(to) = direct_target(&text, field)
             {
@@ -184,8 +239,7 @@ fn raw_frame(
             }
             Body::Text(text)
         }
-        Message::Binary(bytes) => Body::Binary(bytes),
-        _ => return Ok(()),
+        Data::Binary(bytes) => Body::Binary(bytes),
     };
     // The room always exists for its members; a refusal here is only the
     // hub-wide channel limit.
@@ -210,20 +264,20 @@ fn json_request(
     conn: &Arc<Conn>,
     route: &HubRoute,
     bucket: &mut TokenBucket,
-    msg: Message,
+    msg: Data,
 ) {
     let text = match msg {
-        Message::Text(text) => text,
-        _ => {
+        Data::Text(text) => text,
+        Data::Binary(_) => {
             let why = "binary frames are not accepted on a json route";
-            return conn.reply(protocol::error("bad_request", why, None, None));
+            return conn.reply(&protocol::error("bad_request", why, None, None));
         }
     };
     let request: Request<'_> = match serde_json::from_str(&text) {
         Ok(request) => request,
         Err(e) => {
             let why = format!("not a request object with a \"type\": {e}");
-            return conn.reply(protocol::error("bad_request", &why, None, None));
+            return conn.reply(&protocol::error("bad_request", &why, None, None));
         }
     };
     let id = request.id;
@@ -231,7 +285,7 @@ fn json_request(
         Ok(reply) => reply,
         Err((code, why)) => protocol::error(code, &why, id, None),
     };
-    conn.reply(reply);
+    conn.reply(&reply);
 }
 
 type Refusal = (&'static str, String);
