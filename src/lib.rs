@@ -72,6 +72,7 @@ mod relay;
 pub mod route;
 mod session;
 pub mod shutdown;
+mod subprotocol;
 pub mod tls;
 mod tunnel;
 mod upstream;

@@ -20,6 +20,7 @@ mod limits;
 mod listen;
 mod reader;
 mod route;
+mod subprotocol;
 mod tunnel;
 mod upstream;
 mod value;
@@ -31,6 +32,9 @@ pub use listen::{
     TlsConfig,
 };
 pub use route::{Route, RouteKind};
+pub use subprotocol::{
+    HUB_JSON_SUBPROTOCOL, HUB_RAW_SUBPROTOCOL, Subprotocols, UnknownSubprotocol,
+};
 pub use tunnel::{
     AllowRule, DEFAULT_TUNNEL_CONNECT_TIMEOUT, DEFAULT_TUNNEL_IDLE_TIMEOUT, TunnelConfig,
 };

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::hub::HubRoute;
 use super::reader::Section;
+use super::subprotocol::{HUB_JSON_SUBPROTOCOL, HUB_RAW_SUBPROTOCOL, Subprotocols};
 use super::upstream::UpstreamConfig;
 use crate::names::ServerName;
 
@@ -19,6 +20,9 @@ pub struct Route {
     pub path: String,
     #[serde(flatten)]
     pub kind: RouteKind,
+    /// Echo and hub routes: the subprotocols answered (`None` elsewhere).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub subprotocols: Option<Subprotocols>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -109,6 +113,17 @@ impl Route {
             return None;
         };
         s.hint_unknown(format!(" for kind = \"{}\"", kind.as_str()));
+        let subprotocols = match &kind {
+            RouteKind::Echo => Some(Subprotocols::read(s, &[])),
+            RouteKind::Hub(hub) => {
+                let own = match hub.protocol {
+                    super::HubProtocol::Json => HUB_JSON_SUBPROTOCOL,
+                    super::HubProtocol::Raw => HUB_RAW_SUBPROTOCOL,
+                };
+                Some(Subprotocols::read(s, &[own]))
+            }
+            RouteKind::Upstream(_) => None,
+        };
         let path = path?;
         let name = name.unwrap_or_else(|| path.clone());
         if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_graphic()) {
@@ -119,6 +134,7 @@ impl Route {
             host,
             path,
             kind,
+            subprotocols,
         })
     }
 }
