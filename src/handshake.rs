@@ -33,7 +33,9 @@ use crate::names::{check_channel_name, check_client_name};
 use crate::route::RouteTable;
 use crate::session::{SessionCtx, finish};
 use crate::upstream::{DialError, Dialed};
-use crate::{Body, RouteState, Shared, Target, echo, hub, metrics, relay, subprotocol, tunnel};
+use crate::{
+    Body, RouteState, Shared, Target, echo, files, hub, metrics, relay, subprotocol, tunnel,
+};
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
@@ -71,6 +73,9 @@ pub(crate) async fn handle(
     }
     // The routes current now; a reload later does not touch this session.
     let live = shared.live.load_full();
+    if let Some(site) = files::site_for(&req, &live.routes) {
+        return files::serve(&req, &site).await;
+    }
     let accepted = check(&req, &live.routes).and_then(|ok| {
         if shared.shutdown.token.is_cancelled() {
             Err(Rejection::Draining)
@@ -109,6 +114,7 @@ pub(crate) async fn handle(
                 return upstream_status(response);
             }
         },
+        Target::Static(_) => return refuse(Rejection::NoRoute, req.uri().path()),
         Target::Hub(hub_route) => match hub_client(&req, &state.path, hub_route, &shared.hub) {
             Ok(peer) => (peer, chosen),
             Err(rejection) => return refuse(rejection, req.uri().path()),

@@ -15,6 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+mod files;
 mod hub;
 mod limits;
 mod listen;
@@ -25,6 +26,7 @@ mod tunnel;
 mod upstream;
 mod value;
 
+pub use files::StaticRoute;
 pub use hub::*;
 pub use limits::*;
 pub use listen::{

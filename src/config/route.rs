@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::files::StaticRoute;
 use super::hub::HubRoute;
 use super::reader::Section;
 use super::subprotocol::{HUB_JSON_SUBPROTOCOL, HUB_RAW_SUBPROTOCOL, Subprotocols};
@@ -34,16 +35,19 @@ pub enum RouteKind {
     Upstream(Box<UpstreamConfig>),
     /// wsgate itself serves pub/sub: channels, direct messages, presence.
     Hub(Box<HubRoute>),
+    /// Files over HTTPS (not a WebSocket route): the chat page, or a directory.
+    Static(Box<StaticRoute>),
 }
 
 impl RouteKind {
-    const NAMES: [&'static str; 3] = ["echo", "upstream", "hub"];
+    const NAMES: [&'static str; 4] = ["echo", "upstream", "hub", "static"];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             RouteKind::Echo => "echo",
             RouteKind::Upstream(_) => "upstream",
             RouteKind::Hub(_) => "hub",
+            RouteKind::Static(_) => "static",
         }
     }
 }
@@ -97,6 +101,7 @@ impl Route {
                 let channel = name.clone().or_else(|| path.clone()).unwrap_or_default();
                 Some(RouteKind::Hub(Box::new(HubRoute::read(s, &channel))))
             }
+            Some("static") => Some(RouteKind::Static(Box::new(StaticRoute::read(s)))),
             Some(other) => {
                 let problem = format!(
                     "unknown kind {other:?}; expected one of {:?}",
@@ -122,7 +127,7 @@ impl Route {
                 };
                 Some(Subprotocols::read(s, &[own]))
             }
-            RouteKind::Upstream(_) => None,
+            RouteKind::Upstream(_) | RouteKind::Static(_) => None,
         };
         let path = path?;
         let name = name.unwrap_or_else(|| path.clone());

@@ -37,6 +37,11 @@ pub fn path(p: &Path) -> Value {
 pub struct Route(Table);
 
 impl Route {
+    /// A route of any kind, its keys added with `key`.
+    pub fn new_kind(kind: &str, path: &str) -> Route {
+        Route::new(kind, path)
+    }
+
     fn new(kind: &str, path: &str) -> Route {
         let mut table = Table::new();
         table.insert("path".into(), path.into());
