@@ -52,6 +52,7 @@ use tracing::{error, info, warn};
 
 mod admin;
 mod admission;
+pub mod client;
 mod client_handshake;
 pub mod close;
 pub mod config;

@@ -218,8 +218,14 @@ impl Gateway {
     /// Run the gateway on 127.0.0.1:0 (public and admin listeners bound
     /// before this returns, so clients can connect at once).
     pub async fn start(self) -> Running {
-        let config = self.config();
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.start_on(public).await
+    }
+
+    /// Run the gateway on this public listener (a restart on the port a
+    /// stopped gateway had).
+    pub async fn start_on(self, public: TcpListener) -> Running {
+        let config = self.config();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
         let (shutdown, stopped) = oneshot::channel::<()>();
