@@ -76,7 +76,7 @@ impl Route {
 
 /// A gateway config being built. Every gateway has the default certificate
 /// (made for the test unless `with_certs` gives one) and, after the routes
-/// added here, an echo route on `/echo`.
+/// added here, an echo route on `/echo` (unless one of them is on `/echo`).
 pub struct Gateway {
     certs: Certs,
     /// Default certificate and key files other than `certs`' own.
@@ -179,10 +179,16 @@ impl Gateway {
             tls = tls.set("sni", self.sni.clone());
         }
         doc.insert("tls".into(), Value::Table(tls.0));
+        // The default echo route, unless a test gave `/echo` its own keys.
+        let echo = Route::echo("/echo");
+        let has_echo = self
+            .routes
+            .iter()
+            .any(|r| r.0.get("path") == echo.0.get("path"));
         let routes = self
             .routes
             .iter()
-            .chain([&Route::echo("/echo")])
+            .chain((!has_echo).then_some(&echo))
             .map(|r| Value::Table(r.0.clone()))
             .collect::<Vec<_>>();
         doc.insert("routes".into(), Value::Array(routes));

@@ -5,7 +5,8 @@
 'use strict';
 
 const RETRY_MS = 3000;
-const CHANNEL = 'lobby';
+const CHANNEL = 'chat';      // the JSON hub's channel
+const ROOM = 'lobby';        // the raw room (a channel of its own)
 const $ = (id) => document.getElementById(id);
 
 let wanted = false;          // the user asked to be connected
@@ -123,7 +124,12 @@ const chat = {
       case 'join': people.add(m.client); showPeople(); line('log', `${m.client} joined`, 'event'); break;
       case 'leave': people.delete(m.client); showPeople(); line('log', `${m.client} left`, 'event'); break;
       case 'message': line('log', `${m.from || '?'}: ${text(m.data)}`); break;
-      case 'direct': line('log', `${m.from || '?'} (private): ${text(m.data)}`, 'private'); break;
+      case 'direct':
+        // A name's direct messages reach all its connections: a raw-room
+        // frame ({"src","msg"}) is shown by the raw panel, not here.
+        if (m.data && typeof m.data === 'object' && 'msg' in m.data) break;
+        line('log', `${m.from || '?'} (private): ${text(m.data)}`, 'private');
+        break;
       case 'error': line('log', `error: ${m.message}`, 'event'); break;
       default: break;
     }
@@ -150,6 +156,8 @@ const raw = {
     if (typeof data !== 'string') return;
     let m;
     try { m = JSON.parse(data); } catch { line('raw-log', data); return; }
+    // A private message of the JSON chat ({"text"}) is shown by the chat panel.
+    if (m && typeof m === 'object' && !('msg' in m) && 'text' in m) return;
     const priv = m.dst ? ' (private)' : '';
     line('raw-log', `${m.src || '?'}${priv}: ${m.msg === undefined ? data : m.msg}`, priv ? 'private' : '');
   },
@@ -161,7 +169,7 @@ function connect() {
   const q = query();
   keep('chat', `/chat${q}`, ['wsgate.json'], chat);
   keep('echo', `/echo${q}`, ['echo'], echo);
-  keep('raw', `/room/${CHANNEL}${q}`, ['wsgate.raw'], raw);
+  keep('raw', `/room/${ROOM}${q}`, ['wsgate.raw'], raw);
   refreshStatus();
 }
 
