@@ -224,7 +224,9 @@ function sendRaw(ev) {
 document.addEventListener('DOMContentLoaded', () => {
   const saved = sessionStorage.getItem('wsgate-name');
   if (saved) $('name').value = saved;
-  $('connect').addEventListener('click', () => {
+  $('login').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    if (wanted) return;
     sessionStorage.setItem('wsgate-name', $('name').value.trim());
     connect();
   });
