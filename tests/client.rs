@@ -56,6 +56,14 @@ async fn text_and_binary_lines_round_trip_through_echo() {
         assert_eq!(code, 0, "{stderr}");
         assert_eq!(stdout, "hello\nwörld\n".as_bytes());
         assert!(stderr.contains("connected to wss://localhost"), "{stderr}");
+        // --insecure: no --ca, no verification.
+        let cmd = client(&[&url(&gw, "/echo"), "--insecure", "--once"]);
+        let (code, stdout, stderr) = run(cmd, b"unverified\n").await;
+        assert_eq!(
+            (code, stdout.as_slice()),
+            (0, &b"unverified\n"[..]),
+            "{stderr}"
+        );
         let cmd = client(&[&url(&gw, "/echo"), "--ca", ca, "--binary"]);
         let (code, stdout, stderr) = run(cmd, b"\x00\x01\xff\nbin\n").await;
         assert_eq!(code, 0, "{stderr}");

@@ -152,21 +152,16 @@ pub(crate) async fn run(
         };
         tokio::select! {
             line = stdin.next(), if close_deadline.is_none() && closed_by_peer.is_none() => {
-                let message = match line {
-                    Some(line) if args.binary => Message::binary(line),
-                    Some(line) => match String::from_utf8(line) {
-                        Ok(text) => Message::text(text),
-                        Err(_) => {
-                            out.event("a line that is not UTF-8 was not sent (use --binary)");
-                            continue;
-                        }
-                    },
-                    None => {
-                        close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
-                        Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))
-                    }
+                let Some(message) = outgoing(line.as_deref(), args.binary) else {
+                    out.event("a line that is not UTF-8 was not sent (use --binary)");
+                    continue;
                 };
+                if line.is_none() {
+                    close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+                }
                 if let Err(e) = send(&mut ws, message).await {
+                    // Not sent: it goes out on the next connection.
+                    stdin.held = line;
                     return e;
                 }
             }
@@ -203,6 +198,19 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// The message for a stdin line; at the end of stdin, Close 1000. `None`:
+/// a text line that is not UTF-8.
+fn outgoing(line: Option<&[u8]>, binary: bool) -> Option<Message> {
+    Some(match line {
+        Some(line) if binary => Message::binary(line.to_vec()),
+        Some(line) => Message::text(std::str::from_utf8(line).ok()?),
+        None => Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        })),
+    })
 }
 
 /// Print a message; at --count, start the close.
