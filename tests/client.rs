@@ -286,3 +286,39 @@ async fn proxies_the_gateway_itself_and_an_egress_proxy_with_credentials() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn headers_origin_and_pings_reach_a_plain_ws_server() {
+    within(30, async {
+        let mut backend = backend::Backend::plain().await;
+        let target = format!("ws://127.0.0.1:{}/app?x=1", backend.addr.port());
+        let cmd = client(&[
+            &target,
+            "-H",
+            "X-Team: blue",
+            "--header",
+            "Authorization: Bearer abc",
+            "--origin",
+            "https://app.example",
+            "--ping",
+            "20ms",
+        ]);
+        let mut s = session(cmd);
+        let (path, headers) = backend.next_upgrade().await;
+        assert_eq!(path, "/app?x=1");
+        assert_eq!(headers["x-team"], "blue");
+        assert_eq!(headers["authorization"], "Bearer abc");
+        assert_eq!(headers["origin"], "https://app.example");
+        // Pings go out every 20 ms (the backend counts what it sees).
+        loop {
+            if let backend::Event::Ping(_) = backend.next().await {
+                break;
+            }
+        }
+        s.stdin.write_all(b"still here\n").await.unwrap();
+        assert_eq!(next(&mut s.out).await.as_deref(), Some("still here"));
+        drop(s.stdin);
+        assert_eq!(s.child.wait().await.unwrap().code(), Some(0));
+    })
+    .await;
+}
