@@ -33,7 +33,9 @@ use crate::names::{check_channel_name, check_client_name};
 use crate::route::RouteTable;
 use crate::session::{SessionCtx, finish};
 use crate::upstream::{DialError, Dialed};
-use crate::{Body, RouteState, Shared, Target, echo, hub, metrics, relay, tunnel};
+use crate::{
+    Body, RouteState, Shared, Target, echo, files, hub, metrics, relay, subprotocol, tunnel,
+};
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
@@ -71,6 +73,9 @@ pub(crate) async fn handle(
     }
     // The routes current now; a reload later does not touch this session.
     let live = shared.live.load_full();
+    if let Some(site) = files::site_for(&req, &live.routes) {
+        return files::serve(&req, &site).await;
+    }
     let accepted = check(&req, &live.routes).and_then(|ok| {
         if shared.shutdown.token.is_cancelled() {
             Err(Rejection::Draining)
@@ -85,8 +90,19 @@ pub(crate) async fn handle(
     let span = Span::current();
     span.record("route", route.name.as_str());
     let state = state.clone();
+    let chosen = match route.subprotocols.as_ref() {
+        Some(served) => match subprotocol::choose(req.headers(), served) {
+            Ok(chosen) => chosen,
+            Err(refused) => {
+                let mut response = refuse(Rejection::Subprotocol, req.uri().path());
+                *response.body_mut() = subprotocol::refusal_body(&refused);
+                return response;
+            }
+        },
+        None => None,
+    };
     let (peer_side, protocol) = match &state.target {
-        Target::Echo => (Peer::Echo, None),
+        Target::Echo => (Peer::Echo, chosen),
         Target::Upstream(pool) => match pool.dial(req.uri(), req.headers(), peer.ip()).await {
             Ok(dialed) => {
                 let protocol = dialed.protocol.clone();
@@ -98,8 +114,9 @@ pub(crate) async fn handle(
                 return upstream_status(response);
             }
         },
+        Target::Static(_) => return refuse(Rejection::NoRoute, req.uri().path()),
         Target::Hub(hub_route) => match hub_client(&req, &state.path, hub_route, &shared.hub) {
-            Ok(peer) => (peer, None),
+            Ok(peer) => (peer, chosen),
             Err(rejection) => return refuse(rejection, req.uri().path()),
         },
     };
@@ -422,6 +439,7 @@ pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
         | Rejection::UpstreamStatus(_)
         | Rejection::NameTaken
         | Rejection::HubFull
+        | Rejection::Subprotocol
         | Rejection::PlainHttp => {}
         Rejection::ConnectDisabled => {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
@@ -441,6 +459,7 @@ mod tests {
             host: None,
             path: "/echo".into(),
             kind: RouteKind::Echo,
+            subprotocols: None,
         };
         RouteTable::new(&[echo], |_| ())
     }

@@ -52,6 +52,7 @@ use tracing::{error, info, warn};
 
 mod admin;
 mod admission;
+pub mod client;
 mod client_handshake;
 pub mod close;
 pub mod config;
@@ -59,6 +60,7 @@ mod conn;
 pub mod devcert;
 mod echo;
 mod egress;
+mod files;
 mod forward;
 pub mod frame;
 mod handshake;
@@ -72,6 +74,7 @@ mod relay;
 pub mod route;
 mod session;
 pub mod shutdown;
+mod subprotocol;
 pub mod tls;
 mod tunnel;
 mod upstream;
@@ -165,6 +168,7 @@ impl Live {
             targets.push(match &route.kind {
                 RouteKind::Echo => Target::Echo,
                 RouteKind::Hub(hub) => Target::Hub(Arc::new((**hub).clone())),
+                RouteKind::Static(site) => Target::Static(Arc::new(files::Site::new(route, site))),
                 RouteKind::Upstream(upstream) => match Pool::new(route, upstream) {
                     Ok(pool) => Target::Upstream(Arc::new(pool)),
                     Err(mut e) => {
@@ -219,6 +223,8 @@ pub(crate) enum Target {
     Upstream(Arc<Pool>),
     /// A client of the process's hub, with this route's settings.
     Hub(Arc<config::HubRoute>),
+    /// Files over HTTPS: the built-in page or a directory.
+    Static(Arc<files::Site>),
 }
 
 impl Shared {
@@ -266,6 +272,7 @@ impl Shared {
             .iter()
             .any(|(_, state)| match &state.target {
                 Target::Echo | Target::Hub(_) => true,
+                Target::Static(_) => false,
                 Target::Upstream(pool) => pool.any_available(),
             })
     }

@@ -39,6 +39,10 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
         url: String,
     },
+    /// Connect to a WebSocket URL: stdin lines become messages, messages
+    /// received go to stdout, events to stderr.
+    #[command(after_help = wsgate::client::EXIT_CODES_HELP)]
+    Client(wsgate::client::ClientArgs),
     /// Write a development CA and a leaf certificate as PEM.
     GenCert {
         /// DNS name or IP address the certificate is for (repeatable).
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::GenCert { hosts, out } => report(gen_cert(&hosts, &out)),
         Command::CheckConfig => check_config(source),
         Command::Health { url } => health(&url),
+        Command::Client(args) => wsgate::client::main(args),
         Command::Run => {
             let config = match load(source) {
                 Ok(config) => config,

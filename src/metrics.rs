@@ -40,6 +40,7 @@ pub const HUB_DIRECT_TOTAL: &str = "wsgate_hub_direct_total";
 pub const HUB_DELIVERED_TOTAL: &str = "wsgate_hub_delivered_total";
 pub const HUB_DROPPED_TOTAL: &str = "wsgate_hub_dropped_total";
 pub const HUB_API_REQUESTS_TOTAL: &str = "wsgate_hub_api_requests_total";
+pub const STATIC_REQUESTS_TOTAL: &str = "wsgate_static_requests_total";
 
 /// Every metric name wsgate exports besides the standard `process_*` ones
 /// (which `metrics-process` provides). Dashboards and alert rules may use
@@ -70,6 +71,7 @@ pub const ALL: &[&str] = &[
     HUB_DELIVERED_TOTAL,
     HUB_DROPPED_TOTAL,
     HUB_API_REQUESTS_TOTAL,
+    STATIC_REQUESTS_TOTAL,
 ];
 
 /// Direction labels. For an echo route the echo itself plays the upstream.
@@ -162,6 +164,10 @@ fn describe_sessions() {
     describe_counter!(
         HANDSHAKE_FAILURES_TOTAL,
         "HTTP requests not upgraded, by reason"
+    );
+    describe_counter!(
+        STATIC_REQUESTS_TOTAL,
+        "Requests to static (files) routes, by result: ok, not_modified or the refusal"
     );
     describe_counter!(
         TLS_HANDSHAKE_FAILURES_TOTAL,
@@ -305,6 +311,16 @@ pub fn connection_rejected(reason: Shed) {
 /// A request not upgraded.
 pub fn handshake_failed(rejection: Rejection) {
     counter!(HANDSHAKE_FAILURES_TOTAL, "reason" => rejection.label()).increment(1);
+}
+
+/// One request to a static route: `Ok(status)` served, or refused.
+pub fn static_request(result: Result<bool, crate::close::FileRefusal>) {
+    let label = match result {
+        Ok(true) => "ok",
+        Ok(false) => "not_modified",
+        Err(refusal) => refusal.label(),
+    };
+    counter!(STATIC_REQUESTS_TOTAL, "result" => label).increment(1);
 }
 
 pub fn early_failure(failure: EarlyFailure) {

@@ -12,10 +12,13 @@
 //! - [`tunnel`]: the result of an HTTP CONNECT ([`TunnelOutcome`]).
 //! - [`hub_api`]: the hub HTTP API's errors ([`ApiError`]).
 //! - [`hub`]: hub messages not delivered ([`HubDrop`]).
+//! - [`files`]: a `static` route's request not answered with a file
+//!   ([`FileRefusal`]).
 //! - [`admission`]: connections shed at accept ([`Shed`]).
 //! - [`reload`]: the result of a config reload ([`Reload`]).
 
 pub mod admission;
+pub mod files;
 pub mod hub;
 pub mod hub_api;
 pub mod reload;
@@ -24,6 +27,7 @@ pub mod tunnel;
 pub mod upgrade;
 
 pub use admission::Shed;
+pub use files::FileRefusal;
 pub use hub::HubDrop;
 pub use hub_api::ApiError;
 pub use reload::Reload;

@@ -37,6 +37,9 @@ pub enum Rejection {
     NameTaken,
     /// The hub is at `max_channels` and the room does not exist yet.
     HubFull,
+    /// The client offered subprotocols and the route lists none of them
+    /// (the body names the route's list).
+    Subprotocol,
     /// Plain HTTP (not CONNECT) on the TLS port.
     PlainHttp,
     /// A CONNECT where tunnelling is off (or inside a tunnel already).
@@ -60,7 +63,7 @@ impl Rejection {
             Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Rejection::UpstreamStatus(status) => status,
             Rejection::NameTaken => StatusCode::CONFLICT,
-            Rejection::PlainHttp => StatusCode::BAD_REQUEST,
+            Rejection::PlainHttp | Rejection::Subprotocol => StatusCode::BAD_REQUEST,
             Rejection::ConnectDisabled => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -82,6 +85,7 @@ impl Rejection {
             Rejection::UpstreamStatus(_) => "upstream_status",
             Rejection::NameTaken => "name_taken",
             Rejection::HubFull => "hub_full",
+            Rejection::Subprotocol => "subprotocol",
             Rejection::PlainHttp => "plain_http",
             Rejection::ConnectDisabled => "connect_disabled",
         }
@@ -106,6 +110,7 @@ impl Rejection {
             }
             Rejection::NameTaken => "that name is already connected",
             Rejection::HubFull => "the hub is at its channel limit",
+            Rejection::Subprotocol => "none of the offered subprotocols is served here",
             Rejection::PlainHttp => {
                 "this port speaks TLS (https://, wss://); plain HTTP is for CONNECT only"
             }
@@ -168,6 +173,7 @@ mod tests {
             ),
             (Rejection::NameTaken, 409, "name_taken"),
             (Rejection::HubFull, 503, "hub_full"),
+            (Rejection::Subprotocol, 400, "subprotocol"),
             (Rejection::PlainHttp, 400, "plain_http"),
             (Rejection::ConnectDisabled, 405, "connect_disabled"),
         ];

@@ -15,15 +15,18 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+mod files;
 mod hub;
 mod limits;
 mod listen;
 mod reader;
 mod route;
+mod subprotocol;
 mod tunnel;
 mod upstream;
 mod value;
 
+pub use files::StaticRoute;
 pub use hub::*;
 pub use limits::*;
 pub use listen::{
@@ -31,6 +34,9 @@ pub use listen::{
     TlsConfig,
 };
 pub use route::{Route, RouteKind};
+pub use subprotocol::{
+    HUB_JSON_SUBPROTOCOL, HUB_RAW_SUBPROTOCOL, Subprotocols, UnknownSubprotocol,
+};
 pub use tunnel::{
     AllowRule, DEFAULT_TUNNEL_CONNECT_TIMEOUT, DEFAULT_TUNNEL_IDLE_TIMEOUT, TunnelConfig,
 };

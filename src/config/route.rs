@@ -3,8 +3,10 @@
 
 use serde::Serialize;
 
+use super::files::StaticRoute;
 use super::hub::HubRoute;
 use super::reader::Section;
+use super::subprotocol::{HUB_JSON_SUBPROTOCOL, HUB_RAW_SUBPROTOCOL, Subprotocols};
 use super::upstream::UpstreamConfig;
 use crate::names::ServerName;
 
@@ -19,6 +21,9 @@ pub struct Route {
     pub path: String,
     #[serde(flatten)]
     pub kind: RouteKind,
+    /// Echo and hub routes: the subprotocols answered (`None` elsewhere).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub subprotocols: Option<Subprotocols>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,16 +35,19 @@ pub enum RouteKind {
     Upstream(Box<UpstreamConfig>),
     /// wsgate itself serves pub/sub: channels, direct messages, presence.
     Hub(Box<HubRoute>),
+    /// Files over HTTPS (not a WebSocket route): the chat page, or a directory.
+    Static(Box<StaticRoute>),
 }
 
 impl RouteKind {
-    const NAMES: [&'static str; 3] = ["echo", "upstream", "hub"];
+    const NAMES: [&'static str; 4] = ["echo", "upstream", "hub", "static"];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             RouteKind::Echo => "echo",
             RouteKind::Upstream(_) => "upstream",
             RouteKind::Hub(_) => "hub",
+            RouteKind::Static(_) => "static",
         }
     }
 }
@@ -93,6 +101,7 @@ impl Route {
                 let channel = name.clone().or_else(|| path.clone()).unwrap_or_default();
                 Some(RouteKind::Hub(Box::new(HubRoute::read(s, &channel))))
             }
+            Some("static") => Some(RouteKind::Static(Box::new(StaticRoute::read(s)))),
             Some(other) => {
                 let problem = format!(
                     "unknown kind {other:?}; expected one of {:?}",
@@ -109,6 +118,17 @@ impl Route {
             return None;
         };
         s.hint_unknown(format!(" for kind = \"{}\"", kind.as_str()));
+        let subprotocols = match &kind {
+            RouteKind::Echo => Some(Subprotocols::read(s, &[])),
+            RouteKind::Hub(hub) => {
+                let own = match hub.protocol {
+                    super::HubProtocol::Json => HUB_JSON_SUBPROTOCOL,
+                    super::HubProtocol::Raw => HUB_RAW_SUBPROTOCOL,
+                };
+                Some(Subprotocols::read(s, &[own]))
+            }
+            RouteKind::Upstream(_) | RouteKind::Static(_) => None,
+        };
         let path = path?;
         let name = name.unwrap_or_else(|| path.clone());
         if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_graphic()) {
@@ -119,6 +139,7 @@ impl Route {
             host,
             path,
             kind,
+            subprotocols,
         })
     }
 }

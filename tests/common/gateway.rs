@@ -37,6 +37,11 @@ pub fn path(p: &Path) -> Value {
 pub struct Route(Table);
 
 impl Route {
+    /// A route of any kind, its keys added with `key`.
+    pub fn new_kind(kind: &str, path: &str) -> Route {
+        Route::new(kind, path)
+    }
+
     fn new(kind: &str, path: &str) -> Route {
         let mut table = Table::new();
         table.insert("path".into(), path.into());
@@ -71,7 +76,7 @@ impl Route {
 
 /// A gateway config being built. Every gateway has the default certificate
 /// (made for the test unless `with_certs` gives one) and, after the routes
-/// added here, an echo route on `/echo`.
+/// added here, an echo route on `/echo` (unless one of them is on `/echo`).
 pub struct Gateway {
     certs: Certs,
     /// Default certificate and key files other than `certs`' own.
@@ -174,10 +179,16 @@ impl Gateway {
             tls = tls.set("sni", self.sni.clone());
         }
         doc.insert("tls".into(), Value::Table(tls.0));
+        // The default echo route, unless a test gave `/echo` its own keys.
+        let echo = Route::echo("/echo");
+        let has_echo = self
+            .routes
+            .iter()
+            .any(|r| r.0.get("path") == echo.0.get("path"));
         let routes = self
             .routes
             .iter()
-            .chain([&Route::echo("/echo")])
+            .chain((!has_echo).then_some(&echo))
             .map(|r| Value::Table(r.0.clone()))
             .collect::<Vec<_>>();
         doc.insert("routes".into(), Value::Array(routes));
@@ -213,8 +224,14 @@ impl Gateway {
     /// Run the gateway on 127.0.0.1:0 (public and admin listeners bound
     /// before this returns, so clients can connect at once).
     pub async fn start(self) -> Running {
-        let config = self.config();
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.start_on(public).await
+    }
+
+    /// Run the gateway on this public listener (a restart on the port a
+    /// stopped gateway had).
+    pub async fn start_on(self, public: TcpListener) -> Running {
+        let config = self.config();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
         let (shutdown, stopped) = oneshot::channel::<()>();
