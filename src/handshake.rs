@@ -23,7 +23,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{Instrument, Span, debug, info};
 
-use crate::close::{Rejection, Side};
+use crate::auth::{self, Identity};
+use crate::close::{AuthFailure, Rejection, Side};
 use crate::config::Route;
 use crate::config::{HubProtocol, HubRoute};
 use crate::frame::ControlFrame;
@@ -84,6 +85,10 @@ pub(crate) async fn handle(
     };
     let span = Span::current();
     span.record("route", route.name.as_str());
+    let identity = match auth::check(&mut req, &route.name, state.auth.as_ref()) {
+        Ok(identity) => identity,
+        Err(rejection) => return refuse(rejection, req.uri().path()),
+    };
     let state = state.clone();
     let (peer_side, protocol) = match &state.target {
         Target::Echo => (Peer::Echo, None),
@@ -98,10 +103,12 @@ pub(crate) async fn handle(
                 return upstream_status(response);
             }
         },
-        Target::Hub(hub_route) => match hub_client(&req, &state.path, hub_route, &shared.hub) {
-            Ok(peer) => (peer, None),
-            Err(rejection) => return refuse(rejection, req.uri().path()),
-        },
+        Target::Hub(hub_route) => {
+            match hub_client(&req, &state.path, hub_route, &shared.hub, identity) {
+                Ok(peer) => (peer, None),
+                Err(rejection) => return refuse(rejection, req.uri().path()),
+            }
+        }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task = session(on_upgrade, state, permit, shared.clone(), peer_side);
@@ -192,8 +199,18 @@ fn hub_client<B>(
     route_path: &str,
     route: &Arc<HubRoute>,
     hub: &Hub,
+    identity: Option<Identity>,
 ) -> Result<Peer, Rejection> {
     let name = query_param(req.uri().query().unwrap_or(""), "name");
+    // With a token, its subject is the name, and no other can be asked for.
+    let name = match identity {
+        Some(_) if name.is_some() => return Err(Rejection::Auth(AuthFailure::NameGiven)),
+        Some(identity) if check_client_name(&identity.subject).is_err() => {
+            return Err(Rejection::Auth(AuthFailure::Malformed));
+        }
+        Some(identity) => Some(identity.subject),
+        None => name,
+    };
     if let Some(name) = &name
         && check_client_name(name).is_err()
     {
@@ -423,6 +440,11 @@ pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
         | Rejection::NameTaken
         | Rejection::HubFull
         | Rejection::PlainHttp => {}
+        Rejection::Auth(failure) => {
+            if failure.status() == StatusCode::UNAUTHORIZED {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+        }
         Rejection::ConnectDisabled => {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
         }
@@ -441,6 +463,7 @@ mod tests {
             host: None,
             path: "/echo".into(),
             kind: RouteKind::Echo,
+            access: Default::default(),
         };
         RouteTable::new(&[echo], |_| ())
     }

@@ -52,6 +52,7 @@ use tracing::{error, info, warn};
 
 mod admin;
 mod admission;
+mod auth;
 mod client_handshake;
 pub mod close;
 pub mod config;
@@ -174,14 +175,23 @@ impl Live {
                 },
             });
         }
+        let mut auths = Vec::new();
+        for route in &config.routes {
+            match auth::RouteAuth::new(&route.access, &route.name) {
+                Ok(rules) => auths.push(rules),
+                Err(issue) => issues.push(issue),
+            }
+        }
         if !issues.is_empty() {
             return Err(Error::Config(issues));
         }
         let mut targets = targets.into_iter();
+        let mut auths = auths.into_iter();
         let routes = RouteTable::new(&config.routes, |r| RouteState {
             path: r.path.clone(),
             target: targets.next().unwrap_or(Target::Echo),
             metrics: RouteMetrics::new(r),
+            auth: auths.next().flatten(),
         });
         Ok(Live {
             routes,
@@ -210,6 +220,8 @@ pub(crate) struct RouteState {
     pub(crate) target: Target,
     /// The route's metric series, registered once per snapshot.
     pub(crate) metrics: RouteMetrics,
+    /// Origin and token rules; `None`: open to all.
+    pub(crate) auth: Option<auth::RouteAuth>,
 }
 
 /// Where a route's sessions go.

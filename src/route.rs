@@ -72,6 +72,7 @@ mod tests {
             host: host.map(|h| ServerName::parse(h).unwrap()),
             path: path.into(),
             kind: RouteKind::Echo,
+            access: Default::default(),
         }
     }
 

@@ -15,6 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+mod auth;
 mod hub;
 mod limits;
 mod listen;
@@ -24,6 +25,7 @@ mod tunnel;
 mod upstream;
 mod value;
 
+pub use auth::{Access, DEFAULT_JWT_LEEWAY, JwtAlgorithm, JwtConfig, JwtKey, OriginPattern};
 pub use hub::*;
 pub use limits::*;
 pub use listen::{

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::auth::Access;
 use super::hub::HubRoute;
 use super::reader::Section;
 use super::upstream::UpstreamConfig;
@@ -19,6 +20,9 @@ pub struct Route {
     pub path: String,
     #[serde(flatten)]
     pub kind: RouteKind,
+    /// Origins and tokens let in (`config/auth.rs`).
+    #[serde(flatten)]
+    pub access: Access,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -86,6 +90,7 @@ impl Route {
             }
         }
         let host = s.opt("host", ServerName::parse);
+        let access = super::auth::read(s);
         let kind = match s.required("kind").as_deref() {
             Some("echo") => Some(RouteKind::Echo),
             Some("upstream") => Some(RouteKind::Upstream(Box::new(UpstreamConfig::read(s)))),
@@ -119,6 +124,7 @@ impl Route {
             host,
             path,
             kind,
+            access,
         })
     }
 }
