@@ -41,7 +41,7 @@ const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket
 const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
 
 /// Where a request came in.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Front {
     /// The client's address (for a tunnelled request, the tunnel's client).
     pub(crate) peer: SocketAddr,
@@ -49,6 +49,8 @@ pub(crate) struct Front {
     pub(crate) tls: bool,
     /// CONNECT is served here.
     pub(crate) connect: bool,
+    /// The name in the client's verified TLS certificate, if it sent one.
+    pub(crate) client_cert: Option<Arc<str>>,
 }
 
 /// Serve one request: a CONNECT goes to `tunnel`; anything else is upgraded
@@ -85,7 +87,7 @@ pub(crate) async fn handle(
     };
     let span = Span::current();
     span.record("route", route.name.as_str());
-    let identity = match auth::check(&mut req, &route.name, state.auth.as_ref()) {
+    let identity = match auth::check(&mut req, &route.name, state.auth.as_ref(), &front) {
         Ok(identity) => identity,
         Err(rejection) => return refuse(rejection, req.uri().path()),
     };

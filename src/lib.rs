@@ -45,7 +45,6 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -149,7 +148,7 @@ pub(crate) struct Shared {
 /// and keeps it, so a reload never touches a session in flight.
 pub(crate) struct Live {
     pub(crate) routes: RouteTable<RouteState>,
-    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) tls: Arc<tls::TlsFront>,
     /// The `[[tls.sni]]` host names: a CONNECT to one of them (on the
     /// listen port) is a CONNECT to this gateway.
     pub(crate) sni_hosts: Vec<names::ServerName>,
@@ -195,7 +194,7 @@ impl Live {
         });
         Ok(Live {
             routes,
-            acceptor: TlsAcceptor::from(tls),
+            tls: Arc::new(tls),
             sni_hosts: config.tls.sni.iter().map(|s| s.host.clone()).collect(),
             retired: parent.child_token(),
         })

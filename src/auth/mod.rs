@@ -7,6 +7,9 @@
 //! the headers an upstream member gets.
 
 mod jwt;
+mod mtls;
+
+pub(crate) use mtls::{certificate_name, verifier as client_verifier};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri};
@@ -16,6 +19,7 @@ use tracing::info;
 
 use crate::close::{AuthFailure, Rejection};
 use crate::config::{Access, ConfigIssue, JwtConfig, OriginPattern};
+use crate::handshake::Front;
 use crate::metrics;
 pub(crate) use jwt::Claims;
 
@@ -24,6 +28,8 @@ pub(crate) struct RouteAuth {
     origins: Vec<OriginPattern>,
     allow_no_origin: bool,
     jwt: Option<(JwtConfig, jwt::Verifier)>,
+    /// A verified TLS client certificate is required.
+    client_cert: bool,
 }
 
 /// Who a verified token says the client is.
@@ -47,7 +53,7 @@ impl RouteAuth {
     /// Reads key files (again on every reload); a problem names its key
     /// under `routes[{route}]`.
     pub(crate) fn new(access: &Access, route: &str) -> Result<Option<RouteAuth>, ConfigIssue> {
-        if access.origins.is_empty() && access.jwt.is_none() {
+        if access.origins.is_empty() && access.jwt.is_none() && !access.client_cert {
             return Ok(None);
         }
         let prefix = format!("routes[{route}]");
@@ -59,19 +65,33 @@ impl RouteAuth {
             origins: access.origins.clone(),
             allow_no_origin: access.allow_no_origin,
             jwt,
+            client_cert: access.client_cert,
         }))
     }
 
     /// Check `req` against the rules; the token, if any, is taken out of
     /// the query first, whatever the outcome.
-    pub(crate) fn admit<B>(&self, req: &mut Request<B>) -> Result<Option<Identity>, AuthFailure> {
+    pub(crate) fn admit<B>(
+        &self,
+        req: &mut Request<B>,
+        client_cert: Option<&str>,
+    ) -> Result<Option<Identity>, AuthFailure> {
         let from_query = self
             .jwt
             .as_ref()
             .and_then(|(config, _)| take_query_param(req, &config.query));
         self.check_origin(req.headers())?;
+        if self.client_cert && client_cert.is_none() {
+            return Err(AuthFailure::NoClientCert);
+        }
         let Some((config, verifier)) = &self.jwt else {
-            return Ok(None);
+            // Without a token, the certificate names the client.
+            return Ok(client_cert
+                .filter(|_| self.client_cert)
+                .map(|name| Identity {
+                    subject: name.to_owned(),
+                    claims: Claims::new(),
+                }));
         };
         let token = bearer(req.headers())
             .or_else(|| {
@@ -147,11 +167,12 @@ pub(crate) fn check<B>(
     req: &mut Request<B>,
     route: &str,
     rules: Option<&RouteAuth>,
+    front: &Front,
 ) -> Result<Option<Identity>, Rejection> {
     let Some(rules) = rules else {
         return Ok(None);
     };
-    match rules.admit(req) {
+    match rules.admit(req, front.client_cert.as_deref()) {
         Ok(identity) => {
             rules.identity_headers(req.headers_mut(), identity.as_ref());
             Ok(identity)

@@ -27,8 +27,10 @@ pub enum AuthFailure {
     Audience,
     /// `iss` is not one the route accepts.
     Issuer,
-    /// `?name=` on a route where the token names the client.
+    /// `?name=` on a route where a token or certificate names the client.
     NameGiven,
+    /// A route with `client_cert = true`, and no verified certificate.
+    NoClientCert,
 }
 
 impl AuthFailure {
@@ -38,6 +40,7 @@ impl AuthFailure {
                 StatusCode::FORBIDDEN
             }
             AuthFailure::MissingToken
+            | AuthFailure::NoClientCert
             | AuthFailure::Malformed
             | AuthFailure::Algorithm
             | AuthFailure::Signature
@@ -62,6 +65,7 @@ impl AuthFailure {
             AuthFailure::Audience => "wrong_audience",
             AuthFailure::Issuer => "wrong_issuer",
             AuthFailure::NameGiven => "name_given",
+            AuthFailure::NoClientCert => "no_client_cert",
         }
     }
 
@@ -78,6 +82,7 @@ impl AuthFailure {
             AuthFailure::Expired => "token expired",
             AuthFailure::NotYetValid => "token not yet valid",
             AuthFailure::NameGiven => "the token names the client; ?name= is not allowed",
+            AuthFailure::NoClientCert => "a client certificate is required",
         }
     }
 }
@@ -100,6 +105,7 @@ mod tests {
             (AuthFailure::Audience, 401, "wrong_audience"),
             (AuthFailure::Issuer, 401, "wrong_issuer"),
             (AuthFailure::NameGiven, 403, "name_given"),
+            (AuthFailure::NoClientCert, 401, "no_client_cert"),
         ];
         for (f, status, label) in table {
             assert_eq!(f.status().as_u16(), status, "{f:?}");

@@ -31,6 +31,57 @@ pub struct Access {
     pub allow_no_origin: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtConfig>,
+    /// A verified TLS client certificate is required; its subject CN (or
+    /// first SAN) names the client when no token does.
+    pub client_cert: bool,
+}
+
+/// Whether the TLS front asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMode {
+    Off,
+    /// A client without a certificate is let in; one with a certificate
+    /// not signed by `client_ca` is not.
+    Optional,
+    /// No certificate signed by `client_ca`, no TLS.
+    Required,
+}
+
+/// `client_ca` and `client_auth` of `[tls]` or a `[[tls.sni]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientAuth {
+    #[serde(rename = "client_auth")]
+    pub mode: ClientAuthMode,
+    #[serde(rename = "client_ca", skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+}
+
+/// The client-certificate keys of a TLS section; `None` when neither is
+/// written. `client_ca` alone means `client_auth = "required"`.
+pub(super) fn read_client_auth(s: &mut Section<'_>) -> Option<ClientAuth> {
+    if !s.has("client_auth") && !s.has("client_ca") {
+        return None;
+    }
+    let ca = s
+        .string("client_ca")
+        .filter(|c| !c.is_empty())
+        .map(PathBuf::from);
+    let default = match ca {
+        Some(_) => ClientAuthMode::Required,
+        None => ClientAuthMode::Off,
+    };
+    let mode = s.get("client_auth", default, value::choice);
+    if mode != ClientAuthMode::Off && ca.is_none() {
+        s.issue(
+            "client_ca",
+            format!("is required with client_auth = {mode:?}"),
+        );
+    }
+    if let Some(ca) = &ca {
+        super::listen::readable(s, "client_ca", ca);
+    }
+    Some(ClientAuth { mode, ca })
 }
 
 /// `https://app.example.com`, `https://*.example.com`, `http://localhost:3000`.
@@ -168,6 +219,7 @@ pub struct JwtConfig {
 pub(super) fn read(s: &mut Section<'_>) -> Access {
     let origins = s.list("origins", OriginPattern::parse);
     let allow_no_origin = s.get("allow_no_origin", true, value::boolean);
+    let client_cert = s.get("client_cert", false, value::boolean);
     let jwt = if s.has("jwt") {
         read_jwt(&mut s.section("jwt"))
     } else {
@@ -177,6 +229,7 @@ pub(super) fn read(s: &mut Section<'_>) -> Access {
         origins,
         allow_no_origin,
         jwt,
+        client_cert,
     }
 }
 

@@ -25,7 +25,10 @@ mod tunnel;
 mod upstream;
 mod value;
 
-pub use auth::{Access, DEFAULT_JWT_LEEWAY, JwtAlgorithm, JwtConfig, JwtKey, OriginPattern};
+pub use auth::{
+    Access, ClientAuth, ClientAuthMode, DEFAULT_JWT_LEEWAY, JwtAlgorithm, JwtConfig, JwtKey,
+    OriginPattern,
+};
 pub use hub::*;
 pub use limits::*;
 pub use listen::{
