@@ -28,8 +28,9 @@ use crate::close::{AuthFailure, Rejection, Side};
 use crate::config::Route;
 use crate::config::{HubProtocol, HubRoute};
 use crate::frame::ControlFrame;
-use crate::hub::Hub;
+use crate::hub::access::ChannelAccess;
 use crate::hub::session::HubClient;
+use crate::hub::{Hub, HubError};
 use crate::names::{check_channel_name, check_client_name};
 use crate::route::RouteTable;
 use crate::session::{SessionCtx, finish};
@@ -205,6 +206,7 @@ fn hub_client<B>(
 ) -> Result<Peer, Rejection> {
     let name = query_param(req.uri().query().unwrap_or(""), "name");
     // With a token, its subject is the name, and no other can be asked for.
+    let identity_claims = identity.as_ref().map(|i| i.claims.clone());
     let name = match identity {
         Some(_) if name.is_some() => return Err(Rejection::Auth(AuthFailure::NameGiven)),
         Some(identity) if check_client_name(&identity.subject).is_err() => {
@@ -238,17 +240,18 @@ fn hub_client<B>(
         }
         HubProtocol::Raw => Some(route.channel.clone()),
     };
+    let access = ChannelAccess::new(identity_claims.as_ref(), route);
     let registration = hub
-        .register(name.as_deref(), route)
+        .register(name.as_deref(), route, access)
         .map_err(|_| Rejection::NameTaken)?;
     // Join the room now, so a message sent right after this client's 101
     // reaches it.
-    if let Some(room) = &room
-        && hub
-            .subscribe(&registration.conn, room, None, usize::MAX)
-            .is_err()
-    {
-        return Err(Rejection::HubFull);
+    if let Some(room) = &room {
+        match hub.subscribe(&registration.conn, room, None, usize::MAX) {
+            Ok(_) => {}
+            Err(HubError::Forbidden) => return Err(Rejection::Auth(AuthFailure::Channel)),
+            Err(_) => return Err(Rejection::HubFull),
+        }
     }
     Ok(Peer::Hub(HubClient {
         registration,

@@ -31,14 +31,17 @@ pub enum AuthFailure {
     NameGiven,
     /// A route with `client_cert = true`, and no verified certificate.
     NoClientCert,
+    /// A raw hub room the client may not subscribe to.
+    Channel,
 }
 
 impl AuthFailure {
     pub fn status(self) -> StatusCode {
         match self {
-            AuthFailure::Origin | AuthFailure::NoOrigin | AuthFailure::NameGiven => {
-                StatusCode::FORBIDDEN
-            }
+            AuthFailure::Origin
+            | AuthFailure::NoOrigin
+            | AuthFailure::NameGiven
+            | AuthFailure::Channel => StatusCode::FORBIDDEN,
             AuthFailure::MissingToken
             | AuthFailure::NoClientCert
             | AuthFailure::Malformed
@@ -66,6 +69,7 @@ impl AuthFailure {
             AuthFailure::Issuer => "wrong_issuer",
             AuthFailure::NameGiven => "name_given",
             AuthFailure::NoClientCert => "no_client_cert",
+            AuthFailure::Channel => "forbidden_channel",
         }
     }
 
@@ -83,6 +87,7 @@ impl AuthFailure {
             AuthFailure::NotYetValid => "token not yet valid",
             AuthFailure::NameGiven => "the token names the client; ?name= is not allowed",
             AuthFailure::NoClientCert => "a client certificate is required",
+            AuthFailure::Channel => "this client may not join that room",
         }
     }
 }
@@ -106,6 +111,7 @@ mod tests {
             (AuthFailure::Issuer, 401, "wrong_issuer"),
             (AuthFailure::NameGiven, 403, "name_given"),
             (AuthFailure::NoClientCert, 401, "no_client_cert"),
+            (AuthFailure::Channel, 403, "forbidden_channel"),
         ];
         for (f, status, label) in table {
             assert_eq!(f.status().as_u16(), status, "{f:?}");

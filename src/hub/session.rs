@@ -177,7 +177,7 @@ fn raw_frame(
             if let Some(field) = &route.direct_field
                 && let Some(to) = direct_target(&text, field)
             {
-                if hub.send(&to, Some(&conn.name), Body::Json(text)) == 0 {
+                if hub.send_from(conn, &to, Body::Json(text)) == 0 {
                     hub.metrics().dropped_no_recipient.increment(1);
                 }
                 return Ok(());
@@ -281,7 +281,7 @@ fn handle(
             if !bucket.take() {
                 return Err(("rate_limited", "sending too fast".to_owned()));
             }
-            if hub.send(to, Some(&conn.name), data) == 0 {
+            if hub.send_from(conn, to, data) == 0 {
                 hub.metrics().dropped_no_recipient.increment(1);
                 return Err((
                     "no_such_client",
