@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{Instrument, Span, debug, info};
 
-use crate::auth::{self, Identity};
+use crate::auth::{self, Expiry, Identity, Refresh};
 use crate::close::{AuthFailure, Rejection, Side};
 use crate::config::Route;
 use crate::config::{HubProtocol, HubRoute};
@@ -88,11 +88,17 @@ pub(crate) async fn handle(
     };
     let span = Span::current();
     span.record("route", route.name.as_str());
-    let identity = match auth::check(&mut req, &route.name, state.auth.as_ref(), &front) {
+    let identity = match auth::check(&mut req, &route.name, state.auth.as_deref(), &front) {
         Ok(identity) => identity,
         Err(rejection) => return refuse(rejection, req.uri().path()),
     };
     let state = state.clone();
+    let expiry = auth::expiry(
+        identity.as_ref(),
+        state.auth.as_deref(),
+        &shared.shutdown.token,
+    );
+    let expiry = expiry.map(Arc::new);
     let (peer_side, protocol) = match &state.target {
         Target::Echo => (Peer::Echo, None),
         Target::Upstream(pool) => match pool.dial(req.uri(), req.headers(), peer.ip()).await {
@@ -107,14 +113,15 @@ pub(crate) async fn handle(
             }
         },
         Target::Hub(hub_route) => {
-            match hub_client(&req, &state.path, hub_route, &shared.hub, identity) {
+            let refresh = auth::refresher(state.auth.as_ref(), expiry.as_ref(), identity.as_ref());
+            match hub_client(&req, &state.path, hub_route, &shared.hub, identity, refresh) {
                 Ok(peer) => (peer, None),
                 Err(rejection) => return refuse(rejection, req.uri().path()),
             }
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let task = session(on_upgrade, state, permit, shared.clone(), peer_side);
+    let task = session(on_upgrade, state, permit, shared.clone(), peer_side, expiry);
     shared.shutdown.tracker.spawn(task.instrument(span));
     switching_protocols(&accept_key, protocol)
 }
@@ -135,6 +142,7 @@ async fn session(
     permit: Arc<Ticket>,
     shared: Arc<Shared>,
     peer: Peer,
+    expiry: Option<Arc<Expiry>>,
 ) {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
@@ -161,7 +169,8 @@ async fn session(
     let ctx = SessionCtx {
         metrics: &route.metrics,
         limits,
-        cancel: &shared.shutdown.token,
+        cancel: expiry.as_ref().map_or(&shared.shutdown.token, |e| &e.token),
+        expiry: expiry.as_deref(),
     };
     let started = Instant::now();
     ctx.metrics.opened.increment(1);
@@ -203,6 +212,7 @@ fn hub_client<B>(
     route: &Arc<HubRoute>,
     hub: &Hub,
     identity: Option<Identity>,
+    refresh: Option<Refresh>,
 ) -> Result<Peer, Rejection> {
     let name = query_param(req.uri().query().unwrap_or(""), "name");
     // With a token, its subject is the name, and no other can be asked for.
@@ -242,7 +252,7 @@ fn hub_client<B>(
     };
     let access = ChannelAccess::new(identity_claims.as_ref(), route);
     let registration = hub
-        .register(name.as_deref(), route, access)
+        .register(name.as_deref(), route, access, refresh)
         .map_err(|_| Rejection::NameTaken)?;
     // Join the room now, so a message sent right after this client's 101
     // reaches it.

@@ -177,7 +177,7 @@ impl Live {
         let mut auths = Vec::new();
         for route in &config.routes {
             match auth::RouteAuth::new(&route.access, &route.name) {
-                Ok(rules) => auths.push(rules),
+                Ok(rules) => auths.push(rules.map(Arc::new)),
                 Err(issue) => issues.push(issue),
             }
         }
@@ -220,7 +220,7 @@ pub(crate) struct RouteState {
     /// The route's metric series, registered once per snapshot.
     pub(crate) metrics: RouteMetrics,
     /// Origin and token rules; `None`: open to all.
-    pub(crate) auth: Option<auth::RouteAuth>,
+    pub(crate) auth: Option<Arc<auth::RouteAuth>>,
 }
 
 /// Where a route's sessions go.

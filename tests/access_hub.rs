@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{Gateway, Route, Running, Ws, next_data, path, within};
+use common::{Gateway, Route, Running, Ws, next_close, next_data, path, within};
 use futures_util::SinkExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
@@ -79,14 +79,19 @@ async fn direct_messages_stay_in_their_namespace_and_carry_the_real_sender() {
     .await;
 }
 
-fn token(claims: Value) -> String {
-    let exp = SystemTime::now()
+fn now() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-        + 3600;
+}
+
+/// An HS256 token; valid for an hour unless `claims` has its own `exp`.
+fn token(claims: Value) -> String {
     let mut claims = claims;
-    claims["exp"] = json!(exp);
+    if claims.get("exp").is_none() {
+        claims["exp"] = json!(now() + 3600);
+    }
     let key = EncodingKey::from_secret(SECRET);
     encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
 }
@@ -100,15 +105,22 @@ async fn request(ws: &mut Ws, kind: &str, channel: &str, id: u64) -> Value {
     next_json(ws).await
 }
 
+/// `[routes.jwt]` with the test secret, written to `dir`.
+fn jwt(dir: &std::path::Path) -> Table {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let mut jwt = Table::new();
+    jwt.insert("algorithm".into(), "HS256".into());
+    jwt.insert("secret_file".into(), path(&secret));
+    jwt.insert("leeway".into(), "0s".into());
+    jwt
+}
+
 #[tokio::test]
 async fn channel_permissions_from_the_token_and_the_route() {
     within(20, async {
         let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("secret");
-        std::fs::write(&secret, SECRET).unwrap();
-        let mut jwt = Table::new();
-        jwt.insert("algorithm".into(), "HS256".into());
-        jwt.insert("secret_file".into(), path(&secret));
+        let jwt = jwt(dir.path());
         let gw = Gateway::builder()
             .route(
                 Route::hub("/hub")
@@ -158,6 +170,63 @@ async fn channel_permissions_from_the_token_and_the_route() {
         assert_eq!(
             request(&mut bob, "publish", "public.news", 3).await["code"],
             "forbidden"
+        );
+    })
+    .await;
+}
+
+/// Short-lived tokens (2 and 3 seconds): the sessions end at `exp`, no
+/// sleeping, each wait is on the close or an answer.
+#[tokio::test]
+async fn sessions_end_when_their_token_does_unless_refreshed() {
+    within(20, async {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = Gateway::builder()
+            .route(Route::hub("/hub").name("hub").key("jwt", jwt(dir.path())))
+            .route(
+                Route::echo("/private")
+                    .name("private")
+                    .key("jwt", jwt(dir.path())),
+            )
+            .start()
+            .await;
+        let short = |sub: &str, secs: u64| token(json!({"sub": sub, "exp": now() + secs}));
+        let mut refreshed = gw.ws(&format!("/hub?token={}", short("bob", 2))).await;
+        assert_eq!(next_json(&mut refreshed).await["client"], "bob");
+        let mut lapsed = gw.ws(&format!("/hub?token={}", short("carol", 3))).await;
+        assert_eq!(next_json(&mut lapsed).await["client"], "carol");
+        let mut echo = gw.ws(&format!("/private?token={}", short("dave", 2))).await;
+
+        // A fresh token for someone else is refused; bob's own is taken.
+        let other = token(json!({"sub": "mallory"}));
+        send(
+            &mut refreshed,
+            json!({"type": "refresh", "token": other, "id": 1}),
+        )
+        .await;
+        assert_eq!(next_json(&mut refreshed).await["code"], "unauthorized");
+        let fresh = token(json!({"sub": "bob"}));
+        send(
+            &mut refreshed,
+            json!({"type": "refresh", "token": fresh, "id": 2}),
+        )
+        .await;
+        assert_eq!(
+            next_json(&mut refreshed).await,
+            json!({"type": "ack", "id": 2})
+        );
+
+        for ws in [&mut echo, &mut lapsed] {
+            let frame = next_close(ws).await.expect("a close frame");
+            assert_eq!(
+                (u16::from(frame.code), frame.reason.as_str()),
+                (1008, "token expired")
+            );
+        }
+        // carol's token ran out a second after bob's first one: bob is still here.
+        assert_eq!(
+            request(&mut refreshed, "subscribe", "news", 3).await["type"],
+            "ack"
         );
     })
     .await;

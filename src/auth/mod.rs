@@ -6,10 +6,14 @@
 //! [`Identity`] it yields travels with the session: the hub client's name,
 //! the headers an upstream member gets.
 
+mod expiry;
 mod jwt;
 mod mtls;
 
+pub(crate) use expiry::Expiry;
 pub(crate) use mtls::{certificate_name, verifier as client_verifier};
+
+use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri};
@@ -42,10 +46,47 @@ pub(crate) struct Identity {
 
 impl Identity {
     /// `exp`, as Unix seconds, if the token has one.
-    #[allow(dead_code)]
     pub(crate) fn expires(&self) -> Option<u64> {
         self.claims.get("exp").and_then(Value::as_u64)
     }
+}
+
+/// A hub client's `refresh` request: verify a fresh token and move the
+/// session's deadline to its `exp`; the text says why not.
+pub(crate) type Refresh = Box<dyn Fn(&str) -> Result<(), &'static str> + Send + Sync>;
+
+/// The session's expiry timer, when a token with `exp` let it in.
+pub(crate) fn expiry(
+    identity: Option<&Identity>,
+    rules: Option<&RouteAuth>,
+    parent: &tokio_util::sync::CancellationToken,
+) -> Option<Expiry> {
+    let (config, _) = rules?.jwt.as_ref()?;
+    let exp = identity?.expires()?;
+    Some(Expiry::start(parent, exp, config.expiry_grace))
+}
+
+/// What a `refresh` request does for the session of `identity`, when it
+/// has a token that runs out.
+pub(crate) fn refresher(
+    rules: Option<&Arc<RouteAuth>>,
+    expiry: Option<&Arc<Expiry>>,
+    identity: Option<&Identity>,
+) -> Option<Refresh> {
+    let (rules, expiry) = (rules?.clone(), expiry?.clone());
+    let subject = identity?.subject.clone();
+    Some(Box::new(move |token: &str| {
+        let Some((_, verifier)) = &rules.jwt else {
+            return Err("this route takes no tokens");
+        };
+        let claims = verifier.verify(token).map_err(AuthFailure::message)?;
+        if claims.get("sub").and_then(Value::as_str) != Some(subject.as_str()) {
+            return Err("the token names another client");
+        }
+        let exp = claims.get("exp").and_then(Value::as_u64);
+        expiry.extend(exp.ok_or("the token has no exp")?);
+        Ok(())
+    }))
 }
 
 impl RouteAuth {

@@ -201,6 +201,10 @@ pub struct JwtConfig {
     pub issuer: Vec<String>,
     #[serde(serialize_with = "show_duration")]
     pub leeway: Duration,
+    /// How long a session may outlive its token's `exp` before it is
+    /// closed with 1008 `token expired`.
+    #[serde(serialize_with = "show_duration")]
+    pub expiry_grace: Duration,
     /// A cookie that may carry the token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
@@ -262,6 +266,9 @@ fn read_jwt(s: &mut Section<'_>) -> Option<JwtConfig> {
         audience: s.list("audience", |v| Ok(v.to_owned())),
         issuer: s.list("issuer", |v| Ok(v.to_owned())),
         leeway: s.get("leeway", DEFAULT_JWT_LEEWAY, |v| {
+            value::duration_or_off(v).map(Option::unwrap_or_default)
+        }),
+        expiry_grace: s.get("expiry_grace", Duration::ZERO, |v| {
             value::duration_or_off(v).map(Option::unwrap_or_default)
         }),
         cookie: s.string("cookie").filter(|c| !c.is_empty()),

@@ -6,6 +6,7 @@
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::Conn;
 use crate::auth::Claims;
 use crate::config::HubRoute;
 
@@ -62,6 +63,16 @@ pub(crate) fn matches(pattern: &str, channel: &str) -> bool {
         Some(prefix) => channel.starts_with(prefix) && channel.len() > prefix.len(),
         None => pattern == channel,
     }
+}
+
+/// A `refresh` request: a fresh token extends the session.
+pub(crate) fn refresh(conn: &Conn, token: Option<&str>) -> Result<(), (&'static str, String)> {
+    let token = token.ok_or(("bad_request", "\"token\" is required".to_owned()))?;
+    let refresh = (conn.refresh.as_ref()).ok_or((
+        "bad_request",
+        "this session has no token to refresh".to_owned(),
+    ))?;
+    refresh(token).map_err(|why| ("unauthorized", why.to_owned()))
 }
 
 /// `text` with `field` set to `name` if it is a JSON object; anything else

@@ -111,6 +111,8 @@ pub(crate) struct Conn {
     access: ChannelAccess,
     /// raw: the field of its direct messages set to its name.
     sender_field: Option<Arc<str>>,
+    /// Takes a fresh token for the session (routes with tokens).
+    refresh: Option<crate::auth::Refresh>,
     pub(crate) queue: Queue,
     channels: Mutex<Vec<Arc<Channel>>>,
 }
@@ -225,6 +227,7 @@ impl Hub {
         name: Option<&str>,
         route: &HubRoute,
         access: ChannelAccess,
+        refresh: Option<crate::auth::Refresh>,
     ) -> Result<Registration, HubError> {
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
         let name: Arc<str> = match name {
@@ -239,6 +242,7 @@ impl Hub {
             namespace: route.namespace.as_str().into(),
             access,
             sender_field: route.sender_field.as_deref().map(Arc::from),
+            refresh,
             queue: Queue::new(route.queue_messages, route.queue_bytes, route.slow_consumer),
             channels: Mutex::default(),
         });

@@ -51,7 +51,7 @@ where
     loop {
         tokio::select! {
             biased;
-            _ = ctx.cancel.cancelled() => return SessionEnd::Shutdown,
+            _ = ctx.cancel.cancelled() => return ctx.stopped(),
             _ = conn.queue.ready() => {
                 if let Err(end) = drain(ws, conn, ctx, &mut timers).await {
                     return end;
@@ -289,6 +289,9 @@ fn handle(
                 ));
             }
             Ok(protocol::ack(id, None, None))
+        }
+        "refresh" => {
+            super::access::refresh(conn, r.token.as_deref()).map(|()| protocol::ack(id, None, None))
         }
         "presence" => {
             let channel = channel_of(r)?;
