@@ -385,6 +385,7 @@ pub async fn run_with_reload(
     let accept = tokio::spawn(listener::serve(listeners.public, shared.clone()));
     ready.set(true);
     info!(addr = %public_addr, admin = %admin_addr, routes = config.routes.len(), "serving");
+    auth::warn_open(&config.routes);
 
     tokio::pin!(shutdown);
     loop {

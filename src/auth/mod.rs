@@ -19,7 +19,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri};
 use serde_json::Value;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::close::{AuthFailure, Rejection};
 use crate::config::{Access, ConfigIssue, JwtConfig, OriginPattern};
@@ -196,6 +196,20 @@ impl RouteAuth {
             if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
                 headers.insert(name, value);
             }
+        }
+    }
+}
+
+/// Say loudly, once at start, which routes let in anyone: no origin list,
+/// no token, no client certificate.
+pub(crate) fn warn_open(routes: &[crate::config::Route]) {
+    for route in routes {
+        let access = &route.access;
+        if access.origins.is_empty() && access.jwt.is_none() && !access.client_cert {
+            warn!(
+                route = route.name.as_str(),
+                "route is open to every client: no origins, no jwt, no client_cert (see README Security)"
+            );
         }
     }
 }
