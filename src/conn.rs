@@ -20,7 +20,7 @@ use tracing::{Span, debug};
 
 use crate::close::EarlyFailure;
 use crate::handshake::Front;
-use crate::{Shared, handshake, metrics};
+use crate::{Shared, auth, handshake, metrics};
 
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -44,6 +44,7 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, permit: Ticket, shar
                 peer,
                 tls: false,
                 connect: shared.listen_connect_tunnel,
+                client_cert: None,
             };
             serve_http(TokioIo::new(tcp), front, permit, shared, deadline).await;
         }
@@ -95,9 +96,10 @@ async fn serve_tls_until<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let front = shared.live.load().tls.clone();
     let tls = tokio::select! {
         _ = shared.shutdown.token.cancelled() => return,
-        accepted = timeout_at(deadline, shared.live.load().acceptor.clone().accept(io)) => match accepted {
+        accepted = timeout_at(deadline, front.accept(io)) => match accepted {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => return early_failure(EarlyFailure::TlsError, &e),
             Err(_) => return early_failure(EarlyFailure::TlsTimeout, &"deadline passed"),
@@ -106,10 +108,15 @@ async fn serve_tls_until<IO>(
     if let Some(sni) = tls.get_ref().1.server_name() {
         Span::current().record("sni", sni);
     }
+    let client_cert = (tls.get_ref().1.peer_certificates())
+        .and_then(|chain| chain.first())
+        .and_then(auth::certificate_name)
+        .map(Arc::from);
     let front = Front {
         peer,
         tls: true,
         connect,
+        client_cert,
     };
     serve_http(TokioIo::new(tls), front, permit, shared, deadline).await;
 }
@@ -128,7 +135,7 @@ async fn serve_http<IO>(
     // this connection's service holds it.
     let service_shared = shared.clone();
     let service = service_fn(move |req| {
-        let (shared, permit) = (service_shared.clone(), permit.clone());
+        let (shared, permit, front) = (service_shared.clone(), permit.clone(), front.clone());
         async move { Ok::<_, Infallible>(handshake::handle(req, shared, permit, front).await) }
     });
     let mut http = shared.http.clone();

@@ -20,7 +20,7 @@ where
     loop {
         let first = tokio::select! {
             biased;
-            _ = ctx.cancel.cancelled() => return SessionEnd::Shutdown,
+            _ = ctx.cancel.cancelled() => return ctx.stopped(),
             msg = ws.next() => msg,
             tick = timers.next() => {
                 if let Err(end) = timers.handle(tick, ws, ctx.limits.send_timeout).await {

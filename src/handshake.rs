@@ -23,12 +23,14 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{Instrument, Span, debug, info};
 
-use crate::close::{Rejection, Side};
+use crate::auth::{self, Expiry, Identity, Refresh};
+use crate::close::{AuthFailure, Rejection, Side};
 use crate::config::Route;
 use crate::config::{HubProtocol, HubRoute};
 use crate::frame::ControlFrame;
-use crate::hub::Hub;
+use crate::hub::access::ChannelAccess;
 use crate::hub::session::HubClient;
+use crate::hub::{Hub, HubError};
 use crate::names::{check_channel_name, check_client_name};
 use crate::route::RouteTable;
 use crate::session::{SessionCtx, finish};
@@ -42,7 +44,7 @@ const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket
 const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
 
 /// Where a request came in.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Front {
     /// The client's address (for a tunnelled request, the tunnel's client).
     pub(crate) peer: SocketAddr,
@@ -50,6 +52,8 @@ pub(crate) struct Front {
     pub(crate) tls: bool,
     /// CONNECT is served here.
     pub(crate) connect: bool,
+    /// The name in the client's verified TLS certificate, if it sent one.
+    pub(crate) client_cert: Option<Arc<str>>,
 }
 
 /// Serve one request: a CONNECT goes to `tunnel`; anything else is upgraded
@@ -89,6 +93,10 @@ pub(crate) async fn handle(
     };
     let span = Span::current();
     span.record("route", route.name.as_str());
+    let identity = match auth::check(&mut req, &route.name, state.auth.as_deref(), &front) {
+        Ok(identity) => identity,
+        Err(rejection) => return refuse(rejection, req.uri().path()),
+    };
     let state = state.clone();
     let chosen = match route.subprotocols.as_ref() {
         Some(served) => match subprotocol::choose(req.headers(), served) {
@@ -101,6 +109,12 @@ pub(crate) async fn handle(
         },
         None => None,
     };
+    let expiry = auth::expiry(
+        identity.as_ref(),
+        state.auth.as_deref(),
+        &shared.shutdown.token,
+    );
+    let expiry = expiry.map(Arc::new);
     let (peer_side, protocol) = match &state.target {
         Target::Echo => (Peer::Echo, chosen),
         Target::Upstream(pool) => match pool.dial(req.uri(), req.headers(), peer.ip()).await {
@@ -115,13 +129,16 @@ pub(crate) async fn handle(
             }
         },
         Target::Static(_) => return refuse(Rejection::NoRoute, req.uri().path()),
-        Target::Hub(hub_route) => match hub_client(&req, &state.path, hub_route, &shared.hub) {
-            Ok(peer) => (peer, chosen),
-            Err(rejection) => return refuse(rejection, req.uri().path()),
-        },
+        Target::Hub(hub_route) => {
+            let refresh = auth::refresher(state.auth.as_ref(), expiry.as_ref(), identity.as_ref());
+            match hub_client(&req, &state.path, hub_route, &shared.hub, identity, refresh) {
+                Ok(peer) => (peer, chosen),
+                Err(rejection) => return refuse(rejection, req.uri().path()),
+            }
+        }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let task = session(on_upgrade, state, permit, shared.clone(), peer_side);
+    let task = session(on_upgrade, state, permit, shared.clone(), peer_side, expiry);
     shared.shutdown.tracker.spawn(task.instrument(span));
     switching_protocols(&accept_key, protocol)
 }
@@ -142,6 +159,7 @@ async fn session(
     permit: Arc<Ticket>,
     shared: Arc<Shared>,
     peer: Peer,
+    expiry: Option<Arc<Expiry>>,
 ) {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
@@ -168,7 +186,8 @@ async fn session(
     let ctx = SessionCtx {
         metrics: &route.metrics,
         limits,
-        cancel: &shared.shutdown.token,
+        cancel: expiry.as_ref().map_or(&shared.shutdown.token, |e| &e.token),
+        expiry: expiry.as_deref(),
     };
     let started = Instant::now();
     ctx.metrics.opened.increment(1);
@@ -209,8 +228,20 @@ fn hub_client<B>(
     route_path: &str,
     route: &Arc<HubRoute>,
     hub: &Hub,
+    identity: Option<Identity>,
+    refresh: Option<Refresh>,
 ) -> Result<Peer, Rejection> {
     let name = query_param(req.uri().query().unwrap_or(""), "name");
+    // With a token, its subject is the name, and no other can be asked for.
+    let identity_claims = identity.as_ref().map(|i| i.claims.clone());
+    let name = match identity {
+        Some(_) if name.is_some() => return Err(Rejection::Auth(AuthFailure::NameGiven)),
+        Some(identity) if check_client_name(&identity.subject).is_err() => {
+            return Err(Rejection::Auth(AuthFailure::Malformed));
+        }
+        Some(identity) => Some(identity.subject),
+        None => name,
+    };
     if let Some(name) = &name
         && check_client_name(name).is_err()
     {
@@ -236,17 +267,18 @@ fn hub_client<B>(
         }
         HubProtocol::Raw => Some(route.channel.clone()),
     };
+    let access = ChannelAccess::new(identity_claims.as_ref(), route);
     let registration = hub
-        .register(name.as_deref(), route)
+        .register(name.as_deref(), route, access, refresh)
         .map_err(|_| Rejection::NameTaken)?;
     // Join the room now, so a message sent right after this client's 101
     // reaches it.
-    if let Some(room) = &room
-        && hub
-            .subscribe(&registration.conn, room, None, usize::MAX)
-            .is_err()
-    {
-        return Err(Rejection::HubFull);
+    if let Some(room) = &room {
+        match hub.subscribe(&registration.conn, room, None, usize::MAX) {
+            Ok(_) => {}
+            Err(HubError::Forbidden) => return Err(Rejection::Auth(AuthFailure::Channel)),
+            Err(_) => return Err(Rejection::HubFull),
+        }
     }
     Ok(Peer::Hub(HubClient {
         registration,
@@ -441,6 +473,11 @@ pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
         | Rejection::HubFull
         | Rejection::Subprotocol
         | Rejection::PlainHttp => {}
+        Rejection::Auth(failure) => {
+            if failure.status() == StatusCode::UNAUTHORIZED {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+        }
         Rejection::ConnectDisabled => {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
         }
@@ -460,6 +497,7 @@ mod tests {
             path: "/echo".into(),
             kind: RouteKind::Echo,
             subprotocols: None,
+            access: Default::default(),
         };
         RouteTable::new(&[echo], |_| ())
     }

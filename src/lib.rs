@@ -45,13 +45,13 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 mod admin;
 mod admission;
+mod auth;
 pub mod client;
 mod client_handshake;
 pub mod close;
@@ -151,7 +151,7 @@ pub(crate) struct Shared {
 /// and keeps it, so a reload never touches a session in flight.
 pub(crate) struct Live {
     pub(crate) routes: RouteTable<RouteState>,
-    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) tls: Arc<tls::TlsFront>,
     /// The `[[tls.sni]]` host names: a CONNECT to one of them (on the
     /// listen port) is a CONNECT to this gateway.
     pub(crate) sni_hosts: Vec<names::ServerName>,
@@ -178,18 +178,27 @@ impl Live {
                 },
             });
         }
+        let mut auths = Vec::new();
+        for route in &config.routes {
+            match auth::RouteAuth::new(&route.access, &route.name) {
+                Ok(rules) => auths.push(rules.map(Arc::new)),
+                Err(issue) => issues.push(issue),
+            }
+        }
         if !issues.is_empty() {
             return Err(Error::Config(issues));
         }
         let mut targets = targets.into_iter();
+        let mut auths = auths.into_iter();
         let routes = RouteTable::new(&config.routes, |r| RouteState {
             path: r.path.clone(),
             target: targets.next().unwrap_or(Target::Echo),
             metrics: RouteMetrics::new(r),
+            auth: auths.next().flatten(),
         });
         Ok(Live {
             routes,
-            acceptor: TlsAcceptor::from(tls),
+            tls: Arc::new(tls),
             sni_hosts: config.tls.sni.iter().map(|s| s.host.clone()).collect(),
             retired: parent.child_token(),
         })
@@ -214,6 +223,8 @@ pub(crate) struct RouteState {
     pub(crate) target: Target,
     /// The route's metric series, registered once per snapshot.
     pub(crate) metrics: RouteMetrics,
+    /// Origin and token rules; `None`: open to all.
+    pub(crate) auth: Option<Arc<auth::RouteAuth>>,
 }
 
 /// Where a route's sessions go.
@@ -381,6 +392,7 @@ pub async fn run_with_reload(
     let accept = tokio::spawn(listener::serve(listeners.public, shared.clone()));
     ready.set(true);
     info!(addr = %public_addr, admin = %admin_addr, routes = config.routes.len(), "serving");
+    auth::warn_open(&config.routes);
 
     tokio::pin!(shutdown);
     loop {

@@ -11,7 +11,7 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::close::{
-    EarlyFailure, HubDrop, Rejection, Reload, SessionEnd, Shed, Side, TunnelOutcome,
+    AuthFailure, EarlyFailure, HubDrop, Rejection, Reload, SessionEnd, Shed, Side, TunnelOutcome,
 };
 use crate::config::Route;
 
@@ -22,6 +22,7 @@ pub const MESSAGES_TOTAL: &str = "wsgate_messages_total";
 pub const BYTES_TOTAL: &str = "wsgate_bytes_total";
 pub const HANDSHAKE_FAILURES_TOTAL: &str = "wsgate_handshake_failures_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "wsgate_tls_handshake_failures_total";
+pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
 pub const SESSIONS_ENDED_TOTAL: &str = "wsgate_sessions_ended_total";
 pub const SESSION_DURATION_SECONDS: &str = "wsgate_session_duration_seconds";
 pub const UPSTREAM_CONNECT_SECONDS: &str = "wsgate_upstream_connect_seconds";
@@ -53,6 +54,7 @@ pub const ALL: &[&str] = &[
     BYTES_TOTAL,
     HANDSHAKE_FAILURES_TOTAL,
     TLS_HANDSHAKE_FAILURES_TOTAL,
+    AUTH_FAILURES_TOTAL,
     SESSIONS_ENDED_TOTAL,
     SESSION_DURATION_SECONDS,
     UPSTREAM_CONNECT_SECONDS,
@@ -160,6 +162,10 @@ fn describe_sessions() {
         BYTES_TOTAL,
         Unit::Bytes,
         "WebSocket payload bytes relayed, by route and direction"
+    );
+    describe_counter!(
+        AUTH_FAILURES_TOTAL,
+        "Upgrades refused by a route's origin or token rules, by route and reason"
     );
     describe_counter!(
         HANDSHAKE_FAILURES_TOTAL,
@@ -321,6 +327,13 @@ pub fn static_request(result: Result<bool, crate::close::FileRefusal>) {
         Err(refusal) => refusal.label(),
     };
     counter!(STATIC_REQUESTS_TOTAL, "result" => label).increment(1);
+}
+
+/// An upgrade refused by `route`'s access rules (also counted as a
+/// handshake failure, reason `auth`).
+pub fn auth_failed(route: &str, failure: AuthFailure) {
+    counter!(AUTH_FAILURES_TOTAL, "route" => route.to_owned(), "reason" => failure.label())
+        .increment(1);
 }
 
 pub fn early_failure(failure: EarlyFailure) {

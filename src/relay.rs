@@ -107,7 +107,7 @@ where
             let (from, read) = tokio::select! {
                 read = up.buf.read_from(*client) => (Side::Client, read),
                 read = down.buf.read_from(*upstream) => (Side::Upstream, read),
-                _ = ctx.cancel.cancelled() => return SessionEnd::Shutdown,
+                _ = ctx.cancel.cancelled() => return ctx.stopped(),
                 tick = timers.next() => {
                     // Nothing may be written into a frame on its way to the
                     // client: the keepalive waits for the next tick.

@@ -73,6 +73,7 @@ mod tests {
             path: path.into(),
             kind: RouteKind::Echo,
             subprotocols: None,
+            access: Default::default(),
         }
     }
 

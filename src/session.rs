@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Expiry;
 use crate::close::{ClosePlan, SessionEnd, Side};
 use crate::config::Limits;
 use crate::metrics::RouteMetrics;
@@ -29,8 +30,11 @@ pub(crate) struct SessionCtx<'a> {
     pub(crate) metrics: &'a RouteMetrics,
     /// Send, ping, idle and close deadlines, as configured.
     pub(crate) limits: &'a Limits,
-    /// The gateway's shutdown: the loop ends with `SessionEnd::Shutdown`.
+    /// The gateway's shutdown, or this session's token expiry: the loop
+    /// ends with [`SessionCtx::stopped`].
     pub(crate) cancel: &'a CancellationToken,
+    /// Set when the session's token can run out.
+    pub(crate) expiry: Option<&'a Expiry>,
 }
 
 /// Carry out one side's part of the end, within `limit`: send our Close (or
@@ -62,6 +66,14 @@ where
 }
 
 impl SessionCtx<'_> {
+    /// Why `cancel` fired: the token ran out, or the gateway drains.
+    pub(crate) fn stopped(&self) -> SessionEnd {
+        match self.expiry {
+            Some(expiry) if expiry.expired() => SessionEnd::TokenExpired,
+            _ => SessionEnd::Shutdown,
+        }
+    }
+
     /// Run a write batch to `to` under `send_timeout`, giving way to
     /// shutdown: a peer that stops reading holds a session for at most that
     /// long, and never delays a drain.
@@ -74,7 +86,7 @@ impl SessionCtx<'_> {
             written = timeout(self.limits.send_timeout, work) => {
                 written.unwrap_or(Err(SessionEnd::SendTimeout(to)))
             }
-            _ = self.cancel.cancelled() => Err(SessionEnd::Shutdown),
+            _ = self.cancel.cancelled() => Err(self.stopped()),
         }
     }
 }

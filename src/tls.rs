@@ -1,17 +1,23 @@
 //! PEM files → `rustls::ServerConfig`: TLS 1.2 and 1.3 only, ALPN
-//! `http/1.1`, the certificate chosen by SNI with a default.
+//! `http/1.1`, the certificate chosen by SNI with a default, client
+//! certificates asked for where `client_auth` says (`auth::mtls`).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
 
-use crate::config::{CertPair, ConfigIssue, TlsConfig, UpstreamTls};
+use crate::auth;
+use crate::config::{CertPair, ClientAuth, ConfigIssue, TlsConfig, UpstreamTls};
 use crate::metrics;
 use crate::names::ServerName;
 
@@ -20,8 +26,41 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Build the server config. Errors name the config key of the bad file.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Vec<ConfigIssue>> {
+/// The TLS side of the public front: one server config per client
+/// certificate rule. Most fronts have one; a `[[tls.sni]]` entry with its
+/// own `client_auth` gets its own, picked from the ClientHello's name.
+pub struct TlsFront {
+    default: Arc<rustls::ServerConfig>,
+    exact: HashMap<String, Arc<rustls::ServerConfig>>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<String, Arc<rustls::ServerConfig>>,
+}
+
+impl TlsFront {
+    /// The handshake, with the config the client's SNI name asks for.
+    pub(crate) async fn accept<IO>(&self, io: IO) -> std::io::Result<TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
+        let name = start
+            .client_hello()
+            .server_name()
+            .map(str::to_ascii_lowercase);
+        let config = name
+            .and_then(|name| {
+                self.exact.get(&name).or_else(|| {
+                    name.split_once('.')
+                        .and_then(|(_, suffix)| self.wildcard.get(suffix))
+                })
+            })
+            .unwrap_or(&self.default);
+        start.into_stream(config.clone()).await
+    }
+}
+
+/// Build the server side. Errors name the config key of the bad file.
+pub fn server_config(tls: &TlsConfig) -> Result<TlsFront, Vec<ConfigIssue>> {
     let provider = provider();
     let mut issues = Vec::new();
     let default = load_pair(&provider, &tls.default, "tls", "default", &mut issues);
@@ -41,21 +80,60 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Vec<C
             };
         }
     }
+    let verifier = |auth: &Option<ClientAuth>, section: &str, issues: &mut Vec<ConfigIssue>| {
+        let auth = auth.as_ref()?;
+        auth::client_verifier(auth, section)
+            .map_err(|i| issues.push(i))
+            .ok()
+            .map(|v| (v, auth.mode))
+    };
+    let listener_verifier = verifier(&tls.client_auth, "tls", &mut issues);
+    let sni_verifiers: Vec<_> = (tls.sni.iter().enumerate())
+        .map(|(i, sni)| verifier(&sni.client_auth, &format!("tls.sni[{i}]"), &mut issues))
+        .collect();
     let Some(default) = default.filter(|_| issues.is_empty()) else {
         return Err(issues);
     };
-    let resolver = SniResolver {
+    let resolver = Arc::new(SniResolver {
         default,
         exact,
         wildcard,
+    });
+    let mut front = TlsFront {
+        default: build(&provider, &resolver, listener_verifier.and_then(|(v, _)| v)),
+        exact: HashMap::new(),
+        wildcard: HashMap::new(),
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    for (sni, verifier) in tls.sni.iter().zip(sni_verifiers) {
+        let Some((verifier, _)) = verifier else {
+            continue;
+        };
+        let config = build(&provider, &resolver, verifier);
+        match &sni.host {
+            ServerName::Wildcard(suffix) => front.wildcard.insert(suffix.clone(), config),
+            ServerName::Exact(name) => front.exact.insert(name.clone(), config),
+        };
+    }
+    Ok(front)
+}
+
+/// One server config: TLS 1.2 and 1.3, ALPN http/1.1, certificates by SNI,
+/// client certificates asked for by `verifier` (none without).
+fn build(
+    provider: &Arc<CryptoProvider>,
+    resolver: &Arc<SniResolver>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Arc<rustls::ServerConfig> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("the ring provider supports TLS 1.2 and 1.3")
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .expect("the ring provider supports TLS 1.2 and 1.3");
+    let builder = match verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Arc::new(config)
 }
 
 fn load_pair(

@@ -7,6 +7,7 @@
 //!
 //! - [`upgrade`]: a refused WebSocket upgrade ([`Rejection`]) and failures
 //!   before any request was read ([`EarlyFailure`]).
+//! - [`auth`]: an upgrade refused by a route's access rules ([`AuthFailure`]).
 //! - [`session`]: how an upgraded session ended ([`SessionEnd`]) and what
 //!   each side is sent ([`ClosePlan`]).
 //! - [`tunnel`]: the result of an HTTP CONNECT ([`TunnelOutcome`]).
@@ -18,6 +19,7 @@
 //! - [`reload`]: the result of a config reload ([`Reload`]).
 
 pub mod admission;
+pub mod auth;
 pub mod files;
 pub mod hub;
 pub mod hub_api;
@@ -27,6 +29,7 @@ pub mod tunnel;
 pub mod upgrade;
 
 pub use admission::Shed;
+pub use auth::AuthFailure;
 pub use files::FileRefusal;
 pub use hub::HubDrop;
 pub use hub_api::ApiError;

@@ -51,6 +51,9 @@ pub enum SessionEnd {
     RateLimited,
     /// The gateway cannot take this session now (hub channel limit).
     Overloaded,
+    /// The client's token ran out (after the route's grace) and no fresh
+    /// one came.
+    TokenExpired,
 }
 
 /// What to send one side at the end.
@@ -135,6 +138,10 @@ impl SessionEnd {
                 Side::Client => ClosePlan::Send(CloseCode::Error, "ping timeout"),
                 Side::Upstream => ClosePlan::Send(CloseCode::Away, "client gone"),
             },
+            SessionEnd::TokenExpired => match side {
+                Side::Client => ClosePlan::Send(CloseCode::Policy, "token expired"),
+                Side::Upstream => ClosePlan::Send(CloseCode::Away, "token expired"),
+            },
             SessionEnd::SlowConsumer | SessionEnd::RateLimited | SessionEnd::Overloaded
                 if side == Side::Upstream =>
             {
@@ -170,6 +177,7 @@ impl SessionEnd {
             SessionEnd::SlowConsumer => "slow_consumer",
             SessionEnd::RateLimited => "rate_limited",
             SessionEnd::Overloaded => "overloaded",
+            SessionEnd::TokenExpired => "token_expired",
         }
     }
 
@@ -248,6 +256,7 @@ mod tests {
             (SessionEnd::SlowConsumer, Some(1008), Some(1001)),
             (SessionEnd::RateLimited, Some(1008), Some(1001)),
             (SessionEnd::Overloaded, Some(1013), Some(1001)),
+            (SessionEnd::TokenExpired, Some(1008), Some(1001)),
         ];
         for (end, client, upstream) in table {
             assert_eq!(code(end.plan(Client)), client, "client side of {end:?}");

@@ -3,6 +3,8 @@
 
 use http::StatusCode;
 
+use super::AuthFailure;
+
 /// Why an HTTP request was not upgraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -44,6 +46,8 @@ pub enum Rejection {
     PlainHttp,
     /// A CONNECT where tunnelling is off (or inside a tunnel already).
     ConnectDisabled,
+    /// The route's origin or token rules refused it (401/403).
+    Auth(AuthFailure),
 }
 
 impl Rejection {
@@ -65,6 +69,7 @@ impl Rejection {
             Rejection::NameTaken => StatusCode::CONFLICT,
             Rejection::PlainHttp | Rejection::Subprotocol => StatusCode::BAD_REQUEST,
             Rejection::ConnectDisabled => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::Auth(failure) => failure.status(),
         }
     }
 
@@ -88,6 +93,7 @@ impl Rejection {
             Rejection::Subprotocol => "subprotocol",
             Rejection::PlainHttp => "plain_http",
             Rejection::ConnectDisabled => "connect_disabled",
+            Rejection::Auth(_) => "auth",
         }
     }
 
@@ -115,6 +121,7 @@ impl Rejection {
                 "this port speaks TLS (https://, wss://); plain HTTP is for CONNECT only"
             }
             Rejection::ConnectDisabled => "CONNECT is not served here",
+            Rejection::Auth(failure) => failure.message(),
         }
     }
 }
@@ -176,6 +183,8 @@ mod tests {
             (Rejection::Subprotocol, 400, "subprotocol"),
             (Rejection::PlainHttp, 400, "plain_http"),
             (Rejection::ConnectDisabled, 405, "connect_disabled"),
+            (Rejection::Auth(AuthFailure::MissingToken), 401, "auth"),
+            (Rejection::Auth(AuthFailure::Origin), 403, "auth"),
         ];
         for (r, status, label) in table {
             assert_eq!(r.status().as_u16(), status, "{r:?}");

@@ -48,6 +48,19 @@ pub struct HubRoute {
     /// only to the client(s) of that name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direct_field: Option<String>,
+    /// raw, with `direct_field`: the field of a direct message set to the
+    /// sender's real name, whatever the client wrote there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_field: Option<String>,
+    /// Names and direct messages live here: clients of routes with the
+    /// same namespace see each other (default: the route's name).
+    pub namespace: String,
+    /// Channels a client may subscribe to / publish on when its token does
+    /// not say (`channels` claim); absent: any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<String>>,
     pub names: NamePolicy,
     /// Send this route's clients join/leave events for their channels.
     pub presence_events: bool,
@@ -116,6 +129,12 @@ impl HubRoute {
             channel_from_path: s.get("channel_from_path", false, value::boolean),
             echo: s.get("echo", false, value::boolean),
             direct_field: s.string("direct_field"),
+            sender_field: s.string("sender_field"),
+            namespace: s
+                .string("namespace")
+                .unwrap_or_else(|| route_name.to_owned()),
+            subscribe: s.has("subscribe").then(|| s.list("subscribe", pattern)),
+            publish: s.has("publish").then(|| s.list("publish", pattern)),
             names: s.get("names", NamePolicy::Shared, value::choice),
             presence_events: s.get("presence_events", false, value::boolean),
             max_channels_per_client: s.get(
@@ -145,12 +164,25 @@ impl HubRoute {
                 ("channel_from_path", route.channel_from_path),
                 ("echo", route.echo),
                 ("direct_field", route.direct_field.is_some()),
+                ("sender_field", route.sender_field.is_some()),
             ] {
                 if set {
                     s.issue(key, "only applies to protocol = \"raw\"");
                 }
             }
         }
+        if route.sender_field.is_some() && route.direct_field.is_none() {
+            s.issue("sender_field", "needs direct_field");
+        }
         route
     }
+}
+
+/// A channel pattern: a channel name, `prefix*`, or `*`.
+fn pattern(p: &str) -> Result<String, String> {
+    let name = p.strip_suffix('*').unwrap_or(p);
+    if !name.is_empty() {
+        check_channel_name(name)?;
+    }
+    Ok(p.to_owned())
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::auth::{ClientAuth, read_client_auth};
 use super::reader::Section;
 use super::value;
 use crate::names::ServerName;
@@ -40,6 +41,9 @@ pub struct TlsConfig {
     pub self_signed_if_missing: bool,
     /// Extra certificates chosen by the client's SNI name.
     pub sni: Vec<SniCert>,
+    /// `client_ca`, `client_auth`: TLS client certificates (`config/auth.rs`).
+    #[serde(flatten)]
+    pub client_auth: Option<ClientAuth>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -54,6 +58,9 @@ pub struct SniCert {
     pub host: ServerName,
     #[serde(flatten)]
     pub files: CertPair,
+    /// This name's own client-certificate rule; `None`: the listener's.
+    #[serde(flatten)]
+    pub client_auth: Option<ClientAuth>,
 }
 
 fn default_addr(s: &str) -> SocketAddr {
@@ -100,14 +107,20 @@ impl TlsConfig {
                 entry.issue("host", format!("\"{host}\" is already used by {first}"));
             }
             let files = CertPair::read(&mut entry, "cert", "key");
+            let client_auth = read_client_auth(&mut entry);
             if let (Some(host), Some(files)) = (host, files) {
-                sni.push(SniCert { host, files });
+                sni.push(SniCert {
+                    host,
+                    files,
+                    client_auth,
+                });
             }
         });
         TlsConfig {
             default: CertPair { cert, key },
             self_signed_if_missing: self_signed,
             sni,
+            client_auth: read_client_auth(&mut s),
         }
     }
 }

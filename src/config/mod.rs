@@ -15,6 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+mod auth;
 mod files;
 mod hub;
 mod limits;
@@ -26,6 +27,10 @@ mod tunnel;
 mod upstream;
 mod value;
 
+pub use auth::{
+    Access, ClientAuth, ClientAuthMode, DEFAULT_JWT_LEEWAY, JwtAlgorithm, JwtConfig, JwtKey,
+    OriginPattern,
+};
 pub use files::StaticRoute;
 pub use hub::*;
 pub use limits::*;

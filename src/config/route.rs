@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::auth::Access;
 use super::files::StaticRoute;
 use super::hub::HubRoute;
 use super::reader::Section;
@@ -24,6 +25,9 @@ pub struct Route {
     /// Echo and hub routes: the subprotocols answered (`None` elsewhere).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub subprotocols: Option<Subprotocols>,
+    /// Origins and tokens let in (`config/auth.rs`).
+    #[serde(flatten)]
+    pub access: Access,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -94,6 +98,7 @@ impl Route {
             }
         }
         let host = s.opt("host", ServerName::parse);
+        let access = super::auth::read(s);
         let kind = match s.required("kind").as_deref() {
             Some("echo") => Some(RouteKind::Echo),
             Some("upstream") => Some(RouteKind::Upstream(Box::new(UpstreamConfig::read(s)))),
@@ -140,6 +145,7 @@ impl Route {
             path,
             kind,
             subprotocols,
+            access,
         })
     }
 }

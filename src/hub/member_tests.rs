@@ -13,6 +13,7 @@ use super::*;
 use crate::config::{Config, ConfigSource, RouteKind};
 use crate::frame::{Header, MAX_HEADER, apply_mask, server_frame};
 use crate::hub::Hub;
+use crate::hub::access::ChannelAccess;
 use crate::hub::session::{HubClient, serve};
 use crate::metrics::RouteMetrics;
 use crate::session::SessionCtx;
@@ -57,6 +58,7 @@ impl Setup {
             metrics: &self.metrics,
             limits: &self.config.limits,
             cancel: &self.cancel,
+            expiry: None,
         }
     }
 
@@ -66,7 +68,10 @@ impl Setup {
         };
         let route = Arc::new((**route).clone());
         HubClient {
-            registration: self.hub.register(Some(name), &route).unwrap(),
+            registration: self
+                .hub
+                .register(Some(name), &route, ChannelAccess::new(None, &route), None)
+                .unwrap(),
             route,
             room: None,
         }

@@ -9,6 +9,7 @@
 //! waits (a full queue trips that subscriber's slow-consumer policy), and no
 //! lock is ever held across an `.await`.
 
+pub(crate) mod access;
 pub(crate) mod api;
 mod member;
 pub(crate) mod protocol;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{HubConfig, HubProtocol, HubRoute, NamePolicy};
 use crate::frame::{OpCode, server_frame};
 use crate::metrics::HubMetrics;
+use access::ChannelAccess;
 use protocol::Body;
 use queue::Pushed;
 pub(crate) use queue::Queue;
@@ -116,6 +118,14 @@ pub(crate) struct Conn {
     json: bool,
     /// Wants join/leave events.
     presence: bool,
+    /// Its route's namespace: direct messages reach only this one's names.
+    namespace: Arc<str>,
+    /// Channels it may subscribe to and publish on.
+    access: ChannelAccess,
+    /// raw: the field of its direct messages set to its name.
+    sender_field: Option<Arc<str>>,
+    /// Takes a fresh token for the session (routes with tokens).
+    refresh: Option<crate::auth::Refresh>,
     pub(crate) queue: Queue,
     channels: Mutex<Vec<Arc<Channel>>>,
 }
@@ -148,6 +158,8 @@ pub(crate) enum HubError {
     TooManyChannels,
     ChannelLimit,
     NotSubscribed,
+    /// Not in the client's subscribe or publish permissions.
+    Forbidden,
 }
 
 impl HubError {
@@ -157,6 +169,7 @@ impl HubError {
             HubError::TooManyChannels => "too_many_channels",
             HubError::ChannelLimit => "channel_limit",
             HubError::NotSubscribed => "not_subscribed",
+            HubError::Forbidden => "forbidden",
         }
     }
 
@@ -168,6 +181,7 @@ impl HubError {
                 "this connection is subscribed to its maximum number of channels"
             }
             HubError::NotSubscribed => "not subscribed to that channel",
+            HubError::Forbidden => "this client may not use that channel",
         }
     }
 }
@@ -219,11 +233,14 @@ impl Hub {
         &self.0.metrics
     }
 
-    /// Register a client of `route`, named or `guest-N`.
+    /// Register a client of `route`, named or `guest-N`, with what it may
+    /// do on channels.
     pub(crate) fn register(
         &self,
         name: Option<&str>,
         route: &HubRoute,
+        access: ChannelAccess,
+        refresh: Option<crate::auth::Refresh>,
     ) -> Result<Registration, HubError> {
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
         let name: Arc<str> = match name {
@@ -235,13 +252,18 @@ impl Hub {
             name: name.clone(),
             json: route.protocol == HubProtocol::Json,
             presence: route.presence_events,
+            namespace: route.namespace.as_str().into(),
+            access,
+            sender_field: route.sender_field.as_deref().map(Arc::from),
+            refresh,
             queue: Queue::new(route.queue_messages, route.queue_bytes, route.slow_consumer),
             channels: Mutex::default(),
         });
         {
             let mut clients = lock(&self.0.clients);
             let entry = clients.entry(name).or_default();
-            if route.names == NamePolicy::Unique && !entry.is_empty() {
+            let taken = entry.iter().any(|c| c.namespace == conn.namespace);
+            if route.names == NamePolicy::Unique && taken {
                 return Err(HubError::NameTaken);
             }
             entry.push(conn.clone());
@@ -304,6 +326,13 @@ impl Hub {
         body: Body,
         include_sender: bool,
     ) -> Result<(u64, usize), HubError> {
+        // A raw client's room was checked when it joined.
+        if let Some(conn) = from
+            && conn.json
+            && !conn.access.may_publish(channel)
+        {
+            return Err(HubError::Forbidden);
+        }
         let channel = self
             .channel(channel, true)?
             .ok_or(HubError::TooManyChannels)?;
@@ -364,6 +393,9 @@ impl Hub {
         since: Option<u64>,
         max_per_client: usize,
     ) -> Result<Subscribed, HubError> {
+        if !conn.access.may_subscribe(channel) {
+            return Err(HubError::Forbidden);
+        }
         {
             let channels = lock(&conn.channels);
             if let Some(ch) = channels.iter().find(|c| &*c.name == channel) {
@@ -454,10 +486,28 @@ impl Hub {
         Some(names)
     }
 
-    /// A direct message to every connection named `to`. Returns how many
-    /// connections it was queued to.
+    /// A direct message from a client to every connection named `to` in
+    /// its namespace (never beyond), with its real name stamped in where
+    /// its route says. Returns how many connections it was queued to.
+    pub(crate) fn send_from(&self, from: &Conn, to: &str, body: Body) -> usize {
+        let body = match (&from.sender_field, body) {
+            (Some(field), Body::Json(text)) => Body::Json(access::stamp(&text, field, &from.name)),
+            (_, body) => body,
+        };
+        self.deliver(to, Some(&from.namespace), Some(&from.name), body)
+    }
+
+    /// A direct message (from the HTTP API) to every connection named `to`,
+    /// in every namespace.
     pub(crate) fn send(&self, to: &str, from: Option<&str>, body: Body) -> usize {
-        let targets = lock(&self.0.clients).get(to).cloned().unwrap_or_default();
+        self.deliver(to, None, from, body)
+    }
+
+    fn deliver(&self, to: &str, namespace: Option<&str>, from: Option<&str>, body: Body) -> usize {
+        let mut targets = lock(&self.0.clients).get(to).cloned().unwrap_or_default();
+        if let Some(namespace) = namespace {
+            targets.retain(|c| &*c.namespace == namespace);
+        }
         let metrics = &self.0.metrics;
         let (envelope, raw) = (OnceLock::new(), OnceLock::new());
         let mut delivered = 0;

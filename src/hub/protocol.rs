@@ -25,6 +25,9 @@ pub(crate) struct Request<'a> {
     pub(crate) data: Option<&'a RawValue>,
     #[serde(default)]
     pub(crate) to: Option<String>,
+    /// `refresh`: a fresh token for this session.
+    #[serde(default)]
+    pub(crate) token: Option<String>,
 }
 
 /// A message body as it travels through the hub.

@@ -71,7 +71,7 @@ where
     loop {
         let step = tokio::select! {
             biased;
-            _ = ctx.cancel.cancelled() => Err(SessionEnd::Shutdown),
+            _ = ctx.cancel.cancelled() => Err(ctx.stopped()),
             _ = conn.queue.ready() => Box::pin(drain(member, conn, ctx, &mut timers)).await,
             read = member.read() => match read {
                 Ok(()) => received(member, hub, client, &mut bucket, ctx, &mut timers).await,
@@ -232,7 +232,7 @@ fn raw_frame(
             if let Some(field) = &route.direct_field
                 && let Some(to) = direct_target(&text, field)
             {
-                if hub.send(&to, Some(&conn.name), Body::Json(text)) == 0 {
+                if hub.send_from(conn, &to, Body::Json(text)) == 0 {
                     hub.metrics().dropped_no_recipient.increment(1);
                 }
                 return Ok(());
@@ -335,7 +335,7 @@ fn handle(
             if !bucket.take() {
                 return Err(("rate_limited", "sending too fast".to_owned()));
             }
-            if hub.send(to, Some(&conn.name), data) == 0 {
+            if hub.send_from(conn, to, data) == 0 {
                 hub.metrics().dropped_no_recipient.increment(1);
                 return Err((
                     "no_such_client",
@@ -343,6 +343,9 @@ fn handle(
                 ));
             }
             Ok(protocol::ack(id, None, None))
+        }
+        "refresh" => {
+            super::access::refresh(conn, r.token.as_deref()).map(|()| protocol::ack(id, None, None))
         }
         "presence" => {
             let channel = channel_of(r)?;

@@ -79,6 +79,40 @@ pub async fn ws_connect(
     Ok(ws)
 }
 
+/// wss to `path` on `addr` as `name`, trusting `ca`, presenting the client
+/// certificate chain `cert` with its `key`.
+pub async fn ws_connect_with_cert(
+    addr: SocketAddr,
+    name: &str,
+    path: &str,
+    ca: &Path,
+    (cert, key): (&Path, &Path),
+) -> Result<Ws, tungstenite::Error> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(wsgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let server = ServerName::try_from(name.to_owned()).unwrap();
+    let tcp = TcpStream::connect(addr).await?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(server, tcp)
+        .await?;
+    let url = format!("wss://{name}:{}{path}", addr.port());
+    let (ws, _response) = tokio_tungstenite::client_async(url, tls).await?;
+    Ok(ws)
+}
+
 /// The next text or binary message (or Close), skipping pings and pongs.
 pub async fn next_data<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Message {
     loop {

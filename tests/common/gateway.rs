@@ -141,6 +141,28 @@ impl Gateway {
         self.section("listen", keys)
     }
 
+    /// `[tls]` keys besides the certificate (`client_ca`, `client_auth`).
+    pub fn tls(self, keys: impl FnOnce(Section) -> Section) -> Gateway {
+        self.section("tls", keys)
+    }
+
+    /// A `[[tls.sni]]` entry with more keys than `sni` sets.
+    pub fn sni_with(
+        mut self,
+        host: &str,
+        certs: &Certs,
+        keys: impl FnOnce(Section) -> Section,
+    ) -> Gateway {
+        let entry = keys(
+            Section::default()
+                .set("host", host)
+                .set("cert", path(&certs.cert))
+                .set("key", path(&certs.key)),
+        );
+        self.sni.push(Value::Table(entry.0));
+        self
+    }
+
     pub fn admin(self, keys: impl FnOnce(Section) -> Section) -> Gateway {
         self.section("admin", keys)
     }
@@ -172,9 +194,11 @@ impl Gateway {
             Some((cert, key)) => (cert, key),
             None => (&self.certs.cert, &self.certs.key),
         };
-        let mut tls = Section::default()
-            .set("cert", path(cert))
-            .set("key", path(key));
+        let keys = match doc.remove("tls") {
+            Some(Value::Table(keys)) => Section(keys),
+            _ => Section::default(),
+        };
+        let mut tls = keys.set("cert", path(cert)).set("key", path(key));
         if !self.sni.is_empty() {
             tls = tls.set("sni", self.sni.clone());
         }

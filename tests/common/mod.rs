@@ -19,7 +19,7 @@ use wsgate::devcert;
 
 pub use client::{
     Ws, client_config, close, http_get, http_over, next_close, next_data, request, tls_connect,
-    tls_over, try_http, ws_connect,
+    tls_over, try_http, ws_connect, ws_connect_with_cert,
 };
 pub use gateway::{Gateway, Route, Running, Section, path};
 pub use ports::ClosedPort;
