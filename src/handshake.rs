@@ -214,17 +214,8 @@ fn hub_client<B>(
     identity: Option<Identity>,
     refresh: Option<Refresh>,
 ) -> Result<Peer, Rejection> {
-    let name = query_param(req.uri().query().unwrap_or(""), "name");
-    // With a token, its subject is the name, and no other can be asked for.
-    let identity_claims = identity.as_ref().map(|i| i.claims.clone());
-    let name = match identity {
-        Some(_) if name.is_some() => return Err(Rejection::Auth(AuthFailure::NameGiven)),
-        Some(identity) if check_client_name(&identity.subject).is_err() => {
-            return Err(Rejection::Auth(AuthFailure::Malformed));
-        }
-        Some(identity) => Some(identity.subject),
-        None => name,
-    };
+    let asked = query_param(req.uri().query().unwrap_or(""), "name");
+    let (name, claims) = auth::hub_name(identity, asked)?;
     if let Some(name) = &name
         && check_client_name(name).is_err()
     {
@@ -250,7 +241,7 @@ fn hub_client<B>(
         }
         HubProtocol::Raw => Some(route.channel.clone()),
     };
-    let access = ChannelAccess::new(identity_claims.as_ref(), route);
+    let access = ChannelAccess::new(claims.as_ref(), route);
     let registration = hub
         .register(name.as_deref(), route, access, refresh)
         .map_err(|_| Rejection::NameTaken)?;
