@@ -242,6 +242,12 @@ fn hub_client<B>(
         HubProtocol::Raw => Some(route.channel.clone()),
     };
     let access = ChannelAccess::new(claims.as_ref(), route);
+    // A raw room member both hears and speaks: it needs both permissions.
+    if let Some(room) = &room
+        && !(access.may_subscribe(room) && access.may_publish(room))
+    {
+        return Err(Rejection::Auth(AuthFailure::Channel));
+    }
     let registration = hub
         .register(name.as_deref(), route, access, refresh)
         .map_err(|_| Rejection::NameTaken)?;

@@ -278,3 +278,28 @@ async fn api_keys_are_limited_to_their_channels() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_raw_room_needs_both_permissions() {
+    within(20, async {
+        let dir = tempfile::tempdir().unwrap();
+        let room = Route::hub("/room")
+            .name("room")
+            .key("protocol", "raw")
+            .key("channel", "lobby");
+        let gw = Gateway::builder()
+            .route(room.key("jwt", jwt(dir.path())))
+            .start()
+            .await;
+        let with = |channels: Value| token(json!({"sub": "ann", "channels": channels}));
+        let listen_only = with(json!({"subscribe": ["lobby"], "publish": []}));
+        let both = with(json!({"subscribe": ["lobby"], "publish": ["lobby"]}));
+        let refused = gw
+            .try_ws(&format!("/room?token={listen_only}"))
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("403"), "{refused}");
+        assert!(gw.try_ws(&format!("/room?token={both}")).await.is_ok());
+    })
+    .await;
+}
