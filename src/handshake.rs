@@ -90,16 +90,14 @@ pub(crate) async fn handle(
     let span = Span::current();
     span.record("route", route.name.as_str());
     let state = state.clone();
-    let chosen = match route.subprotocols.as_ref() {
-        Some(served) => match subprotocol::choose(req.headers(), served) {
-            Ok(chosen) => chosen,
-            Err(refused) => {
-                let mut response = refuse(Rejection::Subprotocol, req.uri().path());
-                *response.body_mut() = subprotocol::refusal_body(&refused);
-                return response;
-            }
-        },
-        None => None,
+    let served = route.subprotocols.as_ref();
+    let chosen = match served.map_or(Ok(None), |s| subprotocol::choose(req.headers(), s)) {
+        Ok(chosen) => chosen,
+        Err(refused) => {
+            let mut response = refuse(Rejection::Subprotocol, req.uri().path());
+            *response.body_mut() = subprotocol::refusal_body(&refused);
+            return response;
+        }
     };
     let (peer_side, protocol) = match &state.target {
         Target::Echo => (Peer::Echo, chosen),
