@@ -98,16 +98,14 @@ pub(crate) async fn handle(
         Err(rejection) => return refuse(rejection, req.uri().path()),
     };
     let state = state.clone();
-    let chosen = match route.subprotocols.as_ref() {
-        Some(served) => match subprotocol::choose(req.headers(), served) {
-            Ok(chosen) => chosen,
-            Err(refused) => {
-                let mut response = refuse(Rejection::Subprotocol, req.uri().path());
-                *response.body_mut() = subprotocol::refusal_body(&refused);
-                return response;
-            }
-        },
-        None => None,
+    let served = route.subprotocols.as_ref();
+    let chosen = match served.map_or(Ok(None), |s| subprotocol::choose(req.headers(), s)) {
+        Ok(chosen) => chosen,
+        Err(refused) => {
+            let mut response = refuse(Rejection::Subprotocol, req.uri().path());
+            *response.body_mut() = subprotocol::refusal_body(&refused);
+            return response;
+        }
     };
     let expiry = auth::expiry(
         identity.as_ref(),
@@ -231,17 +229,8 @@ fn hub_client<B>(
     identity: Option<Identity>,
     refresh: Option<Refresh>,
 ) -> Result<Peer, Rejection> {
-    let name = query_param(req.uri().query().unwrap_or(""), "name");
-    // With a token, its subject is the name, and no other can be asked for.
-    let identity_claims = identity.as_ref().map(|i| i.claims.clone());
-    let name = match identity {
-        Some(_) if name.is_some() => return Err(Rejection::Auth(AuthFailure::NameGiven)),
-        Some(identity) if check_client_name(&identity.subject).is_err() => {
-            return Err(Rejection::Auth(AuthFailure::Malformed));
-        }
-        Some(identity) => Some(identity.subject),
-        None => name,
-    };
+    let asked = query_param(req.uri().query().unwrap_or(""), "name");
+    let (name, claims) = auth::hub_name(identity, asked)?;
     if let Some(name) = &name
         && check_client_name(name).is_err()
     {
@@ -267,7 +256,13 @@ fn hub_client<B>(
         }
         HubProtocol::Raw => Some(route.channel.clone()),
     };
-    let access = ChannelAccess::new(identity_claims.as_ref(), route);
+    let access = ChannelAccess::new(claims.as_ref(), route);
+    // A raw room member both hears and speaks: it needs both permissions.
+    if let Some(room) = &room
+        && !(access.may_subscribe(room) && access.may_publish(room))
+    {
+        return Err(Rejection::Auth(AuthFailure::Channel));
+    }
     let registration = hub
         .register(name.as_deref(), route, access, refresh)
         .map_err(|_| Rejection::NameTaken)?;

@@ -218,13 +218,15 @@ fn rsa_pair(dir: &Path) -> (Vec<u8>, Vec<u8>) {
 }
 
 #[tokio::test]
-async fn rs256_and_es256_with_keys_made_here() {
+async fn rs256_es256_and_eddsa_with_keys_made_here() {
     within(30, async {
         let dir = tempfile::tempdir().unwrap();
         let (rsa_private, rsa_public) = rsa_pair(dir.path());
         let rsa_public_file = write(dir.path(), "rsa.pub", &rsa_public);
         let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let ec_public = write(dir.path(), "ec.pub", ec.public_key_pem().as_bytes());
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let ed_public = write(dir.path(), "ed.pub", ed.public_key_pem().as_bytes());
         let gw = Gateway::builder()
             .route(
                 Route::echo("/rs")
@@ -235,6 +237,11 @@ async fn rs256_and_es256_with_keys_made_here() {
                 Route::echo("/es")
                     .name("es")
                     .key("jwt", jwt("ES256", "public_key", &ec_public)),
+            )
+            .route(
+                Route::echo("/ed")
+                    .name("ed")
+                    .key("jwt", jwt("EdDSA", "public_key", &ed_public)),
             )
             .start()
             .await;
@@ -253,6 +260,10 @@ async fn rs256_and_es256_with_keys_made_here() {
         .unwrap();
         assert_eq!(status(&gw, "/rs", &bearer(&rs)).await, 101);
         assert_eq!(status(&gw, "/es", &bearer(&es)).await, 101);
+        let ed_key = EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap();
+        let eddsa = encode(&Header::new(Algorithm::EdDSA), &claims("a"), &ed_key).unwrap();
+        assert_eq!(status(&gw, "/ed", &bearer(&eddsa)).await, 101);
+        assert_eq!(status(&gw, "/ed", &bearer(&es)).await, 401);
         assert_eq!(
             status(&gw, "/rs", &bearer(&es)).await,
             401,

@@ -231,3 +231,75 @@ async fn sessions_end_when_their_token_does_unless_refreshed() {
     })
     .await;
 }
+
+/// POST `body` (JSON) to the hub API with `token`; the status.
+async fn api_post(gw: &Running, path: &str, token: &str) -> u16 {
+    let request = common::request(http::Method::POST, gw.admin_addr, path)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"{\"p\":1}",
+        )))
+        .unwrap();
+    gw.admin_request(request).await.0
+}
+
+#[tokio::test]
+async fn api_keys_are_limited_to_their_channels() {
+    within(20, async {
+        const FULL: &str = "full-api-token-0123456789";
+        const LIMITED: &str = "limited-api-token-0123456789";
+        let mut key = Table::new();
+        key.insert("token".into(), LIMITED.into());
+        key.insert("channels".into(), vec!["prices.*"].into());
+        let gw = Gateway::builder()
+            .hub(|h| h.set("api_tokens", vec![FULL]).set("api_keys", vec![key]))
+            .start()
+            .await;
+        let publish = |c: &str| format!("/api/channels/{c}/publish");
+        assert_eq!(api_post(&gw, &publish("prices.eur"), LIMITED).await, 200);
+        assert_eq!(api_post(&gw, &publish("secrets"), LIMITED).await, 403);
+        assert_eq!(api_post(&gw, "/api/clients/bob/send", LIMITED).await, 403);
+        assert_eq!(api_post(&gw, &publish("secrets"), FULL).await, 200);
+        assert_eq!(
+            api_post(&gw, &publish("secrets"), "not-a-token-at-all-0000").await,
+            401
+        );
+        let list = common::request(http::Method::GET, gw.admin_addr, "/api/channels")
+            .header("authorization", format!("Bearer {LIMITED}"))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let (status, body) = gw.admin_request(list).await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("prices.eur") && !body.contains("secrets"),
+            "{body}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_raw_room_needs_both_permissions() {
+    within(20, async {
+        let dir = tempfile::tempdir().unwrap();
+        let room = Route::hub("/room")
+            .name("room")
+            .key("protocol", "raw")
+            .key("channel", "lobby");
+        let gw = Gateway::builder()
+            .route(room.key("jwt", jwt(dir.path())))
+            .start()
+            .await;
+        let with = |channels: Value| token(json!({"sub": "ann", "channels": channels}));
+        let listen_only = with(json!({"subscribe": ["lobby"], "publish": []}));
+        let both = with(json!({"subscribe": ["lobby"], "publish": ["lobby"]}));
+        let refused = gw
+            .try_ws(&format!("/room?token={listen_only}"))
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("403"), "{refused}");
+        assert!(gw.try_ws(&format!("/room?token={both}")).await.is_ok());
+    })
+    .await;
+}

@@ -25,6 +25,7 @@ use crate::close::{AuthFailure, Rejection};
 use crate::config::{Access, ConfigIssue, JwtConfig, OriginPattern};
 use crate::handshake::Front;
 use crate::metrics;
+use crate::names::check_client_name;
 pub(crate) use jwt::Claims;
 
 /// One route's access rules, with their keys read.
@@ -211,6 +212,21 @@ pub(crate) fn warn_open(routes: &[crate::config::Route]) {
                 "route is open to every client: no origins, no jwt, no client_cert (see README Security)"
             );
         }
+    }
+}
+
+/// A hub client's name and claims: with a token (or certificate), its
+/// subject, and no other may be asked for with `?name=`; else what was asked.
+pub(crate) fn hub_name(
+    identity: Option<Identity>,
+    asked: Option<String>,
+) -> Result<(Option<String>, Option<Claims>), Rejection> {
+    let refuse = |failure| Err(Rejection::Auth(failure));
+    match identity {
+        None => Ok((asked, None)),
+        Some(_) if asked.is_some() => refuse(AuthFailure::NameGiven),
+        Some(id) if check_client_name(&id.subject).is_err() => refuse(AuthFailure::Malformed),
+        Some(id) => Ok((Some(id.subject), Some(id.claims))),
     }
 }
 

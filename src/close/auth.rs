@@ -31,7 +31,7 @@ pub enum AuthFailure {
     NameGiven,
     /// A route with `client_cert = true`, and no verified certificate.
     NoClientCert,
-    /// A raw hub room the client may not subscribe to.
+    /// A raw hub room the client may not both subscribe and publish to.
     Channel,
 }
 

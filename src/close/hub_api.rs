@@ -8,7 +8,7 @@ use http::StatusCode;
 /// Why a hub API request failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
-    /// No `[hub] api_tokens`: the API is off.
+    /// No `[hub] api_tokens` nor `api_keys`: the API is off.
     Off,
     /// No bearer token, or not one of `api_tokens`.
     Unauthorized,
@@ -32,6 +32,8 @@ pub enum ApiError {
     NoSuchChannel,
     /// A direct message to a name nobody connected with.
     NoSuchClient,
+    /// An `api_keys` token used outside its channels (or to send directly).
+    Forbidden,
 }
 
 impl ApiError {
@@ -49,6 +51,7 @@ impl ApiError {
             | ApiError::NotJson(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Hub(..) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
         }
     }
 
@@ -66,6 +69,7 @@ impl ApiError {
             ApiError::Hub(code, _) => code,
             ApiError::NoSuchChannel => "no_such_channel",
             ApiError::NoSuchClient => "no_such_client",
+            ApiError::Forbidden => "forbidden",
         }
     }
 
@@ -86,6 +90,7 @@ impl ApiError {
             ApiError::Hub(_, message) => (*message).into(),
             ApiError::NoSuchChannel => "no such channel".into(),
             ApiError::NoSuchClient => "no client of that name is connected".into(),
+            ApiError::Forbidden => "this token may not use that channel or endpoint".into(),
         }
     }
 }
@@ -148,6 +153,12 @@ mod tests {
                 404,
                 "no_such_client",
                 "no client of that name is connected",
+            ),
+            (
+                ApiError::Forbidden,
+                403,
+                "forbidden",
+                "this token may not use that channel or endpoint",
             ),
         ];
         for (e, status, label, message) in table {

@@ -25,6 +25,9 @@ pub struct HubConfig {
     /// Bearer tokens accepted by the HTTP API; empty: the API is off.
     #[serde(serialize_with = "show_hidden")]
     pub api_tokens: Vec<String>,
+    /// Bearer tokens of the HTTP API limited to channel patterns.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<ApiKey>,
     /// Messages a channel keeps for `since` resume.
     pub history_size: usize,
     /// How long a kept message stays resumable.
@@ -32,6 +35,19 @@ pub struct HubConfig {
     pub history_ttl: Duration,
     /// Most channels at once (subscribed or holding history).
     pub max_channels: usize,
+}
+
+/// `[[hub.api_keys]]`: a token that may publish to, and read the presence
+/// of, only the channels its patterns match (and send no direct messages).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiKey {
+    #[serde(serialize_with = "show_secret")]
+    pub token: String,
+    pub channels: Vec<String>,
+}
+
+fn show_secret<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("(set)")
 }
 
 /// A `kind = "hub"` route: how its clients speak and what bounds them.
@@ -105,17 +121,37 @@ pub enum SlowConsumer {
 impl HubConfig {
     pub(super) fn read(mut s: Section<'_>) -> Self {
         HubConfig {
-            api_tokens: s.list("api_tokens", |token| {
-                if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
-                    return Err("must be at least 16 printable ASCII characters".to_owned());
-                }
-                Ok(token.to_owned())
-            }),
+            api_tokens: s.list("api_tokens", api_token),
+            api_keys: read_api_keys(&mut s),
             history_size: s.get("history_size", DEFAULT_HUB_HISTORY_SIZE, value::whole),
             history_ttl: s.get("history_ttl", DEFAULT_HUB_HISTORY_TTL, value::duration),
             max_channels: s.get("max_channels", DEFAULT_HUB_MAX_CHANNELS, value::positive),
         }
     }
+}
+
+fn api_token(token: &str) -> Result<String, String> {
+    if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("must be at least 16 printable ASCII characters".to_owned());
+    }
+    Ok(token.to_owned())
+}
+
+fn read_api_keys(s: &mut Section<'_>) -> Vec<ApiKey> {
+    let mut keys = Vec::new();
+    s.each_table("api_keys", |mut k| {
+        let token = k
+            .required("token")
+            .and_then(|t| api_token(t.trim()).map_err(|p| k.issue("token", p)).ok());
+        if !k.has("channels") {
+            k.issue("channels", "is required (patterns like \"prices.*\")");
+        }
+        let channels = k.list("channels", pattern);
+        if let Some(token) = token {
+            keys.push(ApiKey { token, channels });
+        }
+    });
+    keys
 }
 
 impl HubRoute {

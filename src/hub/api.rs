@@ -14,9 +14,10 @@ use hyper::body::Incoming;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::Hub;
 use super::protocol::{Body, push_json_string};
+use super::{Hub, access};
 use crate::close::ApiError;
+use crate::config::HubConfig;
 use crate::names::{check_channel_name, check_client_name};
 
 pub(crate) async fn handle(
@@ -30,18 +31,18 @@ pub(crate) async fn handle(
 }
 
 async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<Full<Bytes>> {
-    let tokens = &hub.config().api_tokens;
-    if tokens.is_empty() {
+    let config = hub.config();
+    if config.api_tokens.is_empty() && config.api_keys.is_empty() {
         return error(ApiError::Off);
     }
-    if !authorized(&req, tokens) {
+    let Some(grant) = authorized(&req, config) else {
         let mut r = error(ApiError::Unauthorized);
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer realm=\"wsgate\""),
         );
         return r;
-    }
+    };
     let path = req.uri().path().to_owned();
     let Some(endpoint) = Endpoint::parse(&path) else {
         return error(ApiError::NotFound);
@@ -50,8 +51,11 @@ async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<F
     if req.method() != method {
         return not_allowed(allow);
     }
+    if !grant.allows(&endpoint) {
+        return error(ApiError::Forbidden);
+    }
     match endpoint {
-        Endpoint::Channels => channels(hub),
+        Endpoint::Channels => channels(hub, &grant),
         Endpoint::Presence(channel) => match hub.presence(channel) {
             Some(clients) => {
                 let mut out = String::from(r#"{"channel":"#);
@@ -126,16 +130,50 @@ impl<'p> Endpoint<'p> {
     }
 }
 
-fn authorized<B>(req: &Request<B>, tokens: &[String]) -> bool {
-    let Some(given) = req
+/// What a request's bearer token may do.
+enum Grant<'c> {
+    /// An `api_tokens` token: everything.
+    All,
+    /// An `api_keys` token: these channel patterns.
+    Channels(&'c [String]),
+}
+
+impl Grant<'_> {
+    fn channel(&self, channel: &str) -> bool {
+        match self {
+            Grant::All => true,
+            Grant::Channels(patterns) => patterns.iter().any(|p| access::matches(p, channel)),
+        }
+    }
+
+    fn allows(&self, endpoint: &Endpoint<'_>) -> bool {
+        match endpoint {
+            Endpoint::Channels => true,
+            Endpoint::Publish(channel) | Endpoint::Presence(channel) => self.channel(channel),
+            Endpoint::Send(_) => matches!(self, Grant::All),
+        }
+    }
+}
+
+/// The grant of the request's bearer token. Every token is compared in
+/// full, in constant time, whichever matches.
+fn authorized<'c, B>(req: &Request<B>, config: &'c HubConfig) -> Option<Grant<'c>> {
+    let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    crate::headers::matches_any(tokens.iter().map(|t| t.as_bytes()), given.trim().as_bytes())
+        .and_then(|v| v.strip_prefix("Bearer "))?
+        .trim()
+        .as_bytes();
+    let tokens = config.api_tokens.iter().map(|t| t.as_bytes());
+    let full = crate::headers::matches_any(tokens, given);
+    let mut limited = None;
+    for key in &config.api_keys {
+        if crate::headers::matches_any([key.token.as_bytes()], given) {
+            limited = Some(Grant::Channels(&key.channels));
+        }
+    }
+    if full { Some(Grant::All) } else { limited }
 }
 
 /// The body of a request whose path names a channel or client, once the
@@ -178,9 +216,13 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Body, Response<
     Ok(Body::Binary(bytes))
 }
 
-fn channels(hub: &Hub) -> Response<Full<Bytes>> {
+fn channels(hub: &Hub, grant: &Grant<'_>) -> Response<Full<Bytes>> {
     let mut out = String::from(r#"{"channels":["#);
-    for (i, c) in hub.channels().iter().enumerate() {
+    let visible = hub
+        .channels()
+        .into_iter()
+        .filter(|c| grant.channel(&c.name));
+    for (i, c) in visible.enumerate() {
         if i > 0 {
             out.push(',');
         }

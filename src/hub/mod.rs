@@ -326,7 +326,7 @@ impl Hub {
         body: Body,
         include_sender: bool,
     ) -> Result<(u64, usize), HubError> {
-        // A raw client's room was checked when it joined.
+        // A raw client's room was checked (both ways) when it joined.
         if let Some(conn) = from
             && conn.json
             && !conn.access.may_publish(channel)
