@@ -196,7 +196,10 @@ async fn a_storm_of_connections_opened_and_dropped_leaves_nothing_behind() {
         // allocator keeps freed memory for reuse (RSS does not fall back by
         // itself, and the first storms fill one arena per worker thread), so
         // the check is that it stops growing: four storms, and the last ends
-        // where the second did.
+        // near where the second did. A leak of what a storm holds grows RSS
+        // by about `storm` per storm (2x between the second and the fourth);
+        // glibc's arenas, filled in a different order when the machine is
+        // loaded, move it by up to a quarter of that.
         let mut after = Vec::new();
         for _ in 0..4 {
             let bare =
@@ -231,7 +234,7 @@ async fn a_storm_of_connections_opened_and_dropped_leaves_nothing_behind() {
         println!("RSS KiB: baseline {baseline}, after each storm {after:?}");
         let storm = after[0].saturating_sub(baseline);
         assert!(
-            after[3] <= after[1] + storm / 4 + 1024,
+            after[3] <= after[1] + storm / 2 + 1024,
             "memory grows storm after storm: {baseline} then {after:?}"
         );
         let _ = child.kill();
