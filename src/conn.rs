@@ -20,6 +20,7 @@ use tracing::{Span, debug};
 
 use crate::close::EarlyFailure;
 use crate::handshake::Front;
+use crate::names::normalize_host;
 use crate::{Shared, auth, handshake, metrics};
 
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -105,13 +106,14 @@ async fn serve_tls_until<IO>(
             Err(_) => return early_failure(EarlyFailure::TlsTimeout, &"deadline passed"),
         },
     };
-    if let Some(sni) = tls.get_ref().1.server_name() {
+    let sni = tls.get_ref().1.server_name();
+    if let Some(sni) = sni {
         Span::current().record("sni", sni);
     }
     let client_cert = (tls.get_ref().1.peer_certificates())
         .and_then(|chain| chain.first())
         .and_then(auth::certificate_name)
-        .map(Arc::from);
+        .map(|name| (Arc::from(name), sni.map(|s| Arc::from(normalize_host(s)))));
     let front = Front {
         peer,
         tls: true,

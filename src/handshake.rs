@@ -31,7 +31,7 @@ use crate::frame::ControlFrame;
 use crate::hub::access::ChannelAccess;
 use crate::hub::session::HubClient;
 use crate::hub::{Hub, HubError};
-use crate::names::{check_channel_name, check_client_name};
+use crate::names::{check_channel_name, check_client_name, normalize_host};
 use crate::route::RouteTable;
 use crate::session::{SessionCtx, finish};
 use crate::upstream::{DialError, Dialed};
@@ -52,8 +52,23 @@ pub(crate) struct Front {
     pub(crate) tls: bool,
     /// CONNECT is served here.
     pub(crate) connect: bool,
-    /// The name in the client's verified TLS certificate, if it sent one.
-    pub(crate) client_cert: Option<Arc<str>>,
+    /// The name in the client's verified TLS certificate, if it sent one,
+    /// and the SNI name it was verified under (which CA verified it
+    /// depends on that name).
+    pub(crate) client_cert: Option<(Arc<str>, Option<Arc<str>>)>,
+}
+
+impl Front {
+    /// The certificate's name, for a request to `req`'s host: only where
+    /// that host is the SNI name the certificate was verified under, so a
+    /// certificate from one SNI entry's CA never opens a route of another
+    /// host, whatever the `Host` header says.
+    fn client_cert_for<B>(&self, req: &Request<B>) -> Option<Arc<str>> {
+        let (name, sni) = self.client_cert.as_ref()?;
+        let host = req.headers().get(header::HOST)?.to_str().ok()?;
+        let sni = sni.as_deref()?;
+        (normalize_host(host) == sni).then(|| name.clone())
+    }
 }
 
 /// Serve one request: a CONNECT goes to `tunnel`; anything else is upgraded
@@ -93,7 +108,13 @@ pub(crate) async fn handle(
     };
     let span = Span::current();
     span.record("route", route.name.as_str());
-    let identity = match auth::check(&mut req, &route.name, state.auth.as_deref(), &front) {
+    let client_cert = front.client_cert_for(&req);
+    let identity = match auth::check(
+        &mut req,
+        &route.name,
+        state.auth.as_deref(),
+        client_cert.as_deref(),
+    ) {
         Ok(identity) => identity,
         Err(rejection) => return refuse(rejection, req.uri().path()),
     };
@@ -588,5 +609,23 @@ mod tests {
             .body(())
             .unwrap();
         assert!(status(r).is_ok());
+    }
+
+    #[test]
+    fn a_certificate_counts_only_for_the_name_it_was_verified_under() {
+        let front = |sni: Option<&str>| Front {
+            peer: "127.0.0.1:1".parse().unwrap(),
+            tls: true,
+            connect: false,
+            client_cert: Some(("alice".into(), sni.map(Arc::from))),
+        };
+        let to = |host: &str| Request::get("/").header("host", host).body(()).unwrap();
+        let secure = front(Some("secure.test"));
+        assert_eq!(
+            secure.client_cert_for(&to("Secure.Test:443")).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(secure.client_cert_for(&to("other.test")), None);
+        assert_eq!(front(None).client_cert_for(&to("secure.test")), None);
     }
 }

@@ -239,10 +239,11 @@ async fn serve(config: Config, source: Option<PathBuf>) -> anyhow::Result<()> {
 
     // First SIGTERM/SIGINT: drain. Second: exit at once.
     let (first, drained) = tokio::sync::oneshot::channel::<()>();
+    let mut signals = shutdown::Signals::default();
     tokio::spawn(async move {
-        shutdown::signal().await;
+        signals.next().await;
         let _ = first.send(());
-        shutdown::signal().await;
+        signals.next().await;
         warn!("second signal: exiting without waiting for sessions");
         std::process::exit(1);
     });

@@ -373,6 +373,7 @@ async fn forged_identity_headers_never_reach_the_backend() {
             "claim_headers".into(),
             vec!["role=X-Role", "tenant=X-Tenant"].into(),
         );
+        jwt.insert("cookie".into(), "session".into());
         let gw = Gateway::builder()
             .route(
                 Route::upstream("/app", [format!("ws://{}/", backend.addr)])
@@ -405,6 +406,18 @@ async fn forged_identity_headers_never_reach_the_backend() {
             all("x-tenant").is_empty(),
             "no such claim: the forged value is gone"
         );
+
+        // The token in a header or a cookie is not passed on either; the
+        // client's other cookies are.
+        let carriers =
+            format!("Authorization: Bearer {token}\r\nCookie: theme=dark; session={token}\r\n");
+        let head = gw
+            .raw_head(upgrade_request("/app/y", &carriers).as_bytes())
+            .await;
+        assert_eq!(status_of(&head), 101, "{head}");
+        let (_, headers) = backend.next_upgrade().await;
+        assert!(headers.get("authorization").is_none(), "{headers:?}");
+        assert_eq!(headers.get("cookie").unwrap(), "theme=dark");
     })
     .await;
 }

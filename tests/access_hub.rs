@@ -171,6 +171,15 @@ async fn channel_permissions_from_the_token_and_the_route() {
             request(&mut bob, "publish", "public.news", 3).await["code"],
             "forbidden"
         );
+        // Who is in a channel is as private as what is said there.
+        assert_eq!(
+            request(&mut bob, "presence", "prices.eur", 4).await["code"],
+            "forbidden"
+        );
+        assert_eq!(
+            request(&mut bob, "presence", "public.news", 5).await["type"],
+            "presence"
+        );
     })
     .await;
 }

@@ -125,3 +125,14 @@ fn a_missing_directory_is_a_config_error_naming_the_key() {
         .to_string();
     assert!(err.contains("routes[0].dir"), "{err}");
 }
+
+#[test]
+fn access_keys_on_a_static_route_are_refused_not_ignored() {
+    // Files are served before any upgrade, so origins, tokens and client
+    // certificates would protect nothing there.
+    let text = "[[routes]]\npath = \"/\"\nkind = \"static\"\nclient_cert = true\n";
+    let err = wsgate::Config::load(wsgate::ConfigSource::Text(text), Some(Default::default()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("routes[0].client_cert"), "{err}");
+}

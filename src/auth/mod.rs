@@ -23,7 +23,6 @@ use tracing::{info, warn};
 
 use crate::close::{AuthFailure, Rejection};
 use crate::config::{Access, ConfigIssue, JwtConfig, OriginPattern};
-use crate::handshake::Front;
 use crate::metrics;
 use crate::names::check_client_name;
 pub(crate) use jwt::Claims;
@@ -48,7 +47,13 @@ pub(crate) struct Identity {
 impl Identity {
     /// `exp`, as Unix seconds, if the token has one.
     pub(crate) fn expires(&self) -> Option<u64> {
-        self.claims.get("exp").and_then(Value::as_u64)
+        // As the verifier reads it: a fractional `exp` is rounded.
+        let exp = self.claims.get("exp")?;
+        exp.as_u64().or_else(|| {
+            exp.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f.round() as u64)
+        })
     }
 }
 
@@ -118,15 +123,22 @@ impl RouteAuth {
         req: &mut Request<B>,
         client_cert: Option<&str>,
     ) -> Result<Option<Identity>, AuthFailure> {
-        let from_query = self
-            .jwt
-            .as_ref()
-            .and_then(|(config, _)| take_query_param(req, &config.query));
+        // Every place the token can come in is emptied, so no member
+        // receives (and could replay) the client's credential.
+        let token = self.jwt.as_ref().and_then(|(config, _)| {
+            let header = take_bearer(req.headers_mut());
+            let cookie = config
+                .cookie
+                .as_deref()
+                .and_then(|name| take_cookie(req.headers_mut(), name));
+            let query = take_query_param(req, &config.query);
+            header.or(cookie).or(query)
+        });
         self.check_origin(req.headers())?;
         if self.client_cert && client_cert.is_none() {
             return Err(AuthFailure::NoClientCert);
         }
-        let Some((config, verifier)) = &self.jwt else {
+        let Some((_, verifier)) = &self.jwt else {
             // Without a token, the certificate names the client.
             return Ok(client_cert
                 .filter(|_| self.client_cert)
@@ -135,15 +147,7 @@ impl RouteAuth {
                     claims: Claims::new(),
                 }));
         };
-        let token = bearer(req.headers())
-            .or_else(|| {
-                config
-                    .cookie
-                    .as_deref()
-                    .and_then(|c| cookie(req.headers(), c))
-            })
-            .or(from_query)
-            .ok_or(AuthFailure::MissingToken)?;
+        let token = token.ok_or(AuthFailure::MissingToken)?;
         let claims = verifier.verify(&token)?;
         let subject = claims
             .get("sub")
@@ -238,12 +242,12 @@ pub(crate) fn check<B>(
     req: &mut Request<B>,
     route: &str,
     rules: Option<&RouteAuth>,
-    front: &Front,
+    client_cert: Option<&str>,
 ) -> Result<Option<Identity>, Rejection> {
     let Some(rules) = rules else {
         return Ok(None);
     };
-    match rules.admit(req, front.client_cert.as_deref()) {
+    match rules.admit(req, client_cert) {
         Ok(identity) => {
             rules.identity_headers(req.headers_mut(), identity.as_ref());
             Ok(identity)
@@ -271,6 +275,33 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim().to_owned())
+}
+
+/// The bearer token, with the `Authorization` header that carried it
+/// removed.
+fn take_bearer(headers: &mut HeaderMap) -> Option<String> {
+    let token = bearer(headers)?;
+    headers.remove(header::AUTHORIZATION);
+    Some(token)
+}
+
+/// The cookie `name`, removed from the request's cookies (the others stay).
+fn take_cookie(headers: &mut HeaderMap, name: &str) -> Option<String> {
+    let token = cookie(headers, name)?;
+    let kept: Vec<&str> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != name))
+        .collect();
+    let kept = HeaderValue::from_str(&kept.join("; ")).ok();
+    headers.remove(header::COOKIE);
+    if let Some(kept) = kept.filter(|v| !v.is_empty()) {
+        headers.insert(header::COOKIE, kept);
+    }
+    Some(token)
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {

@@ -36,6 +36,13 @@ pub struct Access {
     pub client_cert: bool,
 }
 
+impl Access {
+    /// No access keys at all: a static route's.
+    pub fn is_none(&self) -> bool {
+        *self == Access::default()
+    }
+}
+
 /// Whether the TLS front asks clients for a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -79,7 +86,7 @@ pub(super) fn read_client_auth(s: &mut Section<'_>) -> Option<ClientAuth> {
         );
     }
     if let Some(ca) = &ca {
-        super::listen::readable(s, "client_ca", ca);
+        s.readable("client_ca", ca);
     }
     Some(ClientAuth { mode, ca })
 }

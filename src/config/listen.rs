@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -90,8 +90,8 @@ impl TlsConfig {
         let cert = PathBuf::from(s.string("cert").unwrap_or_else(|| DEFAULT_CERT.into()));
         let key = PathBuf::from(s.string("key").unwrap_or_else(|| DEFAULT_KEY.into()));
         if !(self_signed && !cert.exists() && !key.exists()) {
-            readable(&mut s, "cert", &cert);
-            readable(&mut s, "key", &key);
+            s.readable("cert", &cert);
+            s.readable("key", &key);
         }
         let mut sni: Vec<SniCert> = Vec::new();
         let mut seen = HashMap::new();
@@ -135,15 +135,8 @@ impl CertPair {
             cert: cert_path?,
             key: key_path?,
         };
-        readable(s, cert, &pair.cert);
-        readable(s, key, &pair.key);
+        s.readable(cert, &pair.cert);
+        s.readable(key, &pair.key);
         Some(pair)
-    }
-}
-
-/// Record a problem under `name` unless `path` can be opened.
-pub(super) fn readable(s: &mut Section<'_>, name: &str, path: &Path) {
-    if let Err(e) = std::fs::File::open(path) {
-        s.issue(name, format!("cannot open {}: {e}", path.display()));
     }
 }

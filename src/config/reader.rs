@@ -142,6 +142,13 @@ impl<'a> Section<'a> {
         self.issues.push(key, problem);
     }
 
+    /// A file the key `name` points at must open now, not at first use.
+    pub fn readable(&mut self, name: &str, path: &std::path::Path) {
+        if let Err(e) = std::fs::File::open(path) {
+            self.issue(name, format!("cannot open {}: {e}", path.display()));
+        }
+    }
+
     /// How many items the list `name` has (0 when absent or not a list).
     pub fn count(&self, name: &str) -> usize {
         match self.keys.get(name) {

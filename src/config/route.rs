@@ -26,7 +26,8 @@ pub struct Route {
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub subprotocols: Option<Subprotocols>,
     /// Origins and tokens let in (`config/auth.rs`).
-    #[serde(flatten)]
+    /// Static routes have none (`Access::default()`, not printed).
+    #[serde(flatten, skip_serializing_if = "Access::is_none")]
     pub access: Access,
 }
 
@@ -98,7 +99,6 @@ impl Route {
             }
         }
         let host = s.opt("host", ServerName::parse);
-        let access = super::auth::read(s);
         let kind = match s.required("kind").as_deref() {
             Some("echo") => Some(RouteKind::Echo),
             Some("upstream") => Some(RouteKind::Upstream(Box::new(UpstreamConfig::read(s)))),
@@ -123,6 +123,12 @@ impl Route {
             return None;
         };
         s.hint_unknown(format!(" for kind = \"{}\"", kind.as_str()));
+        // A static route serves files before any upgrade: access keys there
+        // would protect nothing, so they are unknown keys.
+        let access = match kind {
+            RouteKind::Static(_) => Access::default(),
+            _ => super::auth::read(s),
+        };
         let subprotocols = match &kind {
             RouteKind::Echo => Some(Subprotocols::read(s, &[])),
             RouteKind::Hub(hub) => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::listen::{CertPair, readable};
+use super::listen::CertPair;
 use super::reader::Section;
 use super::value::{self, show_duration, show_duration_or_off};
 use crate::names::{HostPattern, ServerName, split_host_port};
@@ -219,7 +219,7 @@ impl UpstreamTls {
     fn read(s: &mut Section<'_>) -> Self {
         let ca = s.string("tls_ca").map(PathBuf::from);
         if let Some(ca) = &ca {
-            readable(s, "tls_ca", ca);
+            s.readable("tls_ca", ca);
         }
         let server_name = s.opt("tls_server_name", |name| {
             let name = name.to_ascii_lowercase();

@@ -302,6 +302,11 @@ fn handle(
     match r.kind.as_str() {
         "subscribe" => {
             let channel = channel_of(r)?;
+            // Where each change of subscription tells every presence
+            // listener, it is paid for like a publish.
+            if route.presence_events {
+                charge(bucket, "subscribing")?;
+            }
             let sub = hub
                 .subscribe(conn, channel, r.since, route.max_channels_per_client)
                 .map_err(refused)?;
@@ -313,15 +318,16 @@ fn handle(
         }
         "unsubscribe" => {
             let channel = channel_of(r)?;
+            if route.presence_events {
+                charge(bucket, "unsubscribing")?;
+            }
             hub.unsubscribe(conn, channel).map_err(refused)?;
             Ok(protocol::ack(id, Some(channel), None))
         }
         "publish" => {
             let channel = channel_of(r)?;
             let data = data_of(r)?;
-            if !bucket.take() {
-                return Err(("rate_limited", "publishing too fast".to_owned()));
-            }
+            charge(bucket, "publishing")?;
             let (seq, _) = hub
                 .publish(channel, Some(conn), data, false)
                 .map_err(refused)?;
@@ -332,9 +338,7 @@ fn handle(
                 r.to.as_deref()
                     .ok_or(("bad_request", "\"to\" is required".to_owned()))?;
             let data = data_of(r)?;
-            if !bucket.take() {
-                return Err(("rate_limited", "sending too fast".to_owned()));
-            }
+            charge(bucket, "sending")?;
             if hub.send_from(conn, to, data) == 0 {
                 hub.metrics().dropped_no_recipient.increment(1);
                 return Err((
@@ -349,10 +353,21 @@ fn handle(
         }
         "presence" => {
             let channel = channel_of(r)?;
+            if !conn.access.may_subscribe(channel) {
+                return Err(refused(HubError::Forbidden));
+            }
             let clients = hub.presence(channel).unwrap_or_default();
             Ok(protocol::presence(channel, &clients, id))
         }
         other => Err(("bad_request", format!("unknown type {other:?}"))),
+    }
+}
+
+/// One token from the client's bucket, or `rate_limited` for `what`.
+fn charge(bucket: &mut TokenBucket, what: &str) -> Result<(), Refusal> {
+    match bucket.take() {
+        true => Ok(()),
+        false => Err(("rate_limited", format!("{what} too fast"))),
     }
 }
 
