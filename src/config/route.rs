@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::auth::Access;
 use super::files::StaticRoute;
-use super::hub::HubRoute;
+use super::hub::{HubRoute, NamePolicy};
 use super::reader::Section;
 use super::subprotocol::{HUB_JSON_SUBPROTOCOL, HUB_RAW_SUBPROTOCOL, Subprotocols};
 use super::upstream::UpstreamConfig;
@@ -80,9 +80,40 @@ pub(super) fn read_all(s: &mut Section<'_>) -> Vec<Route> {
         {
             r.issue("path", format!("same host and path as routes[{j}]"));
         }
+        if let Some(j) = named_otherwise_in_namespace(&routes, &route) {
+            let problem = format!(
+                "shared with routes[{j}], which names its clients another way (routes of one \
+                 namespace need the same jwt, client_cert, names and sender_field)"
+            );
+            r.issue("namespace", problem);
+        }
         routes.push(route);
     });
     routes
+}
+
+/// The first earlier hub route in `route`'s namespace whose clients are
+/// named or stamped another way. Names and direct messages are shared
+/// across a namespace, so one open route in it would let anyone take a name
+/// a token gives, and one route without `sender_field` would let anyone
+/// write another's `src`.
+fn named_otherwise_in_namespace(routes: &[Route], route: &Route) -> Option<usize> {
+    fn naming(r: &Route) -> Option<(&String, bool, bool, NamePolicy, Option<&String>)> {
+        match &r.kind {
+            RouteKind::Hub(hub) => Some((
+                &hub.namespace,
+                r.access.jwt.is_some(),
+                r.access.client_cert,
+                hub.names,
+                hub.sender_field.as_ref(),
+            )),
+            _ => None,
+        }
+    }
+    let mine = naming(route)?;
+    routes
+        .iter()
+        .position(|other| naming(other).is_some_and(|theirs| theirs.0 == mine.0 && theirs != mine))
 }
 
 impl Route {

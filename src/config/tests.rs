@@ -161,3 +161,16 @@ fn shipped_config_is_valid_and_prints_back() {
     assert_eq!(again.routes, c.routes);
     assert_eq!(again.limits.max_message_size, c.limits.max_message_size);
 }
+
+#[test]
+fn routes_of_one_namespace_name_their_clients_one_way() {
+    let hub = |path: &str, extra: &str| {
+        format!("[[routes]]\npath = \"{path}\"\nkind = \"hub\"\nnamespace = \"team\"\n{extra}\n")
+    };
+    let certs = |extra: &str| format!("{MINIMAL}{}{}", hub("/a", ""), hub("/b", extra));
+    // The same way twice is fine.
+    load(&certs(""), &[]).expect("two open routes may share a namespace");
+    // An open route beside one whose clients a certificate names is not.
+    assert_named(&certs("client_cert = true"), &["routes[2].namespace"]);
+    assert_named(&certs("names = \"unique\""), &["routes[2].namespace"]);
+}
