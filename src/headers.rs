@@ -7,6 +7,14 @@ use http::HeaderMap;
 use http::header;
 use subtle::{Choice, ConstantTimeEq};
 
+/// The token of an `Authorization: Bearer <token>` header: the scheme in
+/// any case (RFC 7235), the token trimmed.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// Does the request announce a body (any `Transfer-Encoding`, or a
 /// `Content-Length` other than `0`)?
 pub(crate) fn has_body(headers: &HeaderMap) -> bool {

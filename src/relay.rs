@@ -15,13 +15,11 @@
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::close::{ClosePlan, Fault, SessionEnd, Side};
 use crate::config::Limits;
 use crate::frame::{ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, parse_close};
-use crate::session::{KEEPALIVE, SessionCtx, Tick, Timers};
+use crate::session::{KEEPALIVE, SessionCtx, Tick, Timers, close_frame, close_to_send};
 
 /// What one side sends, as it is read: its buffer and its frames' rules.
 struct Inflow {
@@ -265,20 +263,7 @@ async fn close<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = timeout(limit, async {
-        let (frame, wait) = match plan {
-            ClosePlan::Send(code, reason) => (
-                Some(ControlFrame::close(Some(code.into()), reason, mask)),
-                true,
-            ),
-            ClosePlan::Forward(frame) => (Some(close_of(frame.as_ref(), mask)), true),
-            // They spoke first: answer with their own code.
-            ClosePlan::Reply => match end {
-                SessionEnd::Closed(_, frame) => (Some(close_of(frame.as_ref(), mask)), false),
-                _ => (None, false),
-            },
-            ClosePlan::Nothing => (None, false),
-        };
-        if let Some(frame) = frame {
+        if let Some((frame, wait)) = close_to_send(plan, end, mask) {
             let sent = io.write_all(frame.as_bytes()).await.and(io.flush().await);
             if sent.is_ok() && wait && !inflow.sent_close {
                 await_close(io, inflow).await;
@@ -287,13 +272,6 @@ async fn close<S>(
         let _ = io.shutdown().await;
     })
     .await;
-}
-
-fn close_of(frame: Option<&CloseFrame>, mask: Option<[u8; 4]>) -> ControlFrame {
-    match frame {
-        Some(f) => ControlFrame::close(Some(f.code.into()), &f.reason, mask),
-        None => ControlFrame::close(None, "", mask),
-    }
 }
 
 /// Read (and drop) what the peer still sends until its Close, the end of
@@ -317,13 +295,6 @@ where
         if !matches!(inflow.buf.read_from(io).await, Ok(n) if n > 0) {
             return;
         }
-    }
-}
-
-fn close_frame((code, reason): (u16, &str)) -> CloseFrame {
-    CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
     }
 }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Expiry;
 use crate::close::{ClosePlan, SessionEnd, Side};
 use crate::config::Limits;
+use crate::frame::ControlFrame;
 use crate::metrics::RouteMetrics;
 
 /// Payload of the gateway's own pings to clients; pongs carrying it are
@@ -247,5 +248,38 @@ impl IdleTimer {
         }
         self.deadline = due;
         false
+    }
+}
+
+/// What one side sends to end a session by `plan`: the Close frame (masked
+/// with `mask` toward an upstream), and whether to wait for the peer's
+/// Close after it (not when it answers theirs, with their own code).
+pub(crate) fn close_to_send(
+    plan: ClosePlan,
+    end: &SessionEnd,
+    mask: Option<[u8; 4]>,
+) -> Option<(ControlFrame, bool)> {
+    let close_of = |frame: Option<&CloseFrame>| match frame {
+        Some(f) => ControlFrame::close(Some(f.code.into()), &f.reason, mask),
+        None => ControlFrame::close(None, "", mask),
+    };
+    match plan {
+        ClosePlan::Send(code, reason) => {
+            Some((ControlFrame::close(Some(code.into()), reason, mask), true))
+        }
+        ClosePlan::Forward(frame) => Some((close_of(frame.as_ref()), true)),
+        ClosePlan::Reply => match end {
+            SessionEnd::Closed(_, frame) => Some((close_of(frame.as_ref()), false)),
+            _ => None,
+        },
+        ClosePlan::Nothing => None,
+    }
+}
+
+/// A Close frame's code and reason as read (see `frame::rules::parse_close`).
+pub(crate) fn close_frame((code, reason): (u16, &str)) -> CloseFrame {
+    CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
     }
 }

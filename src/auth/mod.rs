@@ -269,18 +269,10 @@ fn claim_text(value: &Value) -> String {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
-}
-
 /// The bearer token, with the `Authorization` header that carried it
 /// removed.
 fn take_bearer(headers: &mut HeaderMap) -> Option<String> {
-    let token = bearer(headers)?;
+    let token = crate::headers::bearer(headers)?.to_owned();
     headers.remove(header::AUTHORIZATION);
     Some(token)
 }
@@ -375,7 +367,7 @@ mod tests {
             HeaderValue::from_static("Bearer a.b.c"),
         );
         h.insert(header::COOKIE, HeaderValue::from_static("x=1; jwt=d.e.f"));
-        assert_eq!(bearer(&h).as_deref(), Some("a.b.c"));
+        assert_eq!(crate::headers::bearer(&h), Some("a.b.c"));
         assert_eq!(cookie(&h, "jwt").as_deref(), Some("d.e.f"));
         assert_eq!(cookie(&h, "j"), None);
     }

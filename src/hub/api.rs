@@ -158,13 +158,7 @@ impl Grant<'_> {
 /// The grant of the request's bearer token. Every token is compared in
 /// full, in constant time, whichever matches.
 fn authorized<'c, B>(req: &Request<B>, config: &'c HubConfig) -> Option<Grant<'c>> {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))?
-        .trim()
-        .as_bytes();
+    let given = crate::headers::bearer(req.headers())?.as_bytes();
     let tokens = config.api_tokens.iter().map(|t| t.as_bytes());
     let full = crate::headers::matches_any(tokens, given);
     let mut limited = None;

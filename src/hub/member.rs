@@ -18,12 +18,11 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::close::{ClosePlan, Fault, SessionEnd, Side};
+use crate::close::{Fault, SessionEnd, Side};
 use crate::config::Limits;
 use crate::frame::{ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, parse_close};
+use crate::session::{close_frame, close_to_send};
 
 /// Frames handed to the kernel in one vectored write, at most.
 const MAX_SLICES: usize = 64;
@@ -220,19 +219,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
     /// when we spoke first, wait for theirs; then close TLS and TCP.
     pub(crate) async fn finish(&mut self, end: &SessionEnd, limit: std::time::Duration) {
         let _ = timeout(limit, async {
-            let (frame, wait) = match end.plan(Side::Client) {
-                ClosePlan::Send(code, reason) => (
-                    Some(ControlFrame::close(Some(code.into()), reason, None)),
-                    true,
-                ),
-                ClosePlan::Forward(frame) => (Some(close_of(frame.as_ref())), true),
-                ClosePlan::Reply => match end {
-                    SessionEnd::Closed(_, frame) => (Some(close_of(frame.as_ref())), false),
-                    _ => (None, false),
-                },
-                ClosePlan::Nothing => (None, false),
-            };
-            if let Some(frame) = frame {
+            if let Some((frame, wait)) = close_to_send(end.plan(Side::Client), end, None) {
                 // Only the frame already begun goes before the Close.
                 self.outbox.truncate(usize::from(self.written > 0));
                 self.outbox
@@ -290,20 +277,6 @@ fn whole(message: &mut Vec<u8>, piece: &[u8], text: bool) -> Result<Data, Sessio
     Utf8Bytes::try_from(bytes)
         .map(Data::Text)
         .map_err(|_| SessionEnd::Broken(Side::Client, Fault::InvalidUtf8))
-}
-
-fn close_frame((code, reason): (u16, &str)) -> CloseFrame {
-    CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    }
-}
-
-fn close_of(frame: Option<&CloseFrame>) -> ControlFrame {
-    match frame {
-        Some(f) => ControlFrame::close(Some(f.code.into()), &f.reason, None),
-        None => ControlFrame::close(None, "", None),
-    }
 }
 
 /// The payload length of a whole frame as queued (for the byte counts).
