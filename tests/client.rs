@@ -322,3 +322,55 @@ async fn headers_origin_and_pings_reach_a_plain_ws_server() {
     })
     .await;
 }
+
+/// A plain ws:// server on loopback that accepts one client and hands its
+/// stream to `then`.
+async fn one_client_server<F, Fut>(then: F) -> String
+where
+    F: FnOnce(tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        then(ws).await;
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_ends_the_client_on_time() {
+    within(30, async {
+        // Pings without pongs: the connection is dead (exit 6).
+        let (hold, held) = tokio::sync::oneshot::channel::<()>();
+        let silent = one_client_server(|ws| async move {
+            let _ = held.await;
+            drop(ws);
+        })
+        .await;
+        let mut s = session(client(&[&silent, "--ping", "50ms"]));
+        wait_for(&mut s.err, "no pong").await;
+        assert_eq!(s.child.wait().await.unwrap().code(), Some(6));
+        drop(hold);
+
+        // The server closes cleanly but keeps the socket open: once both
+        // Closes went, the client ends the connection itself (exit 0).
+        let (hold, held) = tokio::sync::oneshot::channel::<()>();
+        let lingering = one_client_server(|mut ws| async move {
+            let normal = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+                reason: "".into(),
+            };
+            let _ = ws.close(Some(normal)).await;
+            let _ = held.await;
+            drop(ws);
+        })
+        .await;
+        let mut s = session(client(&[&lingering]));
+        assert_eq!(s.child.wait().await.unwrap().code(), Some(0));
+        drop((hold, s.stdin));
+    })
+    .await;
+}

@@ -137,6 +137,9 @@ pub(crate) async fn run(
     let mut awaiting_pong = false;
     let mut closed_by_peer: Option<Option<CloseFrame>> = None;
     let mut close_deadline: Option<Instant> = None;
+    // After the server's Close (answered for us), how long it may take to
+    // end the connection before we do.
+    let mut drop_deadline: Option<Instant> = None;
     loop {
         let tick = async {
             match pings.as_mut() {
@@ -145,7 +148,7 @@ pub(crate) async fn run(
             }
         };
         let closing = async {
-            match close_deadline {
+            match close_deadline.or(drop_deadline) {
                 Some(at) => sleep_until(at).await,
                 None => std::future::pending().await,
             }
@@ -177,7 +180,10 @@ pub(crate) async fn run(
                     }
                 }
                 Some(Ok(Message::Pong(_))) => awaiting_pong = false,
-                Some(Ok(Message::Close(frame))) => closed_by_peer = Some(frame),
+                Some(Ok(Message::Close(frame))) => {
+                    closed_by_peer = Some(frame);
+                    drop_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+                }
                 Some(Ok(_)) => {}
                 Some(Err(WsError::ConnectionClosed)) | None => {
                     return ended(closed_by_peer, close_deadline.is_some());
@@ -194,6 +200,10 @@ pub(crate) async fn run(
                 }
             }
             _ = closing => {
+                if closed_by_peer.is_some() {
+                    // Both Closes went; the server only kept the socket open.
+                    return ended(closed_by_peer, close_deadline.is_some());
+                }
                 return Failure::new(Exit::Abnormal, "the server did not answer the close in 5 s");
             }
         }
