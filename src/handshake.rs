@@ -23,15 +23,12 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{Instrument, Span, debug, info};
 
-use crate::auth::{self, Expiry, Identity, Refresh};
-use crate::close::{AuthFailure, Rejection, Side};
+use crate::auth::{self, Expiry};
+use crate::close::{Rejection, Side};
 use crate::config::Route;
-use crate::config::{HubProtocol, HubRoute};
 use crate::frame::ControlFrame;
-use crate::hub::access::ChannelAccess;
 use crate::hub::session::HubClient;
-use crate::hub::{Hub, HubError};
-use crate::names::{check_channel_name, check_client_name, normalize_host};
+use crate::names::normalize_host;
 use crate::route::RouteTable;
 use crate::session::{SessionCtx, finish};
 use crate::upstream::{DialError, Dialed};
@@ -150,8 +147,8 @@ pub(crate) async fn handle(
         Target::Static(_) => return refuse(Rejection::NoRoute, req.uri().path()),
         Target::Hub(hub_route) => {
             let refresh = auth::refresher(state.auth.as_ref(), expiry.as_ref(), identity.as_ref());
-            match hub_client(&req, &state.path, hub_route, &shared.hub, identity, refresh) {
-                Ok(peer) => (peer, chosen),
+            match hub::admit::admit(&req, &state.path, hub_route, &shared.hub, identity, refresh) {
+                Ok(client) => (Peer::Hub(client), chosen),
                 Err(rejection) => return refuse(rejection, req.uri().path()),
             }
         }
@@ -238,97 +235,6 @@ async fn session(
     ctx.metrics.session_ended(&end, elapsed.as_secs_f64());
     info!(end = end.label(), code = ?end.client_code(), duration_ms = elapsed.as_millis() as u64, "session ended");
     drop(permit);
-}
-
-/// Name and register a hub client (and find its room on a raw route)
-/// before the 101, so a taken name or a bad room is an HTTP refusal.
-fn hub_client<B>(
-    req: &Request<B>,
-    route_path: &str,
-    route: &Arc<HubRoute>,
-    hub: &Hub,
-    identity: Option<Identity>,
-    refresh: Option<Refresh>,
-) -> Result<Peer, Rejection> {
-    let asked = query_param(req.uri().query().unwrap_or(""), "name");
-    let (name, claims) = auth::hub_name(identity, asked)?;
-    if let Some(name) = &name
-        && check_client_name(name).is_err()
-    {
-        return Err(Rejection::BadRequest(
-            "name must be 1-64 of A-Z a-z 0-9 _ - . @",
-        ));
-    }
-    let room = match route.protocol {
-        HubProtocol::Json => None,
-        HubProtocol::Raw if route.channel_from_path => {
-            let room = req
-                .uri()
-                .path()
-                .strip_prefix(route_path)
-                .unwrap_or("")
-                .trim_matches('/');
-            if check_channel_name(room).is_err() {
-                return Err(Rejection::BadRequest(
-                    "the path must name a room: 1-128 of A-Z a-z 0-9 _ - . : /",
-                ));
-            }
-            Some(room.to_owned())
-        }
-        HubProtocol::Raw => Some(route.channel.clone()),
-    };
-    let access = ChannelAccess::new(claims.as_ref(), route);
-    // A raw room member both hears and speaks: it needs both permissions.
-    if let Some(room) = &room
-        && !(access.may_subscribe(room) && access.may_publish(room))
-    {
-        return Err(Rejection::Auth(AuthFailure::Channel));
-    }
-    let registration = hub
-        .register(name.as_deref(), route, access, refresh)
-        .map_err(|_| Rejection::NameTaken)?;
-    // Join the room now, so a message sent right after this client's 101
-    // reaches it.
-    if let Some(room) = &room {
-        match hub.subscribe(&registration.conn, room, None, usize::MAX) {
-            Ok(_) => {}
-            Err(HubError::Forbidden) => return Err(Rejection::Auth(AuthFailure::Channel)),
-            Err(_) => return Err(Rejection::HubFull),
-        }
-    }
-    Ok(Peer::Hub(HubClient {
-        registration,
-        route: route.clone(),
-        room,
-    }))
-}
-
-/// The first value of `key` in a query string, percent-decoded.
-fn query_param(query: &str, key: &str) -> Option<String> {
-    let raw = query.split('&').find_map(|pair| {
-        pair.strip_prefix(key)
-            .and_then(|rest| rest.strip_prefix('='))
-    })?;
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 fn refuse(rejection: Rejection, path: &str) -> Response<Body> {

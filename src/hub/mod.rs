@@ -10,6 +10,7 @@
 //! lock is ever held across an `.await`.
 
 pub(crate) mod access;
+pub(crate) mod admit;
 pub(crate) mod api;
 mod member;
 pub(crate) mod protocol;
