@@ -106,11 +106,11 @@ async fn serve_tls_until<IO>(
             Err(_) => return early_failure(EarlyFailure::TlsTimeout, &"deadline passed"),
         },
     };
-    let sni = tls.get_ref().1.server_name();
+    let sni = tls.server_name();
     if let Some(sni) = sni {
         Span::current().record("sni", sni);
     }
-    let client_cert = (tls.get_ref().1.peer_certificates())
+    let client_cert = (tls.peer_certificates())
         .and_then(|chain| chain.first())
         .and_then(auth::certificate_name)
         .map(|name| (Arc::from(name), sni.map(|s| Arc::from(normalize_host(s)))));

@@ -3,11 +3,17 @@
 //! [`MAX`]), so a busy connection reads a whole batch in one call and an
 //! idle one holds a few hundred bytes; a session that once carried a large
 //! message does not keep the memory for it. Reads go into spare capacity,
-//! which is never zero-filled.
+//! which is never zero-filled. Consumed bytes are skipped, not moved: what
+//! is left is moved to the front only when a read needs the room.
+//!
+//! The TLS front (`tls::stream`) keeps its ciphertext here too, and lets the
+//! memory go entirely ([`ReadBuffer::release`]) while the peer is quiet.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
 /// What an idle direction holds: enough for a few small frames per read.
 pub const IDLE: usize = 256;
@@ -16,8 +22,10 @@ pub const MAX: usize = 64 << 10;
 
 #[derive(Debug)]
 pub struct ReadBuffer {
-    /// What was read and not yet consumed; its capacity is the buffer.
+    /// What was read; `bytes[start..]` is not consumed yet. Its capacity
+    /// is the buffer.
     bytes: Vec<u8>,
+    start: usize,
     /// The size of the last read: the next may take about twice as much.
     last: usize,
 }
@@ -26,6 +34,7 @@ impl Default for ReadBuffer {
     fn default() -> Self {
         ReadBuffer {
             bytes: Vec::with_capacity(IDLE),
+            start: 0,
             last: 0,
         }
     }
@@ -34,14 +43,33 @@ impl Default for ReadBuffer {
 impl ReadBuffer {
     /// Read more after what is held; `Ok(0)` is the end of the stream.
     pub async fn read_from<R: AsyncRead + Unpin>(&mut self, src: &mut R) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_from(cx, src)).await
+    }
+
+    /// [`ReadBuffer::read_from`] as a poll: one read into spare capacity.
+    pub fn poll_read_from<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut R,
+    ) -> Poll<io::Result<usize>> {
         let want = self.want();
         if self.bytes.capacity() - self.bytes.len() < want {
             // Busier than it is big, or a frame's start waits for its rest.
-            self.bytes.reserve_exact(want);
+            if self.start > 0 {
+                self.bytes.drain(..self.start);
+                self.start = 0;
+            }
+            if self.bytes.capacity() - self.bytes.len() < want {
+                self.bytes.reserve_exact(want);
+            }
         }
-        let n = src.read_buf(&mut self.bytes).await?;
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(src),
+            cx,
+            &mut self.bytes
+        ))?;
         self.last = n;
-        Ok(n)
+        Poll::Ready(Ok(n))
     }
 
     /// Hold `bytes` as if they had been read (what came with a handshake).
@@ -51,21 +79,41 @@ impl ReadBuffer {
 
     /// The bytes held.
     pub fn data(&mut self) -> &mut [u8] {
-        &mut self.bytes
+        &mut self.bytes[self.start..]
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.start == self.bytes.len()
     }
 
-    /// Drop the first `n` bytes held, keeping the rest at the front; when
-    /// nothing is left and the last read was small for the buffer, give the
-    /// memory back.
+    /// How many bytes are held.
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.start
+    }
+
+    /// Drop the first `n` bytes held, keeping the rest; when nothing is
+    /// left and the last read was small for the buffer, give the memory
+    /// back.
     pub fn consume(&mut self, n: usize) {
-        self.bytes.drain(..n);
-        let want = self.want();
-        if self.bytes.is_empty() && self.bytes.capacity() > 2 * want {
-            self.bytes = Vec::with_capacity(want);
+        self.start += n;
+        debug_assert!(self.start <= self.bytes.len());
+        if self.start >= self.bytes.len() {
+            self.bytes.clear();
+            self.start = 0;
+            let want = self.want();
+            if self.bytes.capacity() > 2 * want {
+                self.bytes = Vec::with_capacity(want);
+            }
+        }
+    }
+
+    /// While nothing is held, hold no memory either (the peer is quiet).
+    /// The next read allocates what the last one suggests, so a busy
+    /// connection still reads in big steps.
+    pub fn release(&mut self) {
+        if self.is_empty() && self.bytes.capacity() > 0 {
+            self.bytes = Vec::new();
+            self.start = 0;
         }
     }
 
@@ -120,5 +168,24 @@ mod tests {
         let mut more: &[u8] = &[6];
         buf.read_from(&mut more).await.unwrap();
         assert_eq!(buf.data(), &[3, 4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn consumed_bytes_make_room_before_the_buffer_grows() {
+        let mut buf = ReadBuffer::default();
+        let first = vec![1u8; IDLE];
+        buf.read_from(&mut &first[..]).await.unwrap();
+        buf.consume(IDLE - 2);
+        assert_eq!(buf.len(), 2);
+        let mut more: &[u8] = &[9; 10];
+        buf.read_from(&mut more).await.unwrap();
+        assert_eq!(buf.data(), &[1, 1, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
+        buf.consume(12);
+        assert!(buf.is_empty());
+        buf.release();
+        assert_eq!(buf.capacity(), 0);
+        let mut again: &[u8] = &[5, 6];
+        buf.read_from(&mut again).await.unwrap();
+        assert_eq!(buf.data(), &[5, 6]);
     }
 }

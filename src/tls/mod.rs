@@ -1,6 +1,12 @@
 //! PEM files → `rustls::ServerConfig`: TLS 1.2 and 1.3 only, ALPN
 //! `http/1.1`, the certificate chosen by SNI with a default, client
-//! certificates asked for where `client_auth` says (`auth::mtls`).
+//! certificates asked for where `client_auth` says (`auth::mtls`). The
+//! server connection itself runs on wsgate's own stream (`stream`), which
+//! owns its buffers; tokio-rustls serves the client side only.
+
+mod stream;
+
+pub(crate) use stream::TlsStream;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,13 +14,11 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::LazyConfigAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::auth;
 use crate::config::{CertPair, ClientAuth, ConfigIssue, TlsConfig, UpstreamTls};
@@ -42,20 +46,18 @@ impl TlsFront {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
-        let name = start
-            .client_hello()
-            .server_name()
-            .map(str::to_ascii_lowercase);
-        let config = name
+        stream::accept(io, |name| self.config_for(name).clone()).await
+    }
+
+    fn config_for(&self, name: Option<&str>) -> &Arc<rustls::ServerConfig> {
+        name.map(str::to_ascii_lowercase)
             .and_then(|name| {
                 self.exact.get(&name).or_else(|| {
                     name.split_once('.')
                         .and_then(|(_, suffix)| self.wildcard.get(suffix))
                 })
             })
-            .unwrap_or(&self.default);
-        start.into_stream(config.clone()).await
+            .unwrap_or(&self.default)
     }
 }
 
