@@ -261,17 +261,20 @@ struct Opts {
     hub_idle: usize,
     /// Measure the hub only (no relay table).
     hub_only: bool,
+    /// The memory measures only (no load: for a busy machine).
+    memory_only: bool,
 }
 
 impl Opts {
     fn parse(args: &[String]) -> anyhow::Result<Opts> {
         let mut flags = BTreeMap::new();
-        let (mut quick, mut hub_only) = (false, false);
+        let (mut quick, mut hub_only, mut memory_only) = (false, false, false);
         let mut i = 0;
         while i < args.len() {
             match args[i].as_str() {
                 "--quick" => quick = true,
                 "--hub-only" => hub_only = true,
+                "--memory-only" => memory_only = true,
                 // `cargo bench` appends this.
                 "--bench" => {}
                 flag if flag.starts_with("--") => {
@@ -315,6 +318,7 @@ impl Opts {
             hub_secs: num("hub-secs", if quick { 1.0 } else { 4.0 })?,
             hub_idle: num("hub-idle", if quick { 100.0 } else { 2000.0 })? as usize,
             hub_only,
+            memory_only,
         };
         let mut opts = opts;
         opts.hub_subs.sort_unstable();
@@ -1196,6 +1200,9 @@ async fn measure_target(
         }
         Err(e) => errors.push(e.context("memory")),
     }
+    if opts.memory_only {
+        return errors;
+    }
     sleep(Duration::from_millis(500)).await;
     match echo_load(opts, client, pid, 64, 16, 64).await {
         Ok(e) => {
@@ -1637,7 +1644,12 @@ impl HubResults {
 /// that failed.
 async fn measure_hub(opts: &Opts, ca: &Path, results: &mut HubResults) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
-    for &n in &opts.hub_subs {
+    let floors = if opts.memory_only {
+        &[][..]
+    } else {
+        &opts.hub_subs[..]
+    };
+    for &n in floors {
         match floor(opts, n).await {
             Ok(f) => {
                 results.put(format!("{n}:cpu"), 0, f.cpu_us_per_write);
@@ -1679,6 +1691,9 @@ async fn measure_hub(opts: &Opts, ca: &Path, results: &mut HubResults) -> Vec<an
             results.put("idle:failed".into(), 1, m.failed as f64);
         }
         Err(e) => errors.push(e.context("idle hub connections")),
+    }
+    if opts.memory_only {
+        return errors;
     }
     // The idle connections are gone (dropped); let wsgate notice.
     sleep(Duration::from_millis(500)).await;

@@ -4,6 +4,7 @@
 #   benches/compare.sh            full run (3 repeats; about 6 minutes on 2 cores after the build)
 #   benches/compare.sh --quick    every target and measure once, tiny and short (CI; about 30 s)
 #   benches/compare.sh --hub-only the hub table alone (no relay targets)
+#   benches/compare.sh --memory-only  the memory measures alone, no load (fine on a busy machine)
 #
 # Prints two tables: the relay (wsgate, nginx, a direct wss backend) and the
 # hub (wsgate's fan-out against the kernel floor of a plain write loop, and
@@ -41,6 +42,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) args+=(--quick) ;;
         --hub-only) args+=(--hub-only) ;;
+        --memory-only) args+=(--memory-only) ;;
         --repeats|--sessions|--secs|--warmup|--hub-subs|--hub-secs|--hub-idle)
             [[ $# -ge 2 ]] || { echo "$1 needs a value" >&2; exit 2; }
             args+=("$1" "$2"); shift ;;
@@ -50,7 +52,7 @@ while [[ $# -gt 0 ]]; do
         --wsgate)
             [[ $# -ge 2 ]] || { echo "$1 needs a value" >&2; exit 2; }
             wsgate="$(realpath "$2")"; shift ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift

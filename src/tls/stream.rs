@@ -10,8 +10,8 @@
 //!   rest arrives, and holds no memory at all while the peer is quiet;
 //! * ciphertext out: plaintext is encrypted straight into one buffer, which
 //!   is written out as the socket takes it. A write is not accepted while
-//!   more than [`WRITE_BOUND`] bytes of earlier ciphertext are unsent, and a
-//!   large buffer is given back once it has been sent.
+//!   more than [`WRITE_BOUND`] bytes of earlier ciphertext are unsent, and the
+//!   buffer is given back once it has been sent.
 //!
 //! Decrypted records go straight into the caller's buffer; only what does
 //! not fit waits here (at most what was read, then freed).
@@ -48,8 +48,6 @@ const MAX_HELD: usize = 0xffff + MAX_RECORD;
 const MAX_PLAIN: usize = 64 << 10;
 /// A write is taken only while at most this much ciphertext waits.
 pub const WRITE_BOUND: usize = 16 << 10;
-/// An outgoing buffer up to this size is kept once sent; larger ones go.
-const OUT_KEEP: usize = 512;
 /// Per-record room reserved when encrypting (header, nonce, tag, type).
 const RECORD_OVERHEAD: usize = 64;
 
@@ -469,9 +467,10 @@ impl Outgoing {
         if self.head == self.tail {
             self.head = 0;
             self.tail = 0;
-            if self.buf.capacity() > OUT_KEEP {
-                self.buf = Vec::new();
-            }
+            // Sent: the memory goes too. An idle connection holds no
+            // outgoing buffer; an allocation per write costs little next to
+            // encrypting it.
+            self.buf = Vec::new();
         }
     }
 
@@ -835,7 +834,7 @@ mod tests {
         assert!(server.read(&mut buf).now_or_never().is_none());
         assert_eq!(server.incoming.capacity(), 0);
         assert_eq!(server.plaintext.bytes.capacity(), 0);
-        assert!(server.outgoing.buf.capacity() <= OUT_KEEP);
+        assert_eq!(server.outgoing.buf.capacity(), 0);
     }
 
     #[tokio::test]
