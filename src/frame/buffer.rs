@@ -117,6 +117,12 @@ impl ReadBuffer {
         }
     }
 
+    /// Let the next read take at least `n` bytes (up to [`MAX`]): for a
+    /// peer known to send that much at once (a TLS ClientHello).
+    pub fn expect(&mut self, n: usize) {
+        self.last = self.last.max(n.div_ceil(2));
+    }
+
     /// What the next read may take: about twice the last.
     fn want(&self) -> usize {
         (self.last * 2).clamp(IDLE, MAX)

@@ -46,6 +46,8 @@ const MAX_RECORD: usize = 16_384 + 2_048 + 5;
 const MAX_HELD: usize = 0xffff + MAX_RECORD;
 /// The most plaintext encrypted per write call (four full records).
 const MAX_PLAIN: usize = 64 << 10;
+/// The first read of a handshake.
+const HELLO_READ: usize = 4 << 10;
 /// A write is taken only while at most this much ciphertext waits.
 pub const WRITE_BOUND: usize = 16 << 10;
 /// Per-record room reserved when encrypting (header, nonce, tag, type).
@@ -78,6 +80,8 @@ where
     F: FnOnce(Option<&str>) -> Arc<ServerConfig>,
 {
     let mut incoming = ReadBuffer::default();
+    // A ClientHello (1-2 KiB, more with post-quantum key shares) in one read.
+    incoming.expect(HELLO_READ);
     let mut acceptor = Acceptor::default();
     let sni = loop {
         if incoming.len() >= MAX_HELD {
