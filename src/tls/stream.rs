@@ -97,7 +97,10 @@ where
         // The acceptor gets a copy; the connection gets the originals.
         let mut fresh = &incoming.data()[fed..];
         while !fresh.is_empty() {
-            acceptor.read_tls(&mut fresh)?;
+            // 0: it takes nothing more (an alert ended it); never spin.
+            if acceptor.read_tls(&mut fresh)? == 0 {
+                return Err(invalid("TLS ended before the ClientHello"));
+            }
         }
         match acceptor.accept() {
             Ok(Some(accepted)) => break accepted.client_hello().server_name().map(Box::from),
@@ -942,6 +945,33 @@ mod tests {
         // And it stays failed.
         let e = server.write(b"x").await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_alert_before_the_client_hello_ends_the_handshake() {
+        let keys = keys(false);
+        let (server, mut client) = duplex(64 << 10);
+        // A plaintext close_notify, then the start of a ClientHello.
+        client
+            .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x00])
+            .await
+            .unwrap();
+        let accepting = tokio::spawn(accept(server, move |_| keys.server.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The server may have given up already.
+        let _ = client
+            .write_all(&[0x16, 0x03, 0x01, 0x00, 0x10, 1, 2, 3])
+            .await;
+        let outcome = timeout(Duration::from_secs(5), accepting).await;
+        let e = outcome.expect("no spin").unwrap().err().unwrap();
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+            ),
+            "{e}"
+        );
+        drop(client);
     }
 
     #[tokio::test]
