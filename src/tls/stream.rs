@@ -355,11 +355,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
                 continue;
             }
             // Whatever processing queued (an alert, a key update answer)
-            // goes out now if the socket takes it; the rest with the next
-            // write or flush.
-            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-                return Poll::Ready(Err(e));
-            }
+            // goes out now if the socket takes it; the rest, and any write
+            // error, with the next write or flush: reading goes on.
+            let _ = this.poll_send(cx);
             if buf.filled().len() > before || this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
