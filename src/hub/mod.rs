@@ -8,6 +8,13 @@
 //! subscriber sees a channel's messages in sequence order. Queueing never
 //! waits (a full queue trips that subscriber's slow-consumer policy), and no
 //! lock is ever held across an `.await`.
+//!
+//! The map lock is released before a channel's lock is taken, so between
+//! the two the sweeper may forget the channel. It marks a channel it forgets
+//! `removed` under both locks, and only if the channel is still unused;
+//! whoever then finds `removed` under the channel lock looks the name up
+//! again (getting, or creating, the channel publishers now find), so no
+//! subscriber waits on, and no publish goes into, a forgotten channel.
 
 pub(crate) mod access;
 pub(crate) mod admit;
@@ -67,6 +74,9 @@ struct ChannelState {
     seq: u64,
     history: VecDeque<Arc<Msg>>,
     subscribers: HashMap<u64, Arc<Conn>>,
+    /// The sweeper took this channel out of the map: nobody finds it any
+    /// more, so nothing may be added to it (look the name up again).
+    removed: bool,
 }
 
 /// A channel message: serialized and framed at most once per
@@ -334,12 +344,41 @@ impl Hub {
         {
             return Err(HubError::Forbidden);
         }
-        let channel = self
-            .channel(channel, true)?
-            .ok_or(HubError::TooManyChannels)?;
+        self.with_live_channel(channel, |channel, state| {
+            self.publish_locked(channel, state, from, body, include_sender)
+        })
+    }
+
+    /// Run `f` on the channel named `name` (created if need be) under its
+    /// lock, once it is the channel the map holds: one the sweeper removed
+    /// after it was looked up is looked up again.
+    fn with_live_channel<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Arc<Channel>, &mut ChannelState) -> R,
+    ) -> Result<R, HubError> {
+        loop {
+            let channel = self.channel(name, true)?.ok_or(HubError::TooManyChannels)?;
+            #[cfg(test)]
+            tests::between_lookup_and_lock(self);
+            let mut state = lock(&channel.state);
+            if state.removed {
+                continue;
+            }
+            return Ok(f(&channel, &mut state));
+        }
+    }
+
+    fn publish_locked(
+        &self,
+        channel: &Channel,
+        state: &mut ChannelState,
+        from: Option<&Conn>,
+        body: Body,
+        include_sender: bool,
+    ) -> (u64, usize) {
         let metrics = &self.0.metrics;
         let now = Instant::now();
-        let mut state = lock(&channel.state);
         state.seq += 1;
         let msg = Arc::new(Msg {
             seq: state.seq,
@@ -364,11 +403,9 @@ impl Hub {
                 delivered += 1;
             }
         }
-        let seq = state.seq;
-        drop(state);
         metrics.published.increment(1);
         metrics.delivered.increment(delivered as u64);
-        Ok((seq, delivered))
+        (state.seq, delivered)
     }
 
     fn trim_history(&self, history: &mut VecDeque<Arc<Msg>>, now: Instant) {
@@ -407,11 +444,23 @@ impl Hub {
                 return Err(HubError::ChannelLimit);
             }
         }
-        let channel = self
-            .channel(channel, true)?
-            .ok_or(HubError::TooManyChannels)?;
+        let (channel, subscribed) = self.with_live_channel(channel, |channel, state| {
+            let subscribed = self.subscribe_locked(conn, channel, state, since);
+            (channel.clone(), subscribed)
+        })?;
+        lock(&conn.channels).push(channel);
+        self.0.metrics.subscriptions.increment(1.0);
+        Ok(subscribed)
+    }
+
+    fn subscribe_locked(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &Channel,
+        state: &mut ChannelState,
+        since: Option<u64>,
+    ) -> Subscribed {
         let metrics = &self.0.metrics;
-        let mut state = lock(&channel.state);
         let now = Instant::now();
         let mut history = std::mem::take(&mut state.history);
         self.trim_history(&mut history, now);
@@ -434,11 +483,10 @@ impl Hub {
             }
         }
         state.subscribers.insert(conn.id, conn.clone());
-        let seq = state.seq;
-        drop(state);
-        lock(&conn.channels).push(channel);
-        metrics.subscriptions.increment(1.0);
-        Ok(Subscribed { seq, gap })
+        Subscribed {
+            seq: state.seq,
+            gap,
+        }
     }
 
     pub(crate) fn unsubscribe(&self, conn: &Arc<Conn>, channel: &str) -> Result<(), HubError> {
@@ -554,12 +602,14 @@ impl Hub {
         let now = Instant::now();
         let ttl = self.0.config.history_ttl;
         channels.retain(|_, channel| {
-            let state = lock(&channel.state);
-            !state.subscribers.is_empty()
+            let mut state = lock(&channel.state);
+            let keep = !state.subscribers.is_empty()
                 || state
                     .history
                     .back()
-                    .is_some_and(|m| now.duration_since(m.at) <= ttl)
+                    .is_some_and(|m| now.duration_since(m.at) <= ttl);
+            state.removed = !keep;
+            keep
         });
         self.0.metrics.channels.set(channels.len() as f64);
     }
@@ -577,3 +627,6 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
