@@ -69,8 +69,12 @@ pub(crate) struct Channel {
     state: Mutex<ChannelState>,
 }
 
-#[derive(Default)]
 struct ChannelState {
+    /// Which run of the channel's stream `seq` counts in: chosen when the
+    /// channel is created (first publish or subscribe, and again after the
+    /// sweeper forgot it), so a `since` from before cannot be mistaken for
+    /// a position in this one.
+    epoch: Epoch,
     seq: u64,
     history: VecDeque<Arc<Msg>>,
     subscribers: HashMap<u64, Arc<Conn>>,
@@ -79,10 +83,63 @@ struct ChannelState {
     removed: bool,
 }
 
+impl ChannelState {
+    fn position(&self) -> Position {
+        Position {
+            seq: self.seq,
+            epoch: self.epoch,
+        }
+    }
+
+    fn new() -> ChannelState {
+        ChannelState {
+            epoch: Epoch::random(),
+            seq: 0,
+            history: VecDeque::new(),
+            subscribers: HashMap::new(),
+            removed: false,
+        }
+    }
+}
+
+/// The identity of one run of a channel's stream: a random 64-bit id,
+/// written as 16 lowercase hex digits on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Epoch(u64);
+
+impl Epoch {
+    fn random() -> Epoch {
+        Epoch(rand::random())
+    }
+
+    /// An epoch as a client gave it; `None` if it is not one this hub
+    /// could have written (and so names no stream of it).
+    pub(crate) fn parse(text: &str) -> Option<Epoch> {
+        if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u64::from_str_radix(text, 16).ok().map(Epoch)
+    }
+}
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// A position in a channel's stream: a sequence number within an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub(crate) seq: u64,
+    pub(crate) epoch: Epoch,
+}
+
 /// A channel message: serialized and framed at most once per
 /// representation; the frame is shared by every recipient.
 struct Msg {
     seq: u64,
+    epoch: Epoch,
     at: Instant,
     channel: Arc<str>,
     from: Option<Arc<str>>,
@@ -97,8 +154,11 @@ impl Msg {
     fn frame(&self, json: bool) -> Bytes {
         let frame = if json {
             self.envelope.get_or_init(|| {
-                let text =
-                    protocol::message(&self.channel, self.seq, self.from.as_deref(), &self.body);
+                let at = Position {
+                    seq: self.seq,
+                    epoch: self.epoch,
+                };
+                let text = protocol::message(&self.channel, at, self.from.as_deref(), &self.body);
                 text_frame(&text)
             })
         } else {
@@ -199,18 +259,36 @@ impl HubError {
 
 /// A subscription's starting point.
 pub(crate) struct Subscribed {
-    /// The channel's last sequence number when the subscription began.
-    pub(crate) seq: u64,
-    /// `since` could not be honoured: history does not reach back that far
-    /// (or the channel restarted below it). The subscription is live from now.
+    /// The channel's last position when the subscription began.
+    pub(crate) at: Position,
+    /// `since` could not be honoured: history does not reach back that far,
+    /// `since` is ahead of the channel, or it was given in another epoch.
+    /// The subscription is live from now.
     pub(crate) gap: bool,
+}
+
+/// Where a resuming subscriber left off.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Since<'r> {
+    pub(crate) seq: u64,
+    /// The epoch that `seq` counts in, as the client gave it; absent (older
+    /// clients): `seq` is taken to count in the current epoch.
+    pub(crate) epoch: Option<&'r str>,
+}
+
+/// A publish, done: where it went in the stream, and to how many local
+/// subscribers it was queued.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Published {
+    pub(crate) at: Position,
+    pub(crate) delivered: usize,
 }
 
 /// Channel listing for the API.
 pub(crate) struct ChannelInfo {
     pub(crate) name: Arc<str>,
     pub(crate) subscribers: usize,
-    pub(crate) last_seq: u64,
+    pub(crate) last: Position,
 }
 
 /// Keeps a client registered; unregisters (and unsubscribes) on drop.
@@ -320,7 +398,7 @@ impl Hub {
         let name: Arc<str> = name.into();
         let channel = Arc::new(Channel {
             name: name.clone(),
-            state: Mutex::default(),
+            state: Mutex::new(ChannelState::new()),
         });
         channels.insert(name, channel.clone());
         self.0.metrics.channels.set(channels.len() as f64);
@@ -329,14 +407,14 @@ impl Hub {
 
     /// Publish to a channel: assign the next sequence number, keep it in
     /// history, queue it to every subscriber (but `from`, unless
-    /// `include_sender`). Returns (seq, subscribers it was queued to).
+    /// `include_sender`).
     pub(crate) fn publish(
         &self,
         channel: &str,
         from: Option<&Conn>,
         body: Body,
         include_sender: bool,
-    ) -> Result<(u64, usize), HubError> {
+    ) -> Result<Published, HubError> {
         // A raw client's room was checked (both ways) when it joined.
         if let Some(conn) = from
             && conn.json
@@ -376,12 +454,13 @@ impl Hub {
         from: Option<&Conn>,
         body: Body,
         include_sender: bool,
-    ) -> (u64, usize) {
+    ) -> Published {
         let metrics = &self.0.metrics;
         let now = Instant::now();
         state.seq += 1;
         let msg = Arc::new(Msg {
             seq: state.seq,
+            epoch: state.epoch,
             at: now,
             channel: channel.name.clone(),
             from: from.map(|c| c.name.clone()),
@@ -405,7 +484,13 @@ impl Hub {
         }
         metrics.published.increment(1);
         metrics.delivered.increment(delivered as u64);
-        (state.seq, delivered)
+        Published {
+            at: Position {
+                seq: state.seq,
+                epoch: state.epoch,
+            },
+            delivered,
+        }
     }
 
     fn trim_history(&self, history: &mut VecDeque<Arc<Msg>>, now: Instant) {
@@ -428,7 +513,7 @@ impl Hub {
         &self,
         conn: &Arc<Conn>,
         channel: &str,
-        since: Option<u64>,
+        since: Option<Since<'_>>,
         max_per_client: usize,
     ) -> Result<Subscribed, HubError> {
         if !conn.access.may_subscribe(channel) {
@@ -437,8 +522,8 @@ impl Hub {
         {
             let channels = lock(&conn.channels);
             if let Some(ch) = channels.iter().find(|c| &*c.name == channel) {
-                let seq = lock(&ch.state).seq;
-                return Ok(Subscribed { seq, gap: false });
+                let at = lock(&ch.state).position();
+                return Ok(Subscribed { at, gap: false });
             }
             if channels.len() >= max_per_client {
                 return Err(HubError::ChannelLimit);
@@ -458,7 +543,7 @@ impl Hub {
         conn: &Arc<Conn>,
         channel: &Channel,
         state: &mut ChannelState,
-        since: Option<u64>,
+        since: Option<Since<'_>>,
     ) -> Subscribed {
         let metrics = &self.0.metrics;
         let now = Instant::now();
@@ -466,9 +551,10 @@ impl Hub {
         self.trim_history(&mut history, now);
         state.history = history;
         let mut gap = false;
-        if let Some(since) = since {
+        if let Some(Since { seq: since, epoch }) = since {
             let oldest = state.history.front().map_or(state.seq + 1, |m| m.seq);
-            if since > state.seq || since + 1 < oldest {
+            let other_epoch = epoch.is_some_and(|e| Epoch::parse(e) != Some(state.epoch));
+            if other_epoch || since > state.seq || since + 1 < oldest {
                 gap = true;
             } else {
                 for msg in state.history.iter().filter(|m| m.seq > since) {
@@ -484,7 +570,7 @@ impl Hub {
         }
         state.subscribers.insert(conn.id, conn.clone());
         Subscribed {
-            seq: state.seq,
+            at: state.position(),
             gap,
         }
     }
@@ -585,7 +671,7 @@ impl Hub {
                 ChannelInfo {
                     name: c.name.clone(),
                     subscribers: state.subscribers.len(),
-                    last_seq: state.seq,
+                    last: state.position(),
                 }
             })
             .collect();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::access::ChannelAccess;
 use super::protocol::Body;
-use super::{Conn, Hub, Queue};
+use super::{Conn, Epoch, Hub, Position, Queue, Since};
 use crate::config::{HubConfig, SlowConsumer};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -59,6 +59,24 @@ fn json(text: &'static str) -> Body {
     Body::Json(Utf8Bytes::from_static(text))
 }
 
+impl Position {
+    fn next(self) -> Position {
+        Position {
+            seq: self.seq + 1,
+            ..self
+        }
+    }
+}
+
+/// A `since` in `epoch`, which the caller keeps alive as a string.
+fn since(seq: u64, epoch: Epoch) -> Option<Since<'static>> {
+    let epoch: &'static str = Box::leak(epoch.to_string().into_boxed_str());
+    Some(Since {
+        seq,
+        epoch: Some(epoch),
+    })
+}
+
 /// The text of every frame queued for `conn`.
 pub(super) fn received(conn: &Conn) -> Vec<String> {
     conn.queue
@@ -78,9 +96,13 @@ fn a_subscriber_whose_new_channel_is_swept_before_it_locks_it_still_gets_publish
     // sweeper forgets.
     between(|hub| hub.sweep());
     let sub = hub.subscribe(&bob, "room", None, 8).unwrap();
-    assert_eq!(sub.seq, 0);
-    let (seq, delivered) = hub.publish("room", None, json("1"), true).unwrap();
-    assert_eq!((seq, delivered), (1, 1), "the publish found bob's channel");
+    assert_eq!(sub.at.seq, 0);
+    let published = hub.publish("room", None, json("1"), true).unwrap();
+    assert_eq!(
+        (published.at, published.delivered),
+        (sub.at.next(), 1),
+        "the publish found bob's channel"
+    );
     let got = received(&bob);
     assert_eq!(got.len(), 1);
     assert!(got[0].contains(r#""seq":1"#), "{got:?}");
@@ -91,11 +113,17 @@ fn a_subscriber_whose_new_channel_is_swept_before_it_locks_it_still_gets_publish
 fn a_publish_whose_new_channel_is_swept_before_it_locks_it_stays_in_history() {
     let hub = hub();
     between(|hub| hub.sweep());
-    let (seq, _) = hub.publish("news", None, json("1"), true).unwrap();
-    assert_eq!(seq, 1);
+    let published = hub.publish("news", None, json("1"), true).unwrap();
+    assert_eq!(published.at.seq, 1);
     let ann = conn(2, "ann");
-    let sub = hub.subscribe(&ann, "news", Some(0), 8).unwrap();
-    assert_eq!((sub.seq, sub.gap), (1, false), "the channel kept seq 1");
+    let sub = hub
+        .subscribe(&ann, "news", since(0, published.at.epoch), 8)
+        .unwrap();
+    assert_eq!(
+        (sub.at, sub.gap),
+        (published.at, false),
+        "the channel kept seq 1"
+    );
     let got = received(&ann);
     assert_eq!(got.len(), 1, "seq 1 replayed from history: {got:?}");
 }
@@ -108,4 +136,95 @@ fn the_sweeper_still_forgets_unused_channels() {
     hub.unsubscribe(&bob, "room").unwrap();
     hub.sweep();
     assert!(hub.channels().is_empty());
+}
+
+#[test]
+fn epochs_are_16_hex_digits_and_parse_back() {
+    let e = Epoch::random();
+    let text = e.to_string();
+    assert_eq!(text.len(), 16);
+    assert_eq!(Epoch::parse(&text), Some(e));
+    for bad in [
+        "",
+        "xyz",
+        "0123456789abcdef0",
+        "+123456789abcdef",
+        "0123456789abcdeg",
+    ] {
+        assert_eq!(Epoch::parse(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn a_since_in_another_epoch_is_a_gap_never_a_replay() {
+    let hub = hub();
+    for n in ["1", "2", "3"] {
+        hub.publish(
+            "feed",
+            None,
+            Body::Json(Utf8Bytes::from(n.to_owned())),
+            true,
+        )
+        .unwrap();
+    }
+    let now = hub.channels()[0].last;
+    assert_eq!(now.seq, 3);
+    let ann = conn(1, "ann");
+    // The same position in the current epoch replays.
+    let sub = hub.subscribe(&ann, "feed", since(1, now.epoch), 8).unwrap();
+    assert_eq!((sub.at, sub.gap), (now, false));
+    assert_eq!(received(&ann).len(), 2);
+    hub.unsubscribe(&ann, "feed").unwrap();
+    // Another epoch (a stream from before a restart), or one no hub wrote:
+    // gap, live from now, nothing replayed.
+    let other = Epoch(now.epoch.0 ^ 1);
+    let garbage = Some(Since {
+        seq: 1,
+        epoch: Some("not-an-epoch"),
+    });
+    for resume in [since(1, other), since(0, other), garbage] {
+        let sub = hub.subscribe(&ann, "feed", resume, 8).unwrap();
+        assert_eq!((sub.at, sub.gap), (now, true));
+        assert!(received(&ann).is_empty());
+        hub.unsubscribe(&ann, "feed").unwrap();
+    }
+    // Without an epoch (older clients), `since` counts in the current one.
+    let legacy = Some(Since {
+        seq: 2,
+        epoch: None,
+    });
+    let sub = hub.subscribe(&ann, "feed", legacy, 8).unwrap();
+    assert!(!sub.gap);
+    assert_eq!(received(&ann).len(), 1);
+}
+
+#[test]
+fn a_channel_the_sweeper_forgot_starts_a_new_epoch() {
+    let hub = hub();
+    let first = hub.publish("news", None, json("1"), true).unwrap().at;
+    // Its history expires unseen; the sweeper forgets the channel.
+    hub.0
+        .channels
+        .lock()
+        .unwrap()
+        .get("news")
+        .unwrap()
+        .state
+        .lock()
+        .unwrap()
+        .history
+        .clear();
+    hub.sweep();
+    assert!(hub.channels().is_empty());
+    let second = hub.publish("news", None, json("1"), true).unwrap().at;
+    assert_eq!(second.seq, 1);
+    assert_ne!(second.epoch, first.epoch, "seq 1 again, but a new stream");
+    let ann = conn(1, "ann");
+    let sub = hub
+        .subscribe(&ann, "news", since(1, first.epoch), 8)
+        .unwrap();
+    assert!(
+        sub.gap,
+        "a since from the old stream is not matched against the new one"
+    );
 }
