@@ -1,6 +1,8 @@
 //! The pub/sub hub: channels with ordered, resumable history; a registry of
 //! named clients for direct messages; presence. One namespace of channels
-//! serves every hub route and the HTTP API.
+//! serves every hub route and the HTTP API. What must be the same on every
+//! node (a channel's stream, where clients are, presence) belongs to the
+//! backplane (`backplane/`); the hub keeps what is local to this process.
 //!
 //! Locking: the hub's maps are locked only to find or insert an entry; a
 //! channel's own lock covers its sequence number, history and subscriber set,
@@ -19,12 +21,13 @@
 pub(crate) mod access;
 pub(crate) mod admit;
 pub(crate) mod api;
+mod backplane;
 mod member;
 pub(crate) mod protocol;
 mod queue;
 pub(crate) mod session;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -37,6 +40,8 @@ use crate::config::{HubConfig, HubProtocol, HubRoute, NamePolicy};
 use crate::frame::{OpCode, server_frame};
 use crate::metrics::HubMetrics;
 use access::ChannelAccess;
+use backplane::{Backplane, Draft, Memory};
+pub(crate) use backplane::{Epoch, Position, Since};
 use protocol::Body;
 use queue::Pushed;
 pub(crate) use queue::Queue;
@@ -62,6 +67,8 @@ struct Inner {
     /// connections that share a name.
     next_id: AtomicU64,
     metrics: HubMetrics,
+    /// Sequence numbers, history, and whatever crosses nodes.
+    backplane: Engine,
 }
 
 pub(crate) struct Channel {
@@ -70,74 +77,24 @@ pub(crate) struct Channel {
 }
 
 struct ChannelState {
-    /// Which run of the channel's stream `seq` counts in: chosen when the
-    /// channel is created (first publish or subscribe, and again after the
-    /// sweeper forgot it), so a `since` from before cannot be mistaken for
-    /// a position in this one.
-    epoch: Epoch,
-    seq: u64,
-    history: VecDeque<Arc<Msg>>,
+    /// Its stream: epoch, sequence number and history, as the backplane
+    /// keeps them. A new channel (first publish or subscribe, and again
+    /// after the sweeper forgot it) opens a new stream in a new epoch, so a
+    /// `since` from before cannot be taken for a position in this one.
+    stream: Stream,
     subscribers: HashMap<u64, Arc<Conn>>,
     /// The sweeper took this channel out of the map: nobody finds it any
     /// more, so nothing may be added to it (look the name up again).
     removed: bool,
 }
 
-impl ChannelState {
-    fn position(&self) -> Position {
-        Position {
-            seq: self.seq,
-            epoch: self.epoch,
-        }
-    }
-
-    fn new() -> ChannelState {
-        ChannelState {
-            epoch: Epoch::random(),
-            seq: 0,
-            history: VecDeque::new(),
-            subscribers: HashMap::new(),
-            removed: false,
-        }
-    }
-}
-
-/// The identity of one run of a channel's stream: a random 64-bit id,
-/// written as 16 lowercase hex digits on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Epoch(u64);
-
-impl Epoch {
-    fn random() -> Epoch {
-        Epoch(rand::random())
-    }
-
-    /// An epoch as a client gave it; `None` if it is not one this hub
-    /// could have written (and so names no stream of it).
-    pub(crate) fn parse(text: &str) -> Option<Epoch> {
-        if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        u64::from_str_radix(text, 16).ok().map(Epoch)
-    }
-}
-
-impl std::fmt::Display for Epoch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
-
-/// A position in a channel's stream: a sequence number within an epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Position {
-    pub(crate) seq: u64,
-    pub(crate) epoch: Epoch,
-}
+/// The engine behind the hub, and a channel's stream in it.
+type Engine = Memory;
+type Stream = <Engine as Backplane>::Stream;
 
 /// A channel message: serialized and framed at most once per
 /// representation; the frame is shared by every recipient.
-struct Msg {
+pub(crate) struct Msg {
     seq: u64,
     epoch: Epoch,
     at: Instant,
@@ -267,15 +224,6 @@ pub(crate) struct Subscribed {
     pub(crate) gap: bool,
 }
 
-/// Where a resuming subscriber left off.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Since<'r> {
-    pub(crate) seq: u64,
-    /// The epoch that `seq` counts in, as the client gave it; absent (older
-    /// clients): `seq` is taken to count in the current epoch.
-    pub(crate) epoch: Option<&'r str>,
-}
-
 /// A publish, done: where it went in the stream, and to how many local
 /// subscribers it was queued.
 #[derive(Debug, Clone, Copy)]
@@ -305,12 +253,14 @@ impl Drop for Registration {
 
 impl Hub {
     pub(crate) fn new(config: HubConfig) -> Hub {
+        let backplane = Memory::new(config.history_size, config.history_ttl);
         Hub(Arc::new(Inner {
             config,
             channels: Mutex::default(),
             clients: Mutex::default(),
             next_id: AtomicU64::new(1),
             metrics: HubMetrics::new(),
+            backplane,
         }))
     }
 
@@ -398,7 +348,11 @@ impl Hub {
         let name: Arc<str> = name.into();
         let channel = Arc::new(Channel {
             name: name.clone(),
-            state: Mutex::new(ChannelState::new()),
+            state: Mutex::new(ChannelState {
+                stream: self.0.backplane.open(),
+                subscribers: HashMap::new(),
+                removed: false,
+            }),
         });
         channels.insert(name, channel.clone());
         self.0.metrics.channels.set(channels.len() as f64);
@@ -456,22 +410,19 @@ impl Hub {
         include_sender: bool,
     ) -> Published {
         let metrics = &self.0.metrics;
-        let now = Instant::now();
-        state.seq += 1;
-        let msg = Arc::new(Msg {
-            seq: state.seq,
-            epoch: state.epoch,
-            at: now,
+        let draft = Draft {
             channel: channel.name.clone(),
             from: from.map(|c| c.name.clone()),
             body,
-            envelope: OnceLock::new(),
-            raw: OnceLock::new(),
-        });
-        self.trim_history(&mut state.history, now);
-        if self.0.config.history_size > 0 {
-            state.history.push_back(msg.clone());
-        }
+            at: Instant::now(),
+        };
+        let sequenced = self.0.backplane.publish(&mut state.stream, draft);
+        let at = self.0.backplane.position(&state.stream);
+        metrics.published.increment(1);
+        // Sequenced elsewhere: delivered when it comes back, in order.
+        let Some(msg) = sequenced else {
+            return Published { at, delivered: 0 };
+        };
         let sender = from.map(|c| c.id);
         let mut delivered = 0;
         for sub in state.subscribers.values() {
@@ -482,29 +433,8 @@ impl Hub {
                 delivered += 1;
             }
         }
-        metrics.published.increment(1);
         metrics.delivered.increment(delivered as u64);
-        Published {
-            at: Position {
-                seq: state.seq,
-                epoch: state.epoch,
-            },
-            delivered,
-        }
-    }
-
-    fn trim_history(&self, history: &mut VecDeque<Arc<Msg>>, now: Instant) {
-        let keep = self.0.config.history_size.saturating_sub(1);
-        while history.len() > keep {
-            history.pop_front();
-        }
-        let ttl = self.0.config.history_ttl;
-        while history
-            .front()
-            .is_some_and(|m| now.duration_since(m.at) > ttl)
-        {
-            history.pop_front();
-        }
+        Published { at, delivered }
     }
 
     /// Subscribe `conn`, replaying what it missed after `since` first, and
@@ -522,7 +452,7 @@ impl Hub {
         {
             let channels = lock(&conn.channels);
             if let Some(ch) = channels.iter().find(|c| &*c.name == channel) {
-                let at = lock(&ch.state).position();
+                let at = self.0.backplane.position(&lock(&ch.state).stream);
                 return Ok(Subscribed { at, gap: false });
             }
             if channels.len() >= max_per_client {
@@ -546,22 +476,22 @@ impl Hub {
         since: Option<Since<'_>>,
     ) -> Subscribed {
         let metrics = &self.0.metrics;
-        let now = Instant::now();
-        let mut history = std::mem::take(&mut state.history);
-        self.trim_history(&mut history, now);
-        state.history = history;
+        let backplane = &self.0.backplane;
         let mut gap = false;
-        if let Some(Since { seq: since, epoch }) = since {
-            let oldest = state.history.front().map_or(state.seq + 1, |m| m.seq);
-            let other_epoch = epoch.is_some_and(|e| Epoch::parse(e) != Some(state.epoch));
-            if other_epoch || since > state.seq || since + 1 < oldest {
-                gap = true;
-            } else {
-                for msg in state.history.iter().filter(|m| m.seq > since) {
-                    conn.push(msg.frame(conn.json), metrics);
+        if let Some(since) = since {
+            match backplane.since(&mut state.stream, since, Instant::now()) {
+                Some(missed) => {
+                    for msg in missed {
+                        conn.push(msg.frame(conn.json), metrics);
+                    }
                 }
+                None => gap = true,
             }
         }
+        if state.subscribers.is_empty() {
+            backplane.node_subscribe(&channel.name);
+        }
+        backplane.joined(&channel.name, &conn.name);
         if state.subscribers.values().any(|s| s.presence) {
             let join = text_frame(&protocol::presence_event("join", &channel.name, &conn.name));
             for sub in state.subscribers.values().filter(|s| s.presence) {
@@ -570,7 +500,7 @@ impl Hub {
         }
         state.subscribers.insert(conn.id, conn.clone());
         Subscribed {
-            at: state.position(),
+            at: backplane.position(&state.stream),
             gap,
         }
     }
@@ -592,6 +522,11 @@ impl Hub {
         if state.subscribers.remove(&conn.id).is_none() {
             return;
         }
+        let backplane = &self.0.backplane;
+        backplane.left(&channel.name, &conn.name);
+        if state.subscribers.is_empty() {
+            backplane.node_unsubscribe(&channel.name);
+        }
         if state.subscribers.values().any(|s| s.presence) {
             let leave = text_frame(&protocol::presence_event(
                 "leave",
@@ -608,14 +543,19 @@ impl Hub {
 
     /// Names subscribed to `channel`, sorted, each once; `None` if no such channel.
     pub(crate) fn presence(&self, channel: &str) -> Option<Vec<String>> {
-        let channel = self.channel(channel, false).ok().flatten()?;
-        let state = lock(&channel.state);
-        let mut names: Vec<String> = state
-            .subscribers
-            .values()
-            .map(|s| s.name.to_string())
-            .collect();
-        drop(state);
+        let local = self.channel(channel, false).ok().flatten();
+        let mut names: Vec<String> = local.as_ref().map_or_else(Vec::new, |c| {
+            let state = lock(&c.state);
+            state
+                .subscribers
+                .values()
+                .map(|s| s.name.to_string())
+                .collect()
+        });
+        self.0.backplane.present_elsewhere(channel, &mut names);
+        if local.is_none() && names.is_empty() {
+            return None;
+        }
         names.sort_unstable();
         names.dedup();
         Some(names)
@@ -659,7 +599,7 @@ impl Hub {
         }
         metrics.direct.increment(1);
         metrics.delivered.increment(delivered as u64);
-        delivered
+        delivered + self.0.backplane.direct(to, namespace, from, &body)
     }
 
     pub(crate) fn channels(&self) -> Vec<ChannelInfo> {
@@ -671,7 +611,7 @@ impl Hub {
                 ChannelInfo {
                     name: c.name.clone(),
                     subscribers: state.subscribers.len(),
-                    last: state.position(),
+                    last: self.0.backplane.position(&state.stream),
                 }
             })
             .collect();
@@ -686,14 +626,10 @@ impl Hub {
 
     fn sweep_locked(&self, channels: &mut HashMap<Arc<str>, Arc<Channel>>) {
         let now = Instant::now();
-        let ttl = self.0.config.history_ttl;
         channels.retain(|_, channel| {
             let mut state = lock(&channel.state);
-            let keep = !state.subscribers.is_empty()
-                || state
-                    .history
-                    .back()
-                    .is_some_and(|m| now.duration_since(m.at) <= ttl);
+            let keep =
+                !state.subscribers.is_empty() || !self.0.backplane.expired(&state.stream, now);
             state.removed = !keep;
             keep
         });
