@@ -228,6 +228,10 @@ pub(crate) struct Subscribed {
 /// subscribers it was queued.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Published {
+    /// The message's position. (Only an engine that sequences elsewhere,
+    /// which the hub does not have yet, leaves it unknown here: `at` is then
+    /// the last position this node knows, and the ack must wait for the
+    /// message to come back.)
     pub(crate) at: Position,
     pub(crate) delivered: usize,
 }
