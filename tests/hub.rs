@@ -457,6 +457,77 @@ async fn resume_names_its_epoch_and_another_epoch_is_a_gap() {
     .await
 }
 
+/// Publish `n` through the HTTP API; returns the response's epoch.
+async fn api_publish(gw: &Running, channel: &str, n: u64) -> String {
+    let (status, body) = api(
+        gw,
+        "POST",
+        &format!("/api/channels/{channel}/publish"),
+        Some(TOKEN),
+        "application/json",
+        n.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut v: Value = serde_json::from_str(&body).unwrap();
+    epoch_of(&mut v)
+}
+
+#[tokio::test]
+async fn after_a_restart_a_resume_from_the_old_stream_is_a_gap_even_where_its_seq_fits() {
+    within(30, async {
+        let mut before = hub_gateway(50).start().await;
+        let mut ann = json_client(&before, "/hub", "ann").await;
+        subscribe(&mut ann, "news", 1).await;
+        for n in 1..=3 {
+            api_publish(&before, "news", n).await;
+        }
+        let mut last = Value::Null;
+        for _ in 1..=3 {
+            last = next_json(&mut ann).await;
+        }
+        let old_epoch = epoch_of(&mut last);
+        assert_eq!(last["seq"], 3);
+        drop(ann);
+        before.stop();
+        before.join.await.unwrap().unwrap();
+
+        // The restarted gateway's stream has passed seq 3 again.
+        let after = hub_gateway(50).start().await;
+        let mut new_epoch = String::new();
+        for n in 1..=5 {
+            new_epoch = api_publish(&after, "news", n).await;
+        }
+        assert_ne!(new_epoch, old_epoch, "a new stream, a new epoch");
+        let mut ann = json_client(&after, "/hub", "ann").await;
+        send_json(
+            &mut ann,
+            json!({"type":"subscribe","channel":"news","since":3,"epoch":old_epoch,"id":2}),
+        )
+        .await;
+        let mut e = next_json(&mut ann).await;
+        assert_eq!(epoch_of(&mut e), new_epoch);
+        assert_eq!(
+            (e["code"].as_str(), e["seq"].as_u64()),
+            (Some("gap"), Some(5)),
+            "{e}"
+        );
+        // Without its epoch the same `since` is matched against the new
+        // stream (what clients that send no epoch get).
+        send_json(&mut ann, json!({"type":"unsubscribe","channel":"news"})).await;
+        next_json(&mut ann).await;
+        send_json(
+            &mut ann,
+            json!({"type":"subscribe","channel":"news","since":3,"id":3}),
+        )
+        .await;
+        assert_eq!(next_json(&mut ann).await["seq"], 4);
+        assert_eq!(next_json(&mut ann).await["seq"], 5);
+        assert_eq!(next_json(&mut ann).await["type"], "ack");
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_since_older_than_the_history_is_a_gap() {
     within(20, async {
