@@ -77,6 +77,21 @@ async fn json_client(gw: &Running, path: &str, name: &str) -> Ws {
     ws
 }
 
+/// Take the `epoch` out of a message, ack or gap (to compare the rest),
+/// checking its form: 16 hex digits.
+fn epoch_of(v: &mut Value) -> String {
+    let epoch = v
+        .as_object_mut()
+        .and_then(|o| o.remove("epoch"))
+        .unwrap_or_else(|| panic!("no epoch in {v}"));
+    let epoch = epoch.as_str().expect("an epoch is a string").to_owned();
+    assert!(
+        epoch.len() == 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{epoch:?}"
+    );
+    epoch
+}
+
 async fn subscribe(ws: &mut Ws, channel: &str, id: u64) -> Value {
     send_json(
         ws,
@@ -164,14 +179,12 @@ async fn the_json_protocol_answers_every_request() {
         let mut ann = json_client(&gw, "/hub", "ann").await;
         let mut bob = json_client(&gw, "/hub", "bob").await;
 
-        assert_eq!(
-            subscribe(&mut ann, "prices", 1).await,
-            json!({"type":"ack","id":1,"channel":"prices","seq":0})
-        );
-        assert_eq!(
-            subscribe(&mut bob, "prices", 2).await,
-            json!({"type":"ack","id":2,"channel":"prices","seq":0})
-        );
+        let mut ack = subscribe(&mut ann, "prices", 1).await;
+        let epoch = epoch_of(&mut ack);
+        assert_eq!(ack, json!({"type":"ack","id":1,"channel":"prices","seq":0}));
+        let mut ack = subscribe(&mut bob, "prices", 2).await;
+        assert_eq!(epoch_of(&mut ack), epoch, "one stream, one epoch");
+        assert_eq!(ack, json!({"type":"ack","id":2,"channel":"prices","seq":0}));
         // ann hears bob join (presence events on this route).
         assert_eq!(
             next_json(&mut ann).await,
@@ -183,12 +196,16 @@ async fn the_json_protocol_answers_every_request() {
             json!({"type":"publish","channel":"prices","data":{"px":1.5},"id":"p1"}),
         )
         .await;
+        let mut ack = next_json(&mut ann).await;
+        assert_eq!(epoch_of(&mut ack), epoch);
         assert_eq!(
-            next_json(&mut ann).await,
+            ack,
             json!({"type":"ack","id":"p1","channel":"prices","seq":1})
         );
+        let mut message = next_json(&mut bob).await;
+        assert_eq!(epoch_of(&mut message), epoch);
         assert_eq!(
-            next_json(&mut bob).await,
+            message,
             json!({"type":"message","channel":"prices","seq":1,"from":"ann","data":{"px":1.5}})
         );
 
@@ -362,13 +379,151 @@ async fn resume_replays_exactly_what_was_missed_or_reports_a_gap() {
                 "{m}"
             );
         }
-        assert_eq!(
-            next_json(&mut ann).await,
-            json!({"type":"ack","id":2,"channel":"feed","seq":7})
-        );
+        let mut ack = next_json(&mut ann).await;
+        epoch_of(&mut ack);
+        assert_eq!(ack, json!({"type":"ack","id":2,"channel":"feed","seq":7}));
         // Live from there on.
         publish(8).await;
         assert_eq!(next_json(&mut ann).await["seq"], 8);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn resume_names_its_epoch_and_another_epoch_is_a_gap() {
+    within(20, async {
+        let gw = hub_gateway(50).start().await;
+        let mut ann = json_client(&gw, "/hub", "ann").await;
+        let mut bob = json_client(&gw, "/hub", "bob").await;
+        let mut ack = subscribe(&mut ann, "scores", 1).await;
+        let epoch = epoch_of(&mut ack);
+        for n in 1..=4 {
+            send_json(
+                &mut bob,
+                json!({"type":"publish","channel":"scores","data":n,"id":n}),
+            )
+            .await;
+            let mut ack = next_json(&mut bob).await;
+            assert_eq!(epoch_of(&mut ack), epoch);
+        }
+        for seq in 1..=4 {
+            let mut m = next_json(&mut ann).await;
+            assert_eq!(
+                (epoch_of(&mut m), m["seq"].as_u64()),
+                (epoch.clone(), Some(seq))
+            );
+        }
+        drop(ann);
+        // Back (under another name: a unique name may still be leaving)
+        // with since and the epoch it counts in: the rest, then the ack.
+        let mut ann = json_client(&gw, "/hub", "ann-again").await;
+        send_json(
+            &mut ann,
+            json!({"type":"subscribe","channel":"scores","since":2,"epoch":epoch,"id":2}),
+        )
+        .await;
+        for seq in 3..=4 {
+            assert_eq!(next_json(&mut ann).await["seq"], seq);
+        }
+        let mut ack = next_json(&mut ann).await;
+        assert_eq!(epoch_of(&mut ack), epoch);
+        assert_eq!(ack, json!({"type":"ack","id":2,"channel":"scores","seq":4}));
+        // A since counted in another stream (as before a restart) is a gap,
+        // however well its number fits this one; the error names the
+        // current position, and the subscription is live from there.
+        let carol_epoch = if epoch.starts_with('0') { "1" } else { "0" };
+        let other = format!("{carol_epoch}{}", &epoch[1..]);
+        let mut carol = json_client(&gw, "/hub", "carol").await;
+        send_json(
+            &mut carol,
+            json!({"type":"subscribe","channel":"scores","since":2,"epoch":other,"id":3}),
+        )
+        .await;
+        let mut e = next_json(&mut carol).await;
+        assert_eq!(epoch_of(&mut e), epoch);
+        assert_eq!(
+            (e["code"].as_str(), e["seq"].as_u64(), e["id"].as_u64()),
+            (Some("gap"), Some(4), Some(3)),
+            "{e}"
+        );
+        send_json(
+            &mut bob,
+            json!({"type":"publish","channel":"scores","data":5}),
+        )
+        .await;
+        let mut m = next_json(&mut carol).await;
+        assert_eq!((epoch_of(&mut m), m["seq"].as_u64()), (epoch, Some(5)));
+    })
+    .await
+}
+
+/// Publish `n` through the HTTP API; returns the response's epoch.
+async fn api_publish(gw: &Running, channel: &str, n: u64) -> String {
+    let (status, body) = api(
+        gw,
+        "POST",
+        &format!("/api/channels/{channel}/publish"),
+        Some(TOKEN),
+        "application/json",
+        n.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut v: Value = serde_json::from_str(&body).unwrap();
+    epoch_of(&mut v)
+}
+
+#[tokio::test]
+async fn after_a_restart_a_resume_from_the_old_stream_is_a_gap_even_where_its_seq_fits() {
+    within(30, async {
+        let mut before = hub_gateway(50).start().await;
+        let mut ann = json_client(&before, "/hub", "ann").await;
+        subscribe(&mut ann, "news", 1).await;
+        for n in 1..=3 {
+            api_publish(&before, "news", n).await;
+        }
+        let mut last = Value::Null;
+        for _ in 1..=3 {
+            last = next_json(&mut ann).await;
+        }
+        let old_epoch = epoch_of(&mut last);
+        assert_eq!(last["seq"], 3);
+        drop(ann);
+        before.stop();
+        before.join.await.unwrap().unwrap();
+
+        // The restarted gateway's stream has passed seq 3 again.
+        let after = hub_gateway(50).start().await;
+        let mut new_epoch = String::new();
+        for n in 1..=5 {
+            new_epoch = api_publish(&after, "news", n).await;
+        }
+        assert_ne!(new_epoch, old_epoch, "a new stream, a new epoch");
+        let mut ann = json_client(&after, "/hub", "ann").await;
+        send_json(
+            &mut ann,
+            json!({"type":"subscribe","channel":"news","since":3,"epoch":old_epoch,"id":2}),
+        )
+        .await;
+        let mut e = next_json(&mut ann).await;
+        assert_eq!(epoch_of(&mut e), new_epoch);
+        assert_eq!(
+            (e["code"].as_str(), e["seq"].as_u64()),
+            (Some("gap"), Some(5)),
+            "{e}"
+        );
+        // Without its epoch the same `since` is matched against the new
+        // stream (what clients that send no epoch get).
+        send_json(&mut ann, json!({"type":"unsubscribe","channel":"news"})).await;
+        next_json(&mut ann).await;
+        send_json(
+            &mut ann,
+            json!({"type":"subscribe","channel":"news","since":3,"id":3}),
+        )
+        .await;
+        assert_eq!(next_json(&mut ann).await["seq"], 4);
+        assert_eq!(next_json(&mut ann).await["seq"], 5);
+        assert_eq!(next_json(&mut ann).await["type"], "ack");
     })
     .await
 }
@@ -470,8 +625,10 @@ async fn the_http_api_needs_a_token_and_publishes_sends_and_lists() {
             br#"{"sym":"ACME","px":12.5}"#,
         )
         .await;
+        let mut published: Value = serde_json::from_str(&body).unwrap();
+        let epoch = epoch_of(&mut published);
         assert_eq!(
-            (status, serde_json::from_str::<Value>(&body).unwrap()),
+            (status, published),
             (200, json!({"channel":"ticker","seq":1,"delivered":1}))
         );
         assert_eq!(
@@ -544,13 +701,14 @@ async fn the_http_api_needs_a_token_and_publishes_sends_and_lists() {
         let (status, body) = api(&gw, "GET", "/api/channels", Some(TOKEN), "text/plain", b"").await;
         assert_eq!(status, 200);
         let channels: Value = serde_json::from_str(&body).unwrap();
-        let ticker = channels["channels"]
+        let mut ticker = channels["channels"]
             .as_array()
             .unwrap()
             .iter()
             .find(|c| c["name"] == "ticker")
             .unwrap()
             .clone();
+        assert_eq!(epoch_of(&mut ticker), epoch);
         assert_eq!(
             ticker,
             json!({"name":"ticker","subscribers":1,"last_seq":2})

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::protocol::{Body, push_json_string};
+use super::protocol::{Body, push_json_string, push_position};
 use super::{Hub, access};
 use crate::close::ApiError;
 use crate::config::HubConfig;
@@ -74,10 +74,11 @@ async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<F
                 Err(response) => return response,
             };
             match hub.publish(channel, None, body, true) {
-                Ok((seq, delivered)) => {
+                Ok(published) => {
                     let mut out = String::from(r#"{"channel":"#);
                     push_json_string(&mut out, channel);
-                    out.push_str(&format!(r#","seq":{seq},"delivered":{delivered}}}"#));
+                    push_position(&mut out, published.at);
+                    out.push_str(&format!(r#","delivered":{}}}"#, published.delivered));
                     ok(out)
                 }
                 Err(e) => error(ApiError::Hub(e.code(), e.message())),
@@ -223,8 +224,8 @@ fn channels(hub: &Hub, grant: &Grant<'_>) -> Response<Full<Bytes>> {
         out.push_str(r#"{"name":"#);
         push_json_string(&mut out, &c.name);
         out.push_str(&format!(
-            r#","subscribers":{},"last_seq":{}}}"#,
-            c.subscribers, c.last_seq
+            r#","subscribers":{},"last_seq":{},"epoch":"{}"}}"#,
+            c.subscribers, c.last.seq, c.last.epoch
         ));
     }
     out.push_str("]}");

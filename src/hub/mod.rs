@@ -1,6 +1,8 @@
 //! The pub/sub hub: channels with ordered, resumable history; a registry of
 //! named clients for direct messages; presence. One namespace of channels
-//! serves every hub route and the HTTP API.
+//! serves every hub route and the HTTP API. What must be the same on every
+//! node (a channel's stream, where clients are, presence) belongs to the
+//! backplane (`backplane/`); the hub keeps what is local to this process.
 //!
 //! Locking: the hub's maps are locked only to find or insert an entry; a
 //! channel's own lock covers its sequence number, history and subscriber set,
@@ -8,16 +10,24 @@
 //! subscriber sees a channel's messages in sequence order. Queueing never
 //! waits (a full queue trips that subscriber's slow-consumer policy), and no
 //! lock is ever held across an `.await`.
+//!
+//! The map lock is released before a channel's lock is taken, so between
+//! the two the sweeper may forget the channel. It marks a channel it forgets
+//! `removed` under both locks, and only if the channel is still unused;
+//! whoever then finds `removed` under the channel lock looks the name up
+//! again (getting, or creating, the channel publishers now find), so no
+//! subscriber waits on, and no publish goes into, a forgotten channel.
 
 pub(crate) mod access;
 pub(crate) mod admit;
 pub(crate) mod api;
+mod backplane;
 mod member;
 pub(crate) mod protocol;
 mod queue;
 pub(crate) mod session;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -30,6 +40,8 @@ use crate::config::{HubConfig, HubProtocol, HubRoute, NamePolicy};
 use crate::frame::{OpCode, server_frame};
 use crate::metrics::HubMetrics;
 use access::ChannelAccess;
+use backplane::{Backplane, Draft, Memory};
+pub(crate) use backplane::{Epoch, Position, Since};
 use protocol::Body;
 use queue::Pushed;
 pub(crate) use queue::Queue;
@@ -55,6 +67,8 @@ struct Inner {
     /// connections that share a name.
     next_id: AtomicU64,
     metrics: HubMetrics,
+    /// Sequence numbers, history, and whatever crosses nodes.
+    backplane: Engine,
 }
 
 pub(crate) struct Channel {
@@ -62,17 +76,27 @@ pub(crate) struct Channel {
     state: Mutex<ChannelState>,
 }
 
-#[derive(Default)]
 struct ChannelState {
-    seq: u64,
-    history: VecDeque<Arc<Msg>>,
+    /// Its stream: epoch, sequence number and history, as the backplane
+    /// keeps them. A new channel (first publish or subscribe, and again
+    /// after the sweeper forgot it) opens a new stream in a new epoch, so a
+    /// `since` from before cannot be taken for a position in this one.
+    stream: Stream,
     subscribers: HashMap<u64, Arc<Conn>>,
+    /// The sweeper took this channel out of the map: nobody finds it any
+    /// more, so nothing may be added to it (look the name up again).
+    removed: bool,
 }
+
+/// The engine behind the hub, and a channel's stream in it.
+type Engine = Memory;
+type Stream = <Engine as Backplane>::Stream;
 
 /// A channel message: serialized and framed at most once per
 /// representation; the frame is shared by every recipient.
-struct Msg {
+pub(crate) struct Msg {
     seq: u64,
+    epoch: Epoch,
     at: Instant,
     channel: Arc<str>,
     from: Option<Arc<str>>,
@@ -87,8 +111,11 @@ impl Msg {
     fn frame(&self, json: bool) -> Bytes {
         let frame = if json {
             self.envelope.get_or_init(|| {
-                let text =
-                    protocol::message(&self.channel, self.seq, self.from.as_deref(), &self.body);
+                let at = Position {
+                    seq: self.seq,
+                    epoch: self.epoch,
+                };
+                let text = protocol::message(&self.channel, at, self.from.as_deref(), &self.body);
                 text_frame(&text)
             })
         } else {
@@ -189,18 +216,31 @@ impl HubError {
 
 /// A subscription's starting point.
 pub(crate) struct Subscribed {
-    /// The channel's last sequence number when the subscription began.
-    pub(crate) seq: u64,
-    /// `since` could not be honoured: history does not reach back that far
-    /// (or the channel restarted below it). The subscription is live from now.
+    /// The channel's last position when the subscription began.
+    pub(crate) at: Position,
+    /// `since` could not be honoured: history does not reach back that far,
+    /// `since` is ahead of the channel, or it was given in another epoch.
+    /// The subscription is live from now.
     pub(crate) gap: bool,
+}
+
+/// A publish, done: where it went in the stream, and to how many local
+/// subscribers it was queued.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Published {
+    /// The message's position. (Only an engine that sequences elsewhere,
+    /// which the hub does not have yet, leaves it unknown here: `at` is then
+    /// the last position this node knows, and the ack must wait for the
+    /// message to come back.)
+    pub(crate) at: Position,
+    pub(crate) delivered: usize,
 }
 
 /// Channel listing for the API.
 pub(crate) struct ChannelInfo {
     pub(crate) name: Arc<str>,
     pub(crate) subscribers: usize,
-    pub(crate) last_seq: u64,
+    pub(crate) last: Position,
 }
 
 /// Keeps a client registered; unregisters (and unsubscribes) on drop.
@@ -217,12 +257,14 @@ impl Drop for Registration {
 
 impl Hub {
     pub(crate) fn new(config: HubConfig) -> Hub {
+        let backplane = Memory::new(config.history_size, config.history_ttl);
         Hub(Arc::new(Inner {
             config,
             channels: Mutex::default(),
             clients: Mutex::default(),
             next_id: AtomicU64::new(1),
             metrics: HubMetrics::new(),
+            backplane,
         }))
     }
 
@@ -310,7 +352,11 @@ impl Hub {
         let name: Arc<str> = name.into();
         let channel = Arc::new(Channel {
             name: name.clone(),
-            state: Mutex::default(),
+            state: Mutex::new(ChannelState {
+                stream: self.0.backplane.open(),
+                subscribers: HashMap::new(),
+                removed: false,
+            }),
         });
         channels.insert(name, channel.clone());
         self.0.metrics.channels.set(channels.len() as f64);
@@ -319,14 +365,14 @@ impl Hub {
 
     /// Publish to a channel: assign the next sequence number, keep it in
     /// history, queue it to every subscriber (but `from`, unless
-    /// `include_sender`). Returns (seq, subscribers it was queued to).
+    /// `include_sender`).
     pub(crate) fn publish(
         &self,
         channel: &str,
         from: Option<&Conn>,
         body: Body,
         include_sender: bool,
-    ) -> Result<(u64, usize), HubError> {
+    ) -> Result<Published, HubError> {
         // A raw client's room was checked (both ways) when it joined.
         if let Some(conn) = from
             && conn.json
@@ -334,26 +380,53 @@ impl Hub {
         {
             return Err(HubError::Forbidden);
         }
-        let channel = self
-            .channel(channel, true)?
-            .ok_or(HubError::TooManyChannels)?;
+        self.with_live_channel(channel, |channel, state| {
+            self.publish_locked(channel, state, from, body, include_sender)
+        })
+    }
+
+    /// Run `f` on the channel named `name` (created if need be) under its
+    /// lock, once it is the channel the map holds: one the sweeper removed
+    /// after it was looked up is looked up again.
+    fn with_live_channel<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Arc<Channel>, &mut ChannelState) -> R,
+    ) -> Result<R, HubError> {
+        loop {
+            let channel = self.channel(name, true)?.ok_or(HubError::TooManyChannels)?;
+            #[cfg(test)]
+            tests::between_lookup_and_lock(self);
+            let mut state = lock(&channel.state);
+            if state.removed {
+                continue;
+            }
+            return Ok(f(&channel, &mut state));
+        }
+    }
+
+    fn publish_locked(
+        &self,
+        channel: &Channel,
+        state: &mut ChannelState,
+        from: Option<&Conn>,
+        body: Body,
+        include_sender: bool,
+    ) -> Published {
         let metrics = &self.0.metrics;
-        let now = Instant::now();
-        let mut state = lock(&channel.state);
-        state.seq += 1;
-        let msg = Arc::new(Msg {
-            seq: state.seq,
-            at: now,
+        let draft = Draft {
             channel: channel.name.clone(),
             from: from.map(|c| c.name.clone()),
             body,
-            envelope: OnceLock::new(),
-            raw: OnceLock::new(),
-        });
-        self.trim_history(&mut state.history, now);
-        if self.0.config.history_size > 0 {
-            state.history.push_back(msg.clone());
-        }
+            at: Instant::now(),
+        };
+        let sequenced = self.0.backplane.publish(&mut state.stream, draft);
+        let at = self.0.backplane.position(&state.stream);
+        metrics.published.increment(1);
+        // Sequenced elsewhere: delivered when it comes back, in order.
+        let Some(msg) = sequenced else {
+            return Published { at, delivered: 0 };
+        };
         let sender = from.map(|c| c.id);
         let mut delivered = 0;
         for sub in state.subscribers.values() {
@@ -364,25 +437,8 @@ impl Hub {
                 delivered += 1;
             }
         }
-        let seq = state.seq;
-        drop(state);
-        metrics.published.increment(1);
         metrics.delivered.increment(delivered as u64);
-        Ok((seq, delivered))
-    }
-
-    fn trim_history(&self, history: &mut VecDeque<Arc<Msg>>, now: Instant) {
-        let keep = self.0.config.history_size.saturating_sub(1);
-        while history.len() > keep {
-            history.pop_front();
-        }
-        let ttl = self.0.config.history_ttl;
-        while history
-            .front()
-            .is_some_and(|m| now.duration_since(m.at) > ttl)
-        {
-            history.pop_front();
-        }
+        Published { at, delivered }
     }
 
     /// Subscribe `conn`, replaying what it missed after `since` first, and
@@ -391,7 +447,7 @@ impl Hub {
         &self,
         conn: &Arc<Conn>,
         channel: &str,
-        since: Option<u64>,
+        since: Option<Since<'_>>,
         max_per_client: usize,
     ) -> Result<Subscribed, HubError> {
         if !conn.access.may_subscribe(channel) {
@@ -400,33 +456,46 @@ impl Hub {
         {
             let channels = lock(&conn.channels);
             if let Some(ch) = channels.iter().find(|c| &*c.name == channel) {
-                let seq = lock(&ch.state).seq;
-                return Ok(Subscribed { seq, gap: false });
+                let at = self.0.backplane.position(&lock(&ch.state).stream);
+                return Ok(Subscribed { at, gap: false });
             }
             if channels.len() >= max_per_client {
                 return Err(HubError::ChannelLimit);
             }
         }
-        let channel = self
-            .channel(channel, true)?
-            .ok_or(HubError::TooManyChannels)?;
+        let (channel, subscribed) = self.with_live_channel(channel, |channel, state| {
+            let subscribed = self.subscribe_locked(conn, channel, state, since);
+            (channel.clone(), subscribed)
+        })?;
+        lock(&conn.channels).push(channel);
+        self.0.metrics.subscriptions.increment(1.0);
+        Ok(subscribed)
+    }
+
+    fn subscribe_locked(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &Channel,
+        state: &mut ChannelState,
+        since: Option<Since<'_>>,
+    ) -> Subscribed {
         let metrics = &self.0.metrics;
-        let mut state = lock(&channel.state);
-        let now = Instant::now();
-        let mut history = std::mem::take(&mut state.history);
-        self.trim_history(&mut history, now);
-        state.history = history;
+        let backplane = &self.0.backplane;
         let mut gap = false;
         if let Some(since) = since {
-            let oldest = state.history.front().map_or(state.seq + 1, |m| m.seq);
-            if since > state.seq || since + 1 < oldest {
-                gap = true;
-            } else {
-                for msg in state.history.iter().filter(|m| m.seq > since) {
-                    conn.push(msg.frame(conn.json), metrics);
+            match backplane.since(&mut state.stream, since, Instant::now()) {
+                Some(missed) => {
+                    for msg in missed {
+                        conn.push(msg.frame(conn.json), metrics);
+                    }
                 }
+                None => gap = true,
             }
         }
+        if state.subscribers.is_empty() {
+            backplane.node_subscribe(&channel.name);
+        }
+        backplane.joined(&channel.name, &conn.name);
         if state.subscribers.values().any(|s| s.presence) {
             let join = text_frame(&protocol::presence_event("join", &channel.name, &conn.name));
             for sub in state.subscribers.values().filter(|s| s.presence) {
@@ -434,11 +503,10 @@ impl Hub {
             }
         }
         state.subscribers.insert(conn.id, conn.clone());
-        let seq = state.seq;
-        drop(state);
-        lock(&conn.channels).push(channel);
-        metrics.subscriptions.increment(1.0);
-        Ok(Subscribed { seq, gap })
+        Subscribed {
+            at: backplane.position(&state.stream),
+            gap,
+        }
     }
 
     pub(crate) fn unsubscribe(&self, conn: &Arc<Conn>, channel: &str) -> Result<(), HubError> {
@@ -458,6 +526,11 @@ impl Hub {
         if state.subscribers.remove(&conn.id).is_none() {
             return;
         }
+        let backplane = &self.0.backplane;
+        backplane.left(&channel.name, &conn.name);
+        if state.subscribers.is_empty() {
+            backplane.node_unsubscribe(&channel.name);
+        }
         if state.subscribers.values().any(|s| s.presence) {
             let leave = text_frame(&protocol::presence_event(
                 "leave",
@@ -474,14 +547,19 @@ impl Hub {
 
     /// Names subscribed to `channel`, sorted, each once; `None` if no such channel.
     pub(crate) fn presence(&self, channel: &str) -> Option<Vec<String>> {
-        let channel = self.channel(channel, false).ok().flatten()?;
-        let state = lock(&channel.state);
-        let mut names: Vec<String> = state
-            .subscribers
-            .values()
-            .map(|s| s.name.to_string())
-            .collect();
-        drop(state);
+        let local = self.channel(channel, false).ok().flatten();
+        let mut names: Vec<String> = local.as_ref().map_or_else(Vec::new, |c| {
+            let state = lock(&c.state);
+            state
+                .subscribers
+                .values()
+                .map(|s| s.name.to_string())
+                .collect()
+        });
+        self.0.backplane.present_elsewhere(channel, &mut names);
+        if local.is_none() && names.is_empty() {
+            return None;
+        }
         names.sort_unstable();
         names.dedup();
         Some(names)
@@ -525,7 +603,7 @@ impl Hub {
         }
         metrics.direct.increment(1);
         metrics.delivered.increment(delivered as u64);
-        delivered
+        delivered + self.0.backplane.direct(to, namespace, from, &body)
     }
 
     pub(crate) fn channels(&self) -> Vec<ChannelInfo> {
@@ -537,7 +615,7 @@ impl Hub {
                 ChannelInfo {
                     name: c.name.clone(),
                     subscribers: state.subscribers.len(),
-                    last_seq: state.seq,
+                    last: self.0.backplane.position(&state.stream),
                 }
             })
             .collect();
@@ -552,14 +630,12 @@ impl Hub {
 
     fn sweep_locked(&self, channels: &mut HashMap<Arc<str>, Arc<Channel>>) {
         let now = Instant::now();
-        let ttl = self.0.config.history_ttl;
         channels.retain(|_, channel| {
-            let state = lock(&channel.state);
-            !state.subscribers.is_empty()
-                || state
-                    .history
-                    .back()
-                    .is_some_and(|m| now.duration_since(m.at) <= ttl)
+            let mut state = lock(&channel.state);
+            let keep =
+                !state.subscribers.is_empty() || !self.0.backplane.expired(&state.stream, now);
+            state.removed = !keep;
+            keep
         });
         self.0.metrics.channels.set(channels.len() as f64);
     }
@@ -577,3 +653,6 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,6 +8,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 
+use super::Position;
+
 /// A client request. Every field but `type` is optional here; each handler
 /// checks what it needs, so any malformed request can still be answered
 /// with its `id`.
@@ -21,6 +23,9 @@ pub(crate) struct Request<'a> {
     pub(crate) channel: Option<String>,
     #[serde(default)]
     pub(crate) since: Option<u64>,
+    /// subscribe, with `since`: the epoch `since` counts in.
+    #[serde(default)]
+    pub(crate) epoch: Option<String>,
     #[serde(borrow, default)]
     pub(crate) data: Option<&'a RawValue>,
     #[serde(default)]
@@ -78,13 +83,20 @@ fn finish(out: String) -> Utf8Bytes {
     Utf8Bytes::from(out)
 }
 
-/// `{"type":"message","channel":..,"seq":..,"from":..,"data":..}`
-pub(crate) fn message(channel: &str, seq: u64, from: Option<&str>, body: &Body) -> Utf8Bytes {
-    let mut out = String::with_capacity(64 + channel.len() + body.len());
+/// `{"type":"message","channel":..,"seq":..,"epoch":..,"from":..,"data":..}`
+pub(crate) fn message(channel: &str, at: Position, from: Option<&str>, body: &Body) -> Utf8Bytes {
+    let mut out = String::with_capacity(96 + channel.len() + body.len());
     out.push_str(r#"{"type":"message","channel":"#);
     push_json_string(&mut out, channel);
-    out.push_str(&format!(r#","seq":{seq}"#));
+    push_position(&mut out, at);
     from_and_data(out, from, body)
+}
+
+/// `,"seq":..,"epoch":".."`
+pub(crate) fn push_position(out: &mut String, at: Position) {
+    use std::fmt::Write;
+    // Writing to a String cannot fail.
+    let _ = write!(out, r#","seq":{},"epoch":"{}""#, at.seq, at.epoch);
 }
 
 /// `{"type":"direct","from":..,"data":..}`
@@ -134,38 +146,38 @@ pub(crate) fn presence(channel: &str, clients: &[String], id: Option<&RawValue>)
     finish(out)
 }
 
-/// `{"type":"ack","id":..}` plus extra `"key":number` fields.
-pub(crate) fn ack(id: Option<&RawValue>, channel: Option<&str>, seq: Option<u64>) -> Utf8Bytes {
+/// `{"type":"ack","id":..}` plus the channel and its position.
+pub(crate) fn ack(id: Option<&RawValue>, channel: Option<&str>, at: Option<Position>) -> Utf8Bytes {
     let mut out = String::from(r#"{"type":"ack""#);
     push_id(&mut out, id);
     if let Some(channel) = channel {
         out.push_str(r#","channel":"#);
         push_json_string(&mut out, channel);
     }
-    if let Some(seq) = seq {
-        out.push_str(&format!(r#","seq":{seq}"#));
+    if let Some(at) = at {
+        push_position(&mut out, at);
     }
     out.push('}');
     finish(out)
 }
 
 /// `{"type":"error","code":..,"message":..,"id":..}` plus the channel and
-/// its last seq for `gap`.
+/// its last position for `gap`.
 pub(crate) fn error(
     code: &str,
     message: &str,
     id: Option<&RawValue>,
-    channel: Option<(&str, u64)>,
+    channel: Option<(&str, Position)>,
 ) -> Utf8Bytes {
     let mut out = String::from(r#"{"type":"error","code":"#);
     push_json_string(&mut out, code);
     out.push_str(r#","message":"#);
     push_json_string(&mut out, message);
     push_id(&mut out, id);
-    if let Some((channel, seq)) = channel {
+    if let Some((channel, at)) = channel {
         out.push_str(r#","channel":"#);
         push_json_string(&mut out, channel);
-        out.push_str(&format!(r#","seq":{seq}"#));
+        push_position(&mut out, at);
     }
     out.push('}');
     finish(out)
@@ -186,18 +198,26 @@ mod tests {
         serde_json::from_str(s).unwrap()
     }
 
+    fn at(seq: u64) -> Position {
+        Position {
+            seq,
+            epoch: super::super::Epoch::parse("00000000000000ab").unwrap(),
+        }
+    }
+
     #[test]
     fn envelopes_are_valid_json() {
         let body = Body::Json(Utf8Bytes::from(r#"{"px":1.5}"#.to_owned()));
-        let m = parse(message("prices", 42, Some("bo\"b"), &body).as_str());
+        let m = parse(message("prices", at(42), Some("bo\"b"), &body).as_str());
         assert_eq!(m["type"], "message");
         assert_eq!(m["seq"], 42);
+        assert_eq!(m["epoch"], "00000000000000ab");
         assert_eq!(m["from"], "bo\"b");
         assert_eq!(m["data"]["px"], 1.5);
         let m = parse(
             message(
                 "room",
-                1,
+                at(1),
                 None,
                 &Body::Binary(Bytes::from_static(&[1, 2, 3])),
             )
@@ -217,10 +237,16 @@ mod tests {
         );
         assert_eq!(m["data"], "hi \n there");
         let id = RawValue::from_string("7".into()).unwrap();
-        let e = parse(error("gap", "too old", Some(&id), Some(("c", 9))).as_str());
+        let e = parse(error("gap", "too old", Some(&id), Some(("c", at(9)))).as_str());
         assert_eq!(
             (e["id"].as_u64(), e["seq"].as_u64(), e["code"].as_str()),
             (Some(7), Some(9), Some("gap"))
+        );
+        assert_eq!(e["epoch"], "00000000000000ab");
+        let a = parse(ack(Some(&id), Some("c"), Some(at(3))).as_str());
+        assert_eq!(
+            (a["seq"].as_u64(), a["epoch"].as_str()),
+            (Some(3), Some("00000000000000ab"))
         );
         let p = parse(presence("room", &["a".into(), "b".into()], None).as_str());
         assert_eq!(p["clients"][1], "b");

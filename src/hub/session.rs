@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::member::{Data, Event, Member, payload_len};
 use super::protocol::{self, Body, Request};
-use super::{Conn, Hub, HubError, Registration, text_frame};
+use super::{Conn, Hub, HubError, Registration, Since, text_frame};
 use crate::close::{SessionEnd, Side};
 use crate::config::{HubProtocol, HubRoute};
 use crate::frame::{ControlFrame, OpCode};
@@ -307,14 +307,19 @@ fn handle(
             if route.presence_events {
                 charge(bucket, "subscribing")?;
             }
+            let since = r.since.map(|seq| Since {
+                seq,
+                epoch: r.epoch.as_deref(),
+            });
             let sub = hub
-                .subscribe(conn, channel, r.since, route.max_channels_per_client)
+                .subscribe(conn, channel, since, route.max_channels_per_client)
                 .map_err(refused)?;
             if sub.gap {
-                let why = "history does not reach back to `since`: subscribed from now on, resync";
-                return Ok(protocol::error("gap", why, id, Some((channel, sub.seq))));
+                let why = "history does not reach back to `since` in that epoch: \
+                           subscribed from now on, resync";
+                return Ok(protocol::error("gap", why, id, Some((channel, sub.at))));
             }
-            Ok(protocol::ack(id, Some(channel), Some(sub.seq)))
+            Ok(protocol::ack(id, Some(channel), Some(sub.at)))
         }
         "unsubscribe" => {
             let channel = channel_of(r)?;
@@ -328,10 +333,10 @@ fn handle(
             let channel = channel_of(r)?;
             let data = data_of(r)?;
             charge(bucket, "publishing")?;
-            let (seq, _) = hub
+            let published = hub
                 .publish(channel, Some(conn), data, false)
                 .map_err(refused)?;
-            Ok(protocol::ack(id, Some(channel), Some(seq)))
+            Ok(protocol::ack(id, Some(channel), Some(published.at)))
         }
         "send" => {
             let to =

@@ -7,6 +7,7 @@ pub mod backend;
 mod client;
 mod gateway;
 mod ports;
+mod redis;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ pub use client::{
 };
 pub use gateway::{Gateway, Route, Running, Section, path};
 pub use ports::ClosedPort;
+pub use redis::Redis;
 
 /// Every test body runs under this bound, so a hang fails fast.
 pub async fn within<F: Future>(secs: u64, fut: F) -> F::Output {
