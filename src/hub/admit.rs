@@ -65,7 +65,7 @@ pub(crate) fn admit<B>(
     // Join the room now, so a message sent right after this client's 101
     // reaches it.
     if let Some(room) = &room {
-        match hub.subscribe(&registration.conn, room, None, usize::MAX) {
+        match hub.subscribe(&registration.conn, room, None, usize::MAX, |_| None) {
             Ok(_) => {}
             Err(HubError::Forbidden) => return Err(Rejection::Auth(AuthFailure::Channel)),
             Err(_) => return Err(Rejection::HubFull),

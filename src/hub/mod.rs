@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HubConfig, HubProtocol, HubRoute, NamePolicy};
@@ -336,7 +337,15 @@ impl Hub {
 
     /// Find a channel, creating it (within `max_channels`) if `create`.
     fn channel(&self, name: &str, create: bool) -> Result<Option<Arc<Channel>>, HubError> {
-        let mut channels = lock(&self.0.channels);
+        self.channel_in(&mut lock(&self.0.channels), name, create)
+    }
+
+    fn channel_in(
+        &self,
+        channels: &mut HashMap<Arc<str>, Arc<Channel>>,
+        name: &str,
+        create: bool,
+    ) -> Result<Option<Arc<Channel>>, HubError> {
         if let Some(channel) = channels.get(name) {
             return Ok(Some(channel.clone()));
         }
@@ -344,7 +353,7 @@ impl Hub {
             return Ok(None);
         }
         if channels.len() >= self.0.config.max_channels {
-            self.sweep_locked(&mut channels);
+            self.sweep_locked(channels);
             if channels.len() >= self.0.config.max_channels {
                 return Err(HubError::TooManyChannels);
             }
@@ -386,23 +395,29 @@ impl Hub {
     }
 
     /// Run `f` on the channel named `name` (created if need be) under its
-    /// lock, once it is the channel the map holds: one the sweeper removed
-    /// after it was looked up is looked up again.
+    /// lock, once it is the channel the map holds. One the sweeper removed
+    /// after it was looked up is looked up again, and this time locked
+    /// before the map is let go (the sweeper's own order, map then
+    /// channel), so no sweep can come between: one retry at most.
     fn with_live_channel<R>(
         &self,
         name: &str,
         f: impl FnOnce(&Arc<Channel>, &mut ChannelState) -> R,
     ) -> Result<R, HubError> {
-        loop {
-            let channel = self.channel(name, true)?.ok_or(HubError::TooManyChannels)?;
-            #[cfg(test)]
-            tests::between_lookup_and_lock(self);
-            let mut state = lock(&channel.state);
-            if state.removed {
-                continue;
-            }
+        let channel = self.channel(name, true)?.ok_or(HubError::TooManyChannels)?;
+        #[cfg(test)]
+        tests::between_lookup_and_lock(self);
+        let mut state = lock(&channel.state);
+        if !state.removed {
             return Ok(f(&channel, &mut state));
         }
+        drop(state);
+        let mut channels = lock(&self.0.channels);
+        let channel =
+            (self.channel_in(&mut channels, name, true)?).ok_or(HubError::TooManyChannels)?;
+        let mut state = lock(&channel.state);
+        drop(channels);
+        Ok(f(&channel, &mut state))
     }
 
     fn publish_locked(
@@ -442,13 +457,16 @@ impl Hub {
     }
 
     /// Subscribe `conn`, replaying what it missed after `since` first, and
-    /// tell the channel's presence listeners.
+    /// tell the channel's presence listeners. What `answer` makes of the
+    /// result is queued to `conn` right after the replay, before any live
+    /// message.
     pub(crate) fn subscribe(
         &self,
         conn: &Arc<Conn>,
         channel: &str,
         since: Option<Since<'_>>,
         max_per_client: usize,
+        answer: impl FnOnce(&Subscribed) -> Option<Utf8Bytes>,
     ) -> Result<Subscribed, HubError> {
         if !conn.access.may_subscribe(channel) {
             return Err(HubError::Forbidden);
@@ -457,7 +475,11 @@ impl Hub {
             let channels = lock(&conn.channels);
             if let Some(ch) = channels.iter().find(|c| &*c.name == channel) {
                 let at = self.0.backplane.position(&lock(&ch.state).stream);
-                return Ok(Subscribed { at, gap: false });
+                let subscribed = Subscribed { at, gap: false };
+                if let Some(text) = answer(&subscribed) {
+                    conn.reply(&text);
+                }
+                return Ok(subscribed);
             }
             if channels.len() >= max_per_client {
                 return Err(HubError::ChannelLimit);
@@ -465,6 +487,11 @@ impl Hub {
         }
         let (channel, subscribed) = self.with_live_channel(channel, |channel, state| {
             let subscribed = self.subscribe_locked(conn, channel, state, since);
+            // Under the channel's lock: the answer comes after the replay
+            // and before any live message.
+            if let Some(text) = answer(&subscribed) {
+                conn.reply(&text);
+            }
             (channel.clone(), subscribed)
         })?;
         lock(&conn.channels).push(channel);

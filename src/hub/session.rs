@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::member::{Data, Event, Member, payload_len};
 use super::protocol::{self, Body, Request};
-use super::{Conn, Hub, HubError, Registration, Since, text_frame};
+use super::{Conn, Hub, HubError, Registration, Since, Subscribed, text_frame};
 use crate::close::{SessionEnd, Side};
 use crate::config::{HubProtocol, HubRoute};
 use crate::frame::{ControlFrame, OpCode};
@@ -281,11 +281,14 @@ fn json_request(
         }
     };
     let id = request.id;
+    // `None`: answered already (a subscribe answers under its channel's lock).
     let reply = match handle(hub, conn, route, bucket, &request) {
         Ok(reply) => reply,
-        Err((code, why)) => protocol::error(code, &why, id, None),
+        Err((code, why)) => Some(protocol::error(code, &why, id, None)),
     };
-    conn.reply(&reply);
+    if let Some(reply) = reply {
+        conn.reply(&reply);
+    }
 }
 
 type Refusal = (&'static str, String);
@@ -296,7 +299,7 @@ fn handle(
     route: &HubRoute,
     bucket: &mut TokenBucket,
     r: &Request<'_>,
-) -> Result<Utf8Bytes, Refusal> {
+) -> Result<Option<Utf8Bytes>, Refusal> {
     let id = r.id;
     let refused = |e: HubError| (e.code(), e.message().to_owned());
     match r.kind.as_str() {
@@ -311,15 +314,19 @@ fn handle(
                 seq,
                 epoch: r.epoch.as_deref(),
             });
-            let sub = hub
-                .subscribe(conn, channel, since, route.max_channels_per_client)
+            let answer = |sub: &Subscribed| {
+                Some(match sub.gap {
+                    true => {
+                        let why = "history does not reach back to `since` in that epoch: \
+                                   subscribed from now on, resync";
+                        protocol::error("gap", why, id, Some((channel, sub.at)))
+                    }
+                    false => protocol::ack(id, Some(channel), Some(sub.at)),
+                })
+            };
+            hub.subscribe(conn, channel, since, route.max_channels_per_client, answer)
                 .map_err(refused)?;
-            if sub.gap {
-                let why = "history does not reach back to `since` in that epoch: \
-                           subscribed from now on, resync";
-                return Ok(protocol::error("gap", why, id, Some((channel, sub.at))));
-            }
-            Ok(protocol::ack(id, Some(channel), Some(sub.at)))
+            Ok(None)
         }
         "unsubscribe" => {
             let channel = channel_of(r)?;
@@ -327,7 +334,7 @@ fn handle(
                 charge(bucket, "unsubscribing")?;
             }
             hub.unsubscribe(conn, channel).map_err(refused)?;
-            Ok(protocol::ack(id, Some(channel), None))
+            Ok(Some(protocol::ack(id, Some(channel), None)))
         }
         "publish" => {
             let channel = channel_of(r)?;
@@ -336,7 +343,7 @@ fn handle(
             let published = hub
                 .publish(channel, Some(conn), data, false)
                 .map_err(refused)?;
-            Ok(protocol::ack(id, Some(channel), Some(published.at)))
+            Ok(Some(protocol::ack(id, Some(channel), Some(published.at))))
         }
         "send" => {
             let to =
@@ -351,18 +358,17 @@ fn handle(
                     format!("no client named {to:?} is connected"),
                 ));
             }
-            Ok(protocol::ack(id, None, None))
+            Ok(Some(protocol::ack(id, None, None)))
         }
-        "refresh" => {
-            super::access::refresh(conn, r.token.as_deref()).map(|()| protocol::ack(id, None, None))
-        }
+        "refresh" => super::access::refresh(conn, r.token.as_deref())
+            .map(|()| Some(protocol::ack(id, None, None))),
         "presence" => {
             let channel = channel_of(r)?;
             if !conn.access.may_subscribe(channel) {
                 return Err(refused(HubError::Forbidden));
             }
             let clients = hub.presence(channel).unwrap_or_default();
-            Ok(protocol::presence(channel, &clients, id))
+            Ok(Some(protocol::presence(channel, &clients, id)))
         }
         other => Err(("bad_request", format!("unknown type {other:?}"))),
     }

@@ -95,7 +95,7 @@ fn a_subscriber_whose_new_channel_is_swept_before_it_locks_it_still_gets_publish
     // The channel is new (no subscribers, no history): exactly what the
     // sweeper forgets.
     between(|hub| hub.sweep());
-    let sub = hub.subscribe(&bob, "room", None, 8).unwrap();
+    let sub = hub.subscribe(&bob, "room", None, 8, |_| None).unwrap();
     assert_eq!(sub.at.seq, 0);
     let published = hub.publish("room", None, json("1"), true).unwrap();
     assert_eq!(
@@ -117,7 +117,7 @@ fn a_publish_whose_new_channel_is_swept_before_it_locks_it_stays_in_history() {
     assert_eq!(published.at.seq, 1);
     let ann = conn(2, "ann");
     let sub = hub
-        .subscribe(&ann, "news", since(0, published.at.epoch), 8)
+        .subscribe(&ann, "news", since(0, published.at.epoch), 8, |_| None)
         .unwrap();
     assert_eq!(
         (sub.at, sub.gap),
@@ -132,7 +132,7 @@ fn a_publish_whose_new_channel_is_swept_before_it_locks_it_stays_in_history() {
 fn the_sweeper_still_forgets_unused_channels() {
     let hub = hub();
     let bob = conn(1, "bob");
-    hub.subscribe(&bob, "room", None, 8).unwrap();
+    hub.subscribe(&bob, "room", None, 8, |_| None).unwrap();
     hub.unsubscribe(&bob, "room").unwrap();
     hub.sweep();
     assert!(hub.channels().is_empty());
@@ -171,7 +171,9 @@ fn a_since_in_another_epoch_is_a_gap_never_a_replay() {
     assert_eq!(now.seq, 3);
     let ann = conn(1, "ann");
     // The same position in the current epoch replays.
-    let sub = hub.subscribe(&ann, "feed", since(1, now.epoch), 8).unwrap();
+    let sub = hub
+        .subscribe(&ann, "feed", since(1, now.epoch), 8, |_| None)
+        .unwrap();
     assert_eq!((sub.at, sub.gap), (now, false));
     assert_eq!(received(&ann).len(), 2);
     hub.unsubscribe(&ann, "feed").unwrap();
@@ -183,7 +185,7 @@ fn a_since_in_another_epoch_is_a_gap_never_a_replay() {
         epoch: Some("not-an-epoch"),
     });
     for resume in [since(1, other), since(0, other), garbage] {
-        let sub = hub.subscribe(&ann, "feed", resume, 8).unwrap();
+        let sub = hub.subscribe(&ann, "feed", resume, 8, |_| None).unwrap();
         assert_eq!((sub.at, sub.gap), (now, true));
         assert!(received(&ann).is_empty());
         hub.unsubscribe(&ann, "feed").unwrap();
@@ -193,7 +195,7 @@ fn a_since_in_another_epoch_is_a_gap_never_a_replay() {
         seq: 2,
         epoch: None,
     });
-    let sub = hub.subscribe(&ann, "feed", legacy, 8).unwrap();
+    let sub = hub.subscribe(&ann, "feed", legacy, 8, |_| None).unwrap();
     assert!(!sub.gap);
     assert_eq!(received(&ann).len(), 1);
 }
@@ -217,10 +219,31 @@ async fn a_channel_the_sweeper_forgot_starts_a_new_epoch() {
     assert_ne!(second.epoch, first.epoch, "seq 1 again, but a new stream");
     let ann = conn(1, "ann");
     let sub = hub
-        .subscribe(&ann, "news", since(1, first.epoch), 8)
+        .subscribe(&ann, "news", since(1, first.epoch), 8, |_| None)
         .unwrap();
     assert!(
         sub.gap,
         "a since from the old stream is not matched against the new one"
     );
+}
+
+#[test]
+fn a_subscribe_is_answered_after_its_replay_and_before_any_live_message() {
+    let hub = hub();
+    let first = hub.publish("feed", None, json("1"), true).unwrap().at;
+    hub.publish("feed", None, json("2"), true).unwrap();
+    let ann = conn(1, "ann");
+    // A publish racing the subscribe can only come before the replay
+    // (then it is replayed) or after the answer: the answer is queued
+    // under the channel's lock.
+    hub.subscribe(&ann, "feed", since(0, first.epoch), 8, |sub| {
+        Some(Utf8Bytes::from(format!("answer {}", sub.at.seq)))
+    })
+    .unwrap();
+    hub.publish("feed", None, json("3"), true).unwrap();
+    let got = received(&ann);
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(got[0].contains(r#""seq":1"#) && got[1].contains(r#""seq":2"#));
+    assert_eq!(got[2], "answer 2");
+    assert!(got[3].contains(r#""seq":3"#), "{got:?}");
 }

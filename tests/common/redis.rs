@@ -1,7 +1,7 @@
 //! A real `redis-server` per test, for the hub's backplane: on loopback,
 //! with persistence off, in its own temporary directory, killed when
 //! dropped. Its port is never probed and released: the server is started
-//! on a random high port and, if that one is taken ("Address already in
+//! on a random port below the ephemeral range and, if that one is taken ("Address already in
 //! use"), started again on another. Ready means it logged that it accepts
 //! connections, not that some time passed.
 //!
@@ -52,7 +52,9 @@ impl Redis {
         }
         let dir = tempfile::tempdir().unwrap();
         for _ in 0..TRIES {
-            let port = rand::random_range(20_000..60_000);
+            // Below the kernel's ephemeral range (32768-60999 by default),
+            // so no client socket takes it while a restart waits for it.
+            let port = rand::random_range(10_000..32_000);
             if let Started::Ready(child) = spawn(port, dir.path()) {
                 return Some(Redis {
                     child: Some(child),
