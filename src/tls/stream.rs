@@ -178,7 +178,7 @@ impl<IO> TlsStream<IO> {
             return Err(invalid_tls(e.clone()));
         }
         loop {
-            let UnbufferedStatus { discard, state } =
+            let UnbufferedStatus { mut discard, state } =
                 self.conn.process_tls_records(self.incoming.data());
             let step = match state {
                 Err(e) => Err(e),
@@ -187,6 +187,11 @@ impl<IO> TlsStream<IO> {
                     while let Some(record) = traffic.next_record() {
                         match record {
                             Ok(record) => {
+                                // rustls' API: a record's own discard is
+                                // added to the status's before discarding
+                                // (0 while payloads are copied out; not so
+                                // once rustls decrypts in place).
+                                discard += record.discard;
                                 let dst = match &mut want {
                                     Want::Read(dst) => Some(&mut **dst),
                                     _ => None,
