@@ -274,6 +274,18 @@ impl<IO> TlsStream<IO> {
     /// state machine is asked only while it has something to send (it hands
     /// that out before it looks at the records again, which would fail the
     /// same way twice).
+    ///
+    /// Every error return then tries to send the alert once (`poll_send`,
+    /// best effort: the socket may be full). No alert is sent where rustls
+    /// has none queued: for errors found here rather than by rustls (a
+    /// handshake message beyond [`MAX_HELD`] in [`TlsStream::poll_fill`],
+    /// an unexpected state in `process`), since the unbuffered connection
+    /// gives no way to queue one and encrypting an alert ourselves is not
+    /// possible; the TCP connection just ends. After the handshake
+    /// `incoming` holds at most one record's start, so an oversized record
+    /// is found by rustls' own length check, which does queue its alert.
+    /// A failed handshake's alert is tried once: [`accept`] does not wait
+    /// for a peer that does not read.
     fn fail(&mut self, error: rustls::Error) -> io::Error {
         self.failed = Some(error.clone());
         while self.conn.wants_write() {
@@ -501,9 +513,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
             });
             match sealed {
                 Ok(plain) => written += plain,
-                // What was sealed before stays written (and is sent).
-                Err(_) if written > 0 => break,
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(e) => {
+                    // The alert a TLS error queued goes out if the socket
+                    // takes it now (best effort: the error is reported
+                    // either way, and again with every later call).
+                    let _ = this.poll_send(cx);
+                    if written > 0 {
+                        // What was sealed before stays written (and sent).
+                        break;
+                    }
+                    return Poll::Ready(Err(e));
+                }
             }
         }
         Poll::Ready(Ok(written))
@@ -1101,6 +1121,42 @@ mod tests {
         let mut got = vec![0u8; data.len()];
         client.read_exact(&mut got).await.unwrap();
         assert!(got == data);
+    }
+
+    /// A write that finds the peer's records bad fails, and the alert for
+    /// that goes out with it, not only with a later flush.
+    #[tokio::test]
+    async fn a_failed_write_sends_its_alert() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"hello").await.unwrap();
+        client.flush().await.unwrap();
+        // Then an application data record that does not decrypt, which the
+        // server reads with "hello" but does not look at yet: the reader's
+        // buffer is full.
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+        record.extend_from_slice(&[0x5a; 0x40]);
+        client.get_mut().0.write_all(&record).await.unwrap();
+        let mut hello = [0u8; 5];
+        server.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello, b"hello");
+        let (mut raw, mut conn) = client.into_inner();
+        let e = server.write(b"x").await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        let mut wire = vec![0u8; 64 << 10];
+        let mut len = 0;
+        while let Some(n) = raw.read(&mut wire[len..]).now_or_never() {
+            let n = n.unwrap();
+            if n == 0 {
+                break;
+            }
+            len += n;
+        }
+        conn.read_tls(&mut &wire[..len]).unwrap();
+        let alert = conn.process_new_packets().unwrap_err();
+        assert!(
+            matches!(alert, rustls::Error::AlertReceived(_)),
+            "{alert:?}"
+        );
     }
 
     #[tokio::test]
