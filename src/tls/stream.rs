@@ -431,6 +431,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     let _ = this.poll_send(cx);
+                    if buf.filled().len() > before {
+                        // Plaintext that came before the bad record is
+                        // delivered; the error (kept) comes with the next
+                        // call.
+                        return Poll::Ready(Ok(()));
+                    }
                     return Poll::Ready(Err(e));
                 }
             };
@@ -1157,6 +1163,22 @@ mod tests {
             matches!(alert, rustls::Error::AlertReceived(_)),
             "{alert:?}"
         );
+    }
+
+    /// Records before a bad one are read; the error comes with the next read.
+    #[tokio::test]
+    async fn plaintext_before_a_bad_record_is_not_lost() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"last words").await.unwrap();
+        client.flush().await.unwrap();
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+        record.extend_from_slice(&[0x5a; 0x40]);
+        client.get_mut().0.write_all(&record).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"last words");
+        let e = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     }
 
     #[tokio::test]
