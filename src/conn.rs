@@ -20,7 +20,6 @@ use tracing::{Span, debug};
 
 use crate::close::EarlyFailure;
 use crate::handshake::Front;
-use crate::names::normalize_host;
 use crate::{Shared, auth, handshake, metrics};
 
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -98,10 +97,10 @@ async fn serve_tls_until<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let front = shared.live.load().tls.clone();
-    let tls = tokio::select! {
+    let (tls, chosen) = tokio::select! {
         _ = shared.shutdown.token.cancelled() => return,
         accepted = timeout_at(deadline, front.accept(io)) => match accepted {
-            Ok(Ok(tls)) => tls,
+            Ok(Ok(accepted)) => accepted,
             Ok(Err(e)) => return early_failure(EarlyFailure::TlsError, &e),
             Err(_) => return early_failure(EarlyFailure::TlsTimeout, &"deadline passed"),
         },
@@ -113,7 +112,8 @@ async fn serve_tls_until<IO>(
     let client_cert = (tls.peer_certificates())
         .and_then(|chain| chain.first())
         .and_then(auth::certificate_name)
-        .map(|name| (Arc::from(name), sni.map(|s| Arc::from(normalize_host(s)))));
+        // Bound to the config that verified it, not to the SNI text.
+        .map(|name| (Arc::from(name), chosen.cert_host().map(Arc::from)));
     let front = Front {
         peer,
         tls: true,

@@ -50,8 +50,9 @@ pub(crate) struct Front {
     /// CONNECT is served here.
     pub(crate) connect: bool,
     /// The name in the client's verified TLS certificate, if it sent one,
-    /// and the SNI name it was verified under (which CA verified it
-    /// depends on that name).
+    /// and the one host it counts for: the name of the config entry that
+    /// verified it (`tls::Chosen::cert_host`; which CA verified it depends
+    /// on that entry), `None` for none.
     pub(crate) client_cert: Option<(Arc<str>, Option<Arc<str>>)>,
 }
 

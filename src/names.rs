@@ -51,6 +51,15 @@ pub fn normalize_host(host: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// An SNI name as a lookup key for the TLS configs and certificates:
+/// one trailing dot trimmed (a fully qualified name is the same name),
+/// lower case (`Secure.Test.` → `secure.test`). Every SNI lookup goes
+/// through here, so the config that verifies a client certificate and the
+/// name that certificate is bound to never disagree.
+pub fn normalize_sni(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
 /// Is `name` a DNS name: dot-separated labels of `A-Z a-z 0-9 -`, each
 /// 1-63 bytes, 253 in all?
 fn is_dns_name(name: &str) -> bool {
@@ -242,6 +251,9 @@ mod tests {
         assert_eq!(split_host_port("::1"), ("::1", None));
         assert_eq!(split_host_port("a.test"), ("a.test", None));
         assert_eq!(normalize_host("API.Example.com.:443"), "api.example.com");
+        assert_eq!(normalize_sni("Secure.Test."), "secure.test");
+        assert_eq!(normalize_sni("secure.test"), "secure.test");
+        assert_eq!(normalize_sni("a.test.."), "a.test.");
     }
 
     #[test]

@@ -136,3 +136,159 @@ async fn one_sni_name_requires_certificates() {
     })
     .await;
 }
+
+/// The first certificate in a PEM file.
+fn leaf_of(pem: &std::path::Path) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    let first = rustls_pki_types::CertificateDer::pem_file_iter(pem)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    first.to_vec()
+}
+
+/// A trailing dot (`secure.test.`, a fully qualified name) is the same
+/// SNI name: its entry's certificate and its entry's client CA, never the
+/// listener's. (Before, it missed the entry: the listener's CA verified the
+/// certificate, which then counted for `secure.test`'s routes.)
+#[tokio::test]
+async fn a_trailing_dot_is_the_same_sni_name() {
+    within(20, async {
+        let alice = client("alice");
+        let secure = certs(&["secure.test", "*.wild.test"]);
+        let gw = Gateway::builder()
+            .sni_with("secure.test", &secure, |e| {
+                e.set("client_ca", path(&alice.ca))
+                    .set("client_auth", "required")
+            })
+            .sni_with("*.wild.test", &secure, |e| {
+                e.set("client_ca", path(&alice.ca))
+                    .set("client_auth", "required")
+            })
+            .start()
+            .await;
+        const CERTIFICATE_REQUEST: u8 = 13;
+        for sni in [
+            "secure.test",
+            "secure.test.",
+            "Secure.Test.",
+            "a.wild.test",
+            "a.wild.test.",
+        ] {
+            let (types, leaf) = tls12_flight(&gw, sni).await;
+            assert!(
+                leaf == leaf_of(&secure.cert),
+                "{sni}: the entry's certificate"
+            );
+            assert!(
+                types.contains(&CERTIFICATE_REQUEST),
+                "{sni}: the entry's client_auth: {types:?}"
+            );
+        }
+        for sni in ["localhost", "localhost.", "other.test."] {
+            let (types, leaf) = tls12_flight(&gw, sni).await;
+            assert!(
+                leaf == leaf_of(&gw.certs.cert),
+                "{sni}: the default certificate"
+            );
+            assert!(
+                !types.contains(&CERTIFICATE_REQUEST),
+                "{sni}: the listener asks for none: {types:?}"
+            );
+        }
+    })
+    .await;
+}
+
+/// The server's first flight (its handshake message types and its leaf
+/// certificate) for a TLS 1.2 ClientHello naming `sni` verbatim. rustls'
+/// client trims a trailing dot from the SNI name (RFC 6066), so its hello
+/// is rewritten here to carry exactly `sni`; other clients (`openssl
+/// s_client -servername secure.test.`) send the dot. TLS 1.2 shows the
+/// Certificate and CertificateRequest in the clear, which is all this
+/// needs: the handshake is not completed.
+async fn tls12_flight(gw: &Running, sni: &str) -> (Vec<u8>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let config = rustls::ClientConfig::builder_with_provider(wsgate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let placeholder = rustls_pki_types::ServerName::try_from("placeholder.test").unwrap();
+    let mut client = rustls::ClientConnection::new(config.into(), placeholder).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    let hello = with_sni(&hello, b"placeholder.test", sni.as_bytes());
+
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(&hello).await.unwrap();
+    let (mut handshake, mut types, mut leaf) = (Vec::new(), Vec::new(), Vec::new());
+    while !types.contains(&14) {
+        let mut header = [0u8; 5];
+        tcp.read_exact(&mut header).await.unwrap();
+        assert_eq!(header[0], 0x16, "a handshake record, not an alert");
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes([header[3], header[4]]))];
+        tcp.read_exact(&mut body).await.unwrap();
+        handshake.extend_from_slice(&body);
+        while handshake.len() >= 4 {
+            let len = u24(&handshake[1..4]);
+            if handshake.len() < 4 + len {
+                break;
+            }
+            let message: Vec<u8> = handshake.drain(..4 + len).collect();
+            types.push(message[0]);
+            if message[0] == 11 {
+                // Certificate: the list's length, then the first one's.
+                let first = u24(&message[7..10]);
+                leaf = message[10..10 + first].to_vec();
+            }
+        }
+    }
+    (types, leaf)
+}
+
+fn u24(b: &[u8]) -> usize {
+    (usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2])
+}
+
+/// `hello` (one record, one ClientHello) with the SNI name `old` replaced
+/// by `new`, every length on the way adjusted.
+fn with_sni(hello: &[u8], old: &[u8], new: &[u8]) -> Vec<u8> {
+    let at = hello
+        .windows(old.len())
+        .position(|w| w == old)
+        .expect("the SNI name in the hello");
+    let grow = new.len() as isize - old.len() as isize;
+    let mut out = [&hello[..at], new, &hello[at + old.len()..]].concat();
+    let add = |out: &mut Vec<u8>, at: usize, width: usize| {
+        let mut v = 0isize;
+        for b in &out[at..at + width] {
+            v = (v << 8) | isize::from(*b);
+        }
+        let v = (v + grow) as usize;
+        for i in 0..width {
+            out[at + i] = (v >> (8 * (width - 1 - i))) as u8;
+        }
+    };
+    add(&mut out, 3, 2); // record
+    add(&mut out, 6, 3); // ClientHello
+    // Session id, cipher suites, compression methods, then the extensions.
+    let mut p = 9 + 2 + 32;
+    p += 1 + usize::from(out[p]);
+    p += 2 + usize::from(u16::from_be_bytes([out[p], out[p + 1]]));
+    p += 1 + usize::from(out[p]);
+    add(&mut out, p, 2); // all extensions
+    // server_name: type 0, length, list length, name type 0, name length.
+    let (name_len, list_len, ext_len) = (at - 2, at - 5, at - 7);
+    assert_eq!(
+        &out[ext_len - 2..ext_len],
+        &[0, 0],
+        "the server_name extension"
+    );
+    for field in [ext_len, list_len, name_len] {
+        add(&mut out, field, 2);
+    }
+    out
+}

@@ -52,7 +52,19 @@ impl ReadBuffer {
         cx: &mut Context<'_>,
         src: &mut R,
     ) -> Poll<io::Result<usize>> {
-        let want = self.want();
+        self.poll_read_at_most(cx, src, usize::MAX)
+    }
+
+    /// One read of at most `limit` bytes (at least 1), into spare capacity;
+    /// the buffer grows by at most that much.
+    pub fn poll_read_at_most<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut R,
+        limit: usize,
+    ) -> Poll<io::Result<usize>> {
+        let limit = limit.max(1);
+        let want = self.want().min(limit);
         if self.bytes.capacity() - self.bytes.len() < want {
             // Busier than it is big, or a frame's start waits for its rest.
             if self.start > 0 {
@@ -63,11 +75,8 @@ impl ReadBuffer {
                 self.bytes.reserve_exact(want);
             }
         }
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(src),
-            cx,
-            &mut self.bytes
-        ))?;
+        let mut room = bytes::BufMut::limit(&mut self.bytes, limit);
+        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(src), cx, &mut room))?;
         self.last = n;
         Poll::Ready(Ok(n))
     }
@@ -114,6 +123,16 @@ impl ReadBuffer {
         if self.is_empty() && self.bytes.capacity() > 0 {
             self.bytes = Vec::new();
             self.start = 0;
+        }
+    }
+
+    /// While the peer is quiet in the middle of a record, hold no more than
+    /// that record's start: a buffer grown for a burst goes.
+    pub fn shrink_to_held(&mut self, bound: usize) {
+        if self.bytes.capacity() > bound.max(self.len()) {
+            self.bytes.drain(..self.start);
+            self.start = 0;
+            self.bytes.shrink_to_fit();
         }
     }
 

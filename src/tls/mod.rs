@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::auth;
 use crate::config::{CertPair, ClientAuth, ConfigIssue, TlsConfig, UpstreamTls};
 use crate::metrics;
-use crate::names::ServerName;
+use crate::names::{ServerName, normalize_sni};
 
 /// The crypto provider wsgate uses everywhere (server and test clients).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -40,24 +40,87 @@ pub struct TlsFront {
     wildcard: HashMap<String, Arc<rustls::ServerConfig>>,
 }
 
+/// Which of a [`TlsFront`]'s configs a connection got (and so which CA
+/// verified its client certificate): a `[[tls.sni]]` entry with its own
+/// `client_auth`, by exact name or wildcard suffix, or the listener's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Entry {
+    Exact(String),
+    /// The suffix after `*.`.
+    Wildcard(String),
+    Default,
+}
+
+/// The config choice for one connection: the entry, and the SNI name it
+/// was chosen by (normalized, see [`normalize_sni`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Chosen {
+    pub(crate) entry: Entry,
+    pub(crate) name: Option<String>,
+}
+
+impl Chosen {
+    /// The one host a client certificate verified on this connection counts
+    /// for: the entry's own name, or for a wildcard entry and the default
+    /// the SNI name that chose it. Derived from the entry, never from the
+    /// SNI text alone: a name that has its own entry never chooses the
+    /// default, so a certificate the listener's CA verified never counts
+    /// for a name whose entry has its own `client_auth`. A name that still
+    /// ends in a dot (it had two) is bound to nothing, as no `Host` header
+    /// compares equal to it.
+    pub(crate) fn cert_host(&self) -> Option<&str> {
+        match &self.entry {
+            Entry::Exact(name) => Some(name.as_str()),
+            Entry::Wildcard(suffix) => self.name.as_deref().filter(|name| {
+                name.split_once('.')
+                    .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix)
+            }),
+            Entry::Default => self.name.as_deref(),
+        }
+        .filter(|name| !name.ends_with('.'))
+    }
+}
+
 impl TlsFront {
-    /// The handshake, with the config the client's SNI name asks for.
-    pub(crate) async fn accept<IO>(&self, io: IO) -> std::io::Result<TlsStream<IO>>
+    /// The handshake, with the config the client's SNI name asks for, and
+    /// which config that was.
+    pub(crate) async fn accept<IO>(&self, io: IO) -> std::io::Result<(TlsStream<IO>, Chosen)>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        stream::accept(io, |name| self.config_for(name).clone()).await
+        let mut chosen = None;
+        let tls = stream::accept(io, |name| {
+            let (choice, config) = self.config_for(name);
+            chosen = Some(choice);
+            config.clone()
+        })
+        .await?;
+        // `accept` asks for the config before it can succeed.
+        let chosen = chosen.unwrap_or(Chosen {
+            entry: Entry::Default,
+            name: None,
+        });
+        Ok((tls, chosen))
     }
 
-    fn config_for(&self, name: Option<&str>) -> &Arc<rustls::ServerConfig> {
-        name.map(str::to_ascii_lowercase)
-            .and_then(|name| {
-                self.exact.get(&name).or_else(|| {
-                    name.split_once('.')
-                        .and_then(|(_, suffix)| self.wildcard.get(suffix))
-                })
-            })
-            .unwrap_or(&self.default)
+    /// Exact name, then one-label wildcard, then the default; the name
+    /// normalized as the certificate resolver does.
+    fn config_for(&self, name: Option<&str>) -> (Chosen, &Arc<rustls::ServerConfig>) {
+        let name = name.map(normalize_sni);
+        let (entry, config) = match name.as_deref() {
+            Some(name) => match self.exact.get_key_value(name) {
+                Some((key, config)) => (Entry::Exact(key.clone()), config),
+                None => match name
+                    .split_once('.')
+                    .and_then(|(_, suffix)| self.wildcard.get_key_value(suffix))
+                {
+                    Some((suffix, config)) => (Entry::Wildcard(suffix.clone()), config),
+                    None => (Entry::Default, &self.default),
+                },
+            },
+            None => (Entry::Default, &self.default),
+        };
+        (Chosen { entry, name }, config)
     }
 }
 
@@ -292,11 +355,80 @@ impl ResolvesServerCert for SniResolver {
         let Some(name) = hello.server_name() else {
             return Some(self.default.clone());
         };
-        let name = name.to_ascii_lowercase();
+        let name = normalize_sni(name);
         let found = self.exact.get(&name).or_else(|| {
             name.split_once('.')
                 .and_then(|(_, suffix)| self.wildcard.get(suffix))
         });
         Some(found.unwrap_or(&self.default).clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devcert;
+
+    fn config() -> Arc<rustls::ServerConfig> {
+        let made = devcert::generate(&["localhost".to_owned()]).unwrap();
+        let chain = CertificateDer::pem_slice_iter(made.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(made.key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        Arc::new(config)
+    }
+
+    #[test]
+    fn the_config_and_the_bound_name_come_from_one_normalized_lookup() {
+        let (default, secure, wild) = (config(), config(), config());
+        let front = TlsFront {
+            default: default.clone(),
+            exact: HashMap::from([("secure.test".to_owned(), secure.clone())]),
+            wildcard: HashMap::from([("wild.test".to_owned(), wild.clone())]),
+        };
+        let pick = |name: Option<&str>| {
+            let (chosen, config) = front.config_for(name);
+            (
+                chosen.entry.clone(),
+                chosen.cert_host().map(str::to_owned),
+                config.clone(),
+            )
+        };
+        // A trailing dot and upper case are the same name: the entry's own
+        // config (its CA), and the certificate counts for that entry's name.
+        for sni in ["secure.test", "secure.test.", "Secure.TEST."] {
+            let (entry, host, config) = pick(Some(sni));
+            assert_eq!(entry, Entry::Exact("secure.test".into()), "{sni}");
+            assert_eq!(host.as_deref(), Some("secure.test"), "{sni}");
+            assert!(Arc::ptr_eq(&config, &secure), "{sni}");
+        }
+        for sni in ["a.wild.test", "a.wild.test.", "A.Wild.Test."] {
+            let (entry, host, config) = pick(Some(sni));
+            assert_eq!(entry, Entry::Wildcard("wild.test".into()), "{sni}");
+            assert_eq!(host.as_deref(), Some("a.wild.test"), "{sni}");
+            assert!(Arc::ptr_eq(&config, &wild), "{sni}");
+        }
+        // The default: bound to the name that chose it, which has no entry.
+        let (entry, host, config) = pick(Some("other.test."));
+        assert_eq!(entry, Entry::Default);
+        assert_eq!(host.as_deref(), Some("other.test"));
+        assert!(Arc::ptr_eq(&config, &default));
+        let (entry, host, _) = pick(None);
+        assert_eq!((entry, host), (Entry::Default, None));
+        // Two dots: not a name rustls lets through, and bound to nothing.
+        let (entry, host, _) = pick(Some("secure.test.."));
+        assert_eq!((entry, host), (Entry::Default, None));
+        // A wildcard entry binds only a name one label below its suffix.
+        let odd = Chosen {
+            entry: Entry::Wildcard("wild.test".into()),
+            name: Some("wild.test".into()),
+        };
+        assert_eq!(odd.cert_host(), None);
     }
 }

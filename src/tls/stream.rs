@@ -6,15 +6,24 @@
 //! both buffers:
 //!
 //! * ciphertext in: a [`ReadBuffer`] that reads about twice what the last
-//!   read brought (up to 64 KiB in a burst), keeps a partial record until its
-//!   rest arrives, and holds no memory at all while the peer is quiet;
-//! * ciphertext out: plaintext is encrypted straight into one buffer, which
-//!   is written out as the socket takes it. A write is not accepted while
-//!   more than [`WRITE_BOUND`] bytes of earlier ciphertext are unsent, and the
-//!   buffer is given back once it has been sent.
+//!   read brought (up to 64 KiB in a burst). After the handshake it holds at
+//!   most one read and a record: the start of a record is completed and no
+//!   more is read with it, and while the peer is quiet only that start is
+//!   kept (nothing at all between records);
+//! * ciphertext out: each record (16 KiB of plaintext at most) is sealed in
+//!   a per-thread scratch buffer and written to the socket at once; only
+//!   what the socket does not take is copied into the connection's own
+//!   buffer. A write is not accepted while more than [`WRITE_BOUND`] bytes
+//!   of earlier ciphertext are unsent, so that buffer holds at most that and
+//!   a record, and it is given back once sent: an idle connection holds
+//!   nothing, a busy one allocates nothing per write.
 //!
 //! Decrypted records go straight into the caller's buffer; only what does
-//! not fit waits here (at most what was read, then freed).
+//! not fit waits here, then is freed. That is at most what one read
+//! brought: the write path must decrypt the records held to reach the
+//! state where it may encrypt (rustls' unbuffered API), and making a write
+//! wait for the reader instead could stall a relay whose reader waits for
+//! its upstream, which waits for this write.
 //!
 //! The handshake ([`accept`]) first parses the ClientHello with rustls'
 //! `Acceptor` to learn the SNI name, so that each name can have its own
@@ -41,6 +50,8 @@ use crate::frame::ReadBuffer;
 /// The longest TLS record on the wire: 16 KiB of payload, 2 KiB of
 /// expansion, the 5-byte header (rustls refuses longer ones).
 const MAX_RECORD: usize = 16_384 + 2_048 + 5;
+/// A TLS record's header: type, version, length.
+const HEADER: usize = 5;
 /// The most ciphertext held while more is needed: a handshake message of up
 /// to 64 KiB (rustls' limit) in several records, and the start of the next.
 const MAX_HELD: usize = 0xffff + MAX_RECORD;
@@ -138,8 +149,13 @@ enum Want<'a, 'b> {
     Read(&'a mut ReadBuf<'b>),
     /// Any progress; plaintext waits.
     Progress,
-    /// This plaintext encrypted into the outgoing buffer.
-    Write(&'a [IoSlice<'a>]),
+    /// One record of this plaintext, from byte `skip` on, encrypted into
+    /// `scratch` (see [`with_scratch`]).
+    Write {
+        bufs: &'a [IoSlice<'a>],
+        skip: usize,
+        scratch: &'a mut Vec<u8>,
+    },
     /// Our close_notify into the outgoing buffer.
     Close,
 }
@@ -152,9 +168,10 @@ enum Outcome {
     /// Nothing more to do with the bytes held; the handshake or the next
     /// record needs more from the peer.
     NeedInput,
-    /// This many plaintext bytes were encrypted (`Want::Write`), or the
-    /// close_notify was queued (`Want::Close`, 0).
-    Queued(usize),
+    /// `plain` bytes were encrypted into `scratch[..sealed]` (`Want::Write`).
+    Sealed { plain: usize, sealed: usize },
+    /// The close_notify was queued (`Want::Close`).
+    Queued,
     /// Both sides sent close_notify.
     Closed,
 }
@@ -178,7 +195,7 @@ impl<IO> TlsStream<IO> {
             return Err(invalid_tls(e.clone()));
         }
         loop {
-            let UnbufferedStatus { discard, state } =
+            let UnbufferedStatus { mut discard, state } =
                 self.conn.process_tls_records(self.incoming.data());
             let step = match state {
                 Err(e) => Err(e),
@@ -187,6 +204,11 @@ impl<IO> TlsStream<IO> {
                     while let Some(record) = traffic.next_record() {
                         match record {
                             Ok(record) => {
+                                // rustls' API: a record's own discard is
+                                // added to the status's before discarding
+                                // (0 while payloads are copied out; not so
+                                // once rustls decrypts in place).
+                                discard += record.discard;
                                 let dst = match &mut want {
                                     Want::Read(dst) => Some(&mut **dst),
                                     _ => None,
@@ -203,7 +225,7 @@ impl<IO> TlsStream<IO> {
                         (Err(e), _) => Err(e),
                         (Ok(()), Want::Read(_) | Want::Progress) => Ok(Some(Outcome::Plaintext)),
                         // A writer keeps going until it may encrypt.
-                        (Ok(()), Want::Write(_) | Want::Close) => Ok(None),
+                        (Ok(()), Want::Write { .. } | Want::Close) => Ok(None),
                     }
                 }
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
@@ -224,15 +246,17 @@ impl<IO> TlsStream<IO> {
                     Ok(Some(Outcome::Closed))
                 }
                 Ok(ConnectionState::BlockedHandshake) => Ok(Some(Outcome::NeedInput)),
-                Ok(ConnectionState::WriteTraffic(mut traffic)) => match &want {
-                    Want::Write(bufs) => self
-                        .outgoing
-                        .encrypt(&mut traffic, bufs)
-                        .map(|n| Some(Outcome::Queued(n))),
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => match &mut want {
+                    Want::Write {
+                        bufs,
+                        skip,
+                        scratch,
+                    } => seal(&mut traffic, bufs, *skip, scratch)
+                        .map(|(plain, sealed)| Some(Outcome::Sealed { plain, sealed })),
                     Want::Close => self
                         .outgoing
                         .close_notify(&mut traffic)
-                        .map(|()| Some(Outcome::Queued(0))),
+                        .map(|()| Some(Outcome::Queued)),
                     Want::Read(_) | Want::Progress => Ok(Some(Outcome::NeedInput)),
                 },
                 Ok(_) => Err(rustls::Error::General("unexpected TLS state".into())),
@@ -250,6 +274,18 @@ impl<IO> TlsStream<IO> {
     /// state machine is asked only while it has something to send (it hands
     /// that out before it looks at the records again, which would fail the
     /// same way twice).
+    ///
+    /// Every error return then tries to send the alert once (`poll_send`,
+    /// best effort: the socket may be full). No alert is sent where rustls
+    /// has none queued: for errors found here rather than by rustls (a
+    /// handshake message beyond [`MAX_HELD`] in [`TlsStream::poll_fill`],
+    /// an unexpected state in `process`), since the unbuffered connection
+    /// gives no way to queue one and encrypting an alert ourselves is not
+    /// possible; the TCP connection just ends. After the handshake
+    /// `incoming` holds at most one record's start, so an oversized record
+    /// is found by rustls' own length check, which does queue its alert.
+    /// A failed handshake's alert is tried once: [`accept`] does not wait
+    /// for a peer that does not read.
     fn fail(&mut self, error: rustls::Error) -> io::Error {
         self.failed = Some(error.clone());
         while self.conn.wants_write() {
@@ -288,7 +324,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                 return Pin::new(&mut self.io).poll_flush(cx);
             }
             match outcome {
-                Outcome::Plaintext | Outcome::Queued(_) => continue,
+                Outcome::Plaintext | Outcome::Queued | Outcome::Sealed { .. } => continue,
                 Outcome::Closed => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
                 Outcome::NeedInput => {}
             }
@@ -302,20 +338,67 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         }
     }
 
-    /// Read more ciphertext after what is held (which never exceeds what
-    /// one record or one handshake message needs).
+    /// Read more ciphertext after what is held. During the handshake that
+    /// is at most [`MAX_HELD`] in all (a handshake message of up to 64 KiB);
+    /// after it, a start of a record (all that is held when more is needed)
+    /// is completed and no more is read, and with nothing held one read
+    /// takes up to 64 KiB. So `incoming` never holds more than one read
+    /// and a record, and a peer quiet in the middle of a record leaves
+    /// that record's start held, not the buffer of an earlier burst.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.incoming.len() >= MAX_HELD {
+        let limit = self.read_limit();
+        if limit == 0 {
             let e = rustls::Error::InvalidMessage(rustls::InvalidMessage::MessageTooLarge);
             return Poll::Ready(Err(self.fail(e)));
         }
-        match self.incoming.poll_read_from(cx, &mut self.io) {
+        match self.incoming.poll_read_at_most(cx, &mut self.io, limit) {
             Poll::Pending => {
                 self.incoming.release();
+                self.incoming.shrink_to_held(MAX_RECORD);
                 Poll::Pending
             }
             ready => ready,
         }
+    }
+
+    /// How much the next read may take (see [`TlsStream::poll_fill`]).
+    fn read_limit(&mut self) -> usize {
+        let held = self.incoming.len();
+        if self.conn.is_handshaking() {
+            return MAX_HELD.saturating_sub(held);
+        }
+        if held == 0 {
+            return usize::MAX;
+        }
+        let data = self.incoming.data();
+        let record = match data {
+            [_, _, _, hi, lo, ..] => HEADER + usize::from(u16::from_be_bytes([*hi, *lo])),
+            _ => MAX_RECORD,
+        };
+        record.min(MAX_RECORD).saturating_sub(held)
+    }
+
+    /// Write freshly sealed ciphertext: straight to the socket while
+    /// nothing waits before it, and only what the socket does not take is
+    /// copied into `outgoing` (the waker is registered then).
+    fn send_sealed(&mut self, cx: &mut Context<'_>, mut sealed: &[u8]) -> io::Result<()> {
+        if self.outgoing.is_empty() {
+            while !sealed.is_empty() {
+                match Pin::new(&mut self.io).poll_write(cx, sealed) {
+                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => sealed = &sealed[n..],
+                    Poll::Ready(Err(e)) => {
+                        // Kept in order, as if queued: the error comes
+                        // again with the next write or flush.
+                        self.outgoing.push(sealed);
+                        return Err(e);
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        self.outgoing.push(sealed);
+        Ok(())
     }
 
     /// Write out the ciphertext queued.
@@ -348,6 +431,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     let _ = this.poll_send(cx);
+                    if buf.filled().len() > before {
+                        // Plaintext that came before the bad record is
+                        // delivered; the error (kept) comes with the next
+                        // call.
+                        return Poll::Ready(Ok(()));
+                    }
                     return Poll::Ready(Err(e));
                 }
             };
@@ -405,17 +494,43 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
             // The socket is full and enough waits: no more until it drains.
             return Poll::Pending;
         }
-        let written = match this.process(Want::Write(bufs))? {
-            Outcome::Queued(n) => n,
-            Outcome::Closed => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            Outcome::NeedInput | Outcome::Plaintext => {
-                return Poll::Ready(Err(invalid("write before the handshake ended")));
+        // Record by record, each sent as it is sealed; what the socket does
+        // not take waits in `outgoing` (after at most WRITE_BOUND), and then
+        // this write ends.
+        let total = bufs.iter().map(|b| b.len()).sum::<usize>().min(MAX_PLAIN);
+        let mut written = 0;
+        while written < total && (written == 0 || this.outgoing.is_empty()) {
+            let sealed = with_scratch(|scratch| {
+                let want = Want::Write {
+                    bufs,
+                    skip: written,
+                    scratch: &mut *scratch,
+                };
+                match this.process(want)? {
+                    Outcome::Sealed { plain, sealed } => {
+                        this.send_sealed(cx, &scratch[..sealed])?;
+                        Ok(plain)
+                    }
+                    Outcome::Closed => Err(io::ErrorKind::BrokenPipe.into()),
+                    Outcome::NeedInput | Outcome::Plaintext | Outcome::Queued => {
+                        Err(invalid("write before the handshake ended"))
+                    }
+                }
+            });
+            match sealed {
+                Ok(plain) => written += plain,
+                Err(e) => {
+                    // The alert a TLS error queued goes out if the socket
+                    // takes it now (best effort: the error is reported
+                    // either way, and again with every later call).
+                    let _ = this.poll_send(cx);
+                    if written > 0 {
+                        // What was sealed before stays written (and sent).
+                        break;
+                    }
+                    return Poll::Ready(Err(e));
+                }
             }
-        };
-        // Send now as far as the socket takes it; the rest waits for the
-        // next write or flush (the waker is registered).
-        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-            return Poll::Ready(Err(e));
         }
         Poll::Ready(Ok(written))
     }
@@ -507,50 +622,19 @@ impl Outgoing {
         }
     }
 
-    /// Encrypt the start of `bufs` (up to [`MAX_PLAIN`]), several small
-    /// buffers into one record. Returns the plaintext bytes taken.
-    fn encrypt(
-        &mut self,
-        traffic: &mut WriteTraffic<'_, rustls::server::ServerConnectionData>,
-        bufs: &[IoSlice<'_>],
-    ) -> Result<usize, rustls::Error> {
-        let mut slices = bufs.iter().filter(|b| !b.is_empty());
-        let Some(first) = slices.next() else {
-            return Ok(0);
-        };
-        let total = bufs.iter().map(|b| b.len()).sum::<usize>().min(MAX_PLAIN);
-        let single = first.len() >= total;
-        let mut sealed = total + total.div_ceil(16_384) * RECORD_OVERHEAD + 2 * RECORD_OVERHEAD;
-        loop {
-            // Room for the ciphertext, then (when gathering) the plaintext.
-            let staged = if single { 0 } else { total };
-            let room = self.room(sealed + staged);
-            let (out, stage) = room.split_at_mut(sealed);
-            let plain: &[u8] = if single {
-                &first[..total]
-            } else {
-                let mut at = 0;
-                for slice in bufs {
-                    let take = slice.len().min(total - at);
-                    stage[at..at + take].copy_from_slice(&slice[..take]);
-                    at += take;
-                    if at == total {
-                        break;
-                    }
-                }
-                &stage[..total]
-            };
-            match traffic.encrypt(plain, out) {
-                Ok(n) => {
-                    self.tail += n;
-                    return Ok(total);
-                }
-                Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                    sealed = required_size;
-                }
-                Err(EncryptError::EncryptExhausted) => return Err(rustls::Error::EncryptError),
-            }
+    /// Append `bytes` (without zero-filling first).
+    fn push(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
         }
+        if self.buf.capacity() - self.tail < bytes.len() && self.head > 0 {
+            self.buf.copy_within(self.head..self.tail, 0);
+            self.tail -= self.head;
+            self.head = 0;
+        }
+        self.buf.truncate(self.tail);
+        self.buf.extend_from_slice(bytes);
+        self.tail = self.buf.len();
     }
 
     fn close_notify(
@@ -569,6 +653,83 @@ impl Outgoing {
                 }
                 Err(_) => return Err(rustls::Error::EncryptError),
             }
+        }
+    }
+}
+
+/// The most plaintext in one record.
+const MAX_FRAGMENT: usize = 16 << 10;
+
+thread_local! {
+    /// Where writes are sealed (and gathered first): kept per thread, so a
+    /// write allocates nothing and zero-fills nothing once the thread's
+    /// scratch has grown to one record, and a connection holds nothing.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` with this thread's scratch buffer; borrowed only for one poll call
+/// (never across an await). A TLS stream inside a tunnel of another writes
+/// through it while the scratch is taken: that nested write gets its own.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => f(&mut scratch),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// Seal one record of `bufs`' bytes from `skip` on (up to
+/// [`MAX_FRAGMENT`]; several small buffers are gathered into it) into the
+/// start of `scratch`. Returns the plaintext bytes taken and the ciphertext
+/// length (with a key update answer rustls puts before it).
+fn seal(
+    traffic: &mut WriteTraffic<'_, rustls::server::ServerConnectionData>,
+    bufs: &[IoSlice<'_>],
+    mut skip: usize,
+    scratch: &mut Vec<u8>,
+) -> Result<(usize, usize), rustls::Error> {
+    let mut slices = bufs.iter().map(|b| &b[..]);
+    let first = loop {
+        match slices.next() {
+            Some(b) if skip >= b.len() => skip -= b.len(),
+            Some(b) => break &b[skip..],
+            None => return Ok((0, 0)),
+        }
+    };
+    let rest = slices;
+    let single = first.len() >= MAX_FRAGMENT || bufs.len() == 1;
+    let total = if single {
+        first.len().min(MAX_FRAGMENT)
+    } else {
+        (first.len() + rest.clone().map(<[u8]>::len).sum::<usize>()).min(MAX_FRAGMENT)
+    };
+    let staged = if single { 0 } else { total };
+    let mut sealed = total + 4 * RECORD_OVERHEAD;
+    loop {
+        // The ciphertext first, then (when gathering) the plaintext.
+        if scratch.len() < sealed + staged {
+            scratch.resize(sealed + staged, 0);
+        }
+        let (out, stage) = scratch.split_at_mut(sealed);
+        let plain: &[u8] = if single {
+            &first[..total]
+        } else {
+            let mut at = 0;
+            for slice in std::iter::once(first).chain(rest.clone()) {
+                let take = slice.len().min(total - at);
+                stage[at..at + take].copy_from_slice(&slice[..take]);
+                at += take;
+                if at == total {
+                    break;
+                }
+            }
+            &stage[..total]
+        };
+        match traffic.encrypt(plain, out) {
+            Ok(n) => return Ok((total, n)),
+            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                sealed = required_size;
+            }
+            Err(EncryptError::EncryptExhausted) => return Err(rustls::Error::EncryptError),
         }
     }
 }
@@ -852,11 +1013,172 @@ mod tests {
             "a peer that does not read stops the writer"
         );
         assert!(
-            server.outgoing.len() <= WRITE_BOUND + MAX_PLAIN + 8 * RECORD_OVERHEAD,
+            server.outgoing.len() <= WRITE_BOUND + MAX_RECORD,
             "held ciphertext is bounded: {}",
             server.outgoing.len()
         );
         drop(client);
+    }
+
+    /// A peer that sends a burst, then half a record, then waits: the
+    /// server holds that record's start, not the burst's buffer, and never
+    /// more than about one read and a record.
+    #[tokio::test]
+    async fn a_peer_quiet_in_the_middle_of_a_record_holds_little() {
+        let keys = keys(false);
+        let (server_io, server_far) = duplex(1 << 20);
+        let (client_io, client_far) = duplex(1 << 20);
+        let config = keys.server.clone();
+        let accepting = tokio::spawn(accept(server_io, move |_| config));
+        // The handshake through a pump that stops when told, keeping the
+        // client's side for the test to forward by hand after.
+        let (mut from_client, mut to_client) = tokio::io::split(client_far);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (mut far_rd, mut far_wr) = tokio::io::split(server_far);
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut far_rd, &mut to_client).await;
+        });
+        let pump = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 << 10];
+            tokio::pin!(stopped);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return (from_client, far_wr),
+                    n = from_client.read(&mut buf) => {
+                        let n = n.unwrap();
+                        far_wr.write_all(&buf[..n]).await.unwrap();
+                    }
+                }
+            }
+        });
+        let mut client = TlsConnector::from(keys.client)
+            .connect(ServerName::try_from("localhost").unwrap(), client_io)
+            .await
+            .unwrap();
+        let mut server = accepting.await.unwrap().unwrap();
+        stop.send(()).unwrap();
+        let (mut from_client, mut server_far) = pump.await.unwrap();
+
+        // 200 KiB and 7000 bytes more: the client's ciphertext, all but
+        // the end of the last record, reaches the server.
+        let data = pattern((200 << 10) + 7000);
+        client.write_all(&data).await.unwrap();
+        client.flush().await.unwrap();
+        let mut wire = vec![0u8; 1 << 20];
+        let mut len = 0;
+        while let Some(n) = from_client.read(&mut wire[len..]).now_or_never() {
+            len += n.unwrap();
+        }
+        let cut = len - 3500;
+        server_far.write_all(&wire[..cut]).await.unwrap();
+
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut largest = 0;
+        loop {
+            largest = largest.max(server.incoming.capacity());
+            match timeout(Duration::from_millis(200), server.read(&mut buf)).await {
+                Ok(n) => got.extend_from_slice(&buf[..n.unwrap()]),
+                Err(_) => break,
+            }
+        }
+        assert!(
+            got.len() > 180 << 10 && got.len() < data.len() && got == data[..got.len()],
+            "the whole records arrived: {}",
+            got.len()
+        );
+        assert!(largest <= 2 * (64 << 10), "incoming stays small: {largest}");
+        assert!(
+            server.incoming.capacity() <= MAX_RECORD,
+            "a record's start is held, not a burst's buffer: {}",
+            server.incoming.capacity()
+        );
+        assert!(server.incoming.len() < MAX_RECORD);
+        assert_eq!(server.plaintext.bytes.capacity(), 0);
+
+        // The rest of the record completes the data.
+        server_far.write_all(&wire[cut..len]).await.unwrap();
+        let mut rest = vec![0u8; data.len() - got.len()];
+        server.read_exact(&mut rest).await.unwrap();
+        assert!(rest == data[got.len()..]);
+    }
+
+    /// Gathered writes, one record at a time, across slice boundaries; a
+    /// socket that takes everything leaves nothing held.
+    #[tokio::test]
+    async fn vectored_writes_are_sealed_record_by_record() {
+        let (mut server, mut client) = pair().await;
+        let data = pattern(5 + 20_000 + 3 + 30_000 + 100);
+        let cuts = [0, 5, 20_005, 20_008, 50_008, 50_008, data.len()];
+        let owned: Vec<&[u8]> = cuts.windows(2).map(|w| &data[w[0]..w[1]]).collect();
+        let mut slices: Vec<IoSlice<'_>> = owned.iter().map(|b| IoSlice::new(b)).collect();
+        let mut bufs = &mut slices[..];
+        let mut calls = 0;
+        while !bufs.is_empty() {
+            let n = std::future::poll_fn(|cx| Pin::new(&mut server).poll_write_vectored(cx, bufs))
+                .await
+                .unwrap();
+            assert!(n > 0);
+            calls += 1;
+            IoSlice::advance_slices(&mut bufs, n);
+        }
+        assert!(calls >= 1);
+        assert_eq!(server.outgoing.buf.capacity(), 0, "the socket took it all");
+        let mut got = vec![0u8; data.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(got == data);
+    }
+
+    /// A write that finds the peer's records bad fails, and the alert for
+    /// that goes out with it, not only with a later flush.
+    #[tokio::test]
+    async fn a_failed_write_sends_its_alert() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"hello").await.unwrap();
+        client.flush().await.unwrap();
+        // Then an application data record that does not decrypt, which the
+        // server reads with "hello" but does not look at yet: the reader's
+        // buffer is full.
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+        record.extend_from_slice(&[0x5a; 0x40]);
+        client.get_mut().0.write_all(&record).await.unwrap();
+        let mut hello = [0u8; 5];
+        server.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello, b"hello");
+        let (mut raw, mut conn) = client.into_inner();
+        let e = server.write(b"x").await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        let mut wire = vec![0u8; 64 << 10];
+        let mut len = 0;
+        while let Some(n) = raw.read(&mut wire[len..]).now_or_never() {
+            let n = n.unwrap();
+            if n == 0 {
+                break;
+            }
+            len += n;
+        }
+        conn.read_tls(&mut &wire[..len]).unwrap();
+        let alert = conn.process_new_packets().unwrap_err();
+        assert!(
+            matches!(alert, rustls::Error::AlertReceived(_)),
+            "{alert:?}"
+        );
+    }
+
+    /// Records before a bad one are read; the error comes with the next read.
+    #[tokio::test]
+    async fn plaintext_before_a_bad_record_is_not_lost() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"last words").await.unwrap();
+        client.flush().await.unwrap();
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+        record.extend_from_slice(&[0x5a; 0x40]);
+        client.get_mut().0.write_all(&record).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"last words");
+        let e = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     }
 
     #[tokio::test]
