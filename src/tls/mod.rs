@@ -4,6 +4,7 @@
 //! server connection itself runs on wsgate's own stream (`stream`), which
 //! owns its buffers; tokio-rustls serves the client side only.
 
+mod buffers;
 mod stream;
 
 pub(crate) use stream::TlsStream;

@@ -220,8 +220,8 @@ async fn read_buffer_is_let_go_after_a_burst() {
     let mut buf = [0u8; 64];
     assert!(server.read(&mut buf).now_or_never().is_none());
     assert_eq!(server.incoming.capacity(), 0);
-    assert_eq!(server.plaintext.bytes.capacity(), 0);
-    assert_eq!(server.outgoing.buf.capacity(), 0);
+    assert_eq!(server.plaintext.capacity(), 0);
+    assert_eq!(server.outgoing.capacity(), 0);
 }
 
 #[tokio::test]
@@ -315,7 +315,7 @@ async fn a_peer_quiet_in_the_middle_of_a_record_holds_little() {
         server.incoming.capacity()
     );
     assert!(server.incoming.len() < MAX_RECORD);
-    assert_eq!(server.plaintext.bytes.capacity(), 0);
+    assert_eq!(server.plaintext.capacity(), 0);
 
     // The rest of the record completes the data.
     server_far.write_all(&wire[cut..len]).await.unwrap();
@@ -344,7 +344,7 @@ async fn vectored_writes_are_sealed_record_by_record() {
         IoSlice::advance_slices(&mut bufs, n);
     }
     assert!(calls >= 1);
-    assert_eq!(server.outgoing.buf.capacity(), 0, "the socket took it all");
+    assert_eq!(server.outgoing.capacity(), 0, "the socket took it all");
     let mut got = vec![0u8; data.len()];
     client.read_exact(&mut got).await.unwrap();
     assert!(got == data);
