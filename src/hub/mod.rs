@@ -22,6 +22,7 @@ pub(crate) mod access;
 pub(crate) mod admit;
 pub(crate) mod api;
 mod backplane;
+mod conn;
 mod member;
 pub(crate) mod protocol;
 mod queue;
@@ -32,19 +33,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HubConfig, HubProtocol, HubRoute, NamePolicy};
-use crate::frame::{OpCode, server_frame};
 use crate::metrics::HubMetrics;
 use access::ChannelAccess;
 use backplane::{Backplane, Draft, Memory};
 pub(crate) use backplane::{Epoch, Position, Since};
+use conn::raw_frame;
+pub(crate) use conn::{Conn, Msg, text_frame};
 use protocol::Body;
-use queue::Pushed;
 pub(crate) use queue::Queue;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,93 +92,6 @@ struct ChannelState {
 /// The engine behind the hub, and a channel's stream in it.
 type Engine = Memory;
 type Stream = <Engine as Backplane>::Stream;
-
-/// A channel message: serialized and framed at most once per
-/// representation; the frame is shared by every recipient.
-pub(crate) struct Msg {
-    seq: u64,
-    epoch: Epoch,
-    at: Instant,
-    channel: Arc<str>,
-    from: Option<Arc<str>>,
-    body: Body,
-    /// The JSON envelope's frame.
-    envelope: OnceLock<Bytes>,
-    /// The body's own frame, for raw clients.
-    raw: OnceLock<Bytes>,
-}
-
-impl Msg {
-    fn frame(&self, json: bool) -> Bytes {
-        let frame = if json {
-            self.envelope.get_or_init(|| {
-                let at = Position {
-                    seq: self.seq,
-                    epoch: self.epoch,
-                };
-                let text = protocol::message(&self.channel, at, self.from.as_deref(), &self.body);
-                text_frame(&text)
-            })
-        } else {
-            self.raw.get_or_init(|| raw_frame(&self.body))
-        };
-        frame.clone()
-    }
-}
-
-/// A whole text frame, to be queued as it is.
-pub(crate) fn text_frame(text: &str) -> Bytes {
-    Bytes::from(server_frame(OpCode::Text, text.as_bytes()))
-}
-
-/// A body as a raw client receives it: text stays text, binary binary.
-fn raw_frame(body: &Body) -> Bytes {
-    match body {
-        Body::Json(t) | Body::Text(t) => text_frame(t),
-        Body::Binary(b) => Bytes::from(server_frame(OpCode::Binary, b)),
-    }
-}
-
-/// One connected hub client.
-pub(crate) struct Conn {
-    id: u64,
-    pub(crate) name: Arc<str>,
-    /// Speaks the JSON envelope protocol (else raw frames).
-    json: bool,
-    /// Wants join/leave events.
-    presence: bool,
-    /// Its route's namespace: direct messages reach only this one's names.
-    namespace: Arc<str>,
-    /// Channels it may subscribe to and publish on.
-    access: ChannelAccess,
-    /// raw: the field of its direct messages set to its name.
-    sender_field: Option<Arc<str>>,
-    /// Takes a fresh token for the session (routes with tokens).
-    refresh: Option<crate::auth::Refresh>,
-    pub(crate) queue: Queue,
-    channels: Mutex<Vec<Arc<Channel>>>,
-}
-
-impl Conn {
-    fn push(&self, frame: Bytes, metrics: &HubMetrics) -> bool {
-        match self.queue.push(frame) {
-            Pushed::Queued => true,
-            Pushed::DroppedOldest(n) => {
-                metrics.dropped_lagged.increment(n);
-                true
-            }
-            Pushed::Overflow => {
-                metrics.dropped_slow.increment(1);
-                false
-            }
-        }
-    }
-
-    /// Queue a reply to this client itself.
-    pub(crate) fn reply(&self, text: &str) {
-        let _ = self.queue.push(text_frame(text));
-    }
-}
 
 /// Why a hub operation was refused; the JSON protocol's error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

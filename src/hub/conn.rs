@@ -1,0 +1,103 @@
+//! What the hub holds per connected client and per channel message: a
+//! `Conn` (its name, protocol, rights, bounded queue and channels) and a
+//! `Msg` (serialized and framed at most once per representation, the frame
+//! shared by every recipient).
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::access::ChannelAccess;
+use super::protocol::{self, Body};
+use super::queue::{Pushed, Queue};
+use super::{Channel, Epoch, Position};
+use crate::frame::{OpCode, server_frame};
+use crate::metrics::HubMetrics;
+
+/// A channel message: serialized and framed at most once per
+/// representation; the frame is shared by every recipient.
+pub(crate) struct Msg {
+    pub(super) seq: u64,
+    pub(super) epoch: Epoch,
+    pub(super) at: Instant,
+    pub(super) channel: Arc<str>,
+    pub(super) from: Option<Arc<str>>,
+    pub(super) body: Body,
+    /// The JSON envelope's frame.
+    pub(super) envelope: OnceLock<Bytes>,
+    /// The body's own frame, for raw clients.
+    pub(super) raw: OnceLock<Bytes>,
+}
+
+impl Msg {
+    pub(super) fn frame(&self, json: bool) -> Bytes {
+        let frame = if json {
+            self.envelope.get_or_init(|| {
+                let at = Position {
+                    seq: self.seq,
+                    epoch: self.epoch,
+                };
+                let text = protocol::message(&self.channel, at, self.from.as_deref(), &self.body);
+                text_frame(&text)
+            })
+        } else {
+            self.raw.get_or_init(|| raw_frame(&self.body))
+        };
+        frame.clone()
+    }
+}
+
+/// A whole text frame, to be queued as it is.
+pub(crate) fn text_frame(text: &str) -> Bytes {
+    Bytes::from(server_frame(OpCode::Text, text.as_bytes()))
+}
+
+/// A body as a raw client receives it: text stays text, binary binary.
+pub(super) fn raw_frame(body: &Body) -> Bytes {
+    match body {
+        Body::Json(t) | Body::Text(t) => text_frame(t),
+        Body::Binary(b) => Bytes::from(server_frame(OpCode::Binary, b)),
+    }
+}
+
+/// One connected hub client.
+pub(crate) struct Conn {
+    pub(super) id: u64,
+    pub(crate) name: Arc<str>,
+    /// Speaks the JSON envelope protocol (else raw frames).
+    pub(super) json: bool,
+    /// Wants join/leave events.
+    pub(super) presence: bool,
+    /// Its route's namespace: direct messages reach only this one's names.
+    pub(super) namespace: Arc<str>,
+    /// Channels it may subscribe to and publish on.
+    pub(super) access: ChannelAccess,
+    /// raw: the field of its direct messages set to its name.
+    pub(super) sender_field: Option<Arc<str>>,
+    /// Takes a fresh token for the session (routes with tokens).
+    pub(super) refresh: Option<crate::auth::Refresh>,
+    pub(crate) queue: Queue,
+    pub(super) channels: Mutex<Vec<Arc<Channel>>>,
+}
+
+impl Conn {
+    pub(super) fn push(&self, frame: Bytes, metrics: &HubMetrics) -> bool {
+        match self.queue.push(frame) {
+            Pushed::Queued => true,
+            Pushed::DroppedOldest(n) => {
+                metrics.dropped_lagged.increment(n);
+                true
+            }
+            Pushed::Overflow => {
+                metrics.dropped_slow.increment(1);
+                false
+            }
+        }
+    }
+
+    /// Queue a reply to this client itself.
+    pub(crate) fn reply(&self, text: &str) {
+        let _ = self.queue.push(text_frame(text));
+    }
+}
