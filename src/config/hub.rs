@@ -35,6 +35,152 @@ pub struct HubConfig {
     pub history_ttl: Duration,
     /// Most channels at once (subscribed or holding history).
     pub max_channels: usize,
+    /// `[hub.backplane]`: what carries the hub across nodes.
+    pub backplane: BackplaneConfig,
+}
+
+pub const DEFAULT_BACKPLANE_PREFIX: &str = "wsgate";
+pub const DEFAULT_BACKPLANE_NODE_TTL: Duration = Duration::from_secs(5);
+pub const DEFAULT_BACKPLANE_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_BACKPLANE_QUEUE: usize = 10_000;
+pub const DEFAULT_BACKPLANE_STREAM_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// `[hub.backplane]`: the engine behind the hub.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BackplaneConfig {
+    /// One node: the hub's state lives in this process (the default).
+    Memory,
+    /// Many nodes sharing one Redis.
+    Redis(RedisBackplane),
+}
+
+/// `kind = "redis"`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RedisBackplane {
+    /// `redis://` or `rediss://` (TLS), with user, password and database
+    /// (from `url`, or the environment variable `url_env` names).
+    #[serde(serialize_with = "show_url")]
+    pub url: String,
+    /// Prefix of every key and pub/sub channel: nodes sharing one prefix on
+    /// one Redis are one hub.
+    pub prefix: String,
+    /// A node that has not reported for this long is gone: its clients
+    /// leave presence and direct messages stop going to it.
+    #[serde(serialize_with = "show_duration")]
+    pub node_ttl: Duration,
+    /// Deadline of every Redis command and connection attempt.
+    #[serde(serialize_with = "show_duration")]
+    pub command_timeout: Duration,
+    /// Bound on Redis work waiting to be sent; when full, a publish is
+    /// refused (`busy`).
+    pub queue: usize,
+    /// How long a channel's epoch and sequence number outlive its last
+    /// publish.
+    #[serde(serialize_with = "show_duration")]
+    pub stream_ttl: Duration,
+}
+
+/// A Redis URL with its password hidden.
+fn show_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hide_password(url))
+}
+
+/// `redis://user:secret@host` as `redis://user:(set)@host`.
+pub fn hide_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(parts) => parts,
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:(set)@{host}"),
+        None => format!("{scheme}://(set)@{host}"),
+    }
+}
+
+impl BackplaneConfig {
+    fn read(mut s: Section<'_>) -> Self {
+        let kind = s.string("kind").unwrap_or_else(|| "memory".to_owned());
+        match kind.as_str() {
+            "memory" => {
+                s.hint_unknown(" (kind = \"memory\" takes no other keys)".to_owned());
+                BackplaneConfig::Memory
+            }
+            "redis" => {
+                let url = match (s.string("url"), s.string("url_env")) {
+                    (Some(url), None) => Some(url),
+                    (None, Some(var)) => match std::env::var(&var) {
+                        Ok(url) => Some(url),
+                        Err(_) => {
+                            s.issue("url_env", format!("environment variable {var} is not set"));
+                            None
+                        }
+                    },
+                    _ => {
+                        s.issue(
+                            "url",
+                            "exactly one of url, url_env is required with kind = \"redis\"",
+                        );
+                        None
+                    }
+                };
+                let url = url.and_then(|url| match check_redis_url(&url) {
+                    Ok(()) => Some(url),
+                    Err(problem) => {
+                        s.issue("url", format!("{problem}: {}", hide_password(&url)));
+                        None
+                    }
+                });
+                let prefix = s
+                    .string("prefix")
+                    .unwrap_or_else(|| DEFAULT_BACKPLANE_PREFIX.to_owned());
+                if prefix.is_empty()
+                    || !prefix
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+                {
+                    s.issue("prefix", "must be printable ASCII without spaces or braces");
+                }
+                let node_ttl = s.get("node_ttl", DEFAULT_BACKPLANE_NODE_TTL, value::duration);
+                if node_ttl < Duration::from_secs(1) {
+                    s.issue("node_ttl", "must be at least 1s");
+                }
+                BackplaneConfig::Redis(RedisBackplane {
+                    url: url.unwrap_or_default(),
+                    prefix,
+                    node_ttl,
+                    command_timeout: s.get(
+                        "command_timeout",
+                        DEFAULT_BACKPLANE_COMMAND_TIMEOUT,
+                        value::duration,
+                    ),
+                    queue: s.get("queue", DEFAULT_BACKPLANE_QUEUE, value::positive),
+                    stream_ttl: s.get("stream_ttl", DEFAULT_BACKPLANE_STREAM_TTL, value::duration),
+                })
+            }
+            other => {
+                s.issue(
+                    "kind",
+                    format!("must be \"memory\" or \"redis\", not {other:?}"),
+                );
+                s.skip_rest();
+                BackplaneConfig::Memory
+            }
+        }
+    }
+}
+
+/// A URL the Redis client accepts, with a scheme it can speak.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err("must start with redis:// or rediss://".to_owned());
+    }
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| format!("not a Redis URL ({e})"))
 }
 
 /// `[[hub.api_keys]]`: a token that may publish to, and read the presence
@@ -126,6 +272,7 @@ impl HubConfig {
             history_size: s.get("history_size", DEFAULT_HUB_HISTORY_SIZE, value::whole),
             history_ttl: s.get("history_ttl", DEFAULT_HUB_HISTORY_TTL, value::duration),
             max_channels: s.get("max_channels", DEFAULT_HUB_MAX_CHANNELS, value::positive),
+            backplane: BackplaneConfig::read(s.section("backplane")),
         }
     }
 }

@@ -37,6 +37,7 @@ pub(super) fn hub() -> Hub {
         history_size: 100,
         history_ttl: Duration::from_secs(300),
         max_channels: 100,
+        backplane: crate::config::BackplaneConfig::Memory,
     })
 }
 
