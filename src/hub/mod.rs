@@ -590,21 +590,27 @@ impl Hub {
                 None => gap = true,
             }
         }
-        if let Some(redis) = &self.0.redis
-            && !state.subscribers.values().any(|s| s.name == conn.name)
-        {
-            redis.present(&channel.name, &conn.name, true);
+        if let Some(redis) = &self.0.redis {
+            let first = !state.subscribers.values().any(|s| s.name == conn.name);
+            redis.present(&channel.name, &conn.name, true, first);
         }
-        if state.subscribers.values().any(|s| s.presence) {
-            let join = text_frame(&protocol::presence_event("join", &channel.name, &conn.name));
-            for sub in state.subscribers.values().filter(|s| s.presence) {
-                sub.push(join.clone(), metrics);
-            }
-        }
+        self.presence_event(state, "join", &channel.name, &conn.name);
         state.subscribers.insert(conn.id, conn.clone());
         Subscribed {
             at: state.stream.position(),
             gap,
+        }
+    }
+
+    /// Tell the channel's presence listeners here that `client` joined or left.
+    fn presence_event(&self, state: &ChannelState, kind: &str, channel: &str, client: &str) {
+        let mut listeners = state.subscribers.values().filter(|s| s.presence).peekable();
+        if listeners.peek().is_none() {
+            return;
+        }
+        let event = text_frame(&protocol::presence_event(kind, channel, client));
+        for sub in listeners {
+            sub.push(event.clone(), &self.0.metrics);
         }
     }
 
@@ -635,21 +641,11 @@ impl Hub {
             return;
         }
         if let Some(redis) = &self.0.redis {
-            if !state.subscribers.values().any(|s| s.name == conn.name) {
-                redis.present(&channel.name, &conn.name, false);
-            }
+            let last = !state.subscribers.values().any(|s| s.name == conn.name);
+            redis.present(&channel.name, &conn.name, false, last);
             self.unwatch_if_unused(channel, &mut state);
         }
-        if state.subscribers.values().any(|s| s.presence) {
-            let leave = text_frame(&protocol::presence_event(
-                "leave",
-                &channel.name,
-                &conn.name,
-            ));
-            for sub in state.subscribers.values().filter(|s| s.presence) {
-                sub.push(leave.clone(), metrics);
-            }
-        }
+        self.presence_event(&state, "leave", &channel.name, &conn.name);
         drop(state);
         metrics.subscriptions.decrement(1.0);
     }

@@ -273,6 +273,16 @@ impl Hub {
         msg
     }
 
+    /// A client of another node joined or left a channel followed here.
+    pub(crate) fn remote_presence(&self, name: &str, join: bool, client: &str) {
+        let Some(channel) = self.channel(name, false).ok().flatten() else {
+            return;
+        };
+        let state = lock(&channel.state);
+        let kind = if join { "join" } else { "leave" };
+        self.presence_event(&state, kind, name, client);
+    }
+
     /// A direct message another node handed to this one's clients.
     pub(crate) fn remote_direct(&self, direct: Direct) {
         let delivered = self.deliver_here(

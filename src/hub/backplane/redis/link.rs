@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{Direct, Incoming, Loaded, wall_ms};
+use super::wire::{Direct, Incoming, Loaded, Presence, wall_us};
 use super::{Done, Op, Redis, Shared, Then};
 use crate::hub::backplane::stream::Bounds;
 use crate::hub::{Epoch, Hub, HubError, Position, lock};
@@ -89,9 +89,11 @@ pub(crate) async fn run(redis: Redis, hub: Hub, bounds: Bounds, cancel: Cancella
         if started.elapsed() > BACKOFF_MAX {
             backoff = BACKOFF_MIN;
         }
+        // Jittered, so nodes that lost Redis together do not return together.
+        let pause = backoff.mul_f64(rand::random_range(0.5..1.0));
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
         shared.metrics.reconnects.increment(1);
@@ -180,7 +182,6 @@ impl Link<'_> {
                     self.reconcile(dirty, &mut sink, &conn, &mut loads).await?;
                 }
                 tokio::select! {
-                    biased;
                     msg = messages.next() => match msg {
                         Some(msg) => self.received(&msg),
                         None => return Err("the subscription connection closed".to_owned()),
@@ -210,23 +211,29 @@ impl Link<'_> {
         let topic = msg.get_channel_name();
         let payload = msg.get_payload_bytes();
         shared.metrics.received.increment(1);
-        let ms = if let Some(channel) = topic.strip_prefix(&shared.names.topic) {
+        let sent_us = if let Some(channel) = topic.strip_prefix(&shared.names.topic) {
+            if let Some(event) = Presence::parse(payload) {
+                if event.node != shared.node {
+                    self.hub.remote_presence(channel, event.join, event.name);
+                }
+                return;
+            }
             let Some(incoming) = Incoming::parse(payload) else {
                 return self.unreadable(topic);
             };
-            let ms = incoming.ms;
+            let sent_us = incoming.sent_us;
             self.hub.remote_message(channel, incoming);
-            ms
+            sent_us
         } else {
             let Some(direct) = Direct::parse(payload) else {
                 return self.unreadable(topic);
             };
-            let ms = direct.ms;
+            let sent_us = direct.sent_us;
             self.hub.remote_direct(direct);
-            ms
+            sent_us
         };
-        let lag = wall_ms().saturating_sub(ms);
-        shared.metrics.lag.record(lag as f64 / 1000.0);
+        let lag = wall_us().saturating_sub(sent_us);
+        shared.metrics.lag.record(lag as f64 / 1e6);
     }
 
     fn unreadable(&self, topic: &str) {
@@ -349,7 +356,13 @@ impl Link<'_> {
                         .arg(member);
                     waiting.push((Kind::Registry, None));
                 }
-                Op::Present { channel, name, add } => {
+                Op::Present {
+                    channel,
+                    name,
+                    add,
+                    listed,
+                } => {
+                    let topic = format!("{}{channel}", names.topic);
                     pipe.cmd("EVALSHA")
                         .arg(self.shared().scripts.present.get_hash())
                         .arg(0)
@@ -357,7 +370,9 @@ impl Link<'_> {
                         .arg(node)
                         .arg(&*channel)
                         .arg(&*name)
-                        .arg(if add { "1" } else { "0" });
+                        .arg(if add { "1" } else { "0" })
+                        .arg(if listed { "1" } else { "0" })
+                        .arg(topic);
                     waiting.push((Kind::Registry, None));
                 }
             }
@@ -416,7 +431,8 @@ impl Link<'_> {
         let mut beat = self.shared().scripts.heartbeat.prepare_invoke();
         beat.arg(&shared.names.base)
             .arg(&shared.node)
-            .arg(shared.config.node_ttl.as_millis() as u64);
+            .arg(shared.config.node_ttl.as_millis() as u64)
+            .arg(&shared.names.topic);
         let fresh: i64 = deadline(shared, "heartbeat", beat.invoke_async(conn)).await?;
         if fresh == 1 {
             shared.resync.store(true, Ordering::Release);
@@ -443,6 +459,7 @@ impl Link<'_> {
             .arg(base)
             .arg(node)
             .arg(shared.config.node_ttl.as_millis() as u64)
+            .arg(&shared.names.topic)
             .ignore();
         for (set, members) in [("clients", &registry.clients), ("names", &registry.names)] {
             for chunk in members.chunks(CHUNK) {

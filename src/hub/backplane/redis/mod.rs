@@ -131,11 +131,13 @@ pub(crate) enum Op {
         member: String,
         add: bool,
     },
-    /// A name subscribed to, or left, a channel on this node.
+    /// A client subscribed to, or left, a channel on this node; `listed`:
+    /// the first (or last) of its name there.
     Present {
         channel: Arc<str>,
         name: Arc<str>,
         add: bool,
+        listed: bool,
     },
 }
 
@@ -258,8 +260,9 @@ impl Redis {
         }
     }
 
-    /// A name subscribed to, or left, a channel on this node.
-    pub(crate) fn present(&self, channel: &Arc<str>, name: &Arc<str>, add: bool) {
+    /// A client subscribed to (`add`), or left, a channel on this node;
+    /// `listed`: the first (or last) of its name there.
+    pub(crate) fn present(&self, channel: &Arc<str>, name: &Arc<str>, add: bool, listed: bool) {
         if !self.is_up() {
             return;
         }
@@ -267,6 +270,7 @@ impl Redis {
             channel: channel.clone(),
             name: name.clone(),
             add,
+            listed,
         };
         if self.queue(op).is_err() {
             self.resync();

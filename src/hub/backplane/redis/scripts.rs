@@ -12,8 +12,9 @@
 //!   without their namespace; `{P}:n:NODE:ch`: channels where NODE has
 //!   subscribers; `{P}:p:NODE:CHANNEL`: their names (presence).
 //!
-//! Pub/sub: `P:c:CHANNEL` carries a channel's messages, `P:inbox:NODE` the
-//! direct messages for NODE's clients.
+//! Pub/sub: `P:c:CHANNEL` carries a channel's messages (and, unsequenced,
+//! `join NODE NAME` / `leave NODE NAME` presence events), `P:inbox:NODE`
+//! the direct messages for NODE's clients.
 
 /// Server time in milliseconds, and forgetting a node's registry entries.
 const COMMON: &str = r#"
@@ -21,10 +22,16 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function forget(base, node)
+local function forget(base, node, topic)
   local n = base .. ':n:' .. node
   for _, ch in ipairs(redis.call('SMEMBERS', n .. ':ch')) do
-    redis.call('DEL', base .. ':p:' .. node .. ':' .. ch)
+    local key = base .. ':p:' .. node .. ':' .. ch
+    if topic then
+      for _, name in ipairs(redis.call('SMEMBERS', key)) do
+        redis.call('PUBLISH', topic .. ch, 'leave ' .. node .. ' ' .. name)
+      end
+    end
+    redis.call('DEL', key)
   end
   redis.call('DEL', n .. ':ch', n .. ':clients', n .. ':names')
   redis.call('ZREM', base .. ':nodes', node)
@@ -71,37 +78,43 @@ end
 return out
 "#;
 
-/// ARGV: base, node, ttl ms. Marks the node alive until now + ttl and
-/// forgets nodes past theirs. Returns 1 if the node was not listed (new,
-/// or forgotten while it could not report).
+/// ARGV: base, node, ttl ms, channel topic prefix. Marks the node alive
+/// until now + ttl and forgets nodes past theirs, announcing that their
+/// subscribers left. Returns 1 if the node was not listed (new, or
+/// forgotten while it could not report).
 const HEARTBEAT: &str = r#"
 local now = now_ms()
 local fresh = redis.call('ZADD', ARGV[1] .. ':nodes', now + tonumber(ARGV[3]), ARGV[2])
 for _, node in ipairs(redis.call('ZRANGEBYSCORE', ARGV[1] .. ':nodes', '-inf', now)) do
-  forget(ARGV[1], node)
+  forget(ARGV[1], node, ARGV[4])
 end
 return fresh
 "#;
 
-/// ARGV: base, node. A node leaving (or starting its registry over).
+/// ARGV: base, node. A node starting its registry over.
 const LEAVE: &str = r#"
-forget(ARGV[1], ARGV[2])
+forget(ARGV[1], ARGV[2], false)
 return 0
 "#;
 
-/// ARGV: base, node, channel, name, 1 (joined) or 0 (left).
+/// ARGV: base, node, channel, name, 1 (joined) or 0 (left), whether the
+/// name is new to (or gone from) the channel on this node, topic. Lists
+/// or unlists the name, and tells every node's presence listeners.
 const PRESENT: &str = r#"
 local key = ARGV[1] .. ':p:' .. ARGV[2] .. ':' .. ARGV[3]
 local index = ARGV[1] .. ':n:' .. ARGV[2] .. ':ch'
-if ARGV[5] == '1' then
+if ARGV[6] == '1' and ARGV[5] == '1' then
   redis.call('SADD', key, ARGV[4])
   redis.call('SADD', index, ARGV[3])
-else
+elseif ARGV[6] == '1' then
   redis.call('SREM', key, ARGV[4])
   if redis.call('SCARD', key) == 0 then
     redis.call('SREM', index, ARGV[3])
   end
 end
+local kind = 'leave '
+if ARGV[5] == '1' then kind = 'join ' end
+redis.call('PUBLISH', ARGV[7], kind .. ARGV[2] .. ' ' .. ARGV[4])
 return 0
 "#;
 

@@ -11,11 +11,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::hub::protocol::Body;
 use crate::hub::{Epoch, Position};
 
-/// Milliseconds since the Unix epoch, for the cross-node lag.
-pub(super) fn wall_ms() -> u64 {
+/// Microseconds since the Unix epoch, for the cross-node lag.
+pub(super) fn wall_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 struct Fields(Vec<u8>);
@@ -105,7 +105,7 @@ pub(crate) fn encode_message(
     f.put(node.as_bytes())
         .put(conn.unwrap_or(0).to_string().as_bytes())
         .put(if echo { b"1" } else { b"0" })
-        .put(wall_ms().to_string().as_bytes())
+        .put(wall_us().to_string().as_bytes())
         .put_opt(from)
         .put_body(body);
     f.0
@@ -119,8 +119,8 @@ pub(crate) struct Incoming {
     pub(crate) conn: u64,
     /// The sender receives its own message too.
     pub(crate) echo: bool,
-    /// When it was published, by the publishing node's clock.
-    pub(crate) ms: u64,
+    /// When it was published, by the publishing node's clock (µs).
+    pub(crate) sent_us: u64,
     pub(crate) from: Option<Arc<str>>,
     pub(crate) body: Body,
 }
@@ -137,10 +137,30 @@ impl Incoming {
             node,
             conn: r.number()?,
             echo: r.field()? == b"1",
-            ms: r.number()?,
+            sent_us: r.number()?,
             from: r.opt()?,
             body: r.body()?,
         })
+    }
+}
+
+/// `join NODE NAME` / `leave NODE NAME` on a channel's topic.
+pub(crate) struct Presence<'p> {
+    pub(crate) join: bool,
+    pub(crate) node: &'p str,
+    pub(crate) name: &'p str,
+}
+
+impl<'p> Presence<'p> {
+    pub(crate) fn parse(payload: &'p [u8]) -> Option<Presence<'p>> {
+        let text = std::str::from_utf8(payload).ok()?;
+        let (join, rest) = match text.split_once(' ')? {
+            ("join", rest) => (true, rest),
+            ("leave", rest) => (false, rest),
+            _ => return None,
+        };
+        let (node, name) = rest.split_once(' ')?;
+        Some(Presence { join, node, name })
     }
 }
 
@@ -155,7 +175,7 @@ pub(crate) fn encode_direct(
     f.put(to.as_bytes())
         .put_opt(namespace)
         .put_opt(from)
-        .put(wall_ms().to_string().as_bytes())
+        .put(wall_us().to_string().as_bytes())
         .put_body(body);
     f.0
 }
@@ -164,7 +184,7 @@ pub(crate) struct Direct {
     pub(crate) to: Arc<str>,
     pub(crate) namespace: Option<Arc<str>>,
     pub(crate) from: Option<Arc<str>>,
-    pub(crate) ms: u64,
+    pub(crate) sent_us: u64,
     pub(crate) body: Body,
 }
 
@@ -175,7 +195,7 @@ impl Direct {
             to: std::str::from_utf8(r.field()?).ok()?.into(),
             namespace: r.opt()?,
             from: r.opt()?,
-            ms: r.number()?,
+            sent_us: r.number()?,
             body: r.body()?,
         })
     }
