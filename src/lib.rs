@@ -374,7 +374,7 @@ pub async fn run_with_reload(
     }
     let shared = Arc::new(shared);
     shared.live.load().start();
-    shared.hub.start(&shared.shutdown.token);
+    let hub_link = shared.hub.start(&shared.shutdown.token);
     let ready = Readiness::default();
     let admin_stop = CancellationToken::new();
     let admin_ctx = admin::Context {
@@ -421,6 +421,10 @@ pub async fn run_with_reload(
             left = shared.shutdown.tracker.len(),
             "drain deadline passed; cutting what is left"
         );
+    }
+    if let Some(link) = hub_link {
+        // Bounded by its own deadlines (a connect and one command).
+        let _ = link.await;
     }
     admin_stop.cancel();
     let _ = admin.await;

@@ -41,7 +41,7 @@ pub struct HubConfig {
 
 pub const DEFAULT_BACKPLANE_PREFIX: &str = "wsgate";
 pub const DEFAULT_BACKPLANE_NODE_TTL: Duration = Duration::from_secs(5);
-pub const DEFAULT_BACKPLANE_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_BACKPLANE_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_BACKPLANE_QUEUE: usize = 10_000;
 pub const DEFAULT_BACKPLANE_STREAM_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -151,6 +151,22 @@ impl BackplaneConfig {
                 if node_ttl < Duration::from_secs(1) {
                     s.issue("node_ttl", "must be at least 1s");
                 }
+                let command_timeout = s.get(
+                    "command_timeout",
+                    DEFAULT_BACKPLANE_COMMAND_TIMEOUT.min(node_ttl / 2),
+                    value::duration,
+                );
+                if command_timeout < Duration::from_millis(10) || command_timeout * 2 > node_ttl {
+                    // A heartbeat waits behind at most one command.
+                    s.issue(
+                        "command_timeout",
+                        "must be at least 10ms and at most half of node_ttl",
+                    );
+                }
+                let stream_ttl = s.get("stream_ttl", DEFAULT_BACKPLANE_STREAM_TTL, value::duration);
+                if stream_ttl < Duration::from_secs(1) {
+                    s.issue("stream_ttl", "must be at least 1s");
+                }
                 let tls_ca = s.string("tls_ca").map(std::path::PathBuf::from);
                 if tls_ca.is_some() && url.as_ref().is_some_and(|u| !u.starts_with("rediss://")) {
                     s.issue("tls_ca", "applies to rediss:// URLs only");
@@ -160,13 +176,9 @@ impl BackplaneConfig {
                     tls_ca,
                     prefix,
                     node_ttl,
-                    command_timeout: s.get(
-                        "command_timeout",
-                        DEFAULT_BACKPLANE_COMMAND_TIMEOUT,
-                        value::duration,
-                    ),
+                    command_timeout,
                     queue: s.get("queue", DEFAULT_BACKPLANE_QUEUE, value::positive),
-                    stream_ttl: s.get("stream_ttl", DEFAULT_BACKPLANE_STREAM_TTL, value::duration),
+                    stream_ttl,
                 })
             }
             other => {

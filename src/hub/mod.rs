@@ -96,6 +96,9 @@ struct ChannelState {
     stream: Stream,
     /// Where the stream is sequenced (here, or in Redis).
     follow: Follow,
+    /// The last position of Redis's stream this node's subscribers were
+    /// brought to (kept while Redis is away, to catch them up after).
+    mirrored: Option<Position>,
     subscribers: HashMap<u64, Arc<Conn>>,
     /// The sweeper took this channel out of the map: nobody finds it any
     /// more, so nothing may be added to it (look the name up again).
@@ -113,6 +116,8 @@ enum Follow {
     Loading {
         buffered: Vec<Incoming>,
         pending: Vec<Pending>,
+        /// Live messages were dropped past the bound: load again after.
+        overflowed: bool,
     },
     /// Redis: the stream mirrors Redis's, message by message, in order.
     Mirror,
@@ -127,6 +132,8 @@ struct Pending {
     conn: Arc<Conn>,
     since: Option<(u64, Option<String>)>,
     answer: Answer,
+    /// Subscribes it (else it only answers a repeated subscribe).
+    join: bool,
 }
 
 /// What a subscriber is told once subscribed (queued before any live message).
@@ -237,12 +244,14 @@ impl Hub {
     }
 
     /// Run the hub's own tasks (the sweeper; the Redis engine's link)
-    /// until `cancel`.
-    pub(crate) fn start(&self, cancel: &CancellationToken) {
+    /// until `cancel`. The link's task, to await: on its way out it takes
+    /// this node out of Redis's registry.
+    pub(crate) fn start(&self, cancel: &CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
         tokio::spawn(self.clone().sweeper(cancel.clone()));
-        if let Some(redis) = &self.0.redis {
-            tokio::spawn(redis.clone().run(self.clone(), cancel.clone()));
-        }
+        let redis = self.0.redis.as_ref()?;
+        Some(tokio::spawn(
+            redis.clone().run(self.clone(), cancel.clone()),
+        ))
     }
 
     pub(crate) fn config(&self) -> &HubConfig {
@@ -278,9 +287,11 @@ impl Hub {
         refresh: Option<crate::auth::Refresh>,
     ) -> Result<Registration, HubError> {
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
-        let name: Arc<str> = match name {
-            Some(name) => name.into(),
-            None => format!("guest-{id}").into(),
+        let name: Arc<str> = match (name, &self.0.redis) {
+            (Some(name), _) => name.into(),
+            (None, None) => format!("guest-{id}").into(),
+            // Unique across nodes: the node's id is in it.
+            (None, Some(redis)) => format!("guest-{}-{id}", &redis.node()[..8]).into(),
         };
         let conn = Arc::new(Conn {
             id,
@@ -376,6 +387,7 @@ impl Hub {
                     Some(_) => Follow::Idle,
                 },
                 subscribers: HashMap::new(),
+                mirrored: None,
                 removed: false,
             }),
         });
@@ -525,8 +537,18 @@ impl Hub {
         {
             let channels = lock(&conn.channels);
             if let Some(ch) = channels.iter().find(|c| &*c.name == channel) {
-                let at = lock(&ch.state).stream.position();
-                let subscribed = Subscribed { at, gap: false };
+                let mut state = lock(&ch.state);
+                if let Follow::Loading { pending, .. } = &mut state.follow {
+                    // Answered with the first, once the channel has loaded.
+                    let mut again = Pending::new(conn, None, Box::new(answer));
+                    again.join = false;
+                    pending.push(again);
+                    return Ok(None);
+                }
+                let subscribed = Subscribed {
+                    at: state.stream.position(),
+                    gap: false,
+                };
                 if let Some(text) = answer(&subscribed) {
                     conn.reply(&text);
                 }
@@ -538,12 +560,17 @@ impl Hub {
         }
         let (channel, subscribed) = self.with_live_channel(channel, |channel, state| {
             let redis = self.redis_up();
+            let head = state.stream.position();
             let follow_redis = match &mut state.follow {
                 Follow::Loading { pending, .. } => {
                     pending.push(Pending::new(conn, since, Box::new(answer)));
                     return (channel.clone(), None);
                 }
-                Follow::Mirror => false,
+                // A position past this node's mirror was seen on another
+                // node, its message still on the way here: ask Redis.
+                Follow::Mirror => since.is_some_and(|s| {
+                    s.seq > head.seq && s.epoch.is_none_or(|e| Epoch::parse(e) == Some(head.epoch))
+                }),
                 Follow::Local | Follow::Stale | Follow::Idle => redis.is_some(),
             };
             if let Some(redis) = redis.filter(|_| follow_redis) {
@@ -551,6 +578,7 @@ impl Hub {
                 state.follow = Follow::Loading {
                     buffered: Vec::new(),
                     pending,
+                    overflowed: false,
                 };
                 redis.watch(&channel.name);
                 return (channel.clone(), None);
@@ -628,10 +656,25 @@ impl Hub {
     fn leave(&self, channel: &Channel, conn: &Conn) {
         let metrics = &self.0.metrics;
         let mut state = lock(&channel.state);
+        let head = state.stream.position();
         if let Follow::Loading { pending, .. } = &mut state.follow
-            && let Some(i) = pending.iter().position(|p| p.conn.id == conn.id)
+            && pending.iter().any(|p| p.conn.id == conn.id)
         {
-            pending.swap_remove(i);
+            // Never subscribed: its subscribe is answered before the
+            // unsubscribe's ack, from what this node has.
+            let (gone, waiting) = std::mem::take(pending)
+                .into_iter()
+                .partition(|p| p.conn.id == conn.id);
+            *pending = waiting;
+            let subscribed = Subscribed {
+                at: head,
+                gap: false,
+            };
+            for p in gone {
+                if let Some(text) = (p.answer)(&subscribed) {
+                    p.conn.reply(&text);
+                }
+            }
             self.unwatch_if_unused(channel, &mut state);
             drop(state);
             metrics.subscriptions.decrement(1.0);

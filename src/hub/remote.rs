@@ -14,7 +14,8 @@ use tokio::time::Instant;
 
 use super::backplane::redis::{Direct, Incoming, Loaded};
 use super::{
-    Channel, ChannelState, Conn, Follow, Hub, Msg, Pending, Position, Since, Stream, lock,
+    Channel, ChannelState, Conn, Follow, Hub, Msg, Pending, Position, Since, Stream, Subscribed,
+    lock,
 };
 
 /// Most live messages a loading channel holds; past it, the channel loads
@@ -50,6 +51,7 @@ impl Pending {
             conn: conn.clone(),
             since: since.map(|s| (s.seq, s.epoch.map(str::to_owned))),
             answer,
+            join: true,
         }
     }
 }
@@ -74,6 +76,7 @@ impl Hub {
             state.follow = Follow::Loading {
                 buffered: Vec::new(),
                 pending: Vec::new(),
+                overflowed: false,
             };
             redis.watch(&channel.name);
         }
@@ -122,6 +125,7 @@ impl Hub {
         };
         if state.subscribers.is_empty() && !waiting {
             state.follow = Follow::Idle;
+            state.mirrored = None;
             redis.watch(&channel.name);
         }
     }
@@ -132,7 +136,13 @@ impl Hub {
             seq: *seq,
             epoch: epoch.as_deref(),
         });
-        let subscribed = self.subscribe_locked(&p.conn, channel, state, since);
+        let subscribed = match p.join {
+            true => self.subscribe_locked(&p.conn, channel, state, since),
+            false => Subscribed {
+                at: state.stream.position(),
+                gap: false,
+            },
+        };
         if let Some(text) = (p.answer)(&subscribed) {
             p.conn.reply(&text);
         }
@@ -148,14 +158,15 @@ impl Hub {
         };
         let state = lock(&channel.state);
         let loading = matches!(state.follow, Follow::Loading { .. });
+        let seen = state.mirrored.unwrap_or_else(|| state.stream.position());
         Want {
             subscription: loading || matches!(state.follow, Follow::Mirror),
-            load: loading.then(|| state.stream.position()),
+            load: loading.then_some(seen),
         }
     }
 
     /// A channel's head and history arrived: the mirror starts from them;
-    /// subscribers here catch up on what they missed in the same epoch,
+    /// subscribers here catch up on what they missed (or hear of a gap),
     /// those waiting are admitted (replayed from `since`, answered), and
     /// then all get the live messages that came meanwhile.
     pub(crate) fn install(&self, name: &str, loaded: Loaded) {
@@ -166,54 +177,87 @@ impl Hub {
         if state.removed || !matches!(state.follow, Follow::Loading { .. }) {
             return;
         }
-        let Follow::Loading { buffered, pending } =
-            std::mem::replace(&mut state.follow, Follow::Mirror)
+        let Follow::Loading {
+            buffered,
+            pending,
+            overflowed,
+        } = std::mem::replace(&mut state.follow, Follow::Mirror)
         else {
             return;
         };
-        let old = state.stream.position();
-        let had_subscribers = !state.subscribers.is_empty();
+        // No stream in Redis yet: an empty one, whose epoch the first
+        // message brings.
+        let head = loaded.at.unwrap_or_else(|| Stream::new().position());
         let now = Instant::now();
-        let mut stream = Stream::at(loaded.at);
+        let mut stream = Stream::at(head);
         for (incoming, age) in loaded.kept {
             let when = now.checked_sub(age).unwrap_or(now);
             let msg = self.msg(&channel, incoming, when);
             stream.push(Arc::new(msg), self.0.bounds);
         }
         // `push` moved the head to the last kept message; the head is Redis's.
-        let mut stream = stream.with_head(loaded.at);
-        if old.epoch == loaded.at.epoch && old.seq < loaded.at.seq {
-            for msg in stream.after(old.seq) {
-                self.fan_out(&state, msg, msg.skip);
-            }
-        }
-        if had_subscribers && !(old.epoch == loaded.at.epoch && stream.covers(old.seq)) {
-            // Another stream (Redis restarted or failed over, or this node
-            // sequenced alone meanwhile), or history too short to catch up.
-            self.gap_notice(&channel, &state, loaded.at);
+        let mut stream = stream.with_head(head);
+        if !state.subscribers.is_empty() {
+            self.catch_up(&channel, &state, &stream);
         }
         std::mem::swap(&mut state.stream, &mut stream);
+        state.mirrored = Some(head);
         // Admitted at the loaded head, they get what came meanwhile too.
         for p in pending {
             self.admit(&channel, &mut state, p);
         }
-        let mut buffered = buffered.into_iter();
-        while let Some(incoming) = buffered.next() {
+        for incoming in buffered {
+            // Published before the head was read (in an epoch it replaced):
+            // already in it, or never to be.
+            if incoming.at.epoch != head.epoch && loaded.at.is_some() {
+                continue;
+            }
             if let Err(hole) = self.apply(&channel, &mut state, incoming) {
-                // Load again; later messages wait for it.
-                let mut rest = vec![hole];
-                rest.extend(buffered);
-                state.follow = Follow::Loading {
-                    buffered: rest,
-                    pending: Vec::new(),
-                };
-                if let Some(redis) = &self.0.redis {
-                    redis.watch(&channel.name);
-                }
+                self.reload(&channel, &mut state, vec![hole]);
                 return;
             }
         }
+        if overflowed {
+            // What was dropped is in Redis's history: fetch it.
+            return self.reload(&channel, &mut state, Vec::new());
+        }
         self.unwatch_if_unused(&channel, &mut state);
+    }
+
+    /// Bring this node's subscribers from where they were in Redis's
+    /// stream to `stream`'s head: the kept messages they missed, and a gap
+    /// notice where those cannot be all of them.
+    fn catch_up(&self, channel: &Channel, state: &ChannelState, stream: &Stream) {
+        let head = stream.position();
+        let (from, complete) = match state.mirrored {
+            // The same stream: what came after.
+            Some(seen) if seen.epoch == head.epoch => (seen.seq, stream.covers(seen.seq)),
+            // Saw nothing of any stream: all of this one, if it is all here.
+            Some(seen) if seen.seq == 0 => (0, stream.covers(0)),
+            // Another stream (Redis restarted, or failed over and lost
+            // writes): all of it, but what the old one had after `seen` is lost.
+            Some(_) => (0, false),
+            // Subscribed while Redis was away (a local stream): from here.
+            None => (head.seq, false),
+        };
+        for msg in stream.after(from) {
+            self.fan_out(state, msg, msg.skip);
+        }
+        if !complete {
+            self.gap_notice(channel, state, head);
+        }
+    }
+
+    /// Load the channel again; `buffered` (and what comes meanwhile) waits.
+    fn reload(&self, channel: &Channel, state: &mut ChannelState, buffered: Vec<Incoming>) {
+        state.follow = Follow::Loading {
+            buffered,
+            pending: Vec::new(),
+            overflowed: false,
+        };
+        if let Some(redis) = &self.0.redis {
+            redis.watch(&channel.name);
+        }
     }
 
     /// Tell the channel's JSON subscribers here that they may have missed
@@ -242,21 +286,18 @@ impl Hub {
             return;
         }
         match &mut state.follow {
-            Follow::Loading { buffered, .. } => {
-                if buffered.len() < BUFFERED {
-                    buffered.push(incoming);
-                }
-                // Else dropped here: the install finds the hole and loads again.
-            }
+            Follow::Loading {
+                buffered,
+                overflowed,
+                ..
+            } => match buffered.len() < BUFFERED {
+                true => buffered.push(incoming),
+                // Dropped here, fetched from history after the install.
+                false => *overflowed = true,
+            },
             Follow::Mirror => {
                 if let Err(hole) = self.apply(&channel, &mut state, incoming) {
-                    state.follow = Follow::Loading {
-                        buffered: vec![hole],
-                        pending: Vec::new(),
-                    };
-                    if let Some(redis) = &self.0.redis {
-                        redis.watch(&channel.name);
-                    }
+                    self.reload(&channel, &mut state, vec![hole]);
                 }
             }
             Follow::Local | Follow::Idle | Follow::Stale => {}
@@ -271,7 +312,15 @@ impl Hub {
         state: &mut ChannelState,
         incoming: Incoming,
     ) -> Result<(), Incoming> {
-        let next = state.stream.next();
+        let mut next = state.stream.next();
+        if next.seq == 1 && incoming.at.seq == 1 {
+            // An empty mirror takes the epoch its first message brings.
+            state.stream = Stream::at(Position {
+                seq: 0,
+                epoch: incoming.at.epoch,
+            });
+            next.epoch = incoming.at.epoch;
+        }
         if incoming.at.epoch == next.epoch && incoming.at.seq < next.seq {
             return Ok(());
         }
@@ -280,6 +329,7 @@ impl Hub {
         }
         let msg = Arc::new(self.msg(channel, incoming, Instant::now()));
         state.stream.push(msg.clone(), self.0.bounds);
+        state.mirrored = Some(state.stream.position());
         self.fan_out(state, &msg, msg.skip);
         Ok(())
     }

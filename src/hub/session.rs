@@ -381,6 +381,8 @@ fn handle(
             .map(|()| Some(protocol::ack(id, None, None))),
         "presence" => {
             let channel = channel_of(r)?;
+            // Across nodes it costs a query to Redis: paid for like a publish.
+            charge(bucket, "asking for presence")?;
             if !conn.access.may_subscribe(channel) {
                 return Err(refused(HubError::Forbidden));
             }

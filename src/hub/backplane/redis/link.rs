@@ -28,6 +28,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const BATCH: usize = 512;
 /// Most channels named in one SUBSCRIBE or UNSUBSCRIBE.
 const CHUNK: usize = 1000;
+/// Most channel loads in flight (after a reconnect every channel in use
+/// reloads; the rest wait their turn).
+const LOADS: usize = 64;
+/// A channel whose load failed is tried again after this.
+const RELOAD_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a connection was given up.
 type Broken = String;
@@ -64,6 +69,7 @@ pub(crate) async fn run(redis: Redis, hub: Hub, bounds: Bounds, cancel: Cancella
             bounds,
             subscribed: HashSet::new(),
             loading: HashSet::new(),
+            queued: std::collections::VecDeque::new(),
         };
         let why = tokio::select! {
             _ = cancel.cancelled() => None,
@@ -75,7 +81,7 @@ pub(crate) async fn run(redis: Redis, hub: Hub, bounds: Bounds, cancel: Cancella
         if was_up {
             hub.backplane_down();
         }
-        fail_queued(&mut ops);
+        fail_queued(&mut ops, shared);
         let Some(why) = why else {
             link.leave().await;
             return;
@@ -103,15 +109,17 @@ pub(crate) async fn run(redis: Redis, hub: Hub, bounds: Bounds, cancel: Cancella
 /// Work queued while the link went down: publishes and direct messages
 /// hear that Redis did not take them; registry changes are written again
 /// from the hub's state on the next connection.
-fn fail_queued(ops: &mut mpsc::Receiver<Op>) {
+fn fail_queued(ops: &mut mpsc::Receiver<Op>, shared: &Shared) {
     while let Ok(op) = ops.try_recv() {
-        if let Op::Publish {
-            then: Some(then), ..
-        }
-        | Op::Direct {
-            then: Some(then), ..
-        } = op
-        {
+        let then = match op {
+            Op::Publish { then, .. } => {
+                shared.metrics.published_failed.increment(1);
+                then
+            }
+            Op::Direct { then, .. } => then,
+            Op::Named { .. } | Op::Present { .. } => None,
+        };
+        if let Some(then) = then {
             then(Err(HubError::Unavailable));
         }
     }
@@ -123,8 +131,10 @@ struct Link<'a> {
     bounds: Bounds,
     /// Channels this node's pub/sub connection is subscribed to.
     subscribed: HashSet<Arc<str>>,
-    /// Channels whose history is being loaded.
+    /// Channels whose history is being loaded, or waits to be.
     loading: HashSet<Arc<str>>,
+    /// Loads waiting for a slot, with the position this node last saw.
+    queued: std::collections::VecDeque<(Arc<str>, Position)>,
 }
 
 type Load = std::pin::Pin<Box<dyn Future<Output = (Arc<str>, Result<Loaded, Broken>)> + Send>>;
@@ -162,6 +172,8 @@ impl Link<'_> {
         if let Err(why) = deadline(shared, "SUBSCRIBE", sink.subscribe(&inbox)).await {
             return why;
         }
+        // Work that raced the last disconnect is not sent late.
+        fail_queued(ops, shared);
         *lock(&shared.conn) = Some(conn.clone());
         shared.up.store(true, Ordering::Release);
         shared.metrics.up.set(1.0);
@@ -171,6 +183,7 @@ impl Link<'_> {
         shared.resync.store(true, Ordering::Release);
         let mut loads: FuturesUnordered<Load> = FuturesUnordered::new();
         let mut beat = tokio::time::interval(shared.config.node_ttl / 3);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(BATCH);
         let result: Result<(), Broken> = async {
             loop {
@@ -188,7 +201,8 @@ impl Link<'_> {
                     },
                     Some((channel, loaded)) = loads.next(), if !loads.is_empty() => {
                         self.loading.remove(&channel);
-                        self.hub.install(&channel, loaded?);
+                        self.loaded(channel, loaded);
+                        self.start_loads(&conn, &mut loads);
                     }
                     n = ops.recv_many(&mut batch, BATCH) => {
                         if n == 0 {
@@ -205,12 +219,66 @@ impl Link<'_> {
         result.err().unwrap_or_default()
     }
 
+    /// A channel's load came back: installed, or tried again shortly (the
+    /// link stays up: one channel's trouble is not every channel's).
+    fn loaded(&self, channel: Arc<str>, loaded: Result<Loaded, Broken>) {
+        let shared = self.shared();
+        match loaded {
+            Ok(loaded) => {
+                if loaded.unreadable > 0 {
+                    shared.metrics.dropped.increment(loaded.unreadable as u64);
+                    tracing::warn!(
+                        "backplane: skipped {} unreadable messages in {channel}'s history",
+                        loaded.unreadable
+                    );
+                }
+                self.hub.install(&channel, loaded);
+            }
+            Err(why) => {
+                tracing::warn!("backplane: loading {channel} failed ({why}); trying again");
+                let redis = self.redis.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(RELOAD_AFTER).await;
+                    redis.watch(&channel);
+                });
+            }
+        }
+    }
+
+    /// Start queued loads while there is a free slot.
+    fn start_loads(&mut self, conn: &MultiplexedConnection, loads: &mut FuturesUnordered<Load>) {
+        while loads.len() < LOADS {
+            let Some((channel, seen)) = self.queued.pop_front() else {
+                return;
+            };
+            let (mut conn, shared) = (conn.clone(), self.redis.0.clone());
+            let (head, log) = shared.names.stream(&channel);
+            let size = self.bounds.size;
+            let head_ttl = (self.bounds.ttl.as_millis() as u64).clamp(1000, u64::MAX);
+            loads.push(Box::pin(async move {
+                let mut invocation = shared.scripts.load.prepare_invoke();
+                invocation
+                    .key(head)
+                    .key(log)
+                    .arg(Epoch::random().to_string())
+                    .arg(size)
+                    .arg(seen.epoch.to_string())
+                    .arg(seen.seq)
+                    .arg(head_ttl);
+                let values = deadline(&shared, "load", invocation.invoke_async(&mut conn)).await;
+                let loaded = values.and_then(|v: Vec<Value>| {
+                    Loaded::parse(v).ok_or_else(|| "an unreadable channel head".to_owned())
+                });
+                (channel, loaded)
+            }));
+        }
+    }
+
     /// A message on one of this node's subscriptions.
     fn received(&self, msg: &::redis::Msg) {
         let shared = self.shared();
         let topic = msg.get_channel_name();
         let payload = msg.get_payload_bytes();
-        shared.metrics.received.increment(1);
         let sent_us = if let Some(channel) = topic.strip_prefix(&shared.names.topic) {
             if let Some(event) = Presence::parse(payload) {
                 if event.node != shared.node {
@@ -232,6 +300,7 @@ impl Link<'_> {
             self.hub.remote_direct(direct);
             sent_us
         };
+        shared.metrics.received.increment(1);
         let lag = wall_us().saturating_sub(sent_us);
         shared.metrics.lag.record(lag as f64 / 1e6);
     }
@@ -269,26 +338,7 @@ impl Link<'_> {
             if let Some(seen) = want.load
                 && self.loading.insert(channel.clone())
             {
-                let mut conn = conn.clone();
-                let (head, log) = shared.names.stream(&channel);
-                let (bounds, shared) = (self.bounds, shared.clone());
-                loads.push(Box::pin(async move {
-                    let mut invocation = shared.scripts.load.prepare_invoke();
-                    invocation
-                        .key(head)
-                        .key(log)
-                        .arg(Epoch::random().to_string())
-                        .arg(bounds.size)
-                        .arg(shared.config.stream_ttl.as_millis() as u64)
-                        .arg(seen.epoch.to_string())
-                        .arg(seen.seq);
-                    let values =
-                        deadline(&shared, "load", invocation.invoke_async(&mut conn)).await;
-                    let loaded = values.and_then(|v: Vec<Value>| {
-                        Loaded::parse(v).ok_or_else(|| "an unreadable channel history".to_owned())
-                    });
-                    (channel, loaded)
-                }));
+                self.queued.push_back((channel, seen));
             }
         }
         // Subscriptions first: a load issued after the SUBSCRIBE is
@@ -299,6 +349,7 @@ impl Link<'_> {
         for chunk in unsubscribe.chunks(CHUNK) {
             deadline(&shared, "UNSUBSCRIBE", sink.unsubscribe(chunk)).await?;
         }
+        self.start_loads(conn, loads);
         Ok(())
     }
 
@@ -330,7 +381,7 @@ impl Link<'_> {
                         .arg(log)
                         .arg(Epoch::random().to_string())
                         .arg(self.bounds.size)
-                        .arg(self.bounds.ttl.as_millis() as u64)
+                        .arg((self.bounds.ttl.as_millis() as u64).max(1))
                         .arg(shared.config.stream_ttl.as_millis() as u64)
                         .arg(topic)
                         .arg(payload);
@@ -451,6 +502,8 @@ impl Link<'_> {
         let (base, node) = (&shared.names.base, &shared.node);
         let registry = self.hub.registry();
         let mut pipe = ::redis::pipe();
+        // One transaction: other nodes never see this node half-listed.
+        pipe.atomic();
         pipe.cmd("EVALSHA")
             .arg(self.shared().scripts.leave.get_hash())
             .arg(0)
@@ -495,7 +548,10 @@ impl Link<'_> {
             return;
         };
         let mut leave = self.shared().scripts.leave.prepare_invoke();
-        leave.arg(&shared.names.base).arg(&shared.node);
+        leave
+            .arg(&shared.names.base)
+            .arg(&shared.node)
+            .arg(&shared.names.topic);
         let _: Result<i64, _> = deadline(shared, "leave", leave.invoke_async(&mut conn)).await;
     }
 }

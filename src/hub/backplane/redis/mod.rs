@@ -87,19 +87,19 @@ struct Shared {
 struct Names {
     /// `{prefix}`: the registry keys (one hash slot).
     base: String,
-    /// `prefix:c:`: channel topics.
+    /// `prefix:DB:c:`: channel topics.
     topic: String,
-    /// `prefix:inbox:`: a node's direct messages.
+    /// `prefix:DB:inbox:`: a node's direct messages.
     inbox: String,
     prefix: String,
 }
 
 impl Names {
-    fn new(prefix: &str) -> Names {
+    fn new(prefix: &str, db: i64) -> Names {
         Names {
             base: format!("{{{prefix}}}"),
-            topic: format!("{prefix}:c:"),
-            inbox: format!("{prefix}:inbox:"),
+            topic: format!("{prefix}:{db}:c:"),
+            inbox: format!("{prefix}:{db}:inbox:"),
             prefix: prefix.to_owned(),
         }
     }
@@ -163,8 +163,10 @@ impl Redis {
         let (ops, inbox) = mpsc::channel(config.queue);
         let metrics = BackplaneMetrics::new();
         metrics.up.set(0.0);
+        // Pub/sub is server-wide, not per database: the topics name it.
+        let db = client.get_connection_info().redis_settings().db();
         Ok(Redis(Arc::new(Shared {
-            names: Names::new(&config.prefix),
+            names: Names::new(&config.prefix, db),
             config: config.clone(),
             client,
             node: format!("{:016x}", rand::random::<u64>()),

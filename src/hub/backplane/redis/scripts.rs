@@ -12,9 +12,10 @@
 //!   without their namespace; `{P}:n:NODE:ch`: channels where NODE has
 //!   subscribers; `{P}:p:NODE:CHANNEL`: their names (presence).
 //!
-//! Pub/sub: `P:c:CHANNEL` carries a channel's messages (and, unsequenced,
-//! `join NODE NAME` / `leave NODE NAME` presence events), `P:inbox:NODE`
-//! the direct messages for NODE's clients.
+//! Pub/sub (server-wide, so the database number `DB` is in the names):
+//! `P:DB:c:CHANNEL` carries a channel's messages (and, unsequenced, `join
+//! NODE NAME` / `leave NODE NAME` presence events), `P:DB:inbox:NODE` the
+//! direct messages for NODE's clients.
 
 /// Server time in milliseconds, and forgetting a node's registry entries.
 const COMMON: &str = r#"
@@ -36,6 +37,12 @@ local function forget(base, node, topic)
   redis.call('DEL', n .. ':ch', n .. ':clients', n .. ':names')
   redis.call('ZREM', base .. ':nodes', node)
 end
+"#;
+
+/// KEYS: head, log. ARGV: candidate epoch, history size, history ttl ms,
+/// stream ttl ms, pub/sub channel, the payload after `seq epoch `.
+/// Returns {seq, epoch, nodes that received it}.
+const PUBLISH: &str = r#"
 local function open(meta, log, candidate, ttl)
   if redis.call('HSETNX', meta, 'e', candidate) == 1 then
     redis.call('DEL', log)
@@ -43,12 +50,6 @@ local function open(meta, log, candidate, ttl)
   redis.call('PEXPIRE', meta, ttl)
   return redis.call('HGET', meta, 'e')
 end
-"#;
-
-/// KEYS: head, log. ARGV: candidate epoch, history size, history ttl ms,
-/// stream ttl ms, pub/sub channel, the payload after `seq epoch `.
-/// Returns {seq, epoch, nodes that received it}.
-const PUBLISH: &str = r#"
 local epoch = open(KEYS[1], KEYS[2], ARGV[1], ARGV[4])
 local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
 local payload = string.format('%d', seq) .. ' ' .. epoch .. ' ' .. ARGV[6]
@@ -60,16 +61,24 @@ end
 return {seq, epoch, redis.call('PUBLISH', ARGV[5], payload)}
 "#;
 
-/// KEYS: head, log. ARGV: candidate epoch, history size, stream ttl ms,
-/// the epoch and seq this node last saw. Returns {epoch, seq, server ms,
-/// then id, payload for each kept message, oldest first}. A head behind
+/// KEYS: head, log. ARGV: candidate epoch, history size, the epoch and
+/// seq this node last saw, how long a head made here lives (ms). Returns
+/// {epoch, seq, server ms, then id, payload for each kept message, oldest
+/// first}. A channel without a stream gets its epoch here, so every node
+/// answers its subscribers in the same one; only a publish keeps it for
+/// `stream_ttl` (subscribers alone cannot fill Redis). A head behind
 /// what the node saw in the same epoch means Redis lost messages (a
 /// failover to a replica that had not received them): the channel starts
 /// a new epoch then, so the lost positions are never taken by others.
 const LOAD: &str = r#"
-local epoch = open(KEYS[1], KEYS[2], ARGV[1], ARGV[3])
+local epoch = redis.call('HGET', KEYS[1], 'e')
 local seq = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
-if epoch == ARGV[4] and seq < tonumber(ARGV[5]) then
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('DEL', KEYS[2])
+elseif epoch == ARGV[3] and seq < tonumber(ARGV[4]) then
   epoch = ARGV[1]
   seq = 0
   redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
@@ -100,9 +109,10 @@ end
 return fresh
 "#;
 
-/// ARGV: base, node. A node starting its registry over.
+/// ARGV: base, node, and the topic prefix to announce its subscribers
+/// leaving (shutdown) or nothing (starting its registry over).
 const LEAVE: &str = r#"
-forget(ARGV[1], ARGV[2], false)
+forget(ARGV[1], ARGV[2], ARGV[3] or false)
 return 0
 "#;
 

@@ -153,6 +153,9 @@ pub(crate) struct Presence<'p> {
 
 impl<'p> Presence<'p> {
     pub(crate) fn parse(payload: &'p [u8]) -> Option<Presence<'p>> {
+        if !(payload.starts_with(b"join ") || payload.starts_with(b"leave ")) {
+            return None;
+        }
         let text = std::str::from_utf8(payload).ok()?;
         let (join, rest) = match text.split_once(' ')? {
             ("join", rest) => (true, rest),
@@ -203,9 +206,12 @@ impl Direct {
 
 /// A channel's head and kept history, as the load script returns them.
 pub(crate) struct Loaded {
-    pub(crate) at: Position,
+    /// `None`: the channel has no stream in Redis yet.
+    pub(crate) at: Option<Position>,
     /// Each kept message with its age on the server, oldest first.
     pub(crate) kept: Vec<(Incoming, std::time::Duration)>,
+    /// Kept entries that did not parse (skipped, counted).
+    pub(crate) unreadable: usize,
 }
 
 impl Loaded {
@@ -220,23 +226,35 @@ impl Loaded {
             }
         };
         let mut it = values.into_iter();
-        let epoch = Epoch::parse(&text(&it.next()?)?)?;
+        let epoch = text(&it.next()?)?;
         let seq: u64 = text(&it.next()?)?.parse().ok()?;
         let now: u64 = text(&it.next()?)?.parse().ok()?;
-        let mut kept = Vec::new();
+        let at = match epoch.as_str() {
+            "" => None,
+            epoch => Some(Position {
+                seq,
+                epoch: Epoch::parse(epoch)?,
+            }),
+        };
+        let (mut kept, mut unreadable) = (Vec::new(), 0);
         while let (Some(id), Some(payload)) = (it.next(), it.next()) {
-            let id = text(&id)?;
-            let ms: u64 = id.split('-').next()?.parse().ok()?;
-            let Value::BulkString(payload) = payload else {
-                return None;
-            };
-            let msg = Incoming::parse(&payload)?;
-            let age = std::time::Duration::from_millis(now.saturating_sub(ms));
-            kept.push((msg, age));
+            let entry = text(&id).and_then(|id| {
+                let ms: u64 = id.split('-').next()?.parse().ok()?;
+                let Value::BulkString(payload) = payload else {
+                    return None;
+                };
+                let age = std::time::Duration::from_millis(now.saturating_sub(ms));
+                Some((Incoming::parse(&payload)?, age))
+            });
+            match entry {
+                Some(entry) => kept.push(entry),
+                None => unreadable += 1,
+            }
         }
         Some(Loaded {
-            at: Position { seq, epoch },
+            at,
             kept,
+            unreadable,
         })
     }
 }
