@@ -60,6 +60,33 @@ fn node_with(redis: &Redis, backplane: impl FnOnce(Section) -> Section) -> Gatew
         )
 }
 
+/// Start `gateway` in-process as node `name` and wait until it is part of
+/// the hub.
+async fn up(gateway: Gateway, name: &str) -> Running {
+    let node = gateway.start().await;
+    ready(&node, name).await;
+    node
+}
+
+/// Wait until node `name`'s `/readyz` says `ready`: it has joined the hub
+/// over Redis. (Until then a node that has just started is `degraded`, as
+/// when Redis is away, and serves its own clients alone, in epochs of its
+/// own.)
+async fn ready(node: &Running, name: &str) {
+    eventually(
+        &format!("/readyz on node {name} answering 200 ready"),
+        100,
+        Duration::from_millis(50),
+        || async {
+            match node.admin_get("/readyz").await {
+                (200, body) if body.starts_with("ready") => Ok(()),
+                (status, body) => Err(format!("{status} {body}")),
+            }
+        },
+    )
+    .await
+}
+
 /// A node as the real binary, in a process of its own; returns the process
 /// (killed when dropped), a handle for the client helpers, and the config
 /// (which owns the certificates).
@@ -180,9 +207,9 @@ async fn a_publish_on_one_node_reaches_subscribers_on_every_node_in_order() {
         let Some(redis) = Redis::start() else {
             return;
         };
-        let a = node(&redis).start().await;
-        let b = node(&redis).start().await;
-        let c = node(&redis).start().await;
+        let a = up(node(&redis), "A").await;
+        let b = up(node(&redis), "B").await;
+        let c = up(node(&redis), "C").await;
 
         // amy on A (beside the publisher), ben on B, cal on C: one stream,
         // one epoch, whichever node is asked.
@@ -265,8 +292,8 @@ async fn a_direct_message_crosses_nodes_and_a_name_no_node_has_is_an_error() {
         let Some(redis) = Redis::start() else {
             return;
         };
-        let a = node(&redis).start().await;
-        let b = node(&redis).start().await;
+        let a = up(node(&redis), "A").await;
+        let b = up(node(&redis), "B").await;
 
         let mut ann = json_client(&a, HUB, "ann").await;
         let mut bob = json_client(&b, HUB, "bob").await;
@@ -338,8 +365,8 @@ async fn presence_on_any_node_lists_the_subscribers_of_every_node() {
         let Some(redis) = Redis::start() else {
             return;
         };
-        let a = node(&redis).start().await;
-        let b = node(&redis).start().await;
+        let a = up(node(&redis), "A").await;
+        let b = up(node(&redis), "B").await;
         let mut ann = json_client(&a, HUB, "ann").await;
         let mut bob = json_client(&b, HUB, "bob").await;
         assert_eq!(subscribe(&mut ann, "room1", 1).await["type"], "ack");
@@ -369,9 +396,9 @@ async fn a_client_resumes_on_another_node_and_another_epoch_is_a_gap() {
         let Some(redis) = Redis::start() else {
             return;
         };
-        let a = node(&redis).start().await;
-        let b = node(&redis).start().await;
-        let c = node(&redis).start().await;
+        let a = up(node(&redis), "A").await;
+        let b = up(node(&redis), "B").await;
+        let c = up(node(&redis), "C").await;
 
         let mut ann = json_client(&a, HUB, "ann").await;
         let mut ack = subscribe(&mut ann, "feed", 1).await;
@@ -463,8 +490,8 @@ async fn a_client_resumes_after_every_node_restarted_in_the_same_epoch() {
         let Some(redis) = Redis::start() else {
             return;
         };
-        let mut a = node(&redis).start().await;
-        let mut b = node(&redis).start().await;
+        let mut a = up(node(&redis), "A").await;
+        let mut b = up(node(&redis), "B").await;
         let mut ann = json_client(&a, HUB, "ann").await;
         let mut ack = subscribe(&mut ann, "news", 1).await;
         let epoch = epoch_of(&mut ack);
@@ -490,8 +517,8 @@ async fn a_client_resumes_after_every_node_restarted_in_the_same_epoch() {
         }
 
         // Two new nodes on the same Redis: the channel is where it was.
-        let a = node(&redis).start().await;
-        let b = node(&redis).start().await;
+        let a = up(node(&redis), "A (restarted)").await;
+        let b = up(node(&redis), "B (restarted)").await;
         let mut ann = json_client(&b, HUB, "ann").await;
         send_json(
             &mut ann,
@@ -533,7 +560,8 @@ async fn while_redis_is_down_a_node_serves_its_own_clients_and_rejoins_when_it_i
         // Node A in a process of its own: its /metrics are its own.
         let dir = tempfile::tempdir().unwrap();
         let (_process, a, _config) = binary_node(node(&redis), &dir, "a");
-        let b = node(&redis).start().await;
+        ready(&a, "A").await;
+        let b = up(node(&redis), "B").await;
 
         let mut amy = json_client(&a, HUB, "amy").await;
         let mut ack = subscribe(&mut amy, "alerts", 1).await;
@@ -669,7 +697,8 @@ async fn a_killed_node_s_clients_leave_presence_within_node_ttl() {
         let ttl = |b: Section| b.set("node_ttl", "1s");
         let dir = tempfile::tempdir().unwrap();
         let (mut process, b, _config) = binary_node(node_with(&redis, ttl), &dir, "b");
-        let a = node_with(&redis, ttl).start().await;
+        ready(&b, "B").await;
+        let a = up(node_with(&redis, ttl), "A").await;
 
         let mut dave = json_client(&a, HUB, "dave").await;
         assert_eq!(subscribe(&mut dave, "watch", 1).await["type"], "ack");
@@ -708,8 +737,8 @@ async fn an_api_publish_on_one_node_reaches_a_subscriber_on_another_and_counts_n
         let Some(redis) = Redis::start() else {
             return;
         };
-        let a = node(&redis).start().await;
-        let b = node(&redis).start().await;
+        let a = up(node(&redis), "A").await;
+        let b = up(node(&redis), "B").await;
         let mut ann = json_client(&a, HUB, "ann").await;
         let mut ack = subscribe(&mut ann, "prices", 1).await;
         let epoch = epoch_of(&mut ack);
