@@ -6,25 +6,13 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{Gateway, Route, Running, Ws, next_close, next_data, path, within};
-use futures_util::SinkExt;
+use common::hub::{next_json, send_json};
+use common::{Gateway, Route, Running, Ws, next_close, path, within};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 use toml::Table;
 
 const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes!!";
-
-async fn next_json(ws: &mut Ws) -> Value {
-    match next_data(ws).await {
-        Message::Text(t) => serde_json::from_str(&t).unwrap(),
-        other => panic!("expected a JSON text frame, got {other:?}"),
-    }
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.unwrap();
-}
 
 /// A raw room route whose JSON frames with `dst` go to that name.
 fn raw_room(path: &str, channel: &str) -> Route {
@@ -56,7 +44,7 @@ async fn direct_messages_stay_in_their_namespace_and_carry_the_real_sender() {
         let mut bob_c = ws("bob", "/c").await;
 
         // To bob from namespace "a": bob on /c (namespace "a") gets it, bob on /b does not.
-        send(
+        send_json(
             &mut alice,
             json!({"src": "admin", "dst": "bob", "msg": "one"}),
         )
@@ -64,10 +52,10 @@ async fn direct_messages_stay_in_their_namespace_and_carry_the_real_sender() {
         let got = next_json(&mut bob_c).await;
         assert_eq!(got["msg"], "one");
         assert_eq!(got["src"], "alice", "the forged src is overwritten");
-        send(&mut alice, json!({"dst": "carol", "msg": "two"})).await;
+        send_json(&mut alice, json!({"dst": "carol", "msg": "two"})).await;
         assert_eq!(next_json(&mut carol).await["src"], "alice");
         // bob on /b hears first what his own namespace sends him.
-        send(
+        send_json(
             &mut dave_b,
             json!({"src": "carol", "dst": "bob", "msg": "three"}),
         )
@@ -101,7 +89,7 @@ async fn request(ws: &mut Ws, kind: &str, channel: &str, id: u64) -> Value {
     if kind == "publish" {
         req["data"] = json!({"x": 1});
     }
-    send(ws, req).await;
+    send_json(ws, req).await;
     next_json(ws).await
 }
 
@@ -208,14 +196,14 @@ async fn sessions_end_when_their_token_does_unless_refreshed() {
 
         // A fresh token for someone else is refused; bob's own is taken.
         let other = token(json!({"sub": "mallory"}));
-        send(
+        send_json(
             &mut refreshed,
             json!({"type": "refresh", "token": other, "id": 1}),
         )
         .await;
         assert_eq!(next_json(&mut refreshed).await["code"], "unauthorized");
         let fresh = token(json!({"sub": "bob"}));
-        send(
+        send_json(
             &mut refreshed,
             json!({"type": "refresh", "token": fresh, "id": 2}),
         )

@@ -4,30 +4,20 @@
 
 mod common;
 
-use common::{Gateway, Redis, Route, Ws, next_data, wait_for_readyz, within};
-use futures_util::SinkExt;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-
-async fn next_json(ws: &mut Ws) -> Value {
-    match next_data(ws).await {
-        Message::Text(t) => serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t}")),
-        other => panic!("expected a JSON text frame, got {other:?}"),
-    }
-}
-
-async fn send_json(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.unwrap();
-}
+use common::hub::{next_json, send_json};
+use common::{Gateway, Redis, Route, wait_for_readyz, within};
+use serde_json::json;
 
 /// A node on the TLS Redis as user `app` in database 3.
 fn node(url: &str, ca: &std::path::Path) -> Gateway {
-    let mut backplane = toml::Table::new();
-    backplane.insert("kind".into(), "redis".into());
-    backplane.insert("url".into(), url.into());
-    backplane.insert("tls_ca".into(), ca.display().to_string().into());
     Gateway::builder()
-        .hub(|h| h.set("backplane", toml::Value::Table(backplane)))
+        .hub(|h| {
+            h.table("backplane", |b| {
+                b.set("kind", "redis")
+                    .set("url", url)
+                    .set("tls_ca", common::path(ca))
+            })
+        })
         .route(Route::hub("/hub").name("hub"))
 }
 
@@ -120,11 +110,12 @@ async fn redis_command(port: u16, command: &str) -> String {
 }
 
 fn plain_node(redis: &Redis) -> Gateway {
-    let mut backplane = toml::Table::new();
-    backplane.insert("kind".into(), "redis".into());
-    backplane.insert("url".into(), redis.url().into());
     Gateway::builder()
-        .hub(|h| h.set("backplane", toml::Value::Table(backplane)))
+        .hub(|h| {
+            h.table("backplane", |b| {
+                b.set("kind", "redis").set("url", redis.url())
+            })
+        })
         .route(Route::hub("/hub").name("hub"))
 }
 

@@ -5,10 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{Gateway, Route, Running, Ws, next_data, within};
+use common::hub::{api, epoch_of, json_client, next_json, send_json, subscribe};
+use common::{Gateway, Route, Running, next_data, within};
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::Full;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -54,73 +53,6 @@ fn hub_gateway(history_size: i64) -> Gateway {
                 .key("publish_burst", 100000),
         )
         .route(Route::hub("/slow").name("slow").key("queue_messages", 8))
-}
-
-async fn next_json(ws: &mut Ws) -> Value {
-    match next_data(ws).await {
-        Message::Text(t) => serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t}")),
-        other => panic!("expected a JSON text frame, got {other:?}"),
-    }
-}
-
-async fn send_json(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.unwrap();
-}
-
-/// A JSON-route client, past its welcome.
-async fn json_client(gw: &Running, path: &str, name: &str) -> Ws {
-    let mut ws = gw.ws(&format!("{path}?name={name}")).await;
-    assert_eq!(
-        next_json(&mut ws).await,
-        json!({"type": "welcome", "client": name})
-    );
-    ws
-}
-
-/// Take the `epoch` out of a message, ack or gap (to compare the rest),
-/// checking its form: 16 hex digits.
-fn epoch_of(v: &mut Value) -> String {
-    let epoch = v
-        .as_object_mut()
-        .and_then(|o| o.remove("epoch"))
-        .unwrap_or_else(|| panic!("no epoch in {v}"));
-    let epoch = epoch.as_str().expect("an epoch is a string").to_owned();
-    assert!(
-        epoch.len() == 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit()),
-        "{epoch:?}"
-    );
-    epoch
-}
-
-async fn subscribe(ws: &mut Ws, channel: &str, id: u64) -> Value {
-    send_json(
-        ws,
-        json!({"type": "subscribe", "channel": channel, "id": id}),
-    )
-    .await;
-    next_json(ws).await
-}
-
-/// A request to the hub's HTTP API on the admin listener; returns (status, body).
-async fn api(
-    gw: &Running,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    content_type: &str,
-    body: &[u8],
-) -> (u16, String) {
-    let mut request = common::request(method.parse().unwrap(), gw.admin_addr, path)
-        .header("content-type", content_type);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    gw.admin_request(
-        request
-            .body(Full::new(Bytes::copy_from_slice(body)))
-            .unwrap(),
-    )
-    .await
 }
 
 #[tokio::test]

@@ -25,6 +25,12 @@ impl Section {
         self.0.insert(key.to_owned(), value.into());
         self
     }
+
+    /// A nested table (`[hub.backplane]` is `hub(|h| h.table("backplane", ..))`).
+    pub fn table(self, key: &str, keys: impl FnOnce(Section) -> Section) -> Section {
+        let Section(table) = keys(Section::default());
+        self.set(key, Value::Table(table))
+    }
 }
 
 /// A file path as a config value.
