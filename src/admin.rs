@@ -106,10 +106,17 @@ fn respond<B>(req: &Request<B>, ctx: &Context) -> Response<Full<Bytes>> {
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: no route can serve (every upstream member down)\n",
         ),
-        // Still 200: every node losing Redis must not empty the balancer.
-        "/readyz" => match ctx.hub.degraded() {
-            Some(why) => text(StatusCode::OK, why),
-            None => text(StatusCode::OK, "ready\n"),
+        "/readyz" => match ctx.hub.readiness() {
+            hub::Readiness::Ready => text(StatusCode::OK, "ready\n"),
+            hub::Readiness::Starting => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: connecting to the Redis backplane\n",
+            ),
+            // Still 200: every node losing Redis must not empty the balancer.
+            hub::Readiness::Degraded => text(
+                StatusCode::OK,
+                "degraded: the Redis backplane is unreachable; serving this node's clients alone\n",
+            ),
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use common::hub::{api, epoch_of, json_client, next_json_within, send_json, subscribe};
 use common::{
-    Binary, Gateway, Redis, Route, Running, Section, Ws, metric, next_data, start_binary, within,
+    Binary, Gateway, Redis, Route, Running, Section, Ws, metric, next_data, start_binary,
+    wait_for_readyz, within,
 };
 use futures_util::SinkExt;
 use serde_json::{Value, json};
@@ -73,18 +74,9 @@ async fn up(gateway: Gateway, name: &str) -> Running {
 /// when Redis is away, and serves its own clients alone, in epochs of its
 /// own.)
 async fn ready(node: &Running, name: &str) {
-    eventually(
-        &format!("/readyz on node {name} answering 200 ready"),
-        100,
-        Duration::from_millis(50),
-        || async {
-            match node.admin_get("/readyz").await {
-                (200, body) if body.starts_with("ready") => Ok(()),
-                (status, body) => Err(format!("{status} {body}")),
-            }
-        },
-    )
-    .await
+    tokio::time::timeout(Duration::from_secs(5), wait_for_readyz(node, "ready"))
+        .await
+        .unwrap_or_else(|_| panic!("/readyz on node {name} never answered 200 ready"));
 }
 
 /// A node as the real binary, in a process of its own; returns the process
@@ -121,22 +113,26 @@ async fn next_message_within(ws: &mut Ws, wait: Duration) -> Option<Value> {
     }
 }
 
-/// Ask `probe` until it answers `Ok`, at most `tries` times `every` apart;
-/// panics saying what never came, with the last answer.
-async fn eventually<T, F, Fut>(what: &str, tries: u32, every: Duration, mut probe: F) -> T
+/// Ask `probe` until it answers `Ok`, for at most `wait` (each probe is a
+/// real request; nothing sleeps); panics saying what never came, with the
+/// last answer.
+async fn eventually<T, F, Fut>(what: &str, wait: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
     let mut last = String::new();
-    for _ in 0..tries {
-        match probe().await {
-            Ok(v) => return v,
-            Err(answer) => last = answer,
+    let asked = tokio::time::timeout(wait, async {
+        loop {
+            match probe().await {
+                Ok(v) => return v,
+                Err(answer) => last = answer,
+            }
+            tokio::task::yield_now().await;
         }
-        tokio::time::sleep(every).await;
-    }
-    panic!("{what} never came in {tries} tries {every:?} apart; last answer: {last}");
+    })
+    .await;
+    asked.unwrap_or_else(|_| panic!("{what} never came within {wait:?}; last answer: {last}"))
 }
 
 /// Publish `data` to `channel` through `gw`'s HTTP API; returns the answer.
@@ -182,8 +178,7 @@ fn sorted_names(v: &Value) -> Option<Vec<String>> {
 async fn presence_becomes(gw: &Running, node: &str, channel: &str, names: &[&str]) {
     eventually(
         &format!("presence of {channel} on node {node} listing exactly {names:?}"),
-        50,
-        Duration::from_millis(100),
+        Duration::from_millis(5000),
         || async {
             match api_presence(gw, channel).await {
                 Ok(got) if got == names => Ok(()),
@@ -586,8 +581,7 @@ async fn while_redis_is_down_a_node_serves_its_own_clients_and_rejoins_when_it_i
         redis.kill();
         eventually(
             "/readyz on node A answering 200 degraded after Redis was killed",
-            100,
-            Duration::from_millis(100),
+            Duration::from_millis(10000),
             || async {
                 match a.admin_get("/readyz").await {
                     (200, body) if body.starts_with("degraded") => Ok(()),
@@ -598,8 +592,7 @@ async fn while_redis_is_down_a_node_serves_its_own_clients_and_rejoins_when_it_i
         .await;
         eventually(
             "wsgate_backplane_up 0 on node A",
-            100,
-            Duration::from_millis(100),
+            Duration::from_millis(10000),
             || async {
                 let (_, scrape) = a.admin_get("/metrics").await;
                 match metric(&scrape, "wsgate_backplane_up") {
@@ -672,8 +665,7 @@ async fn while_redis_is_down_a_node_serves_its_own_clients_and_rejoins_when_it_i
         );
         eventually(
             "wsgate_backplane_up 1 on node A after Redis came back",
-            100,
-            Duration::from_millis(100),
+            Duration::from_millis(10000),
             || async {
                 let (_, scrape) = a.admin_get("/metrics").await;
                 match metric(&scrape, "wsgate_backplane_up") {
@@ -712,8 +704,7 @@ async fn a_killed_node_s_clients_leave_presence_within_node_ttl() {
         drop(carol);
         let gone_after = eventually(
             "carol leaving node A's presence of watch after node B was killed",
-            100,
-            Duration::from_millis(100),
+            Duration::from_millis(10000),
             || async {
                 match api_presence(&a, "watch").await {
                     Ok(names) if names == ["dave"] => Ok(killed.elapsed()),

@@ -203,6 +203,18 @@ pub(crate) struct Published {
     pub(crate) delivered: usize,
 }
 
+/// The hub's part in `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    Ready,
+    /// Connecting to Redis for the first time (one attempt, bounded by
+    /// `command_timeout`): not ready yet.
+    Starting,
+    /// Redis unreachable: serving this node's clients alone. Still ready,
+    /// so that every node losing Redis does not empty the load balancer.
+    Degraded,
+}
+
 /// Channel listing for the API.
 pub(crate) struct ChannelInfo {
     pub(crate) name: Arc<str>,
@@ -267,13 +279,12 @@ impl Hub {
         self.0.redis.as_ref().filter(|r| r.is_up())
     }
 
-    /// For `/readyz`: why the hub serves this node alone, if it should not.
-    pub(crate) fn degraded(&self) -> Option<&'static str> {
+    /// For `/readyz`: whether the hub spans the nodes it should.
+    pub(crate) fn readiness(&self) -> Readiness {
         match &self.0.redis {
-            Some(redis) if !redis.is_up() => Some(
-                "degraded: the Redis backplane is unreachable; serving this node's clients alone\n",
-            ),
-            _ => None,
+            Some(redis) if !redis.is_up() && !redis.tried() => Readiness::Starting,
+            Some(redis) if !redis.is_up() => Readiness::Degraded,
+            _ => Readiness::Ready,
         }
     }
 

@@ -75,6 +75,7 @@ pub(crate) async fn run(redis: Redis, hub: Hub, bounds: Bounds, cancel: Cancella
             _ = cancel.cancelled() => None,
             why = link.serve(&mut ops) => Some(why),
         };
+        shared.tried.store(true, Ordering::Release);
         let was_up = shared.up.swap(false, Ordering::AcqRel);
         *lock(&shared.conn) = None;
         shared.metrics.up.set(0.0);
@@ -176,6 +177,7 @@ impl Link<'_> {
         fail_queued(ops, shared);
         *lock(&shared.conn) = Some(conn.clone());
         shared.up.store(true, Ordering::Release);
+        shared.tried.store(true, Ordering::Release);
         shared.metrics.up.set(1.0);
         tracing::info!("backplane: connected to Redis as node {}", shared.node);
         // Channels in use follow Redis again (subscribed and reloaded below).

@@ -65,6 +65,8 @@ struct Shared {
     node: String,
     names: Names,
     up: AtomicBool,
+    /// The first connection attempt has ended (in either way).
+    tried: AtomicBool,
     ops: mpsc::Sender<Op>,
     /// Taken by the task when it starts.
     inbox: Mutex<Option<mpsc::Receiver<Op>>>,
@@ -171,6 +173,7 @@ impl Redis {
             client,
             node: format!("{:016x}", rand::random::<u64>()),
             up: AtomicBool::new(false),
+            tried: AtomicBool::new(false),
             ops,
             inbox: Mutex::new(Some(inbox)),
             dirty: Mutex::default(),
@@ -196,6 +199,12 @@ impl Redis {
     ) {
         let bounds = self.0.bounds;
         link::run(self, hub, bounds, cancel).await
+    }
+
+    /// Whether the first attempt to connect has ended: until then a node
+    /// is starting, not yet serving alone.
+    pub(crate) fn tried(&self) -> bool {
+        self.0.tried.load(Ordering::Acquire)
     }
 
     /// Connected: publishes go through Redis.
