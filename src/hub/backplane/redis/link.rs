@@ -502,6 +502,17 @@ impl Link<'_> {
     async fn resync(&self, conn: &mut MultiplexedConnection) -> Result<(), Broken> {
         let shared = self.shared();
         let (base, node) = (&shared.names.base, &shared.node);
+        // Not listed: new, or dropped while away (and its subscribers
+        // announced as leaving): announce them joining again below.
+        let listed: Option<f64> = deadline(
+            shared,
+            "registry",
+            ::redis::cmd("ZSCORE")
+                .arg(format!("{base}:nodes"))
+                .arg(node)
+                .query_async(conn),
+        )
+        .await?;
         let registry = self.hub.registry();
         let mut pipe = ::redis::pipe();
         // One transaction: other nodes never see this node half-listed.
@@ -537,6 +548,13 @@ impl Link<'_> {
             for chunk in names.chunks(CHUNK) {
                 let chunk: Vec<&str> = chunk.iter().map(|n| &**n).collect();
                 pipe.cmd("SADD").arg(&key).arg(chunk).ignore();
+            }
+            if listed.is_none() {
+                let topic = format!("{}{channel}", shared.names.topic);
+                for name in names {
+                    let event = format!("join {node} {name}");
+                    pipe.cmd("PUBLISH").arg(&topic).arg(event).ignore();
+                }
             }
         }
         deadline(shared, "registry", pipe.query_async::<()>(conn)).await
