@@ -106,7 +106,11 @@ fn respond<B>(req: &Request<B>, ctx: &Context) -> Response<Full<Bytes>> {
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: no route can serve (every upstream member down)\n",
         ),
-        "/readyz" => text(StatusCode::OK, "ready\n"),
+        // Still 200: every node losing Redis must not empty the balancer.
+        "/readyz" => match ctx.hub.degraded() {
+            Some(why) => text(StatusCode::OK, why),
+            None => text(StatusCode::OK, "ready\n"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -258,13 +258,19 @@ impl Shared {
             .max_frame_size(Some(limits.max_frame_size));
         let shutdown = Shutdown::default();
         let live = Live::build(config, &shutdown.token)?;
+        let hub = Hub::new(config.hub.clone()).map_err(|problem| {
+            Error::Config(vec![config::ConfigIssue {
+                key: "hub.backplane.url".into(),
+                problem,
+            }])
+        })?;
         Ok(Shared {
             admission: Admission::new(&limits),
             limits,
             live: ArcSwap::from_pointee(live),
             http,
             ws,
-            hub: Hub::new(config.hub.clone()),
+            hub,
             listen_connect_tunnel: config.listen.connect_tunnel,
             tunnel: TunnelPolicy::new(config.tunnel.clone(), config.listen.addr, config.admin.addr),
             base: config.clone(),
@@ -368,7 +374,7 @@ pub async fn run_with_reload(
     }
     let shared = Arc::new(shared);
     shared.live.load().start();
-    tokio::spawn(shared.hub.clone().sweeper(shared.shutdown.token.clone()));
+    shared.hub.start(&shared.shutdown.token);
     let ready = Readiness::default();
     let admin_stop = CancellationToken::new();
     let admin_ctx = admin::Context {

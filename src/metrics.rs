@@ -42,6 +42,13 @@ pub const HUB_DELIVERED_TOTAL: &str = "wsgate_hub_delivered_total";
 pub const HUB_DROPPED_TOTAL: &str = "wsgate_hub_dropped_total";
 pub const HUB_API_REQUESTS_TOTAL: &str = "wsgate_hub_api_requests_total";
 pub const STATIC_REQUESTS_TOTAL: &str = "wsgate_static_requests_total";
+pub const BACKPLANE_UP: &str = "wsgate_backplane_up";
+pub const BACKPLANE_PUBLISHES_TOTAL: &str = "wsgate_backplane_publishes_total";
+pub const BACKPLANE_RECEIVED_TOTAL: &str = "wsgate_backplane_received_total";
+pub const BACKPLANE_RECONNECTS_TOTAL: &str = "wsgate_backplane_reconnects_total";
+pub const BACKPLANE_RTT_SECONDS: &str = "wsgate_backplane_rtt_seconds";
+pub const BACKPLANE_LAG_SECONDS: &str = "wsgate_backplane_lag_seconds";
+pub const BACKPLANE_DROPPED_TOTAL: &str = "wsgate_backplane_dropped_total";
 
 /// Every metric name wsgate exports besides the standard `process_*` ones
 /// (which `metrics-process` provides). Dashboards and alert rules may use
@@ -74,6 +81,13 @@ pub const ALL: &[&str] = &[
     HUB_DROPPED_TOTAL,
     HUB_API_REQUESTS_TOTAL,
     STATIC_REQUESTS_TOTAL,
+    BACKPLANE_UP,
+    BACKPLANE_PUBLISHES_TOTAL,
+    BACKPLANE_RECEIVED_TOTAL,
+    BACKPLANE_RECONNECTS_TOTAL,
+    BACKPLANE_RTT_SECONDS,
+    BACKPLANE_LAG_SECONDS,
+    BACKPLANE_DROPPED_TOTAL,
 ];
 
 /// Direction labels. For an echo route the echo itself plays the upstream.
@@ -82,6 +96,10 @@ pub const UPSTREAM_TO_CLIENT: &str = "upstream_to_client";
 
 const DURATION_BUCKETS: &[f64] = &[
     0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0,
+];
+/// Redis round trips and cross-node lag: sub-millisecond on a LAN.
+const BACKPLANE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 const CONNECT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -102,6 +120,16 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Full(UPSTREAM_CONNECT_SECONDS.into()),
                     CONNECT_BUCKETS,
+                )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(BACKPLANE_RTT_SECONDS.into()),
+                    BACKPLANE_BUCKETS,
+                )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(BACKPLANE_LAG_SECONDS.into()),
+                    BACKPLANE_BUCKETS,
                 )
                 .expect("bucket list is not empty")
                 .build_recorder();
@@ -253,6 +281,36 @@ fn describe_hub() {
         "Hub messages not delivered, by reason (slow_consumer, lagged, no_recipient)"
     );
     describe_counter!(HUB_API_REQUESTS_TOTAL, "Hub HTTP API requests, by status");
+    describe_gauge!(
+        BACKPLANE_UP,
+        "1 while the Redis backplane is connected, 0 while the hub serves this node alone"
+    );
+    describe_counter!(
+        BACKPLANE_PUBLISHES_TOTAL,
+        "Hub publishes by how they were sequenced: ok (in Redis), failed (Redis did not confirm), local (Redis down)"
+    );
+    describe_counter!(
+        BACKPLANE_RECEIVED_TOTAL,
+        "Channel and direct messages received from Redis"
+    );
+    describe_counter!(
+        BACKPLANE_RECONNECTS_TOTAL,
+        "Connections to Redis lost and attempted again"
+    );
+    describe_histogram!(
+        BACKPLANE_RTT_SECONDS,
+        Unit::Seconds,
+        "Round trip of one batch of commands to Redis"
+    );
+    describe_histogram!(
+        BACKPLANE_LAG_SECONDS,
+        Unit::Seconds,
+        "From a publish on one node to its arrival from Redis on this one"
+    );
+    describe_counter!(
+        BACKPLANE_DROPPED_TOTAL,
+        "Backplane work dropped: its queue was full, or Redis refused it"
+    );
 }
 
 /// Handles for one route's series, created once.
@@ -387,6 +445,43 @@ impl HubMetrics {
 
     pub fn api_request(&self, status: http::StatusCode) {
         counter!(HUB_API_REQUESTS_TOTAL, "status" => status.as_str().to_owned()).increment(1);
+    }
+}
+
+/// The Redis backplane's series.
+pub struct BackplaneMetrics {
+    pub up: Gauge,
+    pub published_ok: Counter,
+    pub published_failed: Counter,
+    pub published_local: Counter,
+    pub received: Counter,
+    pub reconnects: Counter,
+    pub rtt: Histogram,
+    pub lag: Histogram,
+    pub dropped: Counter,
+}
+
+impl BackplaneMetrics {
+    pub fn new() -> Self {
+        let published =
+            |result: &'static str| counter!(BACKPLANE_PUBLISHES_TOTAL, "result" => result);
+        BackplaneMetrics {
+            up: gauge!(BACKPLANE_UP),
+            published_ok: published("ok"),
+            published_failed: published("failed"),
+            published_local: published("local"),
+            received: counter!(BACKPLANE_RECEIVED_TOTAL),
+            reconnects: counter!(BACKPLANE_RECONNECTS_TOTAL),
+            rtt: histogram!(BACKPLANE_RTT_SECONDS),
+            lag: histogram!(BACKPLANE_LAG_SECONDS),
+            dropped: counter!(BACKPLANE_DROPPED_TOTAL),
+        }
+    }
+}
+
+impl Default for BackplaneMetrics {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -15,9 +15,11 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::protocol::{Body, push_json_string, push_position};
-use super::{Hub, access};
+use tokio::sync::oneshot;
+
+use super::{Done, Hub, HubError, Then, access};
 use crate::close::ApiError;
-use crate::config::HubConfig;
+use crate::config::{BackplaneConfig, HubConfig};
 use crate::names::{check_channel_name, check_client_name};
 
 pub(crate) async fn handle(
@@ -56,7 +58,7 @@ async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<F
     }
     match endpoint {
         Endpoint::Channels => channels(hub, &grant),
-        Endpoint::Presence(channel) => match hub.presence(channel) {
+        Endpoint::Presence(channel) => match hub.presence_everywhere(channel).await {
             Some(clients) => {
                 let mut out = String::from(r#"{"channel":"#);
                 push_json_string(&mut out, channel);
@@ -73,16 +75,29 @@ async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<F
                 Ok(body) => body,
                 Err(response) => return response,
             };
-            match hub.publish(channel, None, body, true) {
-                Ok(published) => {
-                    let mut out = String::from(r#"{"channel":"#);
-                    push_json_string(&mut out, channel);
-                    push_position(&mut out, published.at);
-                    out.push_str(&format!(r#","delivered":{}}}"#, published.delivered));
-                    ok(out)
-                }
-                Err(e) => error(ApiError::Hub(e.code(), e.message())),
-            }
+            let (later, rx) = answer_channel();
+            let (at, count) = match hub.publish(channel, None, body, true, later) {
+                Ok(Some(published)) => (published.at, ("delivered", published.delivered)),
+                Ok(None) => match redis_answer(hub, rx).await {
+                    Ok(Done {
+                        at: Some(at),
+                        nodes,
+                    }) => (at, ("nodes", nodes)),
+                    Ok(_) => {
+                        return error(ApiError::Hub(
+                            "unavailable",
+                            HubError::Unavailable.message(),
+                        ));
+                    }
+                    Err(e) => return error(ApiError::Hub(e.code(), e.message())),
+                },
+                Err(e) => return error(ApiError::Hub(e.code(), e.message())),
+            };
+            let mut out = String::from(r#"{"channel":"#);
+            push_json_string(&mut out, channel);
+            push_position(&mut out, at);
+            out.push_str(&format!(r#","{}":{}}}"#, count.0, count.1));
+            ok(out)
         }
         Endpoint::Send(name) => {
             let name_ok = check_client_name(name).map_err(ApiError::BadName);
@@ -90,11 +105,49 @@ async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<F
                 Ok(body) => body,
                 Err(response) => return response,
             };
-            match hub.send(name, None, body) {
+            let (later, rx) = answer_channel();
+            let count = match hub.send(name, None, body, later) {
+                Some(delivered) => ("delivered", delivered),
+                None => match redis_answer(hub, rx).await {
+                    Ok(done) => ("nodes", done.nodes),
+                    Err(e) => return error(ApiError::Hub(e.code(), e.message())),
+                },
+            };
+            match count.1 {
                 0 => error(ApiError::NoSuchClient),
-                delivered => ok(format!(r#"{{"delivered":{delivered}}}"#)),
+                n => ok(format!(r#"{{"{}":{n}}}"#, count.0)),
             }
         }
+    }
+}
+
+/// A waiter for Redis's answer, and where it arrives.
+fn answer_channel() -> (
+    impl FnOnce() -> Option<Then>,
+    oneshot::Receiver<Result<Done, HubError>>,
+) {
+    let (tx, rx) = oneshot::channel();
+    let later = move || -> Option<Then> {
+        Some(Box::new(move |answer| {
+            let _ = tx.send(answer);
+        }))
+    };
+    (later, rx)
+}
+
+/// Redis's answer for a publish or direct message, within twice the
+/// command deadline (it waits in the engine's queue first).
+async fn redis_answer(
+    hub: &Hub,
+    rx: oneshot::Receiver<Result<Done, HubError>>,
+) -> Result<Done, HubError> {
+    let wait = match &hub.config().backplane {
+        BackplaneConfig::Redis(redis) => redis.command_timeout * 2,
+        BackplaneConfig::Memory => std::time::Duration::ZERO,
+    };
+    match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(answer)) => answer,
+        _ => Err(HubError::Unavailable),
     }
 }
 

@@ -24,6 +24,10 @@ pub(crate) struct Msg {
     pub(super) channel: Arc<str>,
     pub(super) from: Option<Arc<str>>,
     pub(super) body: Body,
+    /// The connection on this node that sent it and does not get it back
+    /// (kept for a message from Redis, which may be delivered again when a
+    /// reload catches subscribers up).
+    pub(super) skip: Option<u64>,
     /// The JSON envelope's frame.
     pub(super) envelope: OnceLock<Bytes>,
     /// The body's own frame, for raw clients.
@@ -31,6 +35,26 @@ pub(crate) struct Msg {
 }
 
 impl Msg {
+    pub(crate) fn new(
+        at: Position,
+        channel: Arc<str>,
+        from: Option<Arc<str>>,
+        body: Body,
+        when: Instant,
+    ) -> Msg {
+        Msg {
+            seq: at.seq,
+            epoch: at.epoch,
+            at: when,
+            channel,
+            from,
+            body,
+            skip: None,
+            envelope: OnceLock::new(),
+            raw: OnceLock::new(),
+        }
+    }
+
     pub(super) fn frame(&self, json: bool) -> Bytes {
         let frame = if json {
             self.envelope.get_or_init(|| {

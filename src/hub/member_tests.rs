@@ -42,7 +42,7 @@ struct Setup {
 
 fn setup() -> Setup {
     let config = Config::load(ConfigSource::Text(CONFIG), Some(HashMap::new())).unwrap();
-    let hub = Hub::new(config.hub.clone());
+    let hub = Hub::new(config.hub.clone()).unwrap();
     let metrics = RouteMetrics::new(&config.routes[0]);
     Setup {
         config,

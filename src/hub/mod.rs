@@ -17,6 +17,11 @@
 //! whoever then finds `removed` under the channel lock looks the name up
 //! again (getting, or creating, the channel publishers now find), so no
 //! subscriber waits on, and no publish goes into, a forgotten channel.
+//!
+//! With the Redis engine a channel also has a [`Follow`] state: whether its
+//! stream is sequenced here or mirrors Redis's, and the subscribers that
+//! wait for its history to load. What the engine's task brings back is
+//! applied in `remote.rs`, under the same locks.
 
 pub(crate) mod access;
 pub(crate) mod admit;
@@ -26,6 +31,7 @@ mod conn;
 mod member;
 pub(crate) mod protocol;
 mod queue;
+mod remote;
 pub(crate) mod session;
 
 use std::collections::HashMap;
@@ -37,17 +43,20 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HubConfig, HubProtocol, HubRoute, NamePolicy};
+use crate::config::{BackplaneConfig, HubConfig, HubProtocol, HubRoute, NamePolicy};
 use crate::metrics::HubMetrics;
 use access::ChannelAccess;
-use backplane::{Backplane, Draft, Memory};
+use backplane::Stream;
+pub(crate) use backplane::redis::{Done, Then};
+use backplane::redis::{Incoming, Redis, encode_direct, encode_message};
+use backplane::stream::Bounds;
 pub(crate) use backplane::{Epoch, Position, Since};
 use conn::raw_frame;
 pub(crate) use conn::{Conn, Msg, text_frame};
 use protocol::Body;
 pub(crate) use queue::Queue;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -68,8 +77,10 @@ struct Inner {
     /// connections that share a name.
     next_id: AtomicU64,
     metrics: HubMetrics,
-    /// Sequence numbers, history, and whatever crosses nodes.
-    backplane: Engine,
+    /// `[hub]`'s history bounds.
+    bounds: Bounds,
+    /// The Redis engine (`[hub.backplane] kind = "redis"`); `None`: memory.
+    redis: Option<Redis>,
 }
 
 pub(crate) struct Channel {
@@ -83,15 +94,43 @@ struct ChannelState {
     /// after the sweeper forgot it) opens a new stream in a new epoch, so a
     /// `since` from before cannot be taken for a position in this one.
     stream: Stream,
+    /// Where the stream is sequenced (here, or in Redis).
+    follow: Follow,
     subscribers: HashMap<u64, Arc<Conn>>,
     /// The sweeper took this channel out of the map: nobody finds it any
     /// more, so nothing may be added to it (look the name up again).
     removed: bool,
 }
 
-/// The engine behind the hub, and a channel's stream in it.
-type Engine = Memory;
-type Stream = <Engine as Backplane>::Stream;
+/// Where a channel's stream is sequenced, and how far this node follows it.
+enum Follow {
+    /// Here: the memory engine, or Redis unreachable (a local epoch).
+    Local,
+    /// Redis, not followed here (no local subscriber): the stream is stale.
+    Idle,
+    /// Redis: subscribed, its head and history being loaded; live messages
+    /// and new subscribers wait here, bounded.
+    Loading {
+        buffered: Vec<Incoming>,
+        pending: Vec<Pending>,
+    },
+    /// Redis: the stream mirrors Redis's, message by message, in order.
+    Mirror,
+    /// Redis unreachable: the mirror as last seen. The first local publish
+    /// starts a local epoch; when Redis is back, subscribers catch up from
+    /// its history if the epoch is unchanged.
+    Stale,
+}
+
+/// A subscriber waiting for a channel's history to load.
+struct Pending {
+    conn: Arc<Conn>,
+    since: Option<(u64, Option<String>)>,
+    answer: Answer,
+}
+
+/// What a subscriber is told once subscribed (queued before any live message).
+type Answer = Box<dyn FnOnce(&Subscribed) -> Option<Utf8Bytes> + Send>;
 
 /// Why a hub operation was refused; the JSON protocol's error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +141,10 @@ pub(crate) enum HubError {
     NotSubscribed,
     /// Not in the client's subscribe or publish permissions.
     Forbidden,
+    /// The backplane's queue is full.
+    Busy,
+    /// Redis did not confirm the operation in time (it may have happened).
+    Unavailable,
 }
 
 impl HubError {
@@ -112,6 +155,8 @@ impl HubError {
             HubError::ChannelLimit => "channel_limit",
             HubError::NotSubscribed => "not_subscribed",
             HubError::Forbidden => "forbidden",
+            HubError::Busy => "busy",
+            HubError::Unavailable => "unavailable",
         }
     }
 
@@ -124,6 +169,10 @@ impl HubError {
             }
             HubError::NotSubscribed => "not subscribed to that channel",
             HubError::Forbidden => "this client may not use that channel",
+            HubError::Busy => "the hub is busy (its backplane queue is full): try again",
+            HubError::Unavailable => {
+                "the backplane did not confirm in time: it may or may not have been delivered"
+            }
         }
     }
 }
@@ -138,14 +187,11 @@ pub(crate) struct Subscribed {
     pub(crate) gap: bool,
 }
 
-/// A publish, done: where it went in the stream, and to how many local
-/// subscribers it was queued.
+/// A publish sequenced on this node: where it went in the stream, and to
+/// how many local subscribers it was queued. (Sequenced in Redis, the
+/// answer comes later, as a [`Done`].)
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Published {
-    /// The message's position. (Only an engine that sequences elsewhere,
-    /// which the hub does not have yet, leaves it unknown here: `at` is then
-    /// the last position this node knows, and the ack must wait for the
-    /// message to come back.)
     pub(crate) at: Position,
     pub(crate) delivered: usize,
 }
@@ -170,16 +216,33 @@ impl Drop for Registration {
 }
 
 impl Hub {
-    pub(crate) fn new(config: HubConfig) -> Hub {
-        let backplane = Memory::new(config.history_size, config.history_ttl);
-        Hub(Arc::new(Inner {
+    pub(crate) fn new(config: HubConfig) -> Result<Hub, String> {
+        let bounds = Bounds {
+            size: config.history_size,
+            ttl: config.history_ttl,
+        };
+        let redis = match &config.backplane {
+            BackplaneConfig::Memory => None,
+            BackplaneConfig::Redis(redis) => Some(Redis::new(redis, bounds)?),
+        };
+        Ok(Hub(Arc::new(Inner {
             config,
             channels: Mutex::default(),
             clients: Mutex::default(),
             next_id: AtomicU64::new(1),
             metrics: HubMetrics::new(),
-            backplane,
-        }))
+            bounds,
+            redis,
+        })))
+    }
+
+    /// Run the hub's own tasks (the sweeper; the Redis engine's link)
+    /// until `cancel`.
+    pub(crate) fn start(&self, cancel: &CancellationToken) {
+        tokio::spawn(self.clone().sweeper(cancel.clone()));
+        if let Some(redis) = &self.0.redis {
+            tokio::spawn(redis.clone().run(self.clone(), cancel.clone()));
+        }
     }
 
     pub(crate) fn config(&self) -> &HubConfig {
@@ -188,6 +251,21 @@ impl Hub {
 
     pub(crate) fn metrics(&self) -> &HubMetrics {
         &self.0.metrics
+    }
+
+    /// The Redis engine, if it is the engine and it is connected.
+    fn redis_up(&self) -> Option<&Redis> {
+        self.0.redis.as_ref().filter(|r| r.is_up())
+    }
+
+    /// For `/readyz`: why the hub serves this node alone, if it should not.
+    pub(crate) fn degraded(&self) -> Option<&'static str> {
+        match &self.0.redis {
+            Some(redis) if !redis.is_up() => Some(
+                "degraded: the Redis backplane is unreachable; serving this node's clients alone\n",
+            ),
+            _ => None,
+        }
     }
 
     /// Register a client of `route`, named or `guest-N`, with what it may
@@ -223,6 +301,15 @@ impl Hub {
             if route.names == NamePolicy::Unique && taken {
                 return Err(HubError::NameTaken);
             }
+            if let Some(redis) = &self.0.redis {
+                // Under the map's lock, so Redis hears of names in order.
+                if entry.is_empty() {
+                    redis.named(None, &conn.name, true);
+                }
+                if !taken {
+                    redis.named(Some(&conn.namespace), &conn.name, true);
+                }
+            }
             entry.push(conn.clone());
         }
         self.0.metrics.clients.increment(1.0);
@@ -240,6 +327,14 @@ impl Hub {
         let mut clients = lock(&self.0.clients);
         if let Some(list) = clients.get_mut(&conn.name) {
             list.retain(|c| c.id != conn.id);
+            if let Some(redis) = &self.0.redis {
+                if !list.iter().any(|c| c.namespace == conn.namespace) {
+                    redis.named(Some(&conn.namespace), &conn.name, false);
+                }
+                if list.is_empty() {
+                    redis.named(None, &conn.name, false);
+                }
+            }
             if list.is_empty() {
                 clients.remove(&conn.name);
             }
@@ -275,7 +370,11 @@ impl Hub {
         let channel = Arc::new(Channel {
             name: name.clone(),
             state: Mutex::new(ChannelState {
-                stream: self.0.backplane.open(),
+                stream: Stream::new(),
+                follow: match self.0.redis {
+                    None => Follow::Local,
+                    Some(_) => Follow::Idle,
+                },
                 subscribers: HashMap::new(),
                 removed: false,
             }),
@@ -285,16 +384,19 @@ impl Hub {
         Ok(Some(channel))
     }
 
-    /// Publish to a channel: assign the next sequence number, keep it in
-    /// history, queue it to every subscriber (but `from`, unless
-    /// `include_sender`).
+    /// Publish to a channel, to every subscriber but `from` (unless
+    /// `include_sender`). Sequenced here: `Some`, delivered to this node's
+    /// subscribers already. Sequenced in Redis: `None`; what `later` makes
+    /// hears the position once Redis has it, and every node (this one too)
+    /// delivers the message when it comes back, in order.
     pub(crate) fn publish(
         &self,
         channel: &str,
         from: Option<&Conn>,
         body: Body,
         include_sender: bool,
-    ) -> Result<Published, HubError> {
+        later: impl FnOnce() -> Option<Then>,
+    ) -> Result<Option<Published>, HubError> {
         // A raw client's room was checked (both ways) when it joined.
         if let Some(conn) = from
             && conn.json
@@ -302,9 +404,39 @@ impl Hub {
         {
             return Err(HubError::Forbidden);
         }
+        let to_redis = |redis: &Redis, body: &Body, later: Option<Then>| {
+            let payload = encode_message(
+                redis.node(),
+                from.map(|c| c.id),
+                include_sender,
+                from.map(|c| &*c.name),
+                body,
+            );
+            redis.publish(channel.into(), payload, later)?;
+            self.0.metrics.published.increment(1);
+            Ok(None)
+        };
+        if let Some(redis) = self.redis_up() {
+            return to_redis(redis, &body, later());
+        }
         self.with_live_channel(channel, |channel, state| {
-            self.publish_locked(channel, state, from, body, include_sender)
-        })
+            // Redis may be back by now: taken under the channel's lock, this
+            // decision orders with the hub following Redis again.
+            if let Some(redis) = self.redis_up() {
+                return to_redis(redis, &body, later());
+            }
+            if let Some(redis) = &self.0.redis {
+                self.go_local(channel, state);
+                redis.metrics().published_local.increment(1);
+            }
+            Ok(Some(self.publish_locked(
+                channel,
+                state,
+                from,
+                body,
+                include_sender,
+            )))
+        })?
     }
 
     /// Run `f` on the channel named `name` (created if need be) under its
@@ -341,24 +473,29 @@ impl Hub {
         body: Body,
         include_sender: bool,
     ) -> Published {
-        let metrics = &self.0.metrics;
-        let draft = Draft {
-            channel: channel.name.clone(),
-            from: from.map(|c| c.name.clone()),
+        let at = state.stream.next();
+        let from_name = from.map(|c| c.name.clone());
+        let msg = Arc::new(Msg::new(
+            at,
+            channel.name.clone(),
+            from_name,
             body,
-            at: Instant::now(),
-        };
-        let sequenced = self.0.backplane.publish(&mut state.stream, draft);
-        let at = self.0.backplane.position(&state.stream);
-        metrics.published.increment(1);
-        // Sequenced elsewhere: delivered when it comes back, in order.
-        let Some(msg) = sequenced else {
-            return Published { at, delivered: 0 };
-        };
-        let sender = from.map(|c| c.id);
+            Instant::now(),
+        ));
+        state.stream.push(msg.clone(), self.0.bounds);
+        self.0.metrics.published.increment(1);
+        let skip = from.filter(|_| !include_sender).map(|c| c.id);
+        let delivered = self.fan_out(state, &msg, skip);
+        Published { at, delivered }
+    }
+
+    /// Queue a sequenced message to the channel's subscribers (but `skip`);
+    /// how many took it.
+    fn fan_out(&self, state: &ChannelState, msg: &Msg, skip: Option<u64>) -> usize {
+        let metrics = &self.0.metrics;
         let mut delivered = 0;
         for sub in state.subscribers.values() {
-            if !include_sender && Some(sub.id) == sender {
+            if Some(sub.id) == skip {
                 continue;
             }
             if sub.push(msg.frame(sub.json), metrics) {
@@ -366,46 +503,68 @@ impl Hub {
             }
         }
         metrics.delivered.increment(delivered as u64);
-        Published { at, delivered }
+        delivered
     }
 
     /// Subscribe `conn`, replaying what it missed after `since` first, and
     /// tell the channel's presence listeners. What `answer` makes of the
     /// result is queued to `conn` right after the replay, before any live
-    /// message.
+    /// message. `None`: the channel's history is loading from Redis; the
+    /// subscription (and `answer`) completes when it has.
     pub(crate) fn subscribe(
         &self,
         conn: &Arc<Conn>,
         channel: &str,
         since: Option<Since<'_>>,
         max_per_client: usize,
-        answer: impl FnOnce(&Subscribed) -> Option<Utf8Bytes>,
-    ) -> Result<Subscribed, HubError> {
+        answer: impl FnOnce(&Subscribed) -> Option<Utf8Bytes> + Send + 'static,
+    ) -> Result<Option<Subscribed>, HubError> {
         if !conn.access.may_subscribe(channel) {
             return Err(HubError::Forbidden);
         }
         {
             let channels = lock(&conn.channels);
             if let Some(ch) = channels.iter().find(|c| &*c.name == channel) {
-                let at = self.0.backplane.position(&lock(&ch.state).stream);
+                let at = lock(&ch.state).stream.position();
                 let subscribed = Subscribed { at, gap: false };
                 if let Some(text) = answer(&subscribed) {
                     conn.reply(&text);
                 }
-                return Ok(subscribed);
+                return Ok(Some(subscribed));
             }
             if channels.len() >= max_per_client {
                 return Err(HubError::ChannelLimit);
             }
         }
         let (channel, subscribed) = self.with_live_channel(channel, |channel, state| {
+            let redis = self.redis_up();
+            let follow_redis = match &mut state.follow {
+                Follow::Loading { pending, .. } => {
+                    pending.push(Pending::new(conn, since, Box::new(answer)));
+                    return (channel.clone(), None);
+                }
+                Follow::Mirror => false,
+                Follow::Local | Follow::Stale | Follow::Idle => redis.is_some(),
+            };
+            if let Some(redis) = redis.filter(|_| follow_redis) {
+                let pending = vec![Pending::new(conn, since, Box::new(answer))];
+                state.follow = Follow::Loading {
+                    buffered: Vec::new(),
+                    pending,
+                };
+                redis.watch(&channel.name);
+                return (channel.clone(), None);
+            }
+            if matches!(state.follow, Follow::Idle) {
+                self.go_local(channel, state);
+            }
             let subscribed = self.subscribe_locked(conn, channel, state, since);
             // Under the channel's lock: the answer comes after the replay
             // and before any live message.
             if let Some(text) = answer(&subscribed) {
                 conn.reply(&text);
             }
-            (channel.clone(), subscribed)
+            (channel.clone(), Some(subscribed))
         })?;
         lock(&conn.channels).push(channel);
         self.0.metrics.subscriptions.increment(1.0);
@@ -420,10 +579,9 @@ impl Hub {
         since: Option<Since<'_>>,
     ) -> Subscribed {
         let metrics = &self.0.metrics;
-        let backplane = &self.0.backplane;
         let mut gap = false;
         if let Some(since) = since {
-            match backplane.since(&mut state.stream, since, Instant::now()) {
+            match state.stream.since(since, self.0.bounds, Instant::now()) {
                 Some(missed) => {
                     for msg in missed {
                         conn.push(msg.frame(conn.json), metrics);
@@ -432,20 +590,27 @@ impl Hub {
                 None => gap = true,
             }
         }
-        if state.subscribers.is_empty() {
-            backplane.node_subscribe(&channel.name);
+        if let Some(redis) = &self.0.redis {
+            let first = !state.subscribers.values().any(|s| s.name == conn.name);
+            redis.present(&channel.name, &conn.name, true, first);
         }
-        backplane.joined(&channel.name, &conn.name);
-        if state.subscribers.values().any(|s| s.presence) {
-            let join = text_frame(&protocol::presence_event("join", &channel.name, &conn.name));
-            for sub in state.subscribers.values().filter(|s| s.presence) {
-                sub.push(join.clone(), metrics);
-            }
-        }
+        self.presence_event(state, "join", &channel.name, &conn.name);
         state.subscribers.insert(conn.id, conn.clone());
         Subscribed {
-            at: backplane.position(&state.stream),
+            at: state.stream.position(),
             gap,
+        }
+    }
+
+    /// Tell the channel's presence listeners here that `client` joined or left.
+    fn presence_event(&self, state: &ChannelState, kind: &str, channel: &str, client: &str) {
+        let mut listeners = state.subscribers.values().filter(|s| s.presence).peekable();
+        if listeners.peek().is_none() {
+            return;
+        }
+        let event = text_frame(&protocol::presence_event(kind, channel, client));
+        for sub in listeners {
+            sub.push(event.clone(), &self.0.metrics);
         }
     }
 
@@ -463,66 +628,141 @@ impl Hub {
     fn leave(&self, channel: &Channel, conn: &Conn) {
         let metrics = &self.0.metrics;
         let mut state = lock(&channel.state);
+        if let Follow::Loading { pending, .. } = &mut state.follow
+            && let Some(i) = pending.iter().position(|p| p.conn.id == conn.id)
+        {
+            pending.swap_remove(i);
+            self.unwatch_if_unused(channel, &mut state);
+            drop(state);
+            metrics.subscriptions.decrement(1.0);
+            return;
+        }
         if state.subscribers.remove(&conn.id).is_none() {
             return;
         }
-        let backplane = &self.0.backplane;
-        backplane.left(&channel.name, &conn.name);
-        if state.subscribers.is_empty() {
-            backplane.node_unsubscribe(&channel.name);
+        if let Some(redis) = &self.0.redis {
+            let last = !state.subscribers.values().any(|s| s.name == conn.name);
+            redis.present(&channel.name, &conn.name, false, last);
+            self.unwatch_if_unused(channel, &mut state);
         }
-        if state.subscribers.values().any(|s| s.presence) {
-            let leave = text_frame(&protocol::presence_event(
-                "leave",
-                &channel.name,
-                &conn.name,
-            ));
-            for sub in state.subscribers.values().filter(|s| s.presence) {
-                sub.push(leave.clone(), metrics);
-            }
-        }
+        self.presence_event(&state, "leave", &channel.name, &conn.name);
         drop(state);
         metrics.subscriptions.decrement(1.0);
     }
 
-    /// Names subscribed to `channel`, sorted, each once; `None` if no such channel.
+    /// Names subscribed to `channel` on this node, sorted, each once;
+    /// `None` if no such channel.
     pub(crate) fn presence(&self, channel: &str) -> Option<Vec<String>> {
-        let local = self.channel(channel, false).ok().flatten();
-        let mut names: Vec<String> = local.as_ref().map_or_else(Vec::new, |c| {
-            let state = lock(&c.state);
-            state
-                .subscribers
-                .values()
-                .map(|s| s.name.to_string())
-                .collect()
-        });
-        self.0.backplane.present_elsewhere(channel, &mut names);
-        if local.is_none() && names.is_empty() {
-            return None;
-        }
+        let local = self.channel(channel, false).ok().flatten()?;
+        let state = lock(&local.state);
+        let mut names: Vec<String> = state
+            .subscribers
+            .values()
+            .map(|s| s.name.to_string())
+            .collect();
+        drop(state);
         names.sort_unstable();
         names.dedup();
         Some(names)
     }
 
+    /// Names subscribed to `channel` on every node (with Redis), sorted,
+    /// each once; `None` if nobody is and this node has no such channel.
+    /// While Redis is unreachable (or does not answer), this node's.
+    pub(crate) async fn presence_everywhere(&self, channel: &str) -> Option<Vec<String>> {
+        let local = self.presence(channel);
+        let Some(redis) = self.redis_up() else {
+            return local;
+        };
+        let Some(mut names) = redis.presence(channel).await else {
+            return local;
+        };
+        if local.is_none() && names.is_empty() {
+            return None;
+        }
+        names.extend(local.unwrap_or_default());
+        names.sort_unstable();
+        names.dedup();
+        Some(names)
+    }
+
+    /// Hand `then` the names subscribed to `channel` everywhere: now
+    /// (memory, or Redis down), or from a task once Redis answers.
+    pub(crate) fn presence_then(
+        &self,
+        channel: &str,
+        then: impl FnOnce(Vec<String>) + Send + 'static,
+    ) {
+        if self.redis_up().is_none() {
+            return then(self.presence(channel).unwrap_or_default());
+        }
+        let (hub, channel) = (self.clone(), channel.to_owned());
+        tokio::spawn(async move {
+            then(hub.presence_everywhere(&channel).await.unwrap_or_default());
+        });
+    }
+
     /// A direct message from a client to every connection named `to` in
     /// its namespace (never beyond), with its real name stamped in where
-    /// its route says. Returns how many connections it was queued to.
-    pub(crate) fn send_from(&self, from: &Conn, to: &str, body: Body) -> usize {
+    /// its route says. Returns how many connections it was queued to on
+    /// this node; `None` if none here and it went to Redis, whose answer
+    /// (how many other nodes took it) goes to what `later` makes.
+    pub(crate) fn send_from(
+        &self,
+        from: &Conn,
+        to: &str,
+        body: Body,
+        later: impl FnOnce() -> Option<Then>,
+    ) -> Option<usize> {
         let body = match (&from.sender_field, body) {
             (Some(field), Body::Json(text)) => Body::Json(access::stamp(&text, field, &from.name)),
             (_, body) => body,
         };
-        self.deliver(to, Some(&from.namespace), Some(&from.name), body)
+        self.deliver(to, Some(&from.namespace), Some(&from.name), body, later)
     }
 
     /// A direct message (from the HTTP API) to every connection named `to`,
-    /// in every namespace.
-    pub(crate) fn send(&self, to: &str, from: Option<&str>, body: Body) -> usize {
-        self.deliver(to, None, from, body)
+    /// in every namespace; as `send_from`.
+    pub(crate) fn send(
+        &self,
+        to: &str,
+        from: Option<&str>,
+        body: Body,
+        later: impl FnOnce() -> Option<Then>,
+    ) -> Option<usize> {
+        self.deliver(to, None, from, body, later)
     }
 
-    fn deliver(&self, to: &str, namespace: Option<&str>, from: Option<&str>, body: Body) -> usize {
+    fn deliver(
+        &self,
+        to: &str,
+        namespace: Option<&str>,
+        from: Option<&str>,
+        body: Body,
+        later: impl FnOnce() -> Option<Then>,
+    ) -> Option<usize> {
+        self.0.metrics.direct.increment(1);
+        let delivered = self.deliver_here(to, namespace, from, &body);
+        let Some(redis) = self.redis_up() else {
+            return Some(delivered);
+        };
+        let payload = encode_direct(to, namespace, from, &body);
+        if delivered > 0 {
+            redis.direct(namespace, to, payload, None);
+            return Some(delivered);
+        }
+        redis.direct(namespace, to, payload, later());
+        None
+    }
+
+    /// Queue a direct message to this node's connections named `to`.
+    fn deliver_here(
+        &self,
+        to: &str,
+        namespace: Option<&str>,
+        from: Option<&str>,
+        body: &Body,
+    ) -> usize {
         let mut targets = lock(&self.0.clients).get(to).cloned().unwrap_or_default();
         if let Some(namespace) = namespace {
             targets.retain(|c| &*c.namespace == namespace);
@@ -532,18 +772,17 @@ impl Hub {
         let mut delivered = 0;
         for conn in targets {
             let frame = if conn.json {
-                envelope.get_or_init(|| text_frame(&protocol::direct(from, &body)))
+                envelope.get_or_init(|| text_frame(&protocol::direct(from, body)))
             } else {
-                raw.get_or_init(|| raw_frame(&body))
+                raw.get_or_init(|| raw_frame(body))
             }
             .clone();
             if conn.push(frame, metrics) {
                 delivered += 1;
             }
         }
-        metrics.direct.increment(1);
         metrics.delivered.increment(delivered as u64);
-        delivered + self.0.backplane.direct(to, namespace, from, &body)
+        delivered
     }
 
     pub(crate) fn channels(&self) -> Vec<ChannelInfo> {
@@ -555,7 +794,7 @@ impl Hub {
                 ChannelInfo {
                     name: c.name.clone(),
                     subscribers: state.subscribers.len(),
-                    last: self.0.backplane.position(&state.stream),
+                    last: state.stream.position(),
                 }
             })
             .collect();
@@ -563,7 +802,8 @@ impl Hub {
         list
     }
 
-    /// Forget channels nobody is subscribed to whose history has expired.
+    /// Forget channels nobody here is subscribed to whose history has
+    /// expired (or, with Redis, that this node no longer follows).
     fn sweep(&self) {
         self.sweep_locked(&mut lock(&self.0.channels));
     }
@@ -572,8 +812,12 @@ impl Hub {
         let now = Instant::now();
         channels.retain(|_, channel| {
             let mut state = lock(&channel.state);
-            let keep =
-                !state.subscribers.is_empty() || !self.0.backplane.expired(&state.stream, now);
+            let keep = !state.subscribers.is_empty()
+                || match state.follow {
+                    Follow::Loading { .. } => true,
+                    Follow::Idle | Follow::Mirror => false,
+                    Follow::Local | Follow::Stale => !state.stream.expired(self.0.bounds, now),
+                };
             state.removed = !keep;
             keep
         });
@@ -581,7 +825,7 @@ impl Hub {
     }
 
     /// Sweep now and then until cancelled.
-    pub(crate) async fn sweeper(self, cancel: CancellationToken) {
+    async fn sweeper(self, cancel: CancellationToken) {
         let period =
             (self.0.config.history_ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut tick = tokio::time::interval(period);

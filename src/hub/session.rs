@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::member::{Data, Event, Member, payload_len};
 use super::protocol::{self, Body, Request};
-use super::{Conn, Hub, HubError, Registration, Since, Subscribed, text_frame};
+use super::{Conn, Done, Hub, HubError, Registration, Since, Subscribed, Then, text_frame};
 use crate::close::{SessionEnd, Side};
 use crate::config::{HubProtocol, HubRoute};
 use crate::frame::{ControlFrame, OpCode};
@@ -232,7 +232,7 @@ fn raw_frame(
             if let Some(field) = &route.direct_field
                 && let Some(to) = direct_target(&text, field)
             {
-                if hub.send_from(conn, &to, Body::Json(text)) == 0 {
+                if hub.send_from(conn, &to, Body::Json(text), || None) == Some(0) {
                     hub.metrics().dropped_no_recipient.increment(1);
                 }
                 return Ok(());
@@ -241,11 +241,13 @@ fn raw_frame(
         }
         Data::Binary(bytes) => Body::Binary(bytes),
     };
-    // The room always exists for its members; a refusal here is only the
-    // hub-wide channel limit.
-    hub.publish(room, Some(conn), body, route.echo)
-        .map(drop)
-        .map_err(|_| SessionEnd::Overloaded)
+    // The room always exists for its members: a refusal here is the
+    // hub-wide channel limit, or a full backplane queue (the message is
+    // dropped, counted, and the session goes on).
+    match hub.publish(room, Some(conn), body, route.echo, || None) {
+        Ok(_) | Err(HubError::Busy) => Ok(()),
+        Err(_) => Err(SessionEnd::Overloaded),
+    }
 }
 
 /// The value of `field` if `text` is a JSON object with that string field.
@@ -314,7 +316,9 @@ fn handle(
                 seq,
                 epoch: r.epoch.as_deref(),
             });
-            let answer = |sub: &Subscribed| {
+            let (owned_id, owned_channel) = (id.map(ToOwned::to_owned), channel.to_owned());
+            let answer = move |sub: &Subscribed| {
+                let (id, channel) = (owned_id.as_deref(), owned_channel.as_str());
                 Some(match sub.gap {
                     true => {
                         let why = "history does not reach back to `since` in that epoch: \
@@ -340,10 +344,12 @@ fn handle(
             let channel = channel_of(r)?;
             let data = data_of(r)?;
             charge(bucket, "publishing")?;
+            let later = || Some(answer_later(conn, id, |done| Ok(done.at), Some(channel)));
             let published = hub
-                .publish(channel, Some(conn), data, false)
+                .publish(channel, Some(conn), data, false, later)
                 .map_err(refused)?;
-            Ok(Some(protocol::ack(id, Some(channel), Some(published.at))))
+            // `None`: sequenced in Redis, acknowledged once it is.
+            Ok(published.map(|p| protocol::ack(id, Some(channel), Some(p.at))))
         }
         "send" => {
             let to =
@@ -351,14 +357,25 @@ fn handle(
                     .ok_or(("bad_request", "\"to\" is required".to_owned()))?;
             let data = data_of(r)?;
             charge(bucket, "sending")?;
-            if hub.send_from(conn, to, data) == 0 {
-                hub.metrics().dropped_no_recipient.increment(1);
-                return Err((
-                    "no_such_client",
-                    format!("no client named {to:?} is connected"),
-                ));
+            let (dropped, owned_to) = (hub.metrics().dropped_no_recipient.clone(), to.to_owned());
+            let reached = move |done: Done| match done.nodes {
+                0 => {
+                    dropped.increment(1);
+                    Err(no_such_client(&owned_to))
+                }
+                _ => Ok(None),
+            };
+            match hub.send_from(conn, to, data, || {
+                Some(answer_later(conn, id, reached, None))
+            }) {
+                Some(0) => {
+                    hub.metrics().dropped_no_recipient.increment(1);
+                    Err(no_such_client(to))
+                }
+                Some(_) => Ok(Some(protocol::ack(id, None, None))),
+                // Not connected here: answered once Redis says where it went.
+                None => Ok(None),
             }
-            Ok(Some(protocol::ack(id, None, None)))
         }
         "refresh" => super::access::refresh(conn, r.token.as_deref())
             .map(|()| Some(protocol::ack(id, None, None))),
@@ -367,11 +384,42 @@ fn handle(
             if !conn.access.may_subscribe(channel) {
                 return Err(refused(HubError::Forbidden));
             }
-            let clients = hub.presence(channel).unwrap_or_default();
-            Ok(Some(protocol::presence(channel, &clients, id)))
+            let (conn, id, owned) = (conn.clone(), id.map(ToOwned::to_owned), channel.to_owned());
+            hub.presence_then(channel, move |clients| {
+                conn.reply(&protocol::presence(&owned, &clients, id.as_deref()));
+            });
+            Ok(None)
         }
         other => Err(("bad_request", format!("unknown type {other:?}"))),
     }
+}
+
+fn no_such_client(to: &str) -> Refusal {
+    (
+        "no_such_client",
+        format!("no client named {to:?} is connected"),
+    )
+}
+
+/// What the client is told once Redis has answered for its publish or
+/// direct message: an ack (with the position `answer` gives, if any), or
+/// the refusal.
+fn answer_later(
+    conn: &Arc<Conn>,
+    id: Option<&RawValue>,
+    answer: impl FnOnce(Done) -> Result<Option<super::Position>, Refusal> + Send + 'static,
+    channel: Option<&str>,
+) -> Then {
+    let (conn, id) = (conn.clone(), id.map(ToOwned::to_owned));
+    let channel = channel.map(str::to_owned);
+    Box::new(move |result| {
+        let id = id.as_deref();
+        let reply = match result.map_err(|e| (e.code(), e.message().to_owned())) {
+            Ok(done) => answer(done).map(|at| protocol::ack(id, channel.as_deref(), at)),
+            Err(refusal) => Err(refusal),
+        };
+        conn.reply(&reply.unwrap_or_else(|(code, why)| protocol::error(code, &why, id, None)));
+    })
 }
 
 /// One token from the client's bucket, or `rate_limited` for `what`.

@@ -39,6 +39,7 @@ pub(super) fn hub() -> Hub {
         max_channels: 100,
         backplane: crate::config::BackplaneConfig::Memory,
     })
+    .unwrap()
 }
 
 pub(super) fn conn(id: u64, name: &str) -> Arc<Conn> {
@@ -96,9 +97,15 @@ fn a_subscriber_whose_new_channel_is_swept_before_it_locks_it_still_gets_publish
     // The channel is new (no subscribers, no history): exactly what the
     // sweeper forgets.
     between(|hub| hub.sweep());
-    let sub = hub.subscribe(&bob, "room", None, 8, |_| None).unwrap();
+    let sub = hub
+        .subscribe(&bob, "room", None, 8, |_| None)
+        .unwrap()
+        .unwrap();
     assert_eq!(sub.at.seq, 0);
-    let published = hub.publish("room", None, json("1"), true).unwrap();
+    let published = hub
+        .publish("room", None, json("1"), true, || None)
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (published.at, published.delivered),
         (sub.at.next(), 1),
@@ -114,11 +121,15 @@ fn a_subscriber_whose_new_channel_is_swept_before_it_locks_it_still_gets_publish
 fn a_publish_whose_new_channel_is_swept_before_it_locks_it_stays_in_history() {
     let hub = hub();
     between(|hub| hub.sweep());
-    let published = hub.publish("news", None, json("1"), true).unwrap();
+    let published = hub
+        .publish("news", None, json("1"), true, || None)
+        .unwrap()
+        .unwrap();
     assert_eq!(published.at.seq, 1);
     let ann = conn(2, "ann");
     let sub = hub
         .subscribe(&ann, "news", since(0, published.at.epoch), 8, |_| None)
+        .unwrap()
         .unwrap();
     assert_eq!(
         (sub.at, sub.gap),
@@ -133,7 +144,9 @@ fn a_publish_whose_new_channel_is_swept_before_it_locks_it_stays_in_history() {
 fn the_sweeper_still_forgets_unused_channels() {
     let hub = hub();
     let bob = conn(1, "bob");
-    hub.subscribe(&bob, "room", None, 8, |_| None).unwrap();
+    hub.subscribe(&bob, "room", None, 8, |_| None)
+        .unwrap()
+        .unwrap();
     hub.unsubscribe(&bob, "room").unwrap();
     hub.sweep();
     assert!(hub.channels().is_empty());
@@ -165,6 +178,7 @@ fn a_since_in_another_epoch_is_a_gap_never_a_replay() {
             None,
             Body::Json(Utf8Bytes::from(n.to_owned())),
             true,
+            || None,
         )
         .unwrap();
     }
@@ -174,6 +188,7 @@ fn a_since_in_another_epoch_is_a_gap_never_a_replay() {
     // The same position in the current epoch replays.
     let sub = hub
         .subscribe(&ann, "feed", since(1, now.epoch), 8, |_| None)
+        .unwrap()
         .unwrap();
     assert_eq!((sub.at, sub.gap), (now, false));
     assert_eq!(received(&ann).len(), 2);
@@ -186,7 +201,10 @@ fn a_since_in_another_epoch_is_a_gap_never_a_replay() {
         epoch: Some("not-an-epoch"),
     });
     for resume in [since(1, other), since(0, other), garbage] {
-        let sub = hub.subscribe(&ann, "feed", resume, 8, |_| None).unwrap();
+        let sub = hub
+            .subscribe(&ann, "feed", resume, 8, |_| None)
+            .unwrap()
+            .unwrap();
         assert_eq!((sub.at, sub.gap), (now, true));
         assert!(received(&ann).is_empty());
         hub.unsubscribe(&ann, "feed").unwrap();
@@ -196,7 +214,10 @@ fn a_since_in_another_epoch_is_a_gap_never_a_replay() {
         seq: 2,
         epoch: None,
     });
-    let sub = hub.subscribe(&ann, "feed", legacy, 8, |_| None).unwrap();
+    let sub = hub
+        .subscribe(&ann, "feed", legacy, 8, |_| None)
+        .unwrap()
+        .unwrap();
     assert!(!sub.gap);
     assert_eq!(received(&ann).len(), 1);
 }
@@ -204,7 +225,11 @@ fn a_since_in_another_epoch_is_a_gap_never_a_replay() {
 #[tokio::test(start_paused = true)]
 async fn a_channel_the_sweeper_forgot_starts_a_new_epoch() {
     let hub = hub();
-    let first = hub.publish("news", None, json("1"), true).unwrap().at;
+    let first = hub
+        .publish("news", None, json("1"), true, || None)
+        .unwrap()
+        .unwrap()
+        .at;
     // Its history expires unseen; the sweeper forgets the channel.
     hub.sweep();
     assert_eq!(
@@ -215,12 +240,17 @@ async fn a_channel_the_sweeper_forgot_starts_a_new_epoch() {
     tokio::time::advance(Duration::from_secs(301)).await;
     hub.sweep();
     assert!(hub.channels().is_empty());
-    let second = hub.publish("news", None, json("1"), true).unwrap().at;
+    let second = hub
+        .publish("news", None, json("1"), true, || None)
+        .unwrap()
+        .unwrap()
+        .at;
     assert_eq!(second.seq, 1);
     assert_ne!(second.epoch, first.epoch, "seq 1 again, but a new stream");
     let ann = conn(1, "ann");
     let sub = hub
         .subscribe(&ann, "news", since(1, first.epoch), 8, |_| None)
+        .unwrap()
         .unwrap();
     assert!(
         sub.gap,
@@ -231,8 +261,14 @@ async fn a_channel_the_sweeper_forgot_starts_a_new_epoch() {
 #[test]
 fn a_subscribe_is_answered_after_its_replay_and_before_any_live_message() {
     let hub = hub();
-    let first = hub.publish("feed", None, json("1"), true).unwrap().at;
-    hub.publish("feed", None, json("2"), true).unwrap();
+    let first = hub
+        .publish("feed", None, json("1"), true, || None)
+        .unwrap()
+        .unwrap()
+        .at;
+    hub.publish("feed", None, json("2"), true, || None)
+        .unwrap()
+        .unwrap();
     let ann = conn(1, "ann");
     // A publish racing the subscribe can only come before the replay
     // (then it is replayed) or after the answer: the answer is queued
@@ -241,7 +277,9 @@ fn a_subscribe_is_answered_after_its_replay_and_before_any_live_message() {
         Some(Utf8Bytes::from(format!("answer {}", sub.at.seq)))
     })
     .unwrap();
-    hub.publish("feed", None, json("3"), true).unwrap();
+    hub.publish("feed", None, json("3"), true, || None)
+        .unwrap()
+        .unwrap();
     let got = received(&ann);
     assert_eq!(got.len(), 4, "{got:?}");
     assert!(got[0].contains(r#""seq":1"#) && got[1].contains(r#""seq":2"#));

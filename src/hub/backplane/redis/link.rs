@@ -1,0 +1,552 @@
+//! The engine's one task: two connections to Redis (commands, and the
+//! pub/sub subscriptions), the queue of work from the hub sent as one
+//! pipeline per round trip, the node's heartbeat, one subscription per
+//! channel in use, and the loads of channel history. Lose either
+//! connection and the node serves alone until both are back.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ::redis::aio::{MultiplexedConnection, PubSubSink};
+use ::redis::{AsyncConnectionConfig, RedisResult, Value};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{Direct, Incoming, Loaded, Presence, wall_us};
+use super::{Done, Op, Redis, Shared, Then};
+use crate::hub::backplane::stream::Bounds;
+use crate::hub::{Epoch, Hub, HubError, Position, lock};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Most queued operations sent in one pipeline.
+const BATCH: usize = 512;
+/// Most channels named in one SUBSCRIBE or UNSUBSCRIBE.
+const CHUNK: usize = 1000;
+
+/// Why a connection was given up.
+type Broken = String;
+
+fn broken(what: &str, e: impl std::fmt::Display) -> Broken {
+    format!("{what}: {e}")
+}
+
+/// Run `work` under the command deadline.
+async fn deadline<T>(
+    shared: &Shared,
+    what: &str,
+    work: impl Future<Output = RedisResult<T>>,
+) -> Result<T, Broken> {
+    match timeout(shared.config.command_timeout, work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(broken(what, e)),
+        Err(_) => Err(broken(what, "no answer within command_timeout")),
+    }
+}
+
+/// Keep the node connected until `cancel`; then leave Redis's registry.
+pub(crate) async fn run(redis: Redis, hub: Hub, bounds: Bounds, cancel: CancellationToken) {
+    let shared = &*redis.0;
+    let Some(mut ops) = lock(&shared.inbox).take() else {
+        return;
+    };
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = Instant::now();
+        let mut link = Link {
+            redis: &redis,
+            hub: &hub,
+            bounds,
+            subscribed: HashSet::new(),
+            loading: HashSet::new(),
+        };
+        let why = tokio::select! {
+            _ = cancel.cancelled() => None,
+            why = link.serve(&mut ops) => Some(why),
+        };
+        let was_up = shared.up.swap(false, Ordering::AcqRel);
+        *lock(&shared.conn) = None;
+        shared.metrics.up.set(0.0);
+        if was_up {
+            hub.backplane_down();
+        }
+        fail_queued(&mut ops);
+        let Some(why) = why else {
+            link.leave().await;
+            return;
+        };
+        match was_up {
+            true => tracing::warn!(
+                "backplane: lost Redis ({why}); serving this node alone, reconnecting"
+            ),
+            false => tracing::warn!("backplane: cannot reach Redis ({why}); retrying"),
+        }
+        if started.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        }
+        // Jittered, so nodes that lost Redis together do not return together.
+        let pause = backoff.mul_f64(rand::random_range(0.5..1.0));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        shared.metrics.reconnects.increment(1);
+    }
+}
+
+/// Work queued while the link went down: publishes and direct messages
+/// hear that Redis did not take them; registry changes are written again
+/// from the hub's state on the next connection.
+fn fail_queued(ops: &mut mpsc::Receiver<Op>) {
+    while let Ok(op) = ops.try_recv() {
+        if let Op::Publish {
+            then: Some(then), ..
+        }
+        | Op::Direct {
+            then: Some(then), ..
+        } = op
+        {
+            then(Err(HubError::Unavailable));
+        }
+    }
+}
+
+struct Link<'a> {
+    redis: &'a Redis,
+    hub: &'a Hub,
+    bounds: Bounds,
+    /// Channels this node's pub/sub connection is subscribed to.
+    subscribed: HashSet<Arc<str>>,
+    /// Channels whose history is being loaded.
+    loading: HashSet<Arc<str>>,
+}
+
+type Load = std::pin::Pin<Box<dyn Future<Output = (Arc<str>, Result<Loaded, Broken>)> + Send>>;
+
+impl Link<'_> {
+    fn shared(&self) -> &Shared {
+        &self.redis.0
+    }
+
+    /// One connection's life: connect, follow Redis, return why it ended.
+    async fn serve(&mut self, ops: &mut mpsc::Receiver<Op>) -> Broken {
+        let shared = self.redis.0.clone();
+        let shared = &*shared;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(shared.config.command_timeout))
+            .set_response_timeout(Some(shared.config.command_timeout));
+        let connect = shared
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
+        let mut conn = match deadline(shared, "connect", connect).await {
+            Ok(conn) => conn,
+            Err(why) => return why,
+        };
+        let (mut sink, mut messages) =
+            match deadline(shared, "connect", shared.client.get_async_pubsub()).await {
+                Ok(pubsub) => pubsub.split(),
+                Err(why) => return why,
+            };
+        for script in shared.scripts.all() {
+            if let Err(why) = deadline(shared, "SCRIPT LOAD", script.load_async(&mut conn)).await {
+                return why;
+            }
+        }
+        let inbox = format!("{}{}", shared.names.inbox, shared.node);
+        if let Err(why) = deadline(shared, "SUBSCRIBE", sink.subscribe(&inbox)).await {
+            return why;
+        }
+        *lock(&shared.conn) = Some(conn.clone());
+        shared.up.store(true, Ordering::Release);
+        shared.metrics.up.set(1.0);
+        tracing::info!("backplane: connected to Redis as node {}", shared.node);
+        // Channels in use follow Redis again (subscribed and reloaded below).
+        self.hub.backplane_up();
+        shared.resync.store(true, Ordering::Release);
+        let mut loads: FuturesUnordered<Load> = FuturesUnordered::new();
+        let mut beat = tokio::time::interval(shared.config.node_ttl / 3);
+        let mut batch = Vec::with_capacity(BATCH);
+        let result: Result<(), Broken> = async {
+            loop {
+                if shared.resync.swap(false, Ordering::AcqRel) {
+                    self.resync(&mut conn).await?;
+                }
+                let dirty = std::mem::take(&mut *lock(&shared.dirty));
+                if !dirty.is_empty() {
+                    self.reconcile(dirty, &mut sink, &conn, &mut loads).await?;
+                }
+                tokio::select! {
+                    msg = messages.next() => match msg {
+                        Some(msg) => self.received(&msg),
+                        None => return Err("the subscription connection closed".to_owned()),
+                    },
+                    Some((channel, loaded)) = loads.next(), if !loads.is_empty() => {
+                        self.loading.remove(&channel);
+                        self.hub.install(&channel, loaded?);
+                    }
+                    n = ops.recv_many(&mut batch, BATCH) => {
+                        if n == 0 {
+                            return Err("the hub stopped".to_owned());
+                        }
+                        self.send(&mut conn, &mut batch).await?;
+                    }
+                    _ = beat.tick() => self.heartbeat(&mut conn).await?,
+                    _ = shared.wake.notified() => {}
+                }
+            }
+        }
+        .await;
+        result.err().unwrap_or_default()
+    }
+
+    /// A message on one of this node's subscriptions.
+    fn received(&self, msg: &::redis::Msg) {
+        let shared = self.shared();
+        let topic = msg.get_channel_name();
+        let payload = msg.get_payload_bytes();
+        shared.metrics.received.increment(1);
+        let sent_us = if let Some(channel) = topic.strip_prefix(&shared.names.topic) {
+            if let Some(event) = Presence::parse(payload) {
+                if event.node != shared.node {
+                    self.hub.remote_presence(channel, event.join, event.name);
+                }
+                return;
+            }
+            let Some(incoming) = Incoming::parse(payload) else {
+                return self.unreadable(topic);
+            };
+            let sent_us = incoming.sent_us;
+            self.hub.remote_message(channel, incoming);
+            sent_us
+        } else {
+            let Some(direct) = Direct::parse(payload) else {
+                return self.unreadable(topic);
+            };
+            let sent_us = direct.sent_us;
+            self.hub.remote_direct(direct);
+            sent_us
+        };
+        let lag = wall_us().saturating_sub(sent_us);
+        shared.metrics.lag.record(lag as f64 / 1e6);
+    }
+
+    fn unreadable(&self, topic: &str) {
+        self.shared().metrics.dropped.increment(1);
+        tracing::warn!("backplane: dropped an unreadable message on {topic}");
+    }
+
+    /// Subscribe to the channels now in use, unsubscribe from the rest,
+    /// and load the history of those that wait for it.
+    async fn reconcile(
+        &mut self,
+        dirty: HashSet<Arc<str>>,
+        sink: &mut PubSubSink,
+        conn: &MultiplexedConnection,
+        loads: &mut FuturesUnordered<Load>,
+    ) -> Result<(), Broken> {
+        let shared = self.redis.0.clone();
+        let (mut subscribe, mut unsubscribe) = (Vec::new(), Vec::new());
+        for channel in dirty {
+            let want = self.hub.wants(&channel);
+            let topic = format!("{}{channel}", shared.names.topic);
+            match (want.subscription, self.subscribed.contains(&channel)) {
+                (true, false) => {
+                    subscribe.push(topic);
+                    self.subscribed.insert(channel.clone());
+                }
+                (false, true) => {
+                    unsubscribe.push(topic);
+                    self.subscribed.remove(&channel);
+                }
+                _ => {}
+            }
+            if want.load && self.loading.insert(channel.clone()) {
+                let mut conn = conn.clone();
+                let (head, log) = shared.names.stream(&channel);
+                let (bounds, shared) = (self.bounds, shared.clone());
+                loads.push(Box::pin(async move {
+                    let mut invocation = shared.scripts.load.prepare_invoke();
+                    invocation
+                        .key(head)
+                        .key(log)
+                        .arg(Epoch::random().to_string())
+                        .arg(bounds.size)
+                        .arg(shared.config.stream_ttl.as_millis() as u64);
+                    let values =
+                        deadline(&shared, "load", invocation.invoke_async(&mut conn)).await;
+                    let loaded = values.and_then(|v: Vec<Value>| {
+                        Loaded::parse(v).ok_or_else(|| "an unreadable channel history".to_owned())
+                    });
+                    (channel, loaded)
+                }));
+            }
+        }
+        // Subscriptions first: a load issued after the SUBSCRIBE is
+        // confirmed misses nothing published since.
+        for chunk in subscribe.chunks(CHUNK) {
+            deadline(&shared, "SUBSCRIBE", sink.subscribe(chunk)).await?;
+        }
+        for chunk in unsubscribe.chunks(CHUNK) {
+            deadline(&shared, "UNSUBSCRIBE", sink.unsubscribe(chunk)).await?;
+        }
+        Ok(())
+    }
+
+    /// Send queued work as one pipeline and tell each waiter its answer.
+    async fn send(
+        &self,
+        conn: &mut MultiplexedConnection,
+        batch: &mut Vec<Op>,
+    ) -> Result<(), Broken> {
+        let shared = self.shared();
+        let names = &shared.names;
+        let node = shared.node.as_str();
+        let mut pipe = ::redis::pipe();
+        pipe.ignore_errors();
+        let mut waiting: Vec<(Kind, Option<Then>)> = Vec::with_capacity(batch.len());
+        for op in batch.drain(..) {
+            match op {
+                Op::Publish {
+                    channel,
+                    payload,
+                    then,
+                } => {
+                    let (head, log) = names.stream(&channel);
+                    let topic = format!("{}{channel}", names.topic);
+                    pipe.cmd("EVALSHA")
+                        .arg(self.shared().scripts.publish.get_hash())
+                        .arg(2)
+                        .arg(head)
+                        .arg(log)
+                        .arg(Epoch::random().to_string())
+                        .arg(self.bounds.size)
+                        .arg(self.bounds.ttl.as_millis() as u64)
+                        .arg(shared.config.stream_ttl.as_millis() as u64)
+                        .arg(topic)
+                        .arg(payload);
+                    waiting.push((Kind::Publish, then));
+                }
+                Op::Direct {
+                    set,
+                    member,
+                    payload,
+                    then,
+                } => {
+                    pipe.cmd("EVALSHA")
+                        .arg(self.shared().scripts.direct.get_hash())
+                        .arg(0)
+                        .arg(&names.base)
+                        .arg(node)
+                        .arg(set)
+                        .arg(member)
+                        .arg(&names.inbox)
+                        .arg(payload);
+                    waiting.push((Kind::Direct, then));
+                }
+                Op::Named { set, member, add } => {
+                    let key = format!("{}:n:{node}:{set}", names.base);
+                    pipe.cmd(if add { "SADD" } else { "SREM" })
+                        .arg(key)
+                        .arg(member);
+                    waiting.push((Kind::Registry, None));
+                }
+                Op::Present {
+                    channel,
+                    name,
+                    add,
+                    listed,
+                } => {
+                    let topic = format!("{}{channel}", names.topic);
+                    pipe.cmd("EVALSHA")
+                        .arg(self.shared().scripts.present.get_hash())
+                        .arg(0)
+                        .arg(&names.base)
+                        .arg(node)
+                        .arg(&*channel)
+                        .arg(&*name)
+                        .arg(if add { "1" } else { "0" })
+                        .arg(if listed { "1" } else { "0" })
+                        .arg(topic);
+                    waiting.push((Kind::Registry, None));
+                }
+            }
+        }
+        let started = Instant::now();
+        let answers = deadline(
+            shared,
+            "publish",
+            pipe.query_async::<Vec<RedisResult<Value>>>(conn),
+        )
+        .await;
+        let answers = match answers {
+            Ok(answers) if answers.len() == waiting.len() => answers,
+            other => {
+                for (kind, then) in waiting {
+                    kind.failed(shared);
+                    if let Some(then) = then {
+                        then(Err(HubError::Unavailable));
+                    }
+                }
+                return Err(other
+                    .err()
+                    .unwrap_or_else(|| "a short pipeline reply".into()));
+            }
+        };
+        shared.metrics.rtt.record(started.elapsed().as_secs_f64());
+        let mut lost_scripts = false;
+        for ((kind, then), answer) in waiting.into_iter().zip(answers) {
+            let done = match answer {
+                Ok(value) => kind.done(&value),
+                Err(e) => {
+                    lost_scripts |= e.code() == Some("NOSCRIPT");
+                    tracing::warn!("backplane: Redis refused a command: {e}");
+                    None
+                }
+            };
+            match done {
+                Some(_) if kind == Kind::Publish => shared.metrics.published_ok.increment(1),
+                Some(_) => {}
+                None => kind.failed(shared),
+            }
+            if let Some(then) = then {
+                then(done.ok_or(HubError::Unavailable));
+            }
+        }
+        match lost_scripts {
+            true => Err("Redis lost the scripts (restarted or flushed)".to_owned()),
+            false => Ok(()),
+        }
+    }
+
+    /// Renew this node's entry; forget nodes that stopped renewing. A node
+    /// that was itself forgotten writes its registry again.
+    async fn heartbeat(&self, conn: &mut MultiplexedConnection) -> Result<(), Broken> {
+        let shared = self.shared();
+        let mut beat = self.shared().scripts.heartbeat.prepare_invoke();
+        beat.arg(&shared.names.base)
+            .arg(&shared.node)
+            .arg(shared.config.node_ttl.as_millis() as u64)
+            .arg(&shared.names.topic);
+        let fresh: i64 = deadline(shared, "heartbeat", beat.invoke_async(conn)).await?;
+        if fresh == 1 {
+            shared.resync.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Write this node's registry from scratch: its names and, per
+    /// channel, its subscribers' names.
+    async fn resync(&self, conn: &mut MultiplexedConnection) -> Result<(), Broken> {
+        let shared = self.shared();
+        let (base, node) = (&shared.names.base, &shared.node);
+        let registry = self.hub.registry();
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("EVALSHA")
+            .arg(self.shared().scripts.leave.get_hash())
+            .arg(0)
+            .arg(base)
+            .arg(node)
+            .ignore();
+        pipe.cmd("EVALSHA")
+            .arg(self.shared().scripts.heartbeat.get_hash())
+            .arg(0)
+            .arg(base)
+            .arg(node)
+            .arg(shared.config.node_ttl.as_millis() as u64)
+            .arg(&shared.names.topic)
+            .ignore();
+        for (set, members) in [("clients", &registry.clients), ("names", &registry.names)] {
+            for chunk in members.chunks(CHUNK) {
+                pipe.cmd("SADD")
+                    .arg(format!("{base}:n:{node}:{set}"))
+                    .arg(chunk)
+                    .ignore();
+            }
+        }
+        for (channel, names) in &registry.present {
+            pipe.cmd("SADD")
+                .arg(format!("{base}:n:{node}:ch"))
+                .arg(&**channel)
+                .ignore();
+            let key = format!("{base}:p:{node}:{channel}");
+            for chunk in names.chunks(CHUNK) {
+                let chunk: Vec<&str> = chunk.iter().map(|n| &**n).collect();
+                pipe.cmd("SADD").arg(&key).arg(chunk).ignore();
+            }
+        }
+        deadline(shared, "registry", pipe.query_async::<()>(conn)).await
+    }
+
+    /// Leave the registry at shutdown (best effort, under the deadline).
+    async fn leave(&self) {
+        let shared = self.shared();
+        let conn = self.shared().client.get_multiplexed_async_connection();
+        let Ok(mut conn) = deadline(shared, "connect", conn).await else {
+            return;
+        };
+        let mut leave = self.shared().scripts.leave.prepare_invoke();
+        leave.arg(&shared.names.base).arg(&shared.node);
+        let _: Result<i64, _> = deadline(shared, "leave", leave.invoke_async(&mut conn)).await;
+    }
+}
+
+/// What a pipelined command was, to read its answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Publish,
+    Direct,
+    Registry,
+}
+
+impl Kind {
+    fn done(self, value: &Value) -> Option<Done> {
+        match (self, value) {
+            (Kind::Publish, Value::Array(v)) => {
+                let (Some(Value::Int(seq)), Some(Value::BulkString(epoch)), Some(Value::Int(n))) =
+                    (v.first(), v.get(1), v.get(2))
+                else {
+                    return None;
+                };
+                let epoch = Epoch::parse(std::str::from_utf8(epoch).ok()?)?;
+                Some(Done {
+                    at: Some(Position {
+                        seq: u64::try_from(*seq).ok()?,
+                        epoch,
+                    }),
+                    nodes: usize::try_from(*n).ok()?,
+                })
+            }
+            (Kind::Direct, Value::Int(n)) => Some(Done {
+                at: None,
+                nodes: usize::try_from(*n).ok()?,
+            }),
+            (Kind::Registry, _) => Some(Done { at: None, nodes: 0 }),
+            _ => None,
+        }
+    }
+
+    fn failed(self, shared: &Shared) {
+        match self {
+            Kind::Publish => shared.metrics.published_failed.increment(1),
+            Kind::Direct => shared.metrics.dropped.increment(1),
+            // Written again from the hub's state.
+            Kind::Registry => shared.resync.store(true, Ordering::Release),
+        }
+    }
+}
+
+/// The names subscribed to `channel` on every live node.
+pub(super) async fn presence(shared: &Shared, channel: &str) -> Option<Vec<String>> {
+    let mut conn = lock(&shared.conn).clone()?;
+    let mut query = shared.scripts.presence.prepare_invoke();
+    query.arg(&shared.names.base).arg(channel);
+    deadline(shared, "presence", query.invoke_async(&mut conn))
+        .await
+        .ok()
+}

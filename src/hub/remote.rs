@@ -1,0 +1,332 @@
+//! The hub's side of the Redis engine: what the engine's task brings back
+//! (messages, direct messages, loaded history, the link going up or down)
+//! applied under the same locks as everything else, and what the task
+//! asks of the hub (which channels it wants, this node's registry).
+//!
+//! Per channel, messages from Redis are applied strictly in sequence: the
+//! next one extends the mirror and goes to the subscribers; one already
+//! applied is dropped; a hole (or another epoch) reloads the channel from
+//! Redis, holding later messages and new subscribers until it has.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::backplane::redis::{Direct, Incoming, Loaded};
+use super::{Channel, ChannelState, Conn, Follow, Hub, Msg, Pending, Since, Stream, lock};
+
+/// Most live messages a loading channel holds; past it, the channel loads
+/// again once it has loaded.
+const BUFFERED: usize = 4096;
+
+/// What the engine's task should do for a channel.
+pub(crate) struct Want {
+    /// Hold a Redis subscription for it.
+    pub(crate) subscription: bool,
+    /// Load its head and history.
+    pub(crate) load: bool,
+}
+
+/// This node's entries in Redis's registry, from the hub's own state.
+pub(crate) struct Registry {
+    /// `namespace\x1fname` of every connected name.
+    pub(crate) clients: Vec<String>,
+    /// Every connected name.
+    pub(crate) names: Vec<String>,
+    /// Per channel, the names subscribed to it here.
+    pub(crate) present: Vec<(Arc<str>, Vec<Arc<str>>)>,
+}
+
+impl Pending {
+    pub(super) fn new(
+        conn: &Arc<Conn>,
+        since: Option<Since<'_>>,
+        answer: super::Answer,
+    ) -> Pending {
+        Pending {
+            conn: conn.clone(),
+            since: since.map(|s| (s.seq, s.epoch.map(str::to_owned))),
+            answer,
+        }
+    }
+}
+
+impl Hub {
+    fn all_channels(&self) -> Vec<Arc<Channel>> {
+        lock(&self.0.channels).values().cloned().collect()
+    }
+
+    fn node(&self) -> &str {
+        self.0.redis.as_ref().map_or("", |r| r.node())
+    }
+
+    /// The link is up: every channel in use here follows Redis again.
+    pub(crate) fn backplane_up(&self) {
+        let Some(redis) = &self.0.redis else { return };
+        for channel in self.all_channels() {
+            let mut state = lock(&channel.state);
+            if state.subscribers.is_empty() || matches!(state.follow, Follow::Loading { .. }) {
+                continue;
+            }
+            state.follow = Follow::Loading {
+                buffered: Vec::new(),
+                pending: Vec::new(),
+            };
+            redis.watch(&channel.name);
+        }
+    }
+
+    /// The link is down: channels stop following Redis; subscribers
+    /// waiting on a load are answered from what this node has.
+    pub(crate) fn backplane_down(&self) {
+        for channel in self.all_channels() {
+            let mut state = lock(&channel.state);
+            self.unfollow(&channel, &mut state);
+        }
+    }
+
+    /// Stop following Redis (it is unreachable): a mirror goes stale.
+    fn unfollow(&self, channel: &Channel, state: &mut ChannelState) {
+        let was = std::mem::replace(&mut state.follow, Follow::Stale);
+        match was {
+            Follow::Loading { pending, .. } => {
+                for p in pending {
+                    self.admit(channel, state, p);
+                }
+            }
+            Follow::Mirror | Follow::Stale => {}
+            other @ (Follow::Local | Follow::Idle) => state.follow = other,
+        }
+    }
+
+    /// Sequence the channel here from now on (Redis is unreachable): in a
+    /// new local epoch, so no position of it is taken for one of Redis's.
+    pub(super) fn go_local(&self, channel: &Channel, state: &mut ChannelState) {
+        self.unfollow(channel, state);
+        if !matches!(state.follow, Follow::Local) {
+            state.stream = Stream::new();
+            state.follow = Follow::Local;
+        }
+    }
+
+    /// The last subscriber (or waiting subscriber) left: stop following.
+    pub(super) fn unwatch_if_unused(&self, channel: &Channel, state: &mut ChannelState) {
+        let Some(redis) = &self.0.redis else { return };
+        let waiting = match &state.follow {
+            Follow::Loading { pending, .. } => !pending.is_empty(),
+            Follow::Mirror => false,
+            Follow::Local | Follow::Idle | Follow::Stale => return,
+        };
+        if state.subscribers.is_empty() && !waiting {
+            state.follow = Follow::Idle;
+            redis.watch(&channel.name);
+        }
+    }
+
+    /// A subscriber that waited for the load joins now.
+    fn admit(&self, channel: &Channel, state: &mut ChannelState, p: Pending) {
+        let since = p.since.as_ref().map(|(seq, epoch)| Since {
+            seq: *seq,
+            epoch: epoch.as_deref(),
+        });
+        let subscribed = self.subscribe_locked(&p.conn, channel, state, since);
+        if let Some(text) = (p.answer)(&subscribed) {
+            p.conn.reply(&text);
+        }
+    }
+
+    pub(crate) fn wants(&self, name: &str) -> Want {
+        let channel = self.channel(name, false).ok().flatten();
+        let Some(channel) = channel else {
+            return Want {
+                subscription: false,
+                load: false,
+            };
+        };
+        let state = lock(&channel.state);
+        let load = matches!(state.follow, Follow::Loading { .. });
+        Want {
+            subscription: load || matches!(state.follow, Follow::Mirror),
+            load,
+        }
+    }
+
+    /// A channel's head and history arrived: the mirror starts from them;
+    /// subscribers here catch up on what they missed in the same epoch,
+    /// those waiting are admitted (replayed from `since`, answered), and
+    /// then all get the live messages that came meanwhile.
+    pub(crate) fn install(&self, name: &str, loaded: Loaded) {
+        let Some(channel) = self.channel(name, false).ok().flatten() else {
+            return;
+        };
+        let mut state = lock(&channel.state);
+        if state.removed || !matches!(state.follow, Follow::Loading { .. }) {
+            return;
+        }
+        let Follow::Loading { buffered, pending } =
+            std::mem::replace(&mut state.follow, Follow::Mirror)
+        else {
+            return;
+        };
+        let old = state.stream.position();
+        let now = Instant::now();
+        let mut stream = Stream::at(loaded.at);
+        for (incoming, age) in loaded.kept {
+            let when = now.checked_sub(age).unwrap_or(now);
+            let msg = self.msg(&channel, incoming, when);
+            stream.push(Arc::new(msg), self.0.bounds);
+        }
+        // `push` moved the head to the last kept message; the head is Redis's.
+        let mut stream = stream.with_head(loaded.at);
+        if old.epoch == loaded.at.epoch && old.seq < loaded.at.seq {
+            for msg in stream.after(old.seq) {
+                self.fan_out(&state, msg, msg.skip);
+            }
+        }
+        std::mem::swap(&mut state.stream, &mut stream);
+        // Admitted at the loaded head, they get what came meanwhile too.
+        for p in pending {
+            self.admit(&channel, &mut state, p);
+        }
+        let mut buffered = buffered.into_iter();
+        while let Some(incoming) = buffered.next() {
+            if let Err(hole) = self.apply(&channel, &mut state, incoming) {
+                // Load again; later messages wait for it.
+                let mut rest = vec![hole];
+                rest.extend(buffered);
+                state.follow = Follow::Loading {
+                    buffered: rest,
+                    pending: Vec::new(),
+                };
+                if let Some(redis) = &self.0.redis {
+                    redis.watch(&channel.name);
+                }
+                return;
+            }
+        }
+        self.unwatch_if_unused(&channel, &mut state);
+    }
+
+    /// A channel message from Redis.
+    pub(crate) fn remote_message(&self, name: &str, incoming: Incoming) {
+        let Some(channel) = self.channel(name, false).ok().flatten() else {
+            return;
+        };
+        let mut state = lock(&channel.state);
+        if state.removed {
+            return;
+        }
+        match &mut state.follow {
+            Follow::Loading { buffered, .. } => {
+                if buffered.len() < BUFFERED {
+                    buffered.push(incoming);
+                }
+                // Else dropped here: the install finds the hole and loads again.
+            }
+            Follow::Mirror => {
+                if let Err(hole) = self.apply(&channel, &mut state, incoming) {
+                    state.follow = Follow::Loading {
+                        buffered: vec![hole],
+                        pending: Vec::new(),
+                    };
+                    if let Some(redis) = &self.0.redis {
+                        redis.watch(&channel.name);
+                    }
+                }
+            }
+            Follow::Local | Follow::Idle | Follow::Stale => {}
+        }
+    }
+
+    /// Extend the mirror with the next message and deliver it; one already
+    /// applied is dropped; anything else is a hole, handed back.
+    fn apply(
+        &self,
+        channel: &Channel,
+        state: &mut ChannelState,
+        incoming: Incoming,
+    ) -> Result<(), Incoming> {
+        let next = state.stream.next();
+        if incoming.at.epoch == next.epoch && incoming.at.seq < next.seq {
+            return Ok(());
+        }
+        if incoming.at != next {
+            return Err(incoming);
+        }
+        let msg = Arc::new(self.msg(channel, incoming, Instant::now()));
+        state.stream.push(msg.clone(), self.0.bounds);
+        self.fan_out(state, &msg, msg.skip);
+        Ok(())
+    }
+
+    /// A message from Redis as the hub keeps it; one this node's client
+    /// sent without echo skips that client.
+    fn msg(&self, channel: &Channel, incoming: Incoming, when: Instant) -> Msg {
+        let mut msg = Msg::new(
+            incoming.at,
+            channel.name.clone(),
+            incoming.from,
+            incoming.body,
+            when,
+        );
+        msg.skip = (!incoming.echo && *incoming.node == *self.node()).then_some(incoming.conn);
+        msg
+    }
+
+    /// A client of another node joined or left a channel followed here.
+    pub(crate) fn remote_presence(&self, name: &str, join: bool, client: &str) {
+        let Some(channel) = self.channel(name, false).ok().flatten() else {
+            return;
+        };
+        let state = lock(&channel.state);
+        let kind = if join { "join" } else { "leave" };
+        self.presence_event(&state, kind, name, client);
+    }
+
+    /// A direct message another node handed to this one's clients.
+    pub(crate) fn remote_direct(&self, direct: Direct) {
+        let delivered = self.deliver_here(
+            &direct.to,
+            direct.namespace.as_deref(),
+            direct.from.as_deref(),
+            &direct.body,
+        );
+        if delivered == 0 {
+            self.0.metrics.dropped_no_recipient.increment(1);
+        }
+    }
+
+    /// This node's registry, as Redis should list it.
+    pub(crate) fn registry(&self) -> Registry {
+        let (mut clients, mut names) = (Vec::new(), Vec::new());
+        for (name, conns) in lock(&self.0.clients).iter() {
+            names.push(name.to_string());
+            let mut spaces: Vec<&str> = conns.iter().map(|c| &*c.namespace).collect();
+            spaces.sort_unstable();
+            spaces.dedup();
+            clients.extend(
+                spaces
+                    .into_iter()
+                    .map(|ns| super::backplane::redis::member(ns, name)),
+            );
+        }
+        let mut present = Vec::new();
+        for channel in self.all_channels() {
+            let state = lock(&channel.state);
+            let mut here: Vec<Arc<str>> =
+                state.subscribers.values().map(|c| c.name.clone()).collect();
+            drop(state);
+            if here.is_empty() {
+                continue;
+            }
+            here.sort_unstable();
+            here.dedup();
+            present.push((channel.name.clone(), here));
+        }
+        Registry {
+            clients,
+            names,
+            present,
+        }
+    }
+}
