@@ -108,6 +108,8 @@ struct Measure {
     acked: u64,
     refused: Vec<(String, u64)>,
     redis_us_per_publish: Option<f64>,
+    /// Redis's CPU over the measure (first publish to last delivery).
+    redis_core_percent: Option<f64>,
 }
 
 async fn compare(p: Params, redis: &Redis) -> bool {
@@ -182,16 +184,15 @@ async fn compare(p: Params, redis: &Redis) -> bool {
                 "-"
             );
         }
-        for (what, bv, sv) in [
-            ("lost", b.lost, s.lost),
-            ("duplicated", b.duplicated, s.duplicated),
-            ("reordered", b.reordered, s.reordered),
-            ("subscribers closed", b.closed, s.closed),
+        let of = format!("of {} deliveries", b.expected);
+        let subscribers = format!("of {}", p.subscribers);
+        for (what, whole, bv, sv) in [
+            ("lost", &of, b.lost, s.lost),
+            ("duplicated", &of, b.duplicated, s.duplicated),
+            ("reordered", &of, b.reordered, s.reordered),
+            ("subscribers closed", &subscribers, b.closed, s.closed),
         ] {
-            println!(
-                "{:<54} {bv:>16} {sv:>16}",
-                format!("{at} {what} (of {} deliveries)", b.expected)
-            );
+            println!("{:<54} {bv:>16} {sv:>16}", format!("{at} {what} ({whole})"));
             ok &= bv == 0 && sv == 0;
         }
         println!(
@@ -206,12 +207,18 @@ async fn compare(p: Params, redis: &Redis) -> bool {
                 ok = false;
             }
         }
+        let redis = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
         println!(
             "{:<54} {:>16} {:>16}",
             format!("{at} Redis CPU per publish (us)"),
             "-",
-            s.redis_us_per_publish
-                .map_or("-".to_owned(), |us| format!("{us:.1}"))
+            redis(s.redis_us_per_publish)
+        );
+        println!(
+            "{:<54} {:>16} {:>16}",
+            format!("{at} Redis CPU (% of one core)"),
+            "-",
+            redis(s.redis_core_percent)
         );
     }
     println!(
@@ -331,6 +338,8 @@ impl Publisher {
                     continue;
                 };
                 match (m.kind, m.code) {
+                    // Warm-ups are not counted.
+                    ("ack", _) | ("error", _) if m.id == Some(WARM) => {}
                     ("ack", _) => {
                         a.fetch_add(1, Ordering::Relaxed);
                     }
@@ -550,6 +559,9 @@ async fn measure(
         redis_us_per_publish: cpu0
             .zip(cpu1)
             .map(|(a, b)| (b - a) * 1e6 / publishes as f64),
+        redis_core_percent: cpu0
+            .zip(cpu1)
+            .map(|(a, b)| (b - a) * 100.0 / t0.elapsed().as_secs_f64()),
     };
     let (mut received, mut last_ns) = (0u64, t0_ns);
     for r in results {
