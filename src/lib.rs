@@ -260,7 +260,7 @@ impl Shared {
         let live = Live::build(config, &shutdown.token)?;
         let hub = Hub::new(config.hub.clone()).map_err(|problem| {
             Error::Config(vec![config::ConfigIssue {
-                key: "hub.backplane.url".into(),
+                key: "hub.backplane".into(),
                 problem,
             }])
         })?;

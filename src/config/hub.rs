@@ -62,6 +62,9 @@ pub struct RedisBackplane {
     /// (from `url`, or the environment variable `url_env` names).
     #[serde(serialize_with = "show_url")]
     pub url: String,
+    /// `rediss://`: the CA (PEM) that signed the server's certificate,
+    /// instead of the system's roots.
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Prefix of every key and pub/sub channel: nodes sharing one prefix on
     /// one Redis are one hub.
     pub prefix: String,
@@ -148,8 +151,13 @@ impl BackplaneConfig {
                 if node_ttl < Duration::from_secs(1) {
                     s.issue("node_ttl", "must be at least 1s");
                 }
+                let tls_ca = s.string("tls_ca").map(std::path::PathBuf::from);
+                if tls_ca.is_some() && url.as_ref().is_some_and(|u| !u.starts_with("rediss://")) {
+                    s.issue("tls_ca", "applies to rediss:// URLs only");
+                }
                 BackplaneConfig::Redis(RedisBackplane {
                     url: url.unwrap_or_default(),
+                    tls_ca,
                     prefix,
                     node_ttl,
                     command_timeout: s.get(

@@ -174,3 +174,54 @@ fn routes_of_one_namespace_name_their_clients_one_way() {
     assert_named(&certs("client_cert = true"), &["routes[2].namespace"]);
     assert_named(&certs("names = \"unique\""), &["routes[2].namespace"]);
 }
+
+#[test]
+fn the_backplane_is_memory_unless_redis_is_configured_in_full() {
+    let c = load(MINIMAL, &[]).unwrap();
+    assert_eq!(c.hub.backplane, BackplaneConfig::Memory);
+    let redis = format!(
+        "{MINIMAL}\n[hub.backplane]\nkind = \"redis\"\nurl = \"rediss://app:s3cret@redis.internal:6380/2\"\nnode_ttl = \"3s\"\n"
+    );
+    let c = load(&redis, &[]).unwrap();
+    let BackplaneConfig::Redis(r) = &c.hub.backplane else {
+        panic!("redis expected: {:?}", c.hub.backplane);
+    };
+    assert_eq!(
+        (r.prefix.as_str(), r.node_ttl, r.queue),
+        (
+            "wsgate",
+            std::time::Duration::from_secs(3),
+            DEFAULT_BACKPLANE_QUEUE
+        )
+    );
+    let printed = c.to_string();
+    assert!(!printed.contains("s3cret"), "the password is never printed");
+    assert!(
+        printed.contains("rediss://app:(set)@redis.internal:6380/2"),
+        "{printed}"
+    );
+    // Each problem names its key.
+    for (keys, named) in [
+        ("kind = \"etcd\"", "hub.backplane.kind"),
+        ("kind = \"redis\"", "hub.backplane.url"),
+        ("kind = \"redis\"\nurl = \"http://x\"", "hub.backplane.url"),
+        (
+            "kind = \"redis\"\nurl_env = \"WSGATE_TEST_UNSET_VARIABLE\"",
+            "hub.backplane.url_env",
+        ),
+        (
+            "kind = \"redis\"\nurl = \"redis://x\"\nprefix = \"a{b}\"",
+            "hub.backplane.prefix",
+        ),
+        (
+            "kind = \"redis\"\nurl = \"redis://x\"\nnode_ttl = \"100ms\"",
+            "hub.backplane.node_ttl",
+        ),
+        (
+            "kind = \"memory\"\nurl = \"redis://x\"",
+            "hub.backplane.url",
+        ),
+    ] {
+        assert_named(&format!("{MINIMAL}\n[hub.backplane]\n{keys}\n"), &[named]);
+    }
+}

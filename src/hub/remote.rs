@@ -13,7 +13,9 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::backplane::redis::{Direct, Incoming, Loaded};
-use super::{Channel, ChannelState, Conn, Follow, Hub, Msg, Pending, Since, Stream, lock};
+use super::{
+    Channel, ChannelState, Conn, Follow, Hub, Msg, Pending, Position, Since, Stream, lock,
+};
 
 /// Most live messages a loading channel holds; past it, the channel loads
 /// again once it has loaded.
@@ -23,8 +25,9 @@ const BUFFERED: usize = 4096;
 pub(crate) struct Want {
     /// Hold a Redis subscription for it.
     pub(crate) subscription: bool,
-    /// Load its head and history.
-    pub(crate) load: bool,
+    /// Load its head and history, telling Redis the last position this
+    /// node saw (Redis behind it means it lost messages: a new epoch).
+    pub(crate) load: Option<Position>,
 }
 
 /// This node's entries in Redis's registry, from the hub's own state.
@@ -140,14 +143,14 @@ impl Hub {
         let Some(channel) = channel else {
             return Want {
                 subscription: false,
-                load: false,
+                load: None,
             };
         };
         let state = lock(&channel.state);
-        let load = matches!(state.follow, Follow::Loading { .. });
+        let loading = matches!(state.follow, Follow::Loading { .. });
         Want {
-            subscription: load || matches!(state.follow, Follow::Mirror),
-            load,
+            subscription: loading || matches!(state.follow, Follow::Mirror),
+            load: loading.then(|| state.stream.position()),
         }
     }
 
@@ -169,6 +172,7 @@ impl Hub {
             return;
         };
         let old = state.stream.position();
+        let had_subscribers = !state.subscribers.is_empty();
         let now = Instant::now();
         let mut stream = Stream::at(loaded.at);
         for (incoming, age) in loaded.kept {
@@ -182,6 +186,11 @@ impl Hub {
             for msg in stream.after(old.seq) {
                 self.fan_out(&state, msg, msg.skip);
             }
+        }
+        if had_subscribers && !(old.epoch == loaded.at.epoch && stream.covers(old.seq)) {
+            // Another stream (Redis restarted or failed over, or this node
+            // sequenced alone meanwhile), or history too short to catch up.
+            self.gap_notice(&channel, &state, loaded.at);
         }
         std::mem::swap(&mut state.stream, &mut stream);
         // Admitted at the loaded head, they get what came meanwhile too.
@@ -205,6 +214,22 @@ impl Hub {
             }
         }
         self.unwatch_if_unused(&channel, &mut state);
+    }
+
+    /// Tell the channel's JSON subscribers here that they may have missed
+    /// messages: the stream continues from `at`; resync.
+    fn gap_notice(&self, channel: &Channel, state: &ChannelState, at: Position) {
+        let why = "the channel's stream was interrupted (the backplane lost or replaced it): \
+                   messages may have been missed; live from here, resync";
+        let notice = super::text_frame(&super::protocol::error(
+            "gap",
+            why,
+            None,
+            Some((&channel.name, at)),
+        ));
+        for sub in state.subscribers.values().filter(|s| s.json) {
+            sub.push(notice.clone(), &self.0.metrics);
+        }
     }
 
     /// A channel message from Redis.

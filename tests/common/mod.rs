@@ -121,6 +121,18 @@ pub async fn wait_for_metric(gw: &Running, series: &str, value: f64) {
     }
 }
 
+/// Ask `/readyz` until its body starts with `state` (`ready`, `degraded`);
+/// the caller's `within` bounds the wait.
+pub async fn wait_for_readyz(gw: &Running, state: &str) {
+    loop {
+        let (status, body) = gw.admin_get("/readyz").await;
+        if status == 200 && body.starts_with(state) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 /// The real binary, running: killed when dropped, so a test that fails
 /// half-way leaves no gateway behind.
 pub struct Binary(std::process::Child);

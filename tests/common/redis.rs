@@ -22,6 +22,8 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// The arguments beyond the defaults (a TLS listener, ACL users).
+    extra: Vec<String>,
 }
 
 /// What one start attempt came to.
@@ -35,6 +37,12 @@ impl Redis {
     /// should be skipped. Blocks until the server is ready (a few
     /// milliseconds): call it before starting what uses it.
     pub fn start() -> Option<Redis> {
+        Redis::start_with(Vec::new())
+    }
+
+    /// A fresh server with more arguments; `{port}` in them is its port
+    /// (`--port 0 --tls-port {port} ...` serves TLS only).
+    pub fn start_with(extra: Vec<String>) -> Option<Redis> {
         if !installed() {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true");
             assert!(
@@ -55,11 +63,12 @@ impl Redis {
             // Below the kernel's ephemeral range (32768-60999 by default),
             // so no client socket takes it while a restart waits for it.
             let port = rand::random_range(10_000..32_000);
-            if let Started::Ready(child) = spawn(port, dir.path()) {
+            if let Started::Ready(child) = spawn(port, dir.path(), &extra) {
                 return Some(Redis {
                     child: Some(child),
                     port,
                     dir,
+                    extra,
                 });
             }
         }
@@ -84,7 +93,7 @@ impl Redis {
     /// come back from). Panics if another process took the port meanwhile.
     pub fn restart(&mut self) {
         self.kill();
-        match spawn(self.port, self.dir.path()) {
+        match spawn(self.port, self.dir.path(), &self.extra) {
             Started::Ready(child) => self.child = Some(child),
             Started::PortTaken => panic!("port {} was taken while Redis was down", self.port),
         }
@@ -107,10 +116,12 @@ fn installed() -> bool {
 }
 
 /// Start redis-server on `port` and wait for its verdict in its log.
-fn spawn(port: u16, dir: &std::path::Path) -> Started {
+fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Started {
+    let port = port.to_string();
     let mut child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1", "--port", &port])
         .args(["--save", "", "--appendonly", "no"])
+        .args(extra.iter().map(|a| a.replace("{port}", &port)))
         .arg("--dir")
         .arg(dir)
         .args(["--logfile", "", "--loglevel", "notice"])

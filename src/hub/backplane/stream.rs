@@ -98,6 +98,12 @@ impl Stream {
         Some(self.history.iter().filter(move |m| m.seq > after))
     }
 
+    /// Whether everything after `seq` is here: `seq` is the head, or the
+    /// next message after it is kept.
+    pub(crate) fn covers(&self, seq: u64) -> bool {
+        seq >= self.seq || self.history.front().is_some_and(|m| m.seq <= seq + 1)
+    }
+
     /// The kept messages after `seq`, oldest first.
     pub(crate) fn after(&self, seq: u64) -> impl Iterator<Item = &Arc<Msg>> + '_ {
         self.history.iter().filter(move |m| m.seq > seq)

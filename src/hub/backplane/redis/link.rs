@@ -266,7 +266,9 @@ impl Link<'_> {
                 }
                 _ => {}
             }
-            if want.load && self.loading.insert(channel.clone()) {
+            if let Some(seen) = want.load
+                && self.loading.insert(channel.clone())
+            {
                 let mut conn = conn.clone();
                 let (head, log) = shared.names.stream(&channel);
                 let (bounds, shared) = (self.bounds, shared.clone());
@@ -277,7 +279,9 @@ impl Link<'_> {
                         .key(log)
                         .arg(Epoch::random().to_string())
                         .arg(bounds.size)
-                        .arg(shared.config.stream_ttl.as_millis() as u64);
+                        .arg(shared.config.stream_ttl.as_millis() as u64)
+                        .arg(seen.epoch.to_string())
+                        .arg(seen.seq);
                     let values =
                         deadline(&shared, "load", invocation.invoke_async(&mut conn)).await;
                     let loaded = values.and_then(|v: Vec<Value>| {

@@ -148,7 +148,18 @@ pub(crate) fn member(namespace: &str, name: &str) -> String {
 
 impl Redis {
     pub(crate) fn new(config: &RedisBackplane, bounds: Bounds) -> Result<Redis, String> {
-        let client = ::redis::Client::open(config.url.as_str()).map_err(|e| e.to_string())?;
+        let client = match &config.tls_ca {
+            None => ::redis::Client::open(config.url.as_str()),
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| format!("tls_ca {}: {e}", ca.display()))?;
+                let certs = ::redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                ::redis::Client::build_with_tls(config.url.as_str(), certs)
+            }
+        }
+        .map_err(|e| e.to_string())?;
         let (ops, inbox) = mpsc::channel(config.queue);
         let metrics = BackplaneMetrics::new();
         metrics.up.set(0.0);

@@ -60,12 +60,21 @@ end
 return {seq, epoch, redis.call('PUBLISH', ARGV[5], payload)}
 "#;
 
-/// KEYS: head, log. ARGV: candidate epoch, history size, stream ttl ms.
-/// Returns {epoch, seq, server ms, then id, payload for each kept
-/// message, oldest first}.
+/// KEYS: head, log. ARGV: candidate epoch, history size, stream ttl ms,
+/// the epoch and seq this node last saw. Returns {epoch, seq, server ms,
+/// then id, payload for each kept message, oldest first}. A head behind
+/// what the node saw in the same epoch means Redis lost messages (a
+/// failover to a replica that had not received them): the channel starts
+/// a new epoch then, so the lost positions are never taken by others.
 const LOAD: &str = r#"
 local epoch = open(KEYS[1], KEYS[2], ARGV[1], ARGV[3])
 local seq = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
+if epoch == ARGV[4] and seq < tonumber(ARGV[5]) then
+  epoch = ARGV[1]
+  seq = 0
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+  redis.call('DEL', KEYS[2])
+end
 local out = {epoch, seq, now_ms()}
 local size = tonumber(ARGV[2])
 if size > 0 then
