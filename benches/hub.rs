@@ -214,7 +214,7 @@ async fn fanout(setup: &Setup, server: &Server, n: usize, m: usize) -> Fanout {
     let elapsed = started.elapsed();
     assert_eq!(all.len(), n * m, "every subscriber got every message");
     all.sort_unstable();
-    let pct = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)] as f64 / 1e6;
+    let pct = |q: f64| support::percentile(&all, q) as f64 / 1e6;
     Fanout {
         deliveries_per_sec: all.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: pct(0.5),

@@ -1,7 +1,9 @@
 //! What deploy/ ships: Prometheus rules and config pass promtool; the
 //! dashboard and alerts use only metrics wsgate exports; the Kubernetes
-//! manifests and compose file parse and agree on ports, probes and paths;
-//! every wsgate config in deploy/ validates. (No Docker engine runs here, so
+//! manifests and compose files parse and agree on ports, probes and paths
+//! (and HAProxy accepts the multi-node example's balancer); every wsgate
+//! config in deploy/ validates, and several nodes serve a hub route only
+//! over a Redis backplane. (No Docker engine runs here, so
 //! the images themselves are not built by the tests.)
 
 mod common;
@@ -27,16 +29,25 @@ fn yaml(path: &str) -> Vec<Yaml> {
     YamlLoader::load_from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
 }
 
-fn promtool(args: &[&str]) {
-    let out = Command::new("promtool").args(args).output().expect(
-        "promtool is not installed: run scripts/test, which installs Debian's prometheus package",
-    );
+/// Run a checker from a Debian package that scripts/test installs; it must
+/// exit 0.
+fn check_with(program: &str, package: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{program}: {e}: run scripts/test, which installs Debian's {package} package")
+        });
     assert!(
         out.status.success(),
-        "promtool {args:?}:\n{}{}",
+        "{program} {args:?}:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn promtool(args: &[&str]) {
+    check_with("promtool", "prometheus", args);
 }
 
 #[test]
@@ -180,9 +191,12 @@ fn the_kubernetes_manifests_agree_on_ports_probes_and_paths() {
         .unwrap();
 
     // The config the ConfigMap carries listens where the pod's ports say,
-    // and lets the drain finish within the grace period.
+    // and lets the drain finish within the grace period. Its Redis URL is
+    // the one the pod's environment gets from the example secret.
     let configmap = &yaml("k8s/configmap.yaml")[0];
-    let config = validate(configmap["data"]["wsgate.toml"].as_str().unwrap());
+    let secrets = yaml("k8s/secret-example.yaml");
+    let text = configmap["data"]["wsgate.toml"].as_str().unwrap();
+    let config = validate(&with_url_from_env(text, container, &secrets));
     assert_eq!(port(&config, "listen") as i64, ports["wss"]);
     assert_eq!(port(&config, "admin") as i64, ports["admin"]);
     assert!((drain_timeout(&config).as_secs() as i64) < grace);
@@ -218,6 +232,172 @@ fn the_kubernetes_manifests_agree_on_ports_probes_and_paths() {
     }
     for file in ["k8s/pdb.yaml", "k8s/secret-example.yaml"] {
         assert!(yaml(file)[0]["kind"].as_str().is_some(), "{file}");
+    }
+
+    // Several replicas serve hub routes only as one hub, over Redis; node
+    // drains leave some of them serving.
+    let replicas = deployment["spec"]["replicas"].as_i64().unwrap();
+    assert_eq!(replicas, 3);
+    check_replicas(&config, replicas);
+    let pdb = &yaml("k8s/pdb.yaml")[0];
+    assert!(pdb["spec"]["maxUnavailable"].as_i64().unwrap() < replicas);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+
+    // The example Redis: its Service is what the secret's URL names, selects
+    // the Redis pods (and the public Service does not), and the server
+    // requires the password the URL carries.
+    let redis = yaml("k8s/redis-example.yaml");
+    let redis_deployment = redis
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .unwrap();
+    let redis_service = redis
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Service"))
+        .unwrap();
+    let pod_labels = &redis_deployment["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in redis_service["spec"]["selector"].as_hash().unwrap() {
+        assert_eq!(
+            &pod_labels[k.as_str().unwrap()],
+            v,
+            "Redis Service selector"
+        );
+    }
+    assert_eq!(
+        redis_deployment["spec"]["replicas"].as_i64(),
+        Some(1),
+        "one Redis"
+    );
+    let wsgate_selector = services[0]["spec"]["selector"].as_hash().unwrap();
+    assert!(
+        wsgate_selector
+            .iter()
+            .any(|(k, v)| &pod_labels[k.as_str().unwrap()] != v),
+        "the wsgate Services must not select the Redis pods"
+    );
+    let redis_container = &redis_deployment["spec"]["template"]["spec"]["containers"][0];
+    let redis_port = &redis_service["spec"]["ports"][0];
+    assert!(
+        redis_container["ports"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == redis_port["targetPort"]),
+        "the Redis Service's targetPort is a container port"
+    );
+    let url = secret_value(&secrets, "wsgate-redis", "url");
+    assert_eq!(
+        host_port(&url),
+        format!(
+            "{}:{}",
+            redis_service["metadata"]["name"].as_str().unwrap(),
+            redis_port["port"].as_i64().unwrap()
+        )
+    );
+    let password = secret_value(&secrets, "wsgate-redis", "password");
+    assert!(url.contains(&format!(":{password}@")));
+    let args: Vec<&str> = redis_container["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let env_var = |name: &str| {
+        redis_container["env"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .map(|e| e["valueFrom"]["secretKeyRef"].clone())
+    };
+    let pass_arg = args[args.iter().position(|&a| a == "--requirepass").unwrap() + 1];
+    let var = pass_arg
+        .strip_prefix("$(")
+        .and_then(|v| v.strip_suffix(')'))
+        .expect("--requirepass $(VAR)");
+    let from = env_var(var).expect("the password variable is set");
+    assert_eq!(from["name"].as_str(), Some("wsgate-redis"));
+    assert_eq!(from["key"].as_str(), Some("password"));
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--maxmemory-policy", "noeviction"])
+    );
+}
+
+/// A config in the file's own shape with `[hub.backplane] url_env` replaced
+/// by the `url` that variable has in this container: the value of the
+/// secret key its `secretKeyRef` names, in the example secrets. (The loader
+/// reads that variable from the process's environment, which a test cannot
+/// set for itself.)
+fn with_url_from_env(text: &str, container: &Yaml, secrets: &[Yaml]) -> String {
+    let mut table: toml::Table = text.parse().unwrap();
+    let Some(backplane) = table
+        .get_mut("hub")
+        .and_then(|h| h.get_mut("backplane"))
+        .and_then(toml::Value::as_table_mut)
+    else {
+        return text.to_owned();
+    };
+    let Some(var) = backplane.remove("url_env") else {
+        return text.to_owned();
+    };
+    let var = var.as_str().unwrap();
+    let from = container["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some(var))
+        .unwrap_or_else(|| panic!("url_env names {var}, which the container does not set"));
+    let secret_ref = &from["valueFrom"]["secretKeyRef"];
+    let url = secret_value(
+        secrets,
+        secret_ref["name"].as_str().unwrap(),
+        secret_ref["key"].as_str().unwrap(),
+    );
+    backplane.insert("url".to_owned(), toml::Value::String(url));
+    toml::to_string(&table).unwrap()
+}
+
+/// The decoded value of `key` in the example secret called `name`.
+fn secret_value(secrets: &[Yaml], name: &str, key: &str) -> String {
+    use base64::Engine;
+    let secret = secrets
+        .iter()
+        .find(|s| s["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no example secret {name}"));
+    let encoded = secret["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("secret {name} has no key {key}"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// `HOST:PORT` of a `redis://[user:password@]host:port/db` URL.
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split('/').next().unwrap().to_owned()
+}
+
+/// More than one node may serve a hub route only when they share a Redis
+/// backplane: with the memory one they would be separate hubs.
+fn check_replicas(config: &toml::Table, nodes: i64) {
+    let serves_hub = config["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["kind"].as_str() == Some("hub"));
+    if nodes > 1 && serves_hub {
+        assert_eq!(
+            config["hub"]["backplane"]["kind"].as_str(),
+            Some("redis"),
+            "{nodes} nodes serve a hub route without a shared backplane"
+        );
     }
 }
 
@@ -284,6 +464,115 @@ fn compose_prometheus_and_the_image_agree() {
         unit.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE")
             && unit.contains("DynamicUser=yes")
     );
+}
+
+#[test]
+fn compose_scale_two_nodes_share_one_config_redis_and_a_balancer() {
+    let compose = &yaml("docker-compose.scale.yml")[0];
+    let services = &compose["services"];
+    let nodes = ["wsgate-a", "wsgate-b"];
+    for name in nodes.iter().chain(&["redis", "balancer"]) {
+        assert!(!services[*name].is_badvalue(), "service {name}");
+    }
+    // The nodes are alike: image, command, mounts, environment.
+    for key in ["build", "command", "volumes", "environment", "cap_add"] {
+        assert_eq!(
+            services["wsgate-a"][key], services["wsgate-b"][key],
+            "{key}"
+        );
+    }
+    let node = &services["wsgate-a"];
+    let mounts: Vec<&str> = node["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mounted = mounts
+        .iter()
+        .find_map(|m| m.strip_suffix(":/etc/wsgate/wsgate.toml:ro"))
+        .expect("the config is mounted");
+    let text = read(mounted.strip_prefix("./").unwrap());
+    let config = validate(&text);
+    check_replicas(&config, nodes.len() as i64);
+    // The Redis URL names the compose service, on Redis's default port
+    // (its command sets no other).
+    let url = config["hub"]["backplane"]["url"].as_str().unwrap();
+    assert_eq!(host_port(url), "redis:6379");
+    let redis_args: Vec<&str> = services["redis"]["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(!redis_args.contains(&"--port"));
+    assert!(
+        redis_args
+            .windows(2)
+            .any(|w| w == ["--maxmemory-policy", "noeviction"])
+    );
+    let admin = node["environment"]["WSGATE__ADMIN__ADDR"].as_str().unwrap();
+    let admin_port: u16 = admin.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(port(&config, "admin"), admin_port);
+
+    // HAProxy: the published port is the one it binds; one server per node,
+    // at the node's listen port, checked on /readyz at the admin port; and
+    // haproxy itself accepts the file.
+    let balancer = &services["balancer"];
+    let cfg_mount = balancer["volumes"][0].as_str().unwrap();
+    let cfg_path = cfg_mount
+        .split(':')
+        .next()
+        .unwrap()
+        .strip_prefix("./")
+        .unwrap();
+    let cfg = read(cfg_path);
+    let published = balancer["ports"][0].as_str().unwrap();
+    let bind_port = published.rsplit(':').next().unwrap();
+    assert!(
+        cfg.lines()
+            .any(|l| l.trim() == format!("bind :{bind_port}")),
+        "haproxy binds {bind_port}"
+    );
+    assert_eq!(published, "8443:8443");
+    let servers: Vec<&str> = cfg
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    let expected: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{n}:{}", port(&config, "listen")))
+        .collect();
+    assert_eq!(servers, expected);
+    assert!(cfg.contains(&format!("check port {admin_port}")));
+    assert!(cfg.contains("uri /readyz"));
+    assert!(cfg.lines().any(|l| l.trim() == "mode tcp"));
+    check_with(
+        "haproxy",
+        "haproxy",
+        &["-c", "-f", deploy(cfg_path).to_str().unwrap()],
+    );
+}
+
+#[test]
+fn every_wsgate_config_file_in_deploy_validates() {
+    let mut found = Vec::new();
+    let mut dirs = vec![deploy("")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                validate(&std::fs::read_to_string(&path).unwrap());
+                found.push(path);
+            }
+        }
+    }
+    // deploy/wsgate.toml, compose/wsgate.toml, compose/wsgate-scale.toml
+    // (the Kubernetes one is in configmap.yaml, checked above).
+    assert!(found.len() >= 3, "{found:?}");
 }
 
 /// Validate a config from deploy/, with its certificate paths pointed at

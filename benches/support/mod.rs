@@ -1,5 +1,6 @@
 //! What the benchmarks share: child servers and their memory, dev
-//! certificates, gateway configs, and rustls clients.
+//! certificates, gateway configs, rustls clients, a real Redis (the tests'
+//! own starter), and percentiles.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -15,7 +16,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-pub use common::rss_kib;
+// Each bench uses some of these.
+#[allow(unused_imports)]
+pub use common::{Redis, rss_kib};
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
@@ -154,4 +157,9 @@ pub async fn connect_many(
 /// Resident memory per connection: (after - before) / n, in KiB.
 pub fn kib_per(before: u64, after: u64, n: usize) -> f64 {
     after.saturating_sub(before) as f64 / n as f64
+}
+
+/// The sample at quantile `q` (0.5: the median) of samples sorted ascending.
+pub fn percentile<T: Copy>(sorted: &[T], q: f64) -> T {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
 }
