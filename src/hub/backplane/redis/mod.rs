@@ -150,15 +150,22 @@ pub(crate) fn member(namespace: &str, name: &str) -> String {
 
 impl Redis {
     pub(crate) fn new(config: &RedisBackplane, bounds: Bounds) -> Result<Redis, String> {
+        use ::redis::IntoConnectionInfo;
+        // Small commands and messages, each waited on: no Nagle delay.
+        let info = (config.url.as_str())
+            .into_connection_info()
+            .map_err(|e| e.to_string())?;
+        let tcp = ::redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let info = info.set_tcp_settings(tcp);
         let client = match &config.tls_ca {
-            None => ::redis::Client::open(config.url.as_str()),
+            None => ::redis::Client::open(info),
             Some(ca) => {
                 let pem = std::fs::read(ca).map_err(|e| format!("tls_ca {}: {e}", ca.display()))?;
                 let certs = ::redis::TlsCertificates {
                     client_tls: None,
                     root_cert: Some(pem),
                 };
-                ::redis::Client::build_with_tls(config.url.as_str(), certs)
+                ::redis::Client::build_with_tls(info, certs)
             }
         }
         .map_err(|e| e.to_string())?;
