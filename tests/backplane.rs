@@ -4,9 +4,17 @@
 
 mod common;
 
-use common::hub::{next_json, send_json};
-use common::{Gateway, Redis, Route, wait_for_readyz, within};
+use common::hub::{json_client, next_json, send_json, subscribe};
+use common::{Gateway, Redis, Route, Running, wait_for_readyz, within};
 use serde_json::json;
+
+/// Two nodes of `gateway`, once both have joined the hub over Redis.
+async fn two_nodes(gateway: impl Fn() -> Gateway) -> (Running, Running) {
+    let (a, b) = (gateway().start().await, gateway().start().await);
+    wait_for_readyz(&a, "ready").await;
+    wait_for_readyz(&b, "ready").await;
+    (a, b)
+}
 
 /// A node on the TLS Redis as user `app` in database 3.
 fn node(url: &str, ca: &std::path::Path) -> Gateway {
@@ -46,23 +54,10 @@ async fn nodes_share_a_hub_over_tls_as_an_acl_user_in_a_numbered_database() {
             return;
         };
         let url = format!("rediss://app:s3cret@localhost:{}/3", redis.port);
-        let (a, b) = (
-            node(&url, &certs.ca).start().await,
-            node(&url, &certs.ca).start().await,
-        );
-        wait_for_readyz(&a, "ready").await;
-        wait_for_readyz(&b, "ready").await;
-
-        let mut bob = b.ws("/hub?name=bob").await;
-        next_json(&mut bob).await;
-        send_json(
-            &mut bob,
-            json!({"type": "subscribe", "channel": "c", "id": 1}),
-        )
-        .await;
-        assert_eq!(next_json(&mut bob).await["type"], "ack");
-        let mut ann = a.ws("/hub?name=ann").await;
-        next_json(&mut ann).await;
+        let (a, b) = two_nodes(|| node(&url, &certs.ca)).await;
+        let mut bob = json_client(&b, "/hub", "bob").await;
+        assert_eq!(subscribe(&mut bob, "c", 1).await["type"], "ack");
+        let mut ann = json_client(&a, "/hub", "ann").await;
         send_json(
             &mut ann,
             json!({"type": "publish", "channel": "c", "id": 2, "data": "hi"}),
@@ -119,30 +114,12 @@ async fn redis_losing_messages_a_node_saw_starts_a_new_epoch_and_subscribers_hea
         let Some(redis) = Redis::start() else {
             return;
         };
-        let (a, b) = (
-            plain_node(&redis).start().await,
-            plain_node(&redis).start().await,
-        );
-        wait_for_readyz(&a, "ready").await;
-        wait_for_readyz(&b, "ready").await;
-        let mut bob = b.ws("/hub?name=bob").await;
-        next_json(&mut bob).await;
-        send_json(
-            &mut bob,
-            json!({"type": "subscribe", "channel": "c", "id": 1}),
-        )
-        .await;
-        let first_epoch = next_json(&mut bob).await["epoch"].clone();
-        let mut al = a.ws("/hub?name=al").await;
-        next_json(&mut al).await;
-        send_json(
-            &mut al,
-            json!({"type": "subscribe", "channel": "c", "id": 1}),
-        )
-        .await;
-        assert_eq!(next_json(&mut al).await["epoch"], first_epoch);
-        let mut ann = a.ws("/hub?name=ann").await;
-        next_json(&mut ann).await;
+        let (a, b) = two_nodes(|| plain_node(&redis)).await;
+        let mut bob = json_client(&b, "/hub", "bob").await;
+        let first_epoch = subscribe(&mut bob, "c", 1).await["epoch"].clone();
+        let mut al = json_client(&a, "/hub", "al").await;
+        assert_eq!(subscribe(&mut al, "c", 1).await["epoch"], first_epoch);
+        let mut ann = json_client(&a, "/hub", "ann").await;
         for n in 1..=5 {
             send_json(
                 &mut ann,
@@ -182,11 +159,13 @@ async fn redis_losing_messages_a_node_saw_starts_a_new_epoch_and_subscribers_hea
             (ack["seq"].as_u64(), &ack["epoch"]),
             (Some(1), &notice["epoch"])
         );
-        let msg = next_json(&mut bob).await;
-        assert_eq!(
-            (msg["data"].as_u64(), &msg["epoch"]),
-            (Some(6), &notice["epoch"])
-        );
+        for sub in [&mut bob, &mut al] {
+            let msg = next_json(sub).await;
+            assert_eq!(
+                (msg["data"].as_u64(), &msg["epoch"]),
+                (Some(6), &notice["epoch"])
+            );
+        }
     })
     .await
 }

@@ -391,17 +391,7 @@ async fn resume_names_its_epoch_and_another_epoch_is_a_gap() {
 
 /// Publish `n` through the HTTP API; returns the response's epoch.
 async fn api_publish(gw: &Running, channel: &str, n: u64) -> String {
-    let (status, body) = api(
-        gw,
-        "POST",
-        &format!("/api/channels/{channel}/publish"),
-        Some(TOKEN),
-        "application/json",
-        n.to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let mut v: Value = serde_json::from_str(&body).unwrap();
+    let mut v = common::hub::api_publish(gw, TOKEN, channel, &json!(n)).await;
     epoch_of(&mut v)
 }
 

@@ -137,17 +137,7 @@ where
 
 /// Publish `data` to `channel` through `gw`'s HTTP API; returns the answer.
 async fn api_publish(gw: &Running, channel: &str, data: Value) -> Value {
-    let (status, body) = api(
-        gw,
-        "POST",
-        &format!("/api/channels/{channel}/publish"),
-        Some(TOKEN),
-        "application/json",
-        data.to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 200, "API publish to {channel}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    common::hub::api_publish(gw, TOKEN, channel, &data).await
 }
 
 /// `GET /api/channels/{channel}/presence` on `gw`: the names, sorted, or

@@ -84,3 +84,19 @@ pub async fn api(
     )
     .await
 }
+
+/// Publish JSON `data` to `channel` through `gw`'s HTTP API with `token`;
+/// the answer, which must be a 200.
+pub async fn api_publish(gw: &Running, token: &str, channel: &str, data: &Value) -> Value {
+    let (status, body) = api(
+        gw,
+        "POST",
+        &format!("/api/channels/{channel}/publish"),
+        Some(token),
+        "application/json",
+        data.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "API publish to {channel}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
