@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ::redis::aio::{MultiplexedConnection, PubSubSink};
+use ::redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use ::redis::{AsyncConnectionConfig, RedisResult, Value};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -159,7 +159,7 @@ impl Link<'_> {
             Ok(conn) => conn,
             Err(why) => return why,
         };
-        let (mut sink, mut messages) =
+        let (mut sink, messages) =
             match deadline(shared, "connect", shared.client.get_async_pubsub()).await {
                 Ok(pubsub) => pubsub.split(),
                 Err(why) => return why,
@@ -183,42 +183,47 @@ impl Link<'_> {
         // Channels in use follow Redis again (subscribed and reloaded below).
         self.hub.backplane_up();
         shared.resync.store(true, Ordering::Release);
+        let writer = Writer {
+            redis: self.redis,
+            hub: self.hub,
+            bounds: self.bounds,
+        };
+        // Two halves, one task: delivering what arrives never waits for a
+        // reply to what was sent, and the other way round.
+        let ended = tokio::select! {
+            ended = writer.run(conn.clone(), ops) => ended,
+            ended = self.follow(sink, messages, conn) => ended,
+        };
+        ended.err().unwrap_or_default()
+    }
+
+    /// The reading half: subscriptions, what arrives on them, loads.
+    async fn follow(
+        &mut self,
+        mut sink: PubSubSink,
+        mut messages: PubSubStream,
+        conn: MultiplexedConnection,
+    ) -> Result<(), Broken> {
+        let shared = self.redis.0.clone();
         let mut loads: FuturesUnordered<Load> = FuturesUnordered::new();
-        let mut beat = tokio::time::interval(shared.config.node_ttl / 3);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::with_capacity(BATCH);
-        let result: Result<(), Broken> = async {
-            loop {
-                if shared.resync.swap(false, Ordering::AcqRel) {
-                    self.resync(&mut conn).await?;
+        loop {
+            let dirty = std::mem::take(&mut *lock(&shared.dirty));
+            if !dirty.is_empty() {
+                self.reconcile(dirty, &mut sink, &conn, &mut loads).await?;
+            }
+            tokio::select! {
+                msg = messages.next() => match msg {
+                    Some(msg) => self.received(&msg),
+                    None => return Err("the subscription connection closed".to_owned()),
+                },
+                Some((channel, loaded)) = loads.next(), if !loads.is_empty() => {
+                    self.loading.remove(&channel);
+                    self.loaded(channel, loaded);
+                    self.start_loads(&conn, &mut loads);
                 }
-                let dirty = std::mem::take(&mut *lock(&shared.dirty));
-                if !dirty.is_empty() {
-                    self.reconcile(dirty, &mut sink, &conn, &mut loads).await?;
-                }
-                tokio::select! {
-                    msg = messages.next() => match msg {
-                        Some(msg) => self.received(&msg),
-                        None => return Err("the subscription connection closed".to_owned()),
-                    },
-                    Some((channel, loaded)) = loads.next(), if !loads.is_empty() => {
-                        self.loading.remove(&channel);
-                        self.loaded(channel, loaded);
-                        self.start_loads(&conn, &mut loads);
-                    }
-                    n = ops.recv_many(&mut batch, BATCH) => {
-                        if n == 0 {
-                            return Err("the hub stopped".to_owned());
-                        }
-                        self.send(&mut conn, &mut batch).await?;
-                    }
-                    _ = beat.tick() => self.heartbeat(&mut conn).await?,
-                    _ = shared.wake.notified() => {}
-                }
+                _ = shared.wake.notified() => {}
             }
         }
-        .await;
-        result.err().unwrap_or_default()
     }
 
     /// A channel's load came back: installed, or tried again shortly (the
@@ -353,6 +358,60 @@ impl Link<'_> {
         }
         self.start_loads(conn, loads);
         Ok(())
+    }
+
+    /// Leave the registry at shutdown (best effort, under the deadline).
+    async fn leave(&self) {
+        let shared = self.shared();
+        let conn = self.shared().client.get_multiplexed_async_connection();
+        let Ok(mut conn) = deadline(shared, "connect", conn).await else {
+            return;
+        };
+        let mut leave = self.shared().scripts.leave.prepare_invoke();
+        leave
+            .arg(&shared.names.base)
+            .arg(&shared.node)
+            .arg(&shared.names.topic);
+        let _: Result<i64, _> = deadline(shared, "leave", leave.invoke_async(&mut conn)).await;
+    }
+}
+
+/// The writing half: the hub's queued work, the heartbeat, the registry.
+struct Writer<'a> {
+    redis: &'a Redis,
+    hub: &'a Hub,
+    bounds: Bounds,
+}
+
+impl Writer<'_> {
+    fn shared(&self) -> &Shared {
+        &self.redis.0
+    }
+
+    async fn run(
+        &self,
+        mut conn: MultiplexedConnection,
+        ops: &mut mpsc::Receiver<Op>,
+    ) -> Result<(), Broken> {
+        let shared = self.shared();
+        let mut beat = tokio::time::interval(shared.config.node_ttl / 3);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            if shared.resync.swap(false, Ordering::AcqRel) {
+                self.resync(&mut conn).await?;
+            }
+            tokio::select! {
+                n = ops.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        return Err("the hub stopped".to_owned());
+                    }
+                    self.send(&mut conn, &mut batch).await?;
+                }
+                _ = beat.tick() => self.heartbeat(&mut conn).await?,
+                _ = shared.rewrite.notified() => {}
+            }
+        }
     }
 
     /// Send queued work as one pipeline and tell each waiter its answer.
@@ -558,21 +617,6 @@ impl Link<'_> {
             }
         }
         deadline(shared, "registry", pipe.query_async::<()>(conn)).await
-    }
-
-    /// Leave the registry at shutdown (best effort, under the deadline).
-    async fn leave(&self) {
-        let shared = self.shared();
-        let conn = self.shared().client.get_multiplexed_async_connection();
-        let Ok(mut conn) = deadline(shared, "connect", conn).await else {
-            return;
-        };
-        let mut leave = self.shared().scripts.leave.prepare_invoke();
-        leave
-            .arg(&shared.names.base)
-            .arg(&shared.node)
-            .arg(&shared.names.topic);
-        let _: Result<i64, _> = deadline(shared, "leave", leave.invoke_async(&mut conn)).await;
     }
 }
 

@@ -75,7 +75,10 @@ struct Shared {
     dirty: Mutex<HashSet<Arc<str>>>,
     /// This node's registry must be written again (work was dropped).
     resync: AtomicBool,
+    /// Wakes the reading half (channels to look at).
     wake: Notify,
+    /// Wakes the writing half (the registry to rewrite).
+    rewrite: Notify,
     queries: Semaphore,
     metrics: BackplaneMetrics,
     scripts: scripts::Scripts,
@@ -186,6 +189,7 @@ impl Redis {
             dirty: Mutex::default(),
             resync: AtomicBool::new(false),
             wake: Notify::new(),
+            rewrite: Notify::new(),
             queries: Semaphore::new(QUERIES),
             metrics,
             scripts: scripts::Scripts::new(),
@@ -309,7 +313,7 @@ impl Redis {
     /// Write this node's registry again from the hub's own state.
     fn resync(&self) {
         self.0.resync.store(true, Ordering::Release);
-        self.0.wake.notify_one();
+        self.0.rewrite.notify_one();
     }
 
     /// The channel's subscription or history needs looking at.
