@@ -20,7 +20,9 @@
 //! client of this process falling behind shows as latency, not as a closed
 //! subscriber.
 //!
-//! Run: `cargo bench --bench scale` (add `-- --quick` for a short run).
+//! Run: `cargo bench --bench scale` (add `-- --quick` for a short run, and
+//! `-- --one-node` to run the Redis setup on one node: the Redis round trip
+//! alone, without a second node sharing the cores).
 
 mod support;
 
@@ -39,6 +41,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 struct Params {
+    /// `--one-node`: the Redis setup on one node, to tell the Redis round
+    /// trip from the cost of a second node on the same cores.
+    one_node: bool,
     subscribers: usize,
     /// Publishes per second, one measure each.
     rates: Vec<u64>,
@@ -57,14 +62,17 @@ const ROUTE: &str = "[[routes]]\npath = \"/bench\"\nkind = \"hub\"\n\
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let one_node = std::env::args().any(|a| a == "--one-node");
     let params = if quick {
         Params {
+            one_node,
             subscribers: 100,
             rates: vec![100, 1000],
             secs: 1.0,
         }
     } else {
         Params {
+            one_node,
             subscribers: 1000,
             rates: vec![100, 1000],
             secs: 5.0,
@@ -125,13 +133,20 @@ async fn compare(p: Params, redis: &Redis) -> bool {
         nodes: vec![setup.gateway("single.toml", room, ROUTE)],
         redis_port: None,
     };
-    let pair = Topology {
-        label: "2 nodes (redis)",
-        nodes: vec![
-            setup.gateway("node-a.toml", room, &redis_route),
-            setup.gateway("node-b.toml", room, &redis_route),
-        ],
-        redis_port: Some(redis.port),
+    let pair = match p.one_node {
+        true => Topology {
+            label: "1 node (redis)",
+            nodes: vec![setup.gateway("node-a.toml", room, &redis_route)],
+            redis_port: Some(redis.port),
+        },
+        false => Topology {
+            label: "2 nodes (redis)",
+            nodes: vec![
+                setup.gateway("node-a.toml", room, &redis_route),
+                setup.gateway("node-b.toml", room, &redis_route),
+            ],
+            redis_port: Some(redis.port),
+        },
     };
     let baseline = run(&setup, &single, &p).await;
     let scaled = run(&setup, &pair, &p).await;
