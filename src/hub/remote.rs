@@ -197,6 +197,7 @@ impl Hub {
         }
         // `push` moved the head to the last kept message; the head is Redis's.
         let mut stream = stream.with_head(head);
+        let replaced = state.mirrored.map(|p| p.epoch);
         if !state.subscribers.is_empty() {
             self.catch_up(&channel, &state, &stream);
         }
@@ -207,9 +208,9 @@ impl Hub {
             self.admit(&channel, &mut state, p);
         }
         for incoming in buffered {
-            // Published before the head was read (in an epoch it replaced):
-            // already in it, or never to be.
-            if incoming.at.epoch != head.epoch && loaded.at.is_some() {
+            // Published in the stream the load replaced: never to be in
+            // this one. (A later epoch's is a hole: loaded again.)
+            if Some(incoming.at.epoch) == replaced && incoming.at.epoch != head.epoch {
                 continue;
             }
             if let Err(hole) = self.apply(&channel, &mut state, incoming) {
@@ -273,6 +274,21 @@ impl Hub {
         ));
         for sub in state.subscribers.values().filter(|s| s.json) {
             sub.push(notice.clone(), &self.0.metrics);
+        }
+    }
+
+    /// A load of the channel failed (it is tried again): subscribers
+    /// waiting on it are admitted from what this node has.
+    pub(crate) fn load_failed(&self, name: &str) {
+        let Some(channel) = self.channel(name, false).ok().flatten() else {
+            return;
+        };
+        let mut state = lock(&channel.state);
+        let Follow::Loading { pending, .. } = &mut state.follow else {
+            return;
+        };
+        for p in std::mem::take(pending) {
+            self.admit(&channel, &mut state, p);
         }
     }
 

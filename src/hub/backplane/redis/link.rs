@@ -70,6 +70,7 @@ pub(crate) async fn run(redis: Redis, hub: Hub, bounds: Bounds, cancel: Cancella
             subscribed: HashSet::new(),
             loading: HashSet::new(),
             queued: std::collections::VecDeque::new(),
+            stale: HashSet::new(),
         };
         let why = tokio::select! {
             _ = cancel.cancelled() => None,
@@ -136,6 +137,9 @@ struct Link<'a> {
     loading: HashSet<Arc<str>>,
     /// Loads waiting for a slot, with the position this node last saw.
     queued: std::collections::VecDeque<(Arc<str>, Position)>,
+    /// Loads in flight for channels unsubscribed since: read before a
+    /// later subscription existed, they are not installed.
+    stale: HashSet<Arc<str>>,
 }
 
 type Load = std::pin::Pin<Box<dyn Future<Output = (Arc<str>, Result<Loaded, Broken>)> + Send>>;
@@ -218,7 +222,11 @@ impl Link<'_> {
                 },
                 Some((channel, loaded)) = loads.next(), if !loads.is_empty() => {
                     self.loading.remove(&channel);
-                    self.loaded(channel, loaded);
+                    match self.stale.remove(&channel) {
+                        // Looked at again: loaded anew if still wanted.
+                        true => self.redis.watch(&channel),
+                        false => self.loaded(channel, loaded),
+                    }
                     self.start_loads(&conn, &mut loads);
                 }
                 _ = shared.wake.notified() => {}
@@ -243,6 +251,9 @@ impl Link<'_> {
             }
             Err(why) => {
                 tracing::warn!("backplane: loading {channel} failed ({why}); trying again");
+                // Those waiting are not kept waiting on it: admitted from
+                // what this node has, caught up when a load succeeds.
+                self.hub.load_failed(&channel);
                 let redis = self.redis.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(RELOAD_AFTER).await;
@@ -339,6 +350,9 @@ impl Link<'_> {
                 (false, true) => {
                     unsubscribe.push(topic);
                     self.subscribed.remove(&channel);
+                    if self.loading.contains(&channel) {
+                        self.stale.insert(channel.clone());
+                    }
                 }
                 _ => {}
             }
@@ -425,7 +439,7 @@ impl Writer<'_> {
         let node = shared.node.as_str();
         let mut pipe = ::redis::pipe();
         pipe.ignore_errors();
-        let mut waiting: Vec<(Kind, Option<Then>)> = Vec::with_capacity(batch.len());
+        let mut waiting = Waiting(Vec::with_capacity(batch.len()));
         for op in batch.drain(..) {
             match op {
                 Op::Publish {
@@ -446,7 +460,7 @@ impl Writer<'_> {
                         .arg(shared.config.stream_ttl.as_millis() as u64)
                         .arg(topic)
                         .arg(payload);
-                    waiting.push((Kind::Publish, then));
+                    waiting.0.push((Kind::Publish, then));
                 }
                 Op::Direct {
                     set,
@@ -463,14 +477,14 @@ impl Writer<'_> {
                         .arg(member)
                         .arg(&names.inbox)
                         .arg(payload);
-                    waiting.push((Kind::Direct, then));
+                    waiting.0.push((Kind::Direct, then));
                 }
                 Op::Named { set, member, add } => {
                     let key = format!("{}:n:{node}:{set}", names.base);
                     pipe.cmd(if add { "SADD" } else { "SREM" })
                         .arg(key)
                         .arg(member);
-                    waiting.push((Kind::Registry, None));
+                    waiting.0.push((Kind::Registry, None));
                 }
                 Op::Present {
                     channel,
@@ -489,7 +503,7 @@ impl Writer<'_> {
                         .arg(if add { "1" } else { "0" })
                         .arg(if listed { "1" } else { "0" })
                         .arg(topic);
-                    waiting.push((Kind::Registry, None));
+                    waiting.0.push((Kind::Registry, None));
                 }
             }
         }
@@ -501,9 +515,9 @@ impl Writer<'_> {
         )
         .await;
         let answers = match answers {
-            Ok(answers) if answers.len() == waiting.len() => answers,
+            Ok(answers) if answers.len() == waiting.0.len() => answers,
             other => {
-                for (kind, then) in waiting {
+                for (kind, then) in waiting.0.drain(..) {
                     kind.failed(shared);
                     if let Some(then) = then {
                         then(Err(HubError::Unavailable));
@@ -516,7 +530,7 @@ impl Writer<'_> {
         };
         shared.metrics.rtt.record(started.elapsed().as_secs_f64());
         let mut lost_scripts = false;
-        for ((kind, then), answer) in waiting.into_iter().zip(answers) {
+        for ((kind, then), answer) in waiting.0.drain(..).zip(answers) {
             let done = match answer {
                 Ok(value) => kind.done(&value),
                 Err(e) => {
@@ -551,6 +565,9 @@ impl Writer<'_> {
             .arg(&shared.names.topic);
         let fresh: i64 = deadline(shared, "heartbeat", beat.invoke_async(conn)).await?;
         if fresh == 1 {
+            // Forgotten while away: its subscribers were announced as
+            // leaving, so they are announced joining again.
+            shared.announce.store(true, Ordering::Release);
             shared.resync.store(true, Ordering::Release);
         }
         Ok(())
@@ -572,6 +589,7 @@ impl Writer<'_> {
                 .query_async(conn),
         )
         .await?;
+        let announce = listed.is_none() | shared.announce.swap(false, Ordering::AcqRel);
         let registry = self.hub.registry();
         let mut pipe = ::redis::pipe();
         // One transaction: other nodes never see this node half-listed.
@@ -608,7 +626,7 @@ impl Writer<'_> {
                 let chunk: Vec<&str> = chunk.iter().map(|n| &**n).collect();
                 pipe.cmd("SADD").arg(&key).arg(chunk).ignore();
             }
-            if listed.is_none() {
+            if announce {
                 let topic = format!("{}{channel}", shared.names.topic);
                 for name in names {
                     let event = format!("join {node} {name}");
@@ -617,6 +635,20 @@ impl Writer<'_> {
             }
         }
         deadline(shared, "registry", pipe.query_async::<()>(conn)).await
+    }
+}
+
+/// The waiters of a pipeline in flight. Dropped unanswered (the link went
+/// down while it was on its way), each hears that Redis did not confirm.
+struct Waiting(Vec<(Kind, Option<Then>)>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        for (_, then) in self.0.drain(..) {
+            if let Some(then) = then {
+                then(Err(HubError::Unavailable));
+            }
+        }
     }
 }
 

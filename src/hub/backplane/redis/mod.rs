@@ -75,6 +75,8 @@ struct Shared {
     dirty: Mutex<HashSet<Arc<str>>>,
     /// This node's registry must be written again (work was dropped).
     resync: AtomicBool,
+    /// ... and its subscribers announced joining (it had been forgotten).
+    announce: AtomicBool,
     /// Wakes the reading half (channels to look at).
     wake: Notify,
     /// Wakes the writing half (the registry to rewrite).
@@ -188,6 +190,7 @@ impl Redis {
             inbox: Mutex::new(Some(inbox)),
             dirty: Mutex::default(),
             resync: AtomicBool::new(false),
+            announce: AtomicBool::new(false),
             wake: Notify::new(),
             rewrite: Notify::new(),
             queries: Semaphore::new(QUERIES),

@@ -248,7 +248,12 @@ impl Loaded {
             });
             match entry {
                 Some(entry) => kept.push(entry),
-                None => unreadable += 1,
+                // What is older is dropped with it: the history kept is
+                // always whole from its first message to the head.
+                None => {
+                    unreadable += 1 + kept.len();
+                    kept.clear();
+                }
             }
         }
         Some(Loaded {
