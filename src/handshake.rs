@@ -132,6 +132,7 @@ pub(crate) async fn handle(
         &shared.shutdown.token,
     );
     let expiry = expiry.map(Arc::new);
+    let mut extensions = None;
     let (peer_side, protocol) = match &state.target {
         Target::Echo => (Peer::Echo, chosen),
         Target::Upstream(pool) => match pool.dial(req.uri(), req.headers(), peer.ip()).await {
@@ -149,7 +150,10 @@ pub(crate) async fn handle(
         Target::Hub(hub_route) => {
             let refresh = auth::refresher(state.auth.as_ref(), expiry.as_ref(), identity.as_ref());
             match hub::admit::admit(&req, &state.path, hub_route, &shared.hub, identity, refresh) {
-                Ok(client) => (Peer::Hub(client), chosen),
+                Ok(client) => {
+                    extensions = client.extensions.clone();
+                    (Peer::Hub(client), chosen)
+                }
                 Err(rejection) => return refuse(rejection, req.uri().path()),
             }
         }
@@ -157,7 +161,13 @@ pub(crate) async fn handle(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task = session(on_upgrade, state, permit, shared.clone(), peer_side, expiry);
     shared.shutdown.tracker.spawn(task.instrument(span));
-    switching_protocols(&accept_key, protocol)
+    let mut response = switching_protocols(&accept_key, protocol);
+    if let Some(value) = extensions.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+    }
+    response
 }
 
 /// What a session's client is connected to, set up before the 101.

@@ -57,6 +57,7 @@ mod client_handshake;
 pub mod close;
 pub mod config;
 mod conn;
+mod deflate;
 pub mod devcert;
 mod echo;
 mod egress;

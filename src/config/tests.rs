@@ -225,3 +225,30 @@ fn the_backplane_is_memory_unless_redis_is_configured_in_full() {
         assert_named(&format!("{MINIMAL}\n[hub.backplane]\n{keys}\n"), &[named]);
     }
 }
+
+#[test]
+fn compression_is_off_unless_a_hub_route_turns_it_on() {
+    let hub =
+        |keys: &str| format!("{MINIMAL}\n[[routes]]\npath = \"/hub\"\nkind = \"hub\"\n{keys}\n");
+    let c = load(&hub(""), &[]).unwrap();
+    let RouteKind::Hub(route) = &c.routes[1].kind else {
+        panic!("a hub route");
+    };
+    assert_eq!(route.compression, None);
+    let c = load(&hub("compression = \"on\"\ncompression_level = 6"), &[]).unwrap();
+    let RouteKind::Hub(route) = &c.routes[1].kind else {
+        panic!("a hub route");
+    };
+    assert_eq!(
+        route.compression,
+        Some(Deflate {
+            min_size: DEFAULT_COMPRESSION_MIN_SIZE,
+            level: 6
+        })
+    );
+    assert_named(&hub("compression = \"yes\""), &["routes[1].compression"]);
+    assert_named(
+        &hub("compression = \"on\"\ncompression_level = 10"),
+        &["routes[1].compression_level"],
+    );
+}

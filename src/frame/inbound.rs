@@ -35,8 +35,10 @@ struct Payload {
     /// Bytes of this frame's payload already seen: the mask offset.
     seen: u64,
     mask: Option<[u8; 4]>,
-    /// A text message: its bytes go through the UTF-8 check.
+    /// A text message.
     text: bool,
+    /// Its bytes go through the UTF-8 check (text, not compressed).
+    check: bool,
     /// This frame ends its message.
     fin: bool,
 }
@@ -55,6 +57,9 @@ pub struct Inbound {
     /// The message of the last data step is text.
     text: bool,
 }
+
+// A compressed message's bytes are not text until inflated: its reader
+// checks them then (`Rules::compressed`).
 
 impl Inbound {
     pub fn new(rules: Rules) -> Self {
@@ -79,9 +84,15 @@ impl Inbound {
         }
     }
 
-    /// Does the last [`Step::Data`] belong to a text message?
+    /// Does the last [`Step::Data`] belong to a text message? (A
+    /// compressed one's UTF-8 is checked by its reader, once inflated.)
     pub fn text(&self) -> bool {
         self.text
+    }
+
+    /// Does the last [`Step::Data`] belong to a compressed message?
+    pub fn compressed(&self) -> bool {
+        self.rules.compressed()
     }
 
     /// The unmasked payload of the last [`Step::Control`].
@@ -118,6 +129,7 @@ impl Inbound {
             seen: 0,
             mask: header.mask,
             text: kind == OpCode::Text,
+            check: kind == OpCode::Text && !self.rules.compressed(),
             fin,
         };
         self.payload_step(buf, p, at)
@@ -150,10 +162,10 @@ impl Inbound {
             if let Some(key) = p.mask {
                 apply_mask(bytes, key, p.seen);
             }
-            if p.text {
+            if p.check {
                 self.utf8.feed(bytes)?;
             }
-        } else if p.text {
+        } else if p.check {
             match p.mask {
                 Some(key) => {
                     apply_mask(bytes, key, p.seen);
@@ -169,7 +181,7 @@ impl Inbound {
         let end = p.remaining == 0 && p.fin;
         if p.remaining == 0 {
             self.payload = None;
-            if end && p.text {
+            if end && p.check {
                 self.utf8.finish()?;
             }
         } else {

@@ -220,9 +220,19 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: u64) {
 /// A whole unmasked frame (a server's), header and payload in one buffer:
 /// what is written as it is to every recipient of a message.
 pub fn server_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    framed(opcode, 0, payload)
+}
+
+/// A whole unmasked frame of a message compressed with permessage-deflate
+/// (RSV1 set).
+pub fn deflated_frame(opcode: OpCode, compressed: &[u8]) -> Vec<u8> {
+    framed(opcode, 0b100, compressed)
+}
+
+fn framed(opcode: OpCode, rsv: u8, payload: &[u8]) -> Vec<u8> {
     let header = Header {
         fin: true,
-        rsv: 0,
+        rsv,
         opcode,
         mask: None,
         len: payload.len() as u64,

@@ -43,6 +43,10 @@ pub struct Rules {
     max_message: u64,
     /// The message in progress: its opcode and bytes so far.
     open: Option<(OpCode, u64)>,
+    /// permessage-deflate was agreed: RSV1 marks a compressed message.
+    deflate: bool,
+    /// The message of the last data frame is compressed.
+    compressed: bool,
 }
 
 impl Rules {
@@ -52,13 +56,33 @@ impl Rules {
             max_frame: max_frame as u64,
             max_message: max_message as u64,
             open: None,
+            deflate: false,
+            compressed: false,
         }
+    }
+
+    /// With permessage-deflate agreed: RSV1 on a message's first frame
+    /// marks it compressed (the limits then count compressed bytes; the
+    /// reader bounds what they inflate to).
+    pub fn with_deflate(self) -> Self {
+        Rules {
+            deflate: true,
+            ..self
+        }
+    }
+
+    /// Is the message of the last data frame compressed?
+    pub fn compressed(&self) -> bool {
+        self.compressed
     }
 
     /// Check the next frame's header. For a data frame, returns the opcode
     /// of the message it belongs to (Text or Binary) and whether it ends it.
     pub fn check(&mut self, h: &Header) -> Result<Option<(OpCode, bool)>, Violation> {
-        if h.rsv != 0 {
+        let rsv1 = h.rsv == 0b100;
+        // RSV1 only with deflate, only on a data message's first frame.
+        let first_data = !h.opcode.is_control() && h.opcode != OpCode::Continuation;
+        if h.rsv != 0 && !(rsv1 && self.deflate && first_data) {
             return Err(Violation::ReservedBits);
         }
         if h.mask.is_some() != (self.sender == Sender::Client) {
@@ -74,7 +98,10 @@ impl Rules {
             (OpCode::Continuation, Some(open)) => open,
             (OpCode::Continuation, None) => return Err(Violation::UnexpectedContinuation),
             (_, Some(_)) => return Err(Violation::ExpectedContinuation),
-            (opcode, None) => (opcode, 0),
+            (opcode, None) => {
+                self.compressed = rsv1;
+                (opcode, 0)
+            }
         };
         let total = so_far.saturating_add(h.len);
         if h.len > self.max_frame || total > self.max_message {

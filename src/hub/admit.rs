@@ -59,8 +59,15 @@ pub(crate) fn admit<B>(
     {
         return Err(Rejection::Auth(AuthFailure::Channel));
     }
+    // permessage-deflate, where the route has it and the client offers it.
+    let agreed = route.compression.and_then(|deflate| {
+        let offers = req.headers().get_all("sec-websocket-extensions");
+        let agreed = crate::deflate::negotiate(offers.iter().filter_map(|v| v.to_str().ok()))?;
+        Some((deflate, agreed.response))
+    });
+    let deflate = agreed.as_ref().map(|(deflate, _)| *deflate);
     let registration = hub
-        .register(name.as_deref(), route, access, refresh)
+        .register(name.as_deref(), route, access, refresh, deflate)
         .map_err(|_| Rejection::NameTaken)?;
     // Join the room now, so a message sent right after this client's 101
     // reaches it.
@@ -75,6 +82,7 @@ pub(crate) fn admit<B>(
         registration,
         route: route.clone(),
         room,
+        extensions: agreed.map(|(_, response)| response),
     })
 }
 

@@ -12,7 +12,8 @@ use super::access::ChannelAccess;
 use super::protocol::{self, Body};
 use super::queue::{Pushed, Queue};
 use super::{Channel, Epoch, Position};
-use crate::frame::{OpCode, server_frame};
+use crate::config::Deflate;
+use crate::frame::{Header, OpCode, deflated_frame, server_frame};
 use crate::metrics::HubMetrics;
 
 /// A channel message: serialized and framed at most once per
@@ -32,6 +33,10 @@ pub(crate) struct Msg {
     pub(super) envelope: OnceLock<Bytes>,
     /// The body's own frame, for raw clients.
     pub(super) raw: OnceLock<Bytes>,
+    /// The same two compressed (permessage-deflate), for clients that
+    /// agreed to it: compressed once, shared by all of them.
+    pub(super) envelope_deflated: OnceLock<Bytes>,
+    pub(super) raw_deflated: OnceLock<Bytes>,
 }
 
 impl Msg {
@@ -52,7 +57,20 @@ impl Msg {
             skip: None,
             envelope: OnceLock::new(),
             raw: OnceLock::new(),
+            envelope_deflated: OnceLock::new(),
+            raw_deflated: OnceLock::new(),
         }
+    }
+
+    /// The frame `conn` gets: its representation, compressed if it agreed
+    /// to permessage-deflate and the message is large enough.
+    pub(super) fn frame_for(&self, conn: &Conn) -> Bytes {
+        let plain = self.frame(conn.json);
+        let deflated = match conn.json {
+            true => &self.envelope_deflated,
+            false => &self.raw_deflated,
+        };
+        for_conn(conn, plain, deflated)
     }
 
     pub(super) fn frame(&self, json: bool) -> Bytes {
@@ -70,6 +88,27 @@ impl Msg {
         };
         frame.clone()
     }
+}
+
+/// `plain` as `conn` takes it: compressed (once, kept in `deflated`) when
+/// it agreed to permessage-deflate and the payload has `min_size` bytes;
+/// as it is otherwise, or when compressing would not make it smaller.
+pub(super) fn for_conn(conn: &Conn, plain: Bytes, deflated: &OnceLock<Bytes>) -> Bytes {
+    match conn.deflate {
+        Some(d) if crate::hub::member::payload_len(&plain) >= d.min_size => deflated
+            .get_or_init(|| compressed_frame(&plain, d.level).unwrap_or(plain))
+            .clone(),
+        _ => plain,
+    }
+}
+
+/// A whole unmasked frame compressed, if that makes it smaller.
+fn compressed_frame(plain: &[u8], level: u32) -> Option<Bytes> {
+    let (header, at) = Header::parse(plain).ok()??;
+    let payload = &plain[at..];
+    let compressed = crate::deflate::compress(payload, level);
+    (compressed.len() < payload.len())
+        .then(|| Bytes::from(deflated_frame(header.opcode, &compressed)))
 }
 
 /// A whole text frame, to be queued as it is.
@@ -103,6 +142,9 @@ pub(crate) struct Conn {
     pub(super) refresh: Option<crate::auth::Refresh>,
     pub(crate) queue: Queue,
     pub(super) channels: Mutex<Vec<Arc<Channel>>>,
+    /// permessage-deflate was agreed: messages of `min_size` and more go
+    /// compressed.
+    pub(crate) deflate: Option<Deflate>,
 }
 
 impl Conn {

@@ -66,15 +66,18 @@ pub(crate) struct Member<S> {
     /// first already written.
     outbox: VecDeque<Bytes>,
     written: usize,
+    /// permessage-deflate agreed: the largest message once inflated.
+    inflate_max: Option<usize>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
-    pub(crate) fn new(io: Box<S>, limits: &Limits) -> Self {
+    pub(crate) fn new(io: Box<S>, limits: &Limits, deflate: bool) -> Self {
         let rules = Rules::new(
             Sender::Client,
             limits.max_frame_size,
             limits.max_message_size,
         );
+        let rules = if deflate { rules.with_deflate() } else { rules };
         Member {
             io,
             buf: ReadBuffer::default(),
@@ -84,6 +87,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
             sent_close: false,
             outbox: VecDeque::new(),
             written: 0,
+            inflate_max: deflate.then_some(limits.max_message_size),
         }
     }
 
@@ -118,7 +122,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
                         self.message.extend_from_slice(piece);
                         continue;
                     }
-                    let message = whole(&mut self.message, piece, frames.text())?;
+                    let (text, compressed) = (frames.text(), frames.compressed());
+                    let mut message = whole(&mut self.message, piece, text && !compressed)?;
+                    if compressed {
+                        message = inflated(message, text, self.inflate_max.unwrap_or(0))?;
+                    }
                     return Ok(Some(Event::Message(message)));
                 }
                 Step::Control { len, opcode } => {
@@ -274,6 +282,28 @@ fn whole(message: &mut Vec<u8>, piece: &[u8], text: bool) -> Result<Data, Sessio
         return Ok(Data::Binary(bytes));
     }
     // Checked as it came; this only changes the type.
+    Utf8Bytes::try_from(bytes)
+        .map(Data::Text)
+        .map_err(|_| SessionEnd::Broken(Side::Client, Fault::InvalidUtf8))
+}
+
+/// A compressed message inflated (at most `max` bytes: past it, 1009),
+/// its text checked (1007).
+fn inflated(message: Data, text: bool, max: usize) -> Result<Data, SessionEnd> {
+    let Data::Binary(compressed) = message else {
+        return Ok(message);
+    };
+    let bytes = crate::deflate::inflate(&compressed, max).map_err(|e| {
+        let fault = match e {
+            crate::deflate::Inflate::TooBig => Fault::TooBig,
+            crate::deflate::Inflate::Corrupt => Fault::InvalidUtf8,
+        };
+        SessionEnd::Broken(Side::Client, fault)
+    })?;
+    let bytes = Bytes::from(bytes);
+    if !text {
+        return Ok(Data::Binary(bytes));
+    }
     Utf8Bytes::try_from(bytes)
         .map(Data::Text)
         .map_err(|_| SessionEnd::Broken(Side::Client, Fault::InvalidUtf8))

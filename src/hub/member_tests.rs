@@ -70,10 +70,17 @@ impl Setup {
         HubClient {
             registration: self
                 .hub
-                .register(Some(name), &route, ChannelAccess::new(None, &route), None)
+                .register(
+                    Some(name),
+                    &route,
+                    ChannelAccess::new(None, &route),
+                    None,
+                    None,
+                )
                 .unwrap(),
             route,
             room: None,
+            extensions: None,
         }
     }
 }
@@ -202,7 +209,7 @@ async fn an_idle_member_holds_little() {
     let s = setup();
     let (gateway, _client) = tokio::io::duplex(64);
     let ctx = s.ctx();
-    let member = Member::new(Box::new(gateway), ctx.limits);
+    let member = Member::new(Box::new(gateway), ctx.limits, false);
     assert!(member.read_capacity() <= 256);
     assert!(size_of_val(&member) <= 384, "{}", size_of_val(&member));
     let (gateway, _client) = tokio::io::duplex(64);

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackplaneConfig, HubConfig, HubProtocol, HubRoute, NamePolicy};
+use crate::config::{BackplaneConfig, Deflate, HubConfig, HubProtocol, HubRoute, NamePolicy};
 use crate::metrics::HubMetrics;
 use access::ChannelAccess;
 use backplane::Stream;
@@ -207,8 +207,8 @@ pub(crate) struct Published {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Readiness {
     Ready,
-    /// Connecting to Redis for the first time (one attempt, bounded by
-    /// `command_timeout`): not ready yet.
+    /// Connecting to Redis for the first time (one attempt: a connection
+    /// and a few commands, each under `command_timeout`): not ready yet.
     Starting,
     /// Redis unreachable: serving this node's clients alone. Still ready,
     /// so that every node losing Redis does not empty the load balancer.
@@ -296,6 +296,7 @@ impl Hub {
         route: &HubRoute,
         access: ChannelAccess,
         refresh: Option<crate::auth::Refresh>,
+        deflate: Option<Deflate>,
     ) -> Result<Registration, HubError> {
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
         let name: Arc<str> = match (name, &self.0.redis) {
@@ -315,6 +316,7 @@ impl Hub {
             refresh,
             queue: Queue::new(route.queue_messages, route.queue_bytes, route.slow_consumer),
             channels: Mutex::default(),
+            deflate,
         });
         {
             let mut clients = lock(&self.0.clients);
@@ -521,7 +523,7 @@ impl Hub {
             if Some(sub.id) == skip {
                 continue;
             }
-            if sub.push(msg.frame(sub.json), metrics) {
+            if sub.push(msg.frame_for(sub), metrics) {
                 delivered += 1;
             }
         }
@@ -549,8 +551,11 @@ impl Hub {
             let channels = lock(&conn.channels);
             if let Some(ch) = channels.iter().find(|c| &*c.name == channel) {
                 let mut state = lock(&ch.state);
-                if let Follow::Loading { pending, .. } = &mut state.follow {
-                    // Answered with the first, once the channel has loaded.
+                if let Follow::Loading { pending, .. } = &mut state.follow
+                    && !pending.iter().any(|p| p.conn.id == conn.id && !p.join)
+                {
+                    // Answered once the channel has loaded (one such answer
+                    // waits per connection; more are answered now).
                     let mut again = Pending::new(conn, None, Box::new(answer));
                     again.join = false;
                     pending.push(again);
@@ -580,7 +585,7 @@ impl Hub {
                 // A position past this node's mirror was seen on another
                 // node, its message still on the way here: ask Redis.
                 Follow::Mirror => since.is_some_and(|s| {
-                    s.seq > head.seq && s.epoch.is_none_or(|e| Epoch::parse(e) == Some(head.epoch))
+                    s.seq > head.seq && s.epoch.and_then(Epoch::parse) == Some(head.epoch)
                 }),
                 Follow::Local | Follow::Stale | Follow::Idle => redis.is_some(),
             };
@@ -623,7 +628,7 @@ impl Hub {
             match state.stream.since(since, self.0.bounds, Instant::now()) {
                 Some(missed) => {
                     for msg in missed {
-                        conn.push(msg.frame(conn.json), metrics);
+                        conn.push(msg.frame_for(conn), metrics);
                     }
                 }
                 None => gap = true,
@@ -671,9 +676,9 @@ impl Hub {
         if let Follow::Loading { pending, .. } = &mut state.follow
             && pending.iter().any(|p| p.conn.id == conn.id)
         {
-            // Never subscribed: its subscribe is answered before the
-            // unsubscribe's ack, from what this node has.
-            let (gone, waiting) = std::mem::take(pending)
+            // Its waiting subscribes are answered before the unsubscribe's
+            // ack, from what this node has.
+            let (gone, waiting): (Vec<Pending>, Vec<Pending>) = std::mem::take(pending)
                 .into_iter()
                 .partition(|p| p.conn.id == conn.id);
             *pending = waiting;
@@ -681,15 +686,19 @@ impl Hub {
                 at: head,
                 gap: false,
             };
+            let joining = gone.iter().any(|p| p.join);
             for p in gone {
                 if let Some(text) = (p.answer)(&subscribed) {
                     p.conn.reply(&text);
                 }
             }
-            self.unwatch_if_unused(channel, &mut state);
-            drop(state);
-            metrics.subscriptions.decrement(1.0);
-            return;
+            if joining {
+                // Never subscribed: nothing more to undo.
+                self.unwatch_if_unused(channel, &mut state);
+                drop(state);
+                metrics.subscriptions.decrement(1.0);
+                return;
+            }
         }
         if state.subscribers.remove(&conn.id).is_none() {
             return;
@@ -823,14 +832,16 @@ impl Hub {
         }
         let metrics = &self.0.metrics;
         let (envelope, raw) = (OnceLock::new(), OnceLock::new());
+        let (envelope_deflated, raw_deflated) = (OnceLock::new(), OnceLock::new());
         let mut delivered = 0;
         for conn in targets {
             let frame = if conn.json {
-                envelope.get_or_init(|| text_frame(&protocol::direct(from, body)))
+                let plain = envelope.get_or_init(|| text_frame(&protocol::direct(from, body)));
+                conn::for_conn(&conn, plain.clone(), &envelope_deflated)
             } else {
-                raw.get_or_init(|| raw_frame(body))
-            }
-            .clone();
+                let plain = raw.get_or_init(|| raw_frame(body));
+                conn::for_conn(&conn, plain.clone(), &raw_deflated)
+            };
             if conn.push(frame, metrics) {
                 delivered += 1;
             }

@@ -27,6 +27,8 @@ pub(crate) struct HubClient {
     pub(crate) route: Arc<HubRoute>,
     /// The raw protocol's channel, joined at the handshake.
     pub(crate) room: Option<String>,
+    /// The agreed `Sec-WebSocket-Extensions` (permessage-deflate), for the 101.
+    pub(crate) extensions: Option<String>,
 }
 
 /// The steady state of a hub member after its 101: run the session, leave
@@ -42,7 +44,8 @@ pub(crate) async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut member = Member::new(io, ctx.limits);
+    let deflate = client.registration.conn.deflate.is_some();
+    let mut member = Member::new(io, ctx.limits, deflate);
     let end = run(&mut member, ctx, hub, &client).await;
     drop(client);
     member.finish(&end, ctx.limits.close_timeout).await;

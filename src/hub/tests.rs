@@ -54,6 +54,7 @@ pub(super) fn conn(id: u64, name: &str) -> Arc<Conn> {
         refresh: None,
         queue: Queue::new(64, 1 << 20, SlowConsumer::Close),
         channels: Mutex::default(),
+        deflate: None,
     })
 }
 

@@ -279,7 +279,9 @@ impl Running {
         tls
     }
 
-    async fn raw_upgrade_with(&self, request: &[u8]) -> (String, TlsStream<TcpStream>) {
+    /// Send an upgrade request by hand; returns the response head and the
+    /// stream, open for frames after a 101.
+    pub async fn raw_upgrade_with(&self, request: &[u8]) -> (String, TlsStream<TcpStream>) {
         let mut tls = self.tls().await.unwrap();
         tls.write_all(request).await.unwrap();
         let mut head = Vec::new();
