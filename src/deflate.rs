@@ -14,6 +14,9 @@ use std::cell::RefCell;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
+use crate::config::Deflate;
+use crate::frame::{OpCode, deflated_frame, server_frame};
+
 /// The extension's token in `Sec-WebSocket-Extensions`.
 const NAME: &str = "permessage-deflate";
 /// What a sender appends to a flushed block and strips before sending
@@ -22,34 +25,46 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// Output grows in steps of this while compressing or inflating.
 const STEP: usize = 16 << 10;
 
-/// The answer to a client's offers: the response header value, when one
-/// offer is acceptable.
+/// The answer to a client's offers, when one is acceptable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Agreed {
+    /// The `Sec-WebSocket-Extensions` value of the 101.
     pub(crate) response: String,
+    /// How this server compresses to the client: `None` when the client
+    /// limited this server's window below 15 bits. (Every message is
+    /// compressed once, with a full window, for all its recipients; such a
+    /// client gets them uncompressed, which the extension allows.)
+    pub(crate) compress: Option<Deflate>,
 }
 
 /// Choose the first acceptable `permessage-deflate` offer among the
 /// `Sec-WebSocket-Extensions` values. An offer is declined (RFC 7692 §5)
-/// if it has an unknown or repeated parameter or an invalid value, or
-/// limits this server's window below 15 bits (it always compresses with a
-/// full window, once per message, so that one compressed message serves
-/// every recipient). Other extensions are ignored.
-pub(crate) fn negotiate<'h>(values: impl IntoIterator<Item = &'h str>) -> Option<Agreed> {
+/// if it has an unknown or repeated parameter or an invalid value. Other
+/// extensions are ignored.
+pub(crate) fn negotiate<'h>(
+    values: impl IntoIterator<Item = &'h str>,
+    config: Deflate,
+) -> Option<Agreed> {
     values
         .into_iter()
         .flat_map(|v| v.split(','))
         .find_map(|offer| accept(offer.trim()))
+        .map(|(response, full_window)| Agreed {
+            response,
+            compress: full_window.then_some(config),
+        })
 }
 
-/// One offer: `permessage-deflate; param[=value]; ...`.
-fn accept(offer: &str) -> Option<Agreed> {
+/// One offer: `permessage-deflate; param[=value]; ...`. The response, and
+/// whether this server may use a full window.
+fn accept(offer: &str) -> Option<(String, bool)> {
     let mut parts = offer.split(';').map(str::trim);
     if !parts.next()?.eq_ignore_ascii_case(NAME) {
         return None;
     }
     let mut seen: Vec<String> = Vec::new();
     let mut client_bits = false;
+    let mut server_bits = None;
     for param in parts {
         let (name, value) = match param.split_once('=') {
             Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
@@ -65,13 +80,7 @@ fn accept(offer: &str) -> Option<Agreed> {
         };
         match (name.as_str(), value) {
             ("server_no_context_takeover" | "client_no_context_takeover", None) => {}
-            // Any window the client allows this server but the full one
-            // would mean compressing per recipient: declined.
-            ("server_max_window_bits", v) => {
-                if bits(v) != Some(15) {
-                    return None;
-                }
-            }
+            ("server_max_window_bits", v) => server_bits = Some(bits(v)?),
             ("client_max_window_bits", None) => client_bits = true,
             ("client_max_window_bits", v) => {
                 bits(v)?;
@@ -83,12 +92,15 @@ fn accept(offer: &str) -> Option<Agreed> {
     // Neither side keeps context: this server says so for itself, and
     // asks it of the client (§7.1.1.2 lets the server add it unasked).
     let mut response = format!("{NAME}; server_no_context_takeover; client_no_context_takeover");
+    if let Some(bits) = server_bits {
+        response.push_str(&format!("; server_max_window_bits={bits}"));
+    }
     if client_bits {
         // The client may then use any window; this server inflates with
         // a full one, which reads them all.
         response.push_str("; client_max_window_bits=15");
     }
-    Some(Agreed { response })
+    Some((response, server_bits.is_none_or(|b| b == 15)))
 }
 
 thread_local! {
@@ -112,12 +124,12 @@ pub(crate) fn compress(payload: &[u8], level: u32) -> Vec<u8> {
         };
         let c = &mut pool[at].1;
         c.reset();
-        let mut out = Vec::with_capacity(payload.len() / 2 + 64);
+        // Room for the worst case (stored blocks, 5 bytes per 16 KiB, the
+        // flush marker) in one call: a flush cut short by a full buffer is
+        // not always resumed.
+        let mut out = Vec::with_capacity(payload.len() + payload.len() / 8 + 128);
         let mut input = payload;
         loop {
-            if out.capacity() - out.len() < 64 {
-                out.reserve(STEP);
-            }
             let before = c.total_in();
             if c.compress_vec(input, &mut out, FlushCompress::Sync)
                 .is_err()
@@ -129,12 +141,27 @@ pub(crate) fn compress(payload: &[u8], level: u32) -> Vec<u8> {
             if input.is_empty() && out.len() < out.capacity() {
                 break;
             }
+            out.reserve(STEP.max(input.len()));
         }
         if out.ends_with(&TAIL) {
             out.truncate(out.len() - TAIL.len());
         }
         out
     })
+}
+
+/// A whole server frame of a message: compressed (RSV1) with `compress`
+/// when it is at least `min_size` bytes and shrinks, as it is otherwise.
+pub(crate) fn frame(opcode: OpCode, payload: &[u8], compress: Option<Deflate>) -> Vec<u8> {
+    if let Some(d) = compress
+        && payload.len() >= d.min_size
+    {
+        let compressed = self::compress(payload, d.level);
+        if compressed.len() < payload.len() {
+            return deflated_frame(opcode, &compressed);
+        }
+    }
+    server_frame(opcode, payload)
 }
 
 /// Why a compressed message could not be taken.
@@ -193,7 +220,11 @@ mod tests {
 
     #[test]
     fn offers_are_accepted_declined_or_chosen_among() {
-        let answer = |v: &str| negotiate([v]).map(|a| a.response);
+        let config = Deflate {
+            min_size: 0,
+            level: 1,
+        };
+        let answer = |v: &str| negotiate([v], config).map(|a| a.response);
         let plain = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
         assert_eq!(answer("permessage-deflate").as_deref(), Some(plain));
         // What browsers send.
@@ -206,7 +237,16 @@ mod tests {
                 .as_deref(),
             Some(plain)
         );
-        // Declined: unknown, repeated, bad values, a smaller server window.
+        // A smaller window for this server: agreed, and nothing compressed.
+        let small = negotiate(["permessage-deflate; server_max_window_bits=10"], config);
+        assert_eq!(
+            small.as_ref().map(|a| a.response.as_str()),
+            Some(&*format!("{plain}; server_max_window_bits=10"))
+        );
+        assert_eq!(small.and_then(|a| a.compress), None);
+        let full = negotiate(["permessage-deflate; server_max_window_bits=15"], config);
+        assert_eq!(full.and_then(|a| a.compress), Some(config));
+        // Declined: unknown, repeated, bad values.
         for bad in [
             "permessage-deflate; foo",
             "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
@@ -214,17 +254,21 @@ mod tests {
             "permessage-deflate; client_max_window_bits=x",
             "permessage-deflate; server_no_context_takeover=1",
             "permessage-deflate; server_max_window_bits",
-            "permessage-deflate; server_max_window_bits=10",
+            "permessage-deflate; server_max_window_bits=7",
             "x-webkit-deflate-frame",
         ] {
             assert_eq!(answer(bad), None, "{bad}");
         }
         // The first acceptable of several offers, across header values.
-        let chosen = negotiate([
-            "permessage-deflate; server_max_window_bits=9, permessage-deflate; client_max_window_bits",
-        ]);
+        let chosen = negotiate(
+            ["permessage-deflate; foo, permessage-deflate; client_max_window_bits"],
+            config,
+        );
         assert!(chosen.is_some_and(|a| a.response.ends_with("client_max_window_bits=15")));
-        let chosen = negotiate(["foo", "permessage-deflate; server_max_window_bits=15"]);
+        let chosen = negotiate(
+            ["foo", "permessage-deflate; client_no_context_takeover"],
+            config,
+        );
         assert_eq!(chosen.map(|a| a.response).as_deref(), Some(plain));
     }
 
@@ -243,6 +287,31 @@ mod tests {
         // The same bytes every time: one compressed frame serves every recipient.
         assert_eq!(compress(&text, 1), small);
         assert_eq!(inflate(&compress(b"", 1), 10).unwrap(), b"");
+    }
+
+    #[test]
+    fn poorly_compressible_messages_survive_whole() {
+        // 5 bits of noise per byte: compressed to about 70 %, so the output
+        // outgrows a half-size buffer; at these lengths a flush cut short by
+        // it once went missing (the message came back shorter).
+        let mut x: u32 = 12345;
+        let noise: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8 & 0x1f
+            })
+            .collect();
+        for len in [100, 1000, 16_384, 58_971, 60_970, 65_536, 116_942, 200_000] {
+            let payload = &noise[..len];
+            for level in [1, 6, 9] {
+                let compressed = compress(payload, level);
+                assert_eq!(
+                    inflate(&compressed, 1 << 20).unwrap(),
+                    payload,
+                    "{len} at {level}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,65 +1,110 @@
-//! The `echo` route's session loop: every text and binary message goes back
-//! to the client as it came. The echo plays the upstream, so its traffic is
-//! counted both ways like a relayed session's; there is no second socket.
+//! The `echo` route's session loop, on the frame layer (as a hub member's):
+//! every text and binary message goes back to the client as it came,
+//! compressed where permessage-deflate was agreed. The echo plays the
+//! upstream, so its traffic is counted both ways like a relayed session's;
+//! there is no second socket.
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::close::{SessionEnd, Side};
-use crate::session::{SessionCtx, Timers};
+use crate::config::Deflate;
+use crate::deflate::{self, Agreed};
+use crate::frame::OpCode;
+use crate::hub::member::{Data, Event, Member};
+use crate::session::{SessionCtx, Timers, keepalive_ping};
 
-/// Echo every text and binary message back; answer pings (tungstenite
-/// queues the pong, the flush sends it); return how the session ended.
-pub(crate) async fn run<S>(ws: &mut WebSocketStream<S>, ctx: &SessionCtx<'_>) -> SessionEnd
+/// Run an echo session and its close handshake; return how it ended.
+pub(crate) async fn serve<S>(io: Box<S>, ctx: &SessionCtx<'_>, agreed: Option<Agreed>) -> SessionEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut member = Member::new(io, ctx.limits, agreed.is_some());
+    let compress = agreed.and_then(|a| a.compress);
+    let end = run(&mut member, ctx, compress).await;
+    member.finish(&end, ctx.limits.close_timeout).await;
+    end
+}
+
+async fn run<S>(
+    member: &mut Member<S>,
+    ctx: &SessionCtx<'_>,
+    compress: Option<Deflate>,
+) -> SessionEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut timers = Timers::new(ctx.limits);
     loop {
-        let first = tokio::select! {
+        let step = tokio::select! {
             biased;
-            _ = ctx.cancel.cancelled() => return ctx.stopped(),
-            msg = ws.next() => msg,
-            tick = timers.next() => {
-                if let Err(end) = timers.handle(tick, ws, ctx.limits.send_timeout).await {
-                    return end;
+            _ = ctx.cancel.cancelled() => Err(ctx.stopped()),
+            read = member.read() => match read {
+                Ok(()) => echo(member, ctx, &mut timers, compress).await,
+                Err(end) => Err(end),
+            },
+            tick = timers.next() => match timers.due(tick) {
+                Ok(true) => {
+                    member.queue(keepalive_ping());
+                    write(member, ctx).await
                 }
-                continue;
-            }
+                Ok(false) => Ok(()),
+                Err(end) => Err(end),
+            },
         };
-        // Feed this message and every one already readable, then flush once.
-        let batch = async {
-            let mut next = Some(first);
-            while let Some(msg) = next {
-                let msg = match msg {
-                    None => return Err(SessionEnd::Gone(Side::Client)),
-                    Some(Err(e)) => return Err(SessionEnd::from_ws_error(Side::Client, &e)),
-                    Some(Ok(msg)) => msg,
-                };
-                match msg {
-                    Message::Text(_) | Message::Binary(_) => {
-                        let len = msg.len() as u64;
-                        ctx.metrics.count(Side::Client, len);
-                        ws.feed(msg)
-                            .await
-                            .map_err(|e| SessionEnd::from_ws_error(Side::Client, &e))?;
-                        ctx.metrics.count(Side::Upstream, len);
-                        timers.touch();
-                    }
-                    Message::Pong(_) => timers.pong(),
-                    Message::Close(frame) => return Err(SessionEnd::Closed(Side::Client, frame)),
-                    Message::Ping(_) | Message::Frame(_) => {}
-                }
-                next = ws.next().now_or_never();
-            }
-            ws.flush()
-                .await
-                .map_err(|e| SessionEnd::from_ws_error(Side::Client, &e))
-        };
-        if let Err(end) = ctx.bounded(Side::Client, batch).await {
+        if let Err(end) = step {
             return end;
         }
     }
+}
+
+/// Send back every message that was read (and the pongs its pings asked
+/// for), then write them out with one flush.
+async fn echo<S>(
+    member: &mut Member<S>,
+    ctx: &SessionCtx<'_>,
+    timers: &mut Timers,
+    compress: Option<Deflate>,
+) -> Result<(), SessionEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match member.event() {
+            Ok(Some(Event::Message(data))) => {
+                let len = data.len() as u64;
+                ctx.metrics.count(Side::Client, len);
+                let (opcode, payload) = match &data {
+                    Data::Text(t) => (OpCode::Text, t.as_bytes()),
+                    Data::Binary(b) => (OpCode::Binary, &b[..]),
+                };
+                member.queue(Bytes::from(deflate::frame(opcode, payload, compress)));
+                ctx.metrics.count(Side::Upstream, len);
+                timers.touch();
+            }
+            Ok(Some(Event::Pong)) => timers.pong(),
+            Ok(None) => break,
+            Err(end) => {
+                // What was echoed before a Close or a broken rule still goes.
+                let _ = write(member, ctx).await;
+                return Err(end);
+            }
+        }
+    }
+    match member.has_output() {
+        true => write(member, ctx).await,
+        false => Ok(()),
+    }
+}
+
+/// Write out what is queued and flush, under `send_timeout`.
+async fn write<S>(member: &mut Member<S>, ctx: &SessionCtx<'_>) -> Result<(), SessionEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let work = async {
+        member.write_out().await?;
+        member.flush().await
+    };
+    ctx.bounded(Side::Client, work).await
 }

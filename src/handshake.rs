@@ -18,19 +18,18 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, timeout};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{Instrument, Span, debug, info};
 
 use crate::auth::{self, Expiry};
-use crate::close::{Rejection, Side};
+use crate::close::Rejection;
 use crate::config::Route;
+use crate::deflate::{self, Agreed};
 use crate::frame::ControlFrame;
 use crate::hub::session::HubClient;
 use crate::names::normalize_host;
 use crate::route::RouteTable;
-use crate::session::{SessionCtx, finish};
+use crate::session::SessionCtx;
 use crate::upstream::{DialError, Dialed};
 use crate::{
     Body, RouteState, Shared, Target, echo, files, hub, metrics, relay, subprotocol, tunnel,
@@ -132,9 +131,16 @@ pub(crate) async fn handle(
         &shared.shutdown.token,
     );
     let expiry = expiry.map(Arc::new);
-    let mut extensions = None;
+    // permessage-deflate, where the route has it and the client offers it.
+    let agreed = route.compression.and_then(|config| {
+        let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+        deflate::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), config)
+    });
+    let extensions = agreed
+        .as_ref()
+        .and_then(|a| HeaderValue::from_str(&a.response).ok());
     let (peer_side, protocol) = match &state.target {
-        Target::Echo => (Peer::Echo, chosen),
+        Target::Echo => (Peer::Echo(agreed), chosen),
         Target::Upstream(pool) => match pool.dial(req.uri(), req.headers(), peer.ip()).await {
             Ok(dialed) => {
                 let protocol = dialed.protocol.clone();
@@ -149,11 +155,17 @@ pub(crate) async fn handle(
         Target::Static(_) => return refuse(Rejection::NoRoute, req.uri().path()),
         Target::Hub(hub_route) => {
             let refresh = auth::refresher(state.auth.as_ref(), expiry.as_ref(), identity.as_ref());
-            match hub::admit::admit(&req, &state.path, hub_route, &shared.hub, identity, refresh) {
-                Ok(client) => {
-                    extensions = client.extensions.clone();
-                    (Peer::Hub(client), chosen)
-                }
+            let admitted = hub::admit::admit(
+                &req,
+                &state.path,
+                hub_route,
+                &shared.hub,
+                identity,
+                refresh,
+                agreed.as_ref(),
+            );
+            match admitted {
+                Ok(client) => (Peer::Hub(client), chosen),
                 Err(rejection) => return refuse(rejection, req.uri().path()),
             }
         }
@@ -162,7 +174,7 @@ pub(crate) async fn handle(
     let task = session(on_upgrade, state, permit, shared.clone(), peer_side, expiry);
     shared.shutdown.tracker.spawn(task.instrument(span));
     let mut response = switching_protocols(&accept_key, protocol);
-    if let Some(value) = extensions.and_then(|e| HeaderValue::from_str(&e).ok()) {
+    if let Some(value) = extensions {
         response
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
@@ -172,7 +184,8 @@ pub(crate) async fn handle(
 
 /// What a session's client is connected to, set up before the 101.
 enum Peer {
-    Echo,
+    /// With permessage-deflate, when agreed.
+    Echo(Option<Agreed>),
     Upstream(Dialed),
     Hub(HubClient),
 }
@@ -206,9 +219,6 @@ async fn session(
     };
     // Boxed: the steady-state task keeps only pointers in its future.
     let client = Box::new(TokioIo::new(upgraded));
-    let websocket = |client: Box<TokioIo<_>>| async {
-        Box::new(WebSocketStream::from_raw_socket(*client, Role::Server, Some(shared.ws)).await)
-    };
     let limits = &shared.limits;
     let ctx = SessionCtx {
         metrics: &route.metrics,
@@ -223,15 +233,7 @@ async fn session(
     // Each kind's loop is boxed at its own size: the task's future holds a
     // pointer, so a connection pays only for its own kind's state.
     let end = match peer {
-        Peer::Echo => {
-            Box::pin(async {
-                let mut client = websocket(client).await;
-                let end = echo::run(&mut client, &ctx).await;
-                finish(&mut client, end.plan(Side::Client), limits.close_timeout).await;
-                end
-            })
-            .await
-        }
+        Peer::Echo(agreed) => Box::pin(echo::serve(client, &ctx, agreed)).await,
         Peer::Hub(hub_client) => {
             Box::pin(hub::session::serve(client, &ctx, &shared.hub, hub_client)).await
         }
@@ -431,6 +433,7 @@ mod tests {
             kind: RouteKind::Echo,
             subprotocols: None,
             access: Default::default(),
+            compression: None,
         };
         RouteTable::new(&[echo], |_| ())
     }

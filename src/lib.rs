@@ -45,7 +45,6 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -91,13 +90,6 @@ use shutdown::{Readiness, Shutdown};
 use tunnel::TunnelPolicy;
 use upstream::Pool;
 
-/// tungstenite's read buffer is allocated up front and zero-filled, so it is
-/// resident for every connection; 4 KiB keeps an idle session small while a
-/// read still takes a whole TLS record's worth of small frames.
-const READ_BUFFER_SIZE: usize = 4 << 10;
-/// Frames are fed into this buffer and written in one go on flush.
-const WRITE_BUFFER_SIZE: usize = 16 << 10;
-
 /// Every response the public front writes: small, whole, in memory.
 pub(crate) type Body = http_body_util::Full<bytes::Bytes>;
 
@@ -127,9 +119,6 @@ pub(crate) struct Shared {
     /// hyper's HTTP/1 settings (header limits, timer), built once and
     /// cloned per connection, which adds its own head deadline.
     pub(crate) http: http1::Builder,
-    /// tungstenite's buffer and message limits, for client and upstream
-    /// sessions alike.
-    pub(crate) ws: WebSocketConfig,
     /// One hub for the process: channels are one namespace across hub
     /// routes and the HTTP API, and outlive reloads.
     pub(crate) hub: Hub,
@@ -250,13 +239,6 @@ impl Shared {
             .max_headers(limits.max_headers)
             .max_header_size(limits.max_header_size)
             .max_buf_size(limits.max_header_size.max(8192) + 1024);
-        let ws = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER_SIZE)
-            .write_buffer_size(WRITE_BUFFER_SIZE)
-            // Room for a full buffer plus one largest message and its header.
-            .max_write_buffer_size(WRITE_BUFFER_SIZE + limits.max_message_size + 64)
-            .max_message_size(Some(limits.max_message_size))
-            .max_frame_size(Some(limits.max_frame_size));
         let shutdown = Shutdown::default();
         let live = Live::build(config, &shutdown.token)?;
         let hub = Hub::new(config.hub.clone()).map_err(|problem| {
@@ -270,7 +252,6 @@ impl Shared {
             limits,
             live: ArcSwap::from_pointee(live),
             http,
-            ws,
             hub,
             listen_connect_tunnel: config.listen.connect_tunnel,
             tunnel: TunnelPolicy::new(config.tunnel.clone(), config.listen.addr, config.admin.addr),

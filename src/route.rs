@@ -74,6 +74,7 @@ mod tests {
             kind: RouteKind::Echo,
             subprotocols: None,
             access: Default::default(),
+            compression: None,
         }
     }
 

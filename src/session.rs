@@ -6,12 +6,8 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Interval, MissedTickBehavior, sleep_until, timeout};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Expiry;
@@ -36,34 +32,6 @@ pub(crate) struct SessionCtx<'a> {
     pub(crate) cancel: &'a CancellationToken,
     /// Set when the session's token can run out.
     pub(crate) expiry: Option<&'a Expiry>,
-}
-
-/// Carry out one side's part of the end, within `limit`: send our Close (or
-/// pass the other side's on, or flush the reply to theirs), wait for the
-/// peer's Close, then close TLS and TCP.
-pub(crate) async fn finish<S>(ws: &mut WebSocketStream<S>, plan: ClosePlan, limit: Duration)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let _ = timeout(limit, async {
-        let sent = match plan {
-            ClosePlan::Send(code, reason) => {
-                ws.close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                }))
-                .await
-            }
-            ClosePlan::Forward(frame) => ws.close(frame).await,
-            ClosePlan::Reply => ws.flush().await,
-            ClosePlan::Nothing => return,
-        };
-        if sent.is_ok() {
-            while let Some(Ok(_)) = ws.next().await {}
-        }
-        let _ = ws.get_mut().shutdown().await;
-    })
-    .await;
 }
 
 impl SessionCtx<'_> {
@@ -92,6 +60,13 @@ impl SessionCtx<'_> {
     }
 }
 
+/// The keepalive ping, framed (built when due, so a waiting session task
+/// does not hold it).
+pub(crate) fn keepalive_ping() -> bytes::Bytes {
+    let ping = crate::frame::ControlFrame::new(crate::frame::OpCode::Ping, KEEPALIVE, None);
+    bytes::Bytes::copy_from_slice(ping.as_bytes())
+}
+
 /// The session's clocks: keepalive pings to the client and the idle deadline.
 pub(crate) struct Timers {
     keepalive: Keepalive,
@@ -117,27 +92,6 @@ impl Timers {
         tokio::select! {
             _ = self.keepalive.tick() => Tick::Ping,
             _ = self.idle.expired() => Tick::Idle,
-        }
-    }
-
-    /// Act on a tick: ping the client (or end the session if the last ping
-    /// went unanswered), or end an idle session.
-    pub(crate) async fn handle<S>(
-        &mut self,
-        tick: Tick,
-        client: &mut WebSocketStream<S>,
-        limit: Duration,
-    ) -> Result<(), SessionEnd>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        if !self.due(tick)? {
-            return Ok(());
-        }
-        let ping = client.send(Message::Ping(Bytes::from_static(KEEPALIVE)));
-        match timeout(limit, ping).await {
-            Ok(sent) => sent.map_err(|e| SessionEnd::from_ws_error(Side::Client, &e)),
-            Err(_) => Err(SessionEnd::SendTimeout(Side::Client)),
         }
     }
 

@@ -255,22 +255,6 @@ pub struct HubRoute {
     /// and burst.
     pub publish_rate: f64,
     pub publish_burst: u32,
-    /// permessage-deflate with the clients that offer it (`compression =
-    /// "on"`); `None`: declined.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub compression: Option<Deflate>,
-}
-
-pub const DEFAULT_COMPRESSION_MIN_SIZE: usize = 256;
-pub const DEFAULT_COMPRESSION_LEVEL: u32 = 1;
-
-/// `compression = "on"`: how messages to the client are compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Deflate {
-    /// Messages shorter than this go uncompressed.
-    pub min_size: usize,
-    /// zlib's level, 1 (fastest) to 9 (smallest).
-    pub level: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,7 +358,6 @@ impl HubRoute {
                 DEFAULT_HUB_PUBLISH_BURST,
                 value::positive_u32,
             ),
-            compression: read_compression(s),
         };
         if let Err(problem) = check_channel_name(&route.channel) {
             s.issue("channel", problem);
@@ -396,35 +379,6 @@ impl HubRoute {
         }
         route
     }
-}
-
-/// `compression = "off" | "on"`, `compression_min_size`, `compression_level`.
-fn read_compression(s: &mut Section<'_>) -> Option<Deflate> {
-    let on = match s.string("compression").as_deref() {
-        None | Some("off") => false,
-        Some("on") => true,
-        Some(other) => {
-            s.issue(
-                "compression",
-                format!("must be \"off\" or \"on\", not {other:?}"),
-            );
-            false
-        }
-    };
-    let min_size = s.get(
-        "compression_min_size",
-        DEFAULT_COMPRESSION_MIN_SIZE,
-        value::size,
-    );
-    let level = s.get(
-        "compression_level",
-        DEFAULT_COMPRESSION_LEVEL,
-        value::positive_u32,
-    );
-    if !(1..=9).contains(&level) {
-        s.issue("compression_level", "must be 1 to 9");
-    }
-    on.then_some(Deflate { min_size, level })
 }
 
 /// A channel pattern: a channel name, `prefix*`, or `*`.

@@ -38,7 +38,9 @@ pub use listen::{
     AdminConfig, CertPair, DEFAULT_ADMIN_ADDR, DEFAULT_LISTEN_ADDR, ListenConfig, SniCert,
     TlsConfig,
 };
-pub use route::{Route, RouteKind};
+pub use route::{
+    DEFAULT_COMPRESSION_LEVEL, DEFAULT_COMPRESSION_MIN_SIZE, Deflate, Route, RouteKind,
+};
 pub use subprotocol::{
     HUB_JSON_SUBPROTOCOL, HUB_RAW_SUBPROTOCOL, Subprotocols, UnknownSubprotocol,
 };

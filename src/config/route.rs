@@ -9,6 +9,7 @@ use super::hub::{HubRoute, NamePolicy};
 use super::reader::Section;
 use super::subprotocol::{HUB_JSON_SUBPROTOCOL, HUB_RAW_SUBPROTOCOL, Subprotocols};
 use super::upstream::UpstreamConfig;
+use super::value;
 use crate::names::ServerName;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -29,6 +30,65 @@ pub struct Route {
     /// Static routes have none (`Access::default()`, not printed).
     #[serde(flatten, skip_serializing_if = "Access::is_none")]
     pub access: Access,
+    /// Echo and hub routes: permessage-deflate with the clients that offer
+    /// it (`compression = "on"`); `None`: declined.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Deflate>,
+}
+
+pub const DEFAULT_COMPRESSION_MIN_SIZE: usize = 256;
+pub const DEFAULT_COMPRESSION_LEVEL: u32 = 1;
+
+/// `compression = "on"`: how messages to the client are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deflate {
+    /// Messages shorter than this go uncompressed.
+    pub min_size: usize,
+    /// zlib's level, 1 (fastest) to 9 (smallest).
+    pub level: u32,
+}
+
+/// Printed as the keys it is read from.
+impl Serialize for Deflate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(3))?;
+        map.serialize_entry("compression", "on")?;
+        map.serialize_entry("compression_min_size", &self.min_size)?;
+        map.serialize_entry("compression_level", &self.level)?;
+        map.end()
+    }
+}
+
+impl Deflate {
+    /// `compression = "off" | "on"`, `compression_min_size`, `compression_level`.
+    fn read(s: &mut Section<'_>) -> Option<Deflate> {
+        let on = match s.string("compression").as_deref() {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(other) => {
+                s.issue(
+                    "compression",
+                    format!("must be \"off\" or \"on\", not {other:?}"),
+                );
+                false
+            }
+        };
+        let min_size = s.get(
+            "compression_min_size",
+            DEFAULT_COMPRESSION_MIN_SIZE,
+            value::size,
+        );
+        let level = s.get(
+            "compression_level",
+            DEFAULT_COMPRESSION_LEVEL,
+            value::positive_u32,
+        );
+        if !(1..=9).contains(&level) {
+            s.issue("compression_level", "must be 1 to 9");
+        }
+        on.then_some(Deflate { min_size, level })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -171,6 +231,12 @@ impl Route {
             }
             RouteKind::Upstream(_) | RouteKind::Static(_) => None,
         };
+        // Echo and hub routes speak the frames themselves; the relay passes
+        // frames through and does not take part (yet).
+        let compression = match &kind {
+            RouteKind::Echo | RouteKind::Hub(_) => Deflate::read(s),
+            RouteKind::Upstream(_) | RouteKind::Static(_) => None,
+        };
         let path = path?;
         let name = name.unwrap_or_else(|| path.clone());
         if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_graphic()) {
@@ -183,6 +249,7 @@ impl Route {
             kind,
             subprotocols,
             access,
+            compression,
         })
     }
 }

@@ -13,6 +13,7 @@ use super::{Hub, HubError};
 use crate::auth::{self, Identity, Refresh};
 use crate::close::{AuthFailure, Rejection};
 use crate::config::{HubProtocol, HubRoute};
+use crate::deflate::Agreed;
 use crate::names::{check_channel_name, check_client_name};
 
 /// Name and register a hub client (and find its room on a raw route)
@@ -24,6 +25,7 @@ pub(crate) fn admit<B>(
     hub: &Hub,
     identity: Option<Identity>,
     refresh: Option<Refresh>,
+    agreed: Option<&Agreed>,
 ) -> Result<HubClient, Rejection> {
     let asked = query_param(req.uri().query().unwrap_or(""), "name");
     let (name, claims) = auth::hub_name(identity, asked)?;
@@ -59,15 +61,9 @@ pub(crate) fn admit<B>(
     {
         return Err(Rejection::Auth(AuthFailure::Channel));
     }
-    // permessage-deflate, where the route has it and the client offers it.
-    let agreed = route.compression.and_then(|deflate| {
-        let offers = req.headers().get_all("sec-websocket-extensions");
-        let agreed = crate::deflate::negotiate(offers.iter().filter_map(|v| v.to_str().ok()))?;
-        Some((deflate, agreed.response))
-    });
-    let deflate = agreed.as_ref().map(|(deflate, _)| *deflate);
+    let compress = agreed.and_then(|a| a.compress);
     let registration = hub
-        .register(name.as_deref(), route, access, refresh, deflate)
+        .register(name.as_deref(), route, access, refresh, compress)
         .map_err(|_| Rejection::NameTaken)?;
     // Join the room now, so a message sent right after this client's 101
     // reaches it.
@@ -82,7 +78,7 @@ pub(crate) fn admit<B>(
         registration,
         route: route.clone(),
         room,
-        extensions: agreed.map(|(_, response)| response),
+        inflate: agreed.is_some(),
     })
 }
 

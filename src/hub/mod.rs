@@ -28,7 +28,7 @@ pub(crate) mod admit;
 pub(crate) mod api;
 mod backplane;
 mod conn;
-mod member;
+pub(crate) mod member;
 pub(crate) mod protocol;
 mod queue;
 mod remote;

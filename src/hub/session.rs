@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -14,10 +13,9 @@ use super::protocol::{self, Body, Request};
 use super::{Conn, Done, Hub, HubError, Registration, Since, Subscribed, Then, text_frame};
 use crate::close::{SessionEnd, Side};
 use crate::config::{HubProtocol, HubRoute};
-use crate::frame::{ControlFrame, OpCode};
 use crate::names::check_channel_name;
 use crate::rate::TokenBucket;
-use crate::session::{KEEPALIVE, SessionCtx, Timers};
+use crate::session::{SessionCtx, Timers, keepalive_ping};
 
 /// A hub client as the handshake set it up, before its 101.
 pub(crate) struct HubClient {
@@ -27,8 +25,8 @@ pub(crate) struct HubClient {
     pub(crate) route: Arc<HubRoute>,
     /// The raw protocol's channel, joined at the handshake.
     pub(crate) room: Option<String>,
-    /// The agreed `Sec-WebSocket-Extensions` (permessage-deflate), for the 101.
-    pub(crate) extensions: Option<String>,
+    /// permessage-deflate was agreed: its compressed messages are inflated.
+    pub(crate) inflate: bool,
 }
 
 /// The steady state of a hub member after its 101: run the session, leave
@@ -44,8 +42,7 @@ pub(crate) async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let deflate = client.registration.conn.deflate.is_some();
-    let mut member = Member::new(io, ctx.limits, deflate);
+    let mut member = Member::new(io, ctx.limits, client.inflate);
     let end = run(&mut member, ctx, hub, &client).await;
     drop(client);
     member.finish(&end, ctx.limits.close_timeout).await;
@@ -93,12 +90,6 @@ where
             return end;
         }
     }
-}
-
-/// The keepalive ping, framed (outside the loop, so the task does not hold
-/// the frame while it waits).
-fn keepalive_ping() -> Bytes {
-    Bytes::copy_from_slice(ControlFrame::new(OpCode::Ping, KEEPALIVE, None).as_bytes())
 }
 
 /// Act on everything the client sent that was read; write the pongs its
