@@ -27,6 +27,7 @@
 mod link;
 mod scripts;
 mod wire;
+mod writer;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
