@@ -130,8 +130,14 @@ fn check_upgrade(got: &HeaderMap, sent: &HeaderMap) -> Result<(), UpgradeError> 
     if expected.is_none() || accept != expected.as_deref() {
         return Err(UpgradeError::Bad("wrong Sec-WebSocket-Accept"));
     }
-    if got.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
-        return Err(UpgradeError::Bad("an extension nobody asked for"));
+    let extensions = got.get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+    if extensions.iter().next().is_some() {
+        let offer = sent
+            .get(header::SEC_WEBSOCKET_EXTENSIONS)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(UpgradeError::Bad("an extension nobody asked for"))?;
+        let values = extensions.iter().map(|v| v.to_str().unwrap_or(","));
+        crate::deflate::upstream_agreed(values, offer).map_err(UpgradeError::Bad)?;
     }
     if let Some(chosen) = got.get(header::SEC_WEBSOCKET_PROTOCOL) {
         let offered = sent

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use crate::config::Deflate;
-use crate::frame::{OpCode, deflated_frame, server_frame};
+use crate::frame::{OpCode, Violation, deflated_frame, server_frame};
 
 /// The extension's token in `Sec-WebSocket-Extensions`.
 const NAME: &str = "permessage-deflate";
@@ -35,6 +35,9 @@ pub(crate) struct Agreed {
     /// compressed once, with a full window, for all its recipients; such a
     /// client gets them uncompressed, which the extension allows.)
     pub(crate) compress: Option<Deflate>,
+    /// The limit the client set on this server's window, if any: passed
+    /// on to an upstream member, so what it compresses suits the client.
+    pub(crate) server_window: Option<u8>,
 }
 
 /// Choose the first acceptable `permessage-deflate` offer among the
@@ -49,35 +52,49 @@ pub(crate) fn negotiate<'h>(
         .into_iter()
         .flat_map(|v| v.split(','))
         .find_map(|offer| accept(offer.trim()))
-        .map(|(response, full_window)| Agreed {
+        .map(|(response, server_window)| Agreed {
             response,
-            compress: full_window.then_some(config),
+            compress: server_window.is_none_or(|b| b == 15).then_some(config),
+            server_window,
         })
 }
 
-/// One offer: `permessage-deflate; param[=value]; ...`. The response, and
-/// whether this server may use a full window.
-fn accept(offer: &str) -> Option<(String, bool)> {
-    let mut parts = offer.split(';').map(str::trim);
+/// The parameters of one `permessage-deflate; param[=value]; ...`
+/// element, lowercased, each once; `None` if it is another extension or
+/// names a parameter twice.
+fn params(element: &str) -> Option<Vec<(String, Option<&str>)>> {
+    let mut parts = element.split(';').map(str::trim);
     if !parts.next()?.eq_ignore_ascii_case(NAME) {
         return None;
     }
-    let mut seen: Vec<String> = Vec::new();
-    let mut client_bits = false;
-    let mut server_bits = None;
+    let mut params: Vec<(String, Option<&str>)> = Vec::new();
     for param in parts {
         let (name, value) = match param.split_once('=') {
             Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
             None => (param, None),
         };
         let name = name.to_ascii_lowercase();
-        if seen.contains(&name) {
+        if params.iter().any(|(n, _)| *n == name) {
             return None;
         }
-        let bits = |v: Option<&str>| {
-            v.and_then(|v| v.parse::<u8>().ok())
-                .filter(|b| (8..=15).contains(b))
-        };
+        params.push((name, value));
+    }
+    Some(params)
+}
+
+/// A window size parameter's value: 8 to 15.
+fn bits(value: Option<&str>) -> Option<u8> {
+    value
+        .and_then(|v| v.parse::<u8>().ok())
+        .filter(|b| (8..=15).contains(b))
+}
+
+/// One offer: the response, and the limit the client put on this
+/// server's window.
+fn accept(offer: &str) -> Option<(String, Option<u8>)> {
+    let mut client_bits = false;
+    let mut server_bits = None;
+    for (name, value) in params(offer)? {
         match (name.as_str(), value) {
             ("server_no_context_takeover" | "client_no_context_takeover", None) => {}
             ("server_max_window_bits", v) => server_bits = Some(bits(v)?),
@@ -87,7 +104,6 @@ fn accept(offer: &str) -> Option<(String, bool)> {
             }
             _ => return None,
         }
-        seen.push(name);
     }
     // Neither side keeps context: this server says so for itself, and
     // asks it of the client (§7.1.1.2 lets the server add it unasked).
@@ -100,13 +116,65 @@ fn accept(offer: &str) -> Option<(String, bool)> {
         // a full one, which reads them all.
         response.push_str("; client_max_window_bits=15");
     }
-    Some((response, server_bits.is_none_or(|b| b == 15)))
+    Some((response, server_bits))
+}
+
+/// What wsgate offers an upstream member on a route with compression: no
+/// context kept either way, as with clients, and the client's limit on
+/// the server's window passed on, so that what the member compresses can
+/// go to the client untouched. No `client_max_window_bits`: the member may
+/// not shrink the window of what the client compressed.
+pub(crate) fn upstream_offer(client: Option<&Agreed>) -> String {
+    let mut offer = format!("{NAME}; server_no_context_takeover; client_no_context_takeover");
+    if let Some(bits) = client.and_then(|a| a.server_window) {
+        offer.push_str(&format!("; server_max_window_bits={bits}"));
+    }
+    offer
+}
+
+/// Did the member agree to [`upstream_offer`]'s `offer`? Its
+/// `Sec-WebSocket-Extensions` values: none is a decline; one
+/// `permessage-deflate` within the offer is an agreement; anything else
+/// breaks the handshake (RFC 6455 §4.1, RFC 7692 §7.1).
+pub(crate) fn upstream_agreed<'h>(
+    values: impl IntoIterator<Item = &'h str>,
+    offer: &str,
+) -> Result<bool, &'static str> {
+    let mut elements = values.into_iter().flat_map(|v| v.split(','));
+    let Some(element) = elements.next() else {
+        return Ok(false);
+    };
+    if elements.next().is_some() {
+        return Err("more than the one extension offered");
+    }
+    let answer = params(element.trim()).ok_or("an extension nobody asked for")?;
+    let asked = params(offer).and_then(|offer| {
+        offer
+            .into_iter()
+            .find(|(n, _)| n == "server_max_window_bits")
+            .and_then(|(_, v)| bits(v))
+    });
+    let mut context_dropped = false;
+    for (name, value) in answer {
+        match (name.as_str(), value) {
+            ("server_no_context_takeover", None) => context_dropped = true,
+            ("client_no_context_takeover", None) => {}
+            ("server_max_window_bits", v) => match bits(v) {
+                Some(b) if asked.is_none_or(|a| b <= a) => {}
+                _ => return Err("a server window outside the offer"),
+            },
+            _ => return Err("a deflate parameter not offered"),
+        }
+    }
+    match context_dropped {
+        true => Ok(true),
+        false => Err("deflate with context takeover, which was not offered"),
+    }
 }
 
 thread_local! {
     /// One compressor per level in use on this thread.
     static COMPRESS: RefCell<Vec<(u32, Compress)>> = const { RefCell::new(Vec::new()) };
-    static INFLATE: RefCell<Option<Decompress>> = const { RefCell::new(None) };
 }
 
 /// `payload` compressed as one message (no context kept), the trailing
@@ -173,45 +241,142 @@ pub(crate) enum Inflate {
     Corrupt,
 }
 
-/// A compressed message inflated; past `max` bytes (checked every 16 KiB
-/// of output) it stops.
-pub(crate) fn inflate(compressed: &[u8], max: usize) -> Result<Vec<u8>, Inflate> {
-    INFLATE.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        let d = cell.get_or_insert_with(|| Decompress::new(false));
+/// The close code each calls for: 1009 and 1007.
+impl From<Inflate> for Violation {
+    fn from(e: Inflate) -> Violation {
+        match e {
+            Inflate::TooBig => Violation::TooBig,
+            Inflate::Corrupt => Violation::InvalidUtf8,
+        }
+    }
+}
+
+/// Most decompressors a thread keeps for the next message.
+const POOLED: usize = 8;
+
+thread_local! {
+    /// Decompressors between messages (each holds its 32 KiB window).
+    static INFLATERS: RefCell<Vec<Decompress>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One compressed message being inflated, piece by piece as its frames
+/// arrive: the decompressor is the thread's for as long as the message
+/// lasts, then goes back to the pool of whichever thread ends it. Past
+/// `max` bytes of output it stops.
+pub(crate) struct Inflater {
+    /// Always there until dropped.
+    d: Option<Decompress>,
+    max: usize,
+    /// Bytes of the flush marker fed after the message's last piece.
+    tail: usize,
+    /// A final block ended the stream: what follows is ignored.
+    ended: bool,
+}
+
+impl Inflater {
+    pub(crate) fn new(max: usize) -> Self {
+        let d = INFLATERS.with(|pool| pool.borrow_mut().pop());
+        let mut d = d.unwrap_or_else(|| Decompress::new(false));
         d.reset(false);
-        let mut out = Vec::with_capacity(compressed.len().saturating_mul(2).clamp(64, STEP));
-        for part in [compressed, &TAIL[..]] {
-            let mut input = part;
-            loop {
-                if out.len() > max {
-                    return Err(Inflate::TooBig);
-                }
-                if out.len() == out.capacity() {
-                    out.reserve(STEP);
-                }
-                let (in_before, out_before) = (d.total_in(), out.len());
-                let status = d
-                    .decompress_vec(input, &mut out, FlushDecompress::None)
-                    .map_err(|_| Inflate::Corrupt)?;
-                input = &input[(d.total_in() - in_before) as usize..];
-                let room = out.len() < out.capacity();
-                match status {
-                    // A final block: nothing may follow in this message.
-                    Status::StreamEnd => break,
-                    _ if input.is_empty() && room => break,
-                    _ if room && out.len() == out_before && d.total_in() == in_before => {
-                        return Err(Inflate::Corrupt);
-                    }
-                    _ => {}
-                }
+        Inflater {
+            d: Some(d),
+            max,
+            tail: 0,
+            ended: false,
+        }
+    }
+
+    /// The compressed bytes fed so far, and what they inflated to.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        let d = self.d.as_ref();
+        let fed = d.map_or(0, Decompress::total_in);
+        (fed - self.tail as u64, d.map_or(0, Decompress::total_out))
+    }
+
+    /// Inflate what `input` holds (advancing it), appending to `out` until
+    /// it holds about `limit` bytes. `last`: the message ends with this
+    /// input (the flush marker the sender stripped is put back). `Ok(true)`
+    /// when everything fed so far is inflated into `out`; `Ok(false)`
+    /// when `out` is full: take from it, and call again.
+    pub(crate) fn feed(
+        &mut self,
+        input: &mut &[u8],
+        last: bool,
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<bool, Inflate> {
+        let Some(d) = self.d.as_mut() else {
+            return Err(Inflate::Corrupt);
+        };
+        loop {
+            if self.ended {
+                *input = &[];
+                return Ok(true);
+            }
+            if out.len() >= limit {
+                return Ok(false);
+            }
+            out.reserve_exact(limit - out.len());
+            let from_input = !input.is_empty() || !last;
+            let src: &[u8] = if from_input {
+                input
+            } else {
+                &TAIL[self.tail..]
+            };
+            let (in_before, out_before) = (d.total_in(), out.len());
+            let status = d
+                .decompress_vec(src, out, FlushDecompress::None)
+                .map_err(|_| Inflate::Corrupt)?;
+            let used = (d.total_in() - in_before) as usize;
+            match from_input {
+                true => *input = &input[used..],
+                false => self.tail += used,
+            }
+            if d.total_out() > self.max as u64 {
+                return Err(Inflate::TooBig);
+            }
+            if status == Status::StreamEnd {
+                self.ended = true;
+                continue;
+            }
+            let room = out.len() < out.capacity();
+            let fed = input.is_empty() && (!last || self.tail == TAIL.len());
+            if room && fed {
+                return Ok(true);
+            }
+            if room && used == 0 && out.len() == out_before {
+                return Err(Inflate::Corrupt);
             }
         }
-        if out.len() > max {
-            return Err(Inflate::TooBig);
+    }
+}
+
+impl Drop for Inflater {
+    fn drop(&mut self) {
+        if let Some(d) = self.d.take() {
+            // Not at all while the thread is ending.
+            let _ = INFLATERS.try_with(|pool| {
+                let mut pool = pool.borrow_mut();
+                if pool.len() < POOLED {
+                    pool.push(d);
+                }
+            });
         }
-        Ok(out)
-    })
+    }
+}
+
+/// A compressed message inflated whole; past `max` bytes (checked every
+/// 16 KiB of output) it stops.
+pub(crate) fn inflate(compressed: &[u8], max: usize) -> Result<Vec<u8>, Inflate> {
+    let mut inflater = Inflater::new(max);
+    let mut out = Vec::with_capacity(compressed.len().saturating_mul(2).clamp(64, STEP));
+    let mut input = compressed;
+    loop {
+        let limit = out.len() + STEP;
+        if inflater.feed(&mut input, true, &mut out, limit)? {
+            return Ok(out);
+        }
+    }
 }
 
 #[cfg(test)]

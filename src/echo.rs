@@ -11,7 +11,7 @@ use crate::close::{SessionEnd, Side};
 use crate::config::Deflate;
 use crate::deflate::{self, Agreed};
 use crate::frame::OpCode;
-use crate::hub::member::{Data, Event, Member};
+use crate::hub::member::{Data, Event, Member, payload_len};
 use crate::session::{SessionCtx, Timers, keepalive_ping};
 
 /// Run an echo session and its close handshake; return how it ended.
@@ -19,7 +19,8 @@ pub(crate) async fn serve<S>(io: Box<S>, ctx: &SessionCtx<'_>, agreed: Option<Ag
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut member = Member::new(io, ctx.limits, agreed.is_some());
+    let inflate = agreed.is_some().then(|| ctx.metrics.compression_in.clone());
+    let mut member = Member::new(io, ctx.limits, inflate);
     let compress = agreed.and_then(|a| a.compress);
     let end = run(&mut member, ctx, compress).await;
     member.finish(&end, ctx.limits.close_timeout).await;
@@ -78,7 +79,12 @@ where
                     Data::Text(t) => (OpCode::Text, t.as_bytes()),
                     Data::Binary(b) => (OpCode::Binary, &b[..]),
                 };
-                member.queue(Bytes::from(deflate::frame(opcode, payload, compress)));
+                let frame = deflate::frame(opcode, payload, compress);
+                if frame.first().is_some_and(|b| b & 0x40 != 0) {
+                    ctx.metrics
+                        .compressed(Side::Upstream, payload_len(&frame) as u64, len);
+                }
+                member.queue(Bytes::from(frame));
                 ctx.metrics.count(Side::Upstream, len);
                 timers.touch();
             }

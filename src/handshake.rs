@@ -28,6 +28,7 @@ use crate::deflate::{self, Agreed};
 use crate::frame::ControlFrame;
 use crate::hub::session::HubClient;
 use crate::names::normalize_host;
+use crate::relay::Compression;
 use crate::route::RouteTable;
 use crate::session::SessionCtx;
 use crate::upstream::{DialError, Dialed};
@@ -132,7 +133,7 @@ pub(crate) async fn handle(
     );
     let expiry = expiry.map(Arc::new);
     // permessage-deflate, where the route has it and the client offers it.
-    let agreed = route.compression.and_then(|config| {
+    let agreed = route.deflate().and_then(|config| {
         let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
         deflate::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), config)
     });
@@ -141,23 +142,32 @@ pub(crate) async fn handle(
         .and_then(|a| HeaderValue::from_str(&a.response).ok());
     let (peer_side, protocol) = match &state.target {
         Target::Echo => (Peer::Echo(agreed), chosen),
-        Target::Upstream(pool) => match pool.dial(req.uri(), req.headers(), peer.ip()).await {
-            Ok(dialed) => {
-                let protocol = dialed.protocol.clone();
-                (Peer::Upstream(dialed), protocol)
+        Target::Upstream(pool) => {
+            match pool
+                .dial(req.uri(), req.headers(), peer.ip(), agreed.as_ref())
+                .await
+            {
+                Ok(dialed) => {
+                    let protocol = dialed.protocol.clone();
+                    let compression = Compression {
+                        client: agreed,
+                        upstream: dialed.deflate,
+                    };
+                    (Peer::Upstream(dialed, compression), protocol)
+                }
+                Err(DialError::Rejected(rejection)) => return refuse(rejection, req.uri().path()),
+                Err(DialError::Status(response)) => {
+                    metrics::handshake_failed(Rejection::UpstreamStatus(response.status()));
+                    return upstream_status(response);
+                }
             }
-            Err(DialError::Rejected(rejection)) => return refuse(rejection, req.uri().path()),
-            Err(DialError::Status(response)) => {
-                metrics::handshake_failed(Rejection::UpstreamStatus(response.status()));
-                return upstream_status(response);
-            }
-        },
+        }
         Target::Static(_) => return refuse(Rejection::NoRoute, req.uri().path()),
         Target::Hub(hub_route) => {
             let refresh = auth::refresher(state.auth.as_ref(), expiry.as_ref(), identity.as_ref());
             let admitted = hub::admit::admit(
                 &req,
-                &state.path,
+                &state,
                 hub_route,
                 &shared.hub,
                 identity,
@@ -186,7 +196,8 @@ pub(crate) async fn handle(
 enum Peer {
     /// With permessage-deflate, when agreed.
     Echo(Option<Agreed>),
-    Upstream(Dialed),
+    /// With permessage-deflate on either side, as agreed.
+    Upstream(Dialed, Compression),
     Hub(HubClient),
 }
 
@@ -205,7 +216,7 @@ async fn session(
         Ok(upgraded) => upgraded,
         Err(e) => {
             debug!(error = %e, "upgrade did not complete");
-            if let Peer::Upstream(mut dialed) = peer {
+            if let Peer::Upstream(mut dialed, _) = peer {
                 // Tell the member the client went away (a masked 1001).
                 let bye = ControlFrame::close(Some(1001), "client gone", Some(rand::random()));
                 let _ = timeout(shared.limits.close_timeout, async {
@@ -237,10 +248,10 @@ async fn session(
         Peer::Hub(hub_client) => {
             Box::pin(hub::session::serve(client, &ctx, &shared.hub, hub_client)).await
         }
-        Peer::Upstream(dialed) => {
+        Peer::Upstream(dialed, compression) => {
             let Dialed { mut io, early, .. } = dialed;
             let mut client = client;
-            Box::pin(relay::run(&mut client, &mut io, early, &ctx)).await
+            Box::pin(relay::run(&mut client, &mut io, early, &compression, &ctx)).await
         }
     };
 

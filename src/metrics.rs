@@ -33,6 +33,7 @@ pub const TLS_CERT_NOT_AFTER_SECONDS: &str = "wsgate_tls_cert_not_after_seconds"
 pub const CONFIG_RELOADS_TOTAL: &str = "wsgate_config_reloads_total";
 pub const TUNNELS_TOTAL: &str = "wsgate_tunnels_total";
 pub const TUNNEL_BYTES_TOTAL: &str = "wsgate_tunnel_bytes_total";
+pub const COMPRESSION_BYTES_TOTAL: &str = "wsgate_compression_bytes_total";
 pub const HUB_CLIENTS: &str = "wsgate_hub_clients";
 pub const HUB_CHANNELS: &str = "wsgate_hub_channels";
 pub const HUB_SUBSCRIPTIONS: &str = "wsgate_hub_subscriptions";
@@ -72,6 +73,7 @@ pub const ALL: &[&str] = &[
     CONFIG_RELOADS_TOTAL,
     TUNNELS_TOTAL,
     TUNNEL_BYTES_TOTAL,
+    COMPRESSION_BYTES_TOTAL,
     HUB_CLIENTS,
     HUB_CHANNELS,
     HUB_SUBSCRIPTIONS,
@@ -190,6 +192,12 @@ fn describe_sessions() {
         BYTES_TOTAL,
         Unit::Bytes,
         "WebSocket payload bytes relayed, by route and direction"
+    );
+    describe_counter!(
+        COMPRESSION_BYTES_TOTAL,
+        Unit::Bytes,
+        "Payload bytes of the messages wsgate compressed or inflated itself \
+         (permessage-deflate), compressed and uncompressed, by route and direction"
     );
     describe_counter!(
         AUTH_FAILURES_TOTAL,
@@ -323,7 +331,34 @@ pub struct RouteMetrics {
     pub messages_out: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
+    pub compression_in: CompressionBytes,
+    pub compression_out: CompressionBytes,
     pub duration: Histogram,
+}
+
+/// The payload bytes of messages wsgate compressed or inflated itself, in
+/// one direction: as they went on the wire (`form="compressed"`) and as
+/// they were or became (`form="uncompressed"`). Their ratio is what
+/// compression saves.
+#[derive(Debug, Clone)]
+pub struct CompressionBytes {
+    compressed: Counter,
+    uncompressed: Counter,
+}
+
+impl CompressionBytes {
+    fn new(route: &str, direction: &'static str) -> Self {
+        let series = |form: &'static str| counter!(COMPRESSION_BYTES_TOTAL, "route" => route.to_owned(), "direction" => direction, "form" => form);
+        CompressionBytes {
+            compressed: series("compressed"),
+            uncompressed: series("uncompressed"),
+        }
+    }
+
+    pub fn count(&self, compressed: u64, uncompressed: u64) {
+        self.compressed.increment(compressed);
+        self.uncompressed.increment(uncompressed);
+    }
 }
 
 impl RouteMetrics {
@@ -337,6 +372,8 @@ impl RouteMetrics {
             messages_out: counter!(MESSAGES_TOTAL, "route" => name.clone(), "direction" => UPSTREAM_TO_CLIENT),
             bytes_in: counter!(BYTES_TOTAL, "route" => name.clone(), "direction" => CLIENT_TO_UPSTREAM),
             bytes_out: counter!(BYTES_TOTAL, "route" => name.clone(), "direction" => UPSTREAM_TO_CLIENT),
+            compression_in: CompressionBytes::new(&name, CLIENT_TO_UPSTREAM),
+            compression_out: CompressionBytes::new(&name, UPSTREAM_TO_CLIENT),
             duration: histogram!(SESSION_DURATION_SECONDS, "route" => name.clone()),
             route: name,
         }
@@ -357,6 +394,15 @@ impl RouteMetrics {
         };
         message_counter.increment(messages);
         byte_counter.increment(bytes);
+    }
+
+    /// Messages read from `from` that wsgate compressed or inflated:
+    /// their payload bytes compressed and not.
+    pub fn compressed(&self, from: Side, compressed: u64, uncompressed: u64) {
+        match from {
+            Side::Client => self.compression_in.count(compressed, uncompressed),
+            Side::Upstream => self.compression_out.count(compressed, uncompressed),
+        }
     }
 
     pub fn session_ended(&self, end: &SessionEnd, seconds: f64) {

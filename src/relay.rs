@@ -18,28 +18,87 @@ use tokio::time::timeout;
 
 use crate::close::{ClosePlan, Fault, SessionEnd, Side};
 use crate::config::Limits;
-use crate::frame::{ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, parse_close};
+use crate::deflate::Agreed;
+use crate::frame::{
+    self, ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, parse_close,
+};
+use crate::hub::member::payload_len;
 use crate::session::{KEEPALIVE, SessionCtx, Tick, Timers, close_frame, close_to_send};
 
-/// What one side sends, as it is read: its buffer and its frames' rules.
+mod codec;
+
+use codec::{Codec, Deflating, Inflating};
+
+/// What an inflating direction gathers before it writes.
+const FLUSH: usize = 64 << 10;
+
+/// permessage-deflate on each side of a session, as the two handshakes
+/// agreed it.
+#[derive(Debug, Default)]
+pub(crate) struct Compression {
+    /// With the client.
+    pub(crate) client: Option<Agreed>,
+    /// With the upstream member (on the terms of `deflate::upstream_offer`).
+    pub(crate) upstream: bool,
+}
+
+impl Compression {
+    /// What each direction does: (client to upstream, upstream to client).
+    fn codecs(&self, limits: &Limits) -> (Codec, Codec) {
+        let inflate = |mask| Codec::Inflate(Inflating::new(mask, limits.max_message_size));
+        let up = match (&self.client, self.upstream) {
+            (Some(_), false) => inflate(true),
+            _ => Codec::Pass,
+        };
+        let down = match (&self.client, self.upstream) {
+            (None, true) => inflate(false),
+            (
+                Some(Agreed {
+                    compress: Some(config),
+                    ..
+                }),
+                false,
+            ) => Codec::Deflate(Deflating {
+                config: *config,
+                wait_max: limits.max_frame_size.min(frame::MAX_READ),
+            }),
+            _ => Codec::Pass,
+        };
+        (up, down)
+    }
+}
+
+/// What one side sends, as it is read: its buffer, its frames' rules, and
+/// what becomes of its data on the way.
 struct Inflow {
     buf: ReadBuffer,
     frames: Inbound,
+    codec: Codec,
     /// This side sent a Close (valid or not): it will send no other, so
     /// the end does not wait for one.
     sent_close: bool,
 }
 
 impl Inflow {
-    fn new(sender: Sender, limits: &Limits) -> Self {
+    /// `deflate`: the sender agreed permessage-deflate (RSV1 marks its
+    /// compressed messages).
+    fn new(sender: Sender, limits: &Limits, deflate: bool, codec: Codec) -> Self {
+        let rules = Rules::new(sender, limits.max_frame_size, limits.max_message_size);
+        let rules = if deflate { rules.with_deflate() } else { rules };
         Inflow {
             buf: ReadBuffer::default(),
-            frames: Inbound::new(Rules::new(
-                sender,
-                limits.max_frame_size,
-                limits.max_message_size,
-            )),
+            frames: codec.inbound(rules),
+            codec,
             sent_close: false,
+        }
+    }
+
+    /// Is the other side in the middle of a frame from this one? (Then
+    /// nothing else may be written to it.) Inflated frames go on whole.
+    fn mid_frame(&self) -> bool {
+        match self.codec {
+            Codec::Inflate(_) => false,
+            Codec::Pass | Codec::Deflate(_) => self.frames.in_frame(),
         }
     }
 }
@@ -51,17 +110,20 @@ pub(crate) async fn run<C, U>(
     client: &mut C,
     upstream: &mut U,
     early: Vec<u8>,
+    compression: &Compression,
     ctx: &SessionCtx<'_>,
 ) -> SessionEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let (up, down) = compression.codecs(ctx.limits);
+    let limits = ctx.limits;
     let mut relay = Relay {
         client,
         upstream,
-        up: Inflow::new(Sender::Client, ctx.limits),
-        down: Inflow::new(Sender::Server, ctx.limits),
+        up: Inflow::new(Sender::Client, limits, compression.client.is_some(), up),
+        down: Inflow::new(Sender::Server, limits, compression.upstream, down),
         ctx,
     };
     let end = relay.relay(early).await;
@@ -109,7 +171,7 @@ where
                 tick = timers.next() => {
                     // Nothing may be written into a frame on its way to the
                     // client: the keepalive waits for the next tick.
-                    if matches!(tick, Tick::Ping) && down.frames.in_frame() {
+                    if matches!(tick, Tick::Ping) && down.mid_frame() {
                         continue;
                     }
                     match timers.due(tick) {
@@ -150,8 +212,8 @@ where
             true => ClosePlan::Nothing,
             false => end.plan(side),
         };
-        let to_client = plan(Side::Client, self.down.frames.in_frame());
-        let to_upstream = plan(Side::Upstream, self.up.frames.in_frame());
+        let to_client = plan(Side::Client, self.down.mid_frame());
+        let to_upstream = plan(Side::Upstream, self.up.mid_frame());
         let mask = Some(rand::random());
         tokio::join!(
             close(self.client, &mut self.up, to_client, end, None, limit),
@@ -162,7 +224,9 @@ where
 
 /// Check what `from` sent and is held in `inflow`, write what passes to
 /// `dst` in one go, and keep an incomplete frame's start for the next read.
-/// The frames before a Close or a broken rule still go through.
+/// The frames before a Close or a broken rule still go through. Frames
+/// pass as they came, or shrink in place (compressed); inflated ones are
+/// gathered apart and written every [`FLUSH`] bytes.
 async fn pass<D>(
     from: Side,
     inflow: &mut Inflow,
@@ -177,14 +241,27 @@ where
     let Inflow {
         buf,
         frames,
+        codec,
         sent_close,
     } = inflow;
     let data = buf.data();
     // `data[..out]` is what goes on; `data[at..]` is not looked at yet.
     let (mut at, mut out) = (0, 0);
+    // What goes on, when it is framed anew (inflated).
+    let mut grown = Vec::new();
     let (mut messages, mut bytes) = (0, 0);
+    // Payload bytes compressed here: after and before.
+    let mut deflated = (0, 0);
     let mut ended = None;
-    while at < data.len() {
+    let mut wait = None;
+    'frames: while at < data.len() {
+        if let Codec::Deflate(deflating) = codec {
+            wait = deflating.wait_for(&data[at..], frames);
+            if wait.is_some() {
+                break;
+            }
+        }
+        let fresh = !frames.in_message();
         let (len, keep) = match frames.next(&mut data[at..]) {
             Err(violation) => {
                 ended = Some(SessionEnd::Broken(from, Fault::from(violation)));
@@ -194,17 +271,57 @@ where
             Ok(Step::Data { len, payload, end }) => {
                 bytes += payload as u64;
                 messages += u64::from(end);
-                (len, true)
+                let piece = at + len - payload..at + len;
+                match codec {
+                    Codec::Pass => (len, true),
+                    Codec::Deflate(deflating) => {
+                        let whole = fresh && end;
+                        match whole.then(|| deflating.compress(frames.text(), &data[piece])) {
+                            Some(Some(frame)) => {
+                                debug_assert!(frame.len() <= len);
+                                deflated.0 += payload_len(&frame) as u64;
+                                deflated.1 += payload as u64;
+                                data[out..out + frame.len()].copy_from_slice(&frame);
+                                out += frame.len();
+                                (len, false)
+                            }
+                            _ => (len, true),
+                        }
+                    }
+                    Codec::Inflate(inflating) => {
+                        let mut input = &data[piece];
+                        loop {
+                            match inflating.feed(frames, &mut input, end, &mut grown, FLUSH) {
+                                Ok(true) => break,
+                                Ok(false) => {
+                                    let written = write(dst, &grown, to);
+                                    if let Err(end) = ctx.bounded(to, written).await {
+                                        ended = Some(end);
+                                        grown.clear();
+                                        break 'frames;
+                                    }
+                                    grown.clear();
+                                }
+                                Err(violation) => {
+                                    ended = Some(SessionEnd::Broken(from, Fault::from(violation)));
+                                    break 'frames;
+                                }
+                            }
+                        }
+                        (len, false)
+                    }
+                }
             }
             Ok(Step::Control {
                 len,
                 opcode: OpCode::Close,
             }) => {
                 *sent_close = true;
-                ended = Some(match parse_close(frames.control()) {
+                let close = match parse_close(frames.control()) {
                     Ok(close) => SessionEnd::Closed(from, close.map(close_frame)),
                     Err(violation) => SessionEnd::Broken(from, Fault::from(violation)),
-                });
+                };
+                ended = Some(close);
                 at += len;
                 break;
             }
@@ -217,11 +334,16 @@ where
             }
         };
         if keep {
-            // Only after a dropped frame do the bytes that go on move up.
-            if out != at {
+            if let Codec::Inflate(_) = codec {
+                grown.extend_from_slice(&data[at..at + len]);
+            } else if out != at {
+                // Only after a dropped or shrunk frame do the bytes that go
+                // on move up.
                 data.copy_within(at..at + len, out);
+                out += len;
+            } else {
+                out += len;
             }
-            out += len;
         }
         at += len;
     }
@@ -229,11 +351,21 @@ where
         ctx.metrics.counted(from, messages, bytes);
         timers.touch();
     }
-    let written = match out {
-        0 => Ok(()),
+    if let Codec::Inflate(inflating) = codec {
+        deflated = inflating.take_counts();
+    }
+    if deflated != (0, 0) {
+        ctx.metrics.compressed(from, deflated.0, deflated.1);
+    }
+    let written = match (out, grown.is_empty()) {
+        (0, true) => Ok(()),
+        (0, false) => ctx.bounded(to, write(dst, &grown, to)).await,
         _ => ctx.bounded(to, write(dst, &data[..out], to)).await,
     };
     buf.consume(at);
+    if let Some(whole) = wait {
+        buf.expect(whole);
+    }
     written?;
     ended.map_or(Ok(()), Err)
 }

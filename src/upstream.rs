@@ -23,7 +23,10 @@ use tracing::{debug, info, warn};
 
 use crate::client_handshake::{Answer, UpgradeError, upgrade};
 use crate::close::Rejection;
-use crate::config::{Balance, ConfigIssue, Route, UpstreamConfig, UpstreamUrl};
+use crate::config::{
+    Balance, ConfigIssue, Route, UpstreamCompression, UpstreamConfig, UpstreamUrl,
+};
+use crate::deflate::{self, Agreed};
 use crate::egress::{self, UpstreamIo};
 use crate::{forward, metrics, tls};
 
@@ -73,6 +76,8 @@ pub(crate) struct Dialed {
     pub(crate) early: Vec<u8>,
     /// The subprotocol the member chose, for the client's 101.
     pub(crate) protocol: Option<HeaderValue>,
+    /// The member agreed permessage-deflate (as offered: no context kept).
+    pub(crate) deflate: bool,
     /// Held for its `Drop`: counts the session against the member.
     pub(crate) _lease: Lease,
 }
@@ -202,18 +207,35 @@ impl Pool {
     }
 
     /// Dial the first member that answers, in balance order, skipping those
-    /// in backoff. `uri` and `headers` are the client's request.
+    /// in backoff. `uri` and `headers` are the client's request; `client`,
+    /// the permessage-deflate it agreed, if any (on a route with
+    /// compression).
     pub(crate) async fn dial(
         self: &Arc<Self>,
         uri: &Uri,
         headers: &HeaderMap,
         peer: IpAddr,
+        client: Option<&Agreed>,
     ) -> Result<Dialed, DialError> {
+        let offer = match self.config.upstream_compression {
+            UpstreamCompression::Auto => client.is_some(),
+            UpstreamCompression::Always => true,
+            UpstreamCompression::Off => false,
+        };
+        let offer = offer
+            .then(|| HeaderValue::from_str(&deflate::upstream_offer(client)).ok())
+            .flatten();
         let mut last = None;
         for index in self.candidates() {
             let member = &self.members[index];
             let strip_prefix = self.config.strip_prefix.then_some(self.route_path.as_str());
-            let request = forward::upgrade_request(&member.url, strip_prefix, uri, headers, peer);
+            let mut request =
+                forward::upgrade_request(&member.url, strip_prefix, uri, headers, peer);
+            if let Some(offer) = &offer {
+                request
+                    .headers_mut()
+                    .insert(header::SEC_WEBSOCKET_EXTENSIONS, offer.clone());
+            }
             let started = Instant::now();
             match self.dial_member(member, request).await {
                 Ok((io, response, early)) => {
@@ -224,6 +246,10 @@ impl Pool {
                         .headers()
                         .get(header::SEC_WEBSOCKET_PROTOCOL)
                         .cloned();
+                    // Checked against the offer by `upgrade`.
+                    let deflate = response
+                        .headers()
+                        .contains_key(header::SEC_WEBSOCKET_EXTENSIONS);
                     let lease = Lease {
                         pool: self.clone(),
                         member: index,
@@ -232,6 +258,7 @@ impl Pool {
                         io: Box::new(io),
                         early,
                         protocol,
+                        deflate,
                         _lease: lease,
                     });
                 }

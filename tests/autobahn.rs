@@ -2,9 +2,10 @@
 //! cases) against (a) the echo route over wss and (b) an upstream route whose
 //! backend is a conformant tokio-tungstenite echo server. Fails on any case
 //! not run, and on any result other than OK, NON-STRICT or INFORMATIONAL.
-//! The echo route runs with `compression = "on"`, so the permessage-deflate
-//! cases (12.*, 13.*) are held to the same; the relay does not take part in
-//! compression yet, so there they must report UNIMPLEMENTED.
+//! Both routes run with `compression = "on"`, so the permessage-deflate
+//! cases (12.*, 13.*) are held to the same: on the relay, whose backend
+//! has no permessage-deflate, the gateway inflates what the client
+//! compressed and compresses the echoes.
 //!
 //! `scripts/test` installs `wstest` (Python 2.7 from pyenv) into
 //! `target/autobahn` and sets `WSGATE_WSTEST`; without it this test fails
@@ -59,8 +60,8 @@ async fn autobahn_fuzzingclient_passes_on_echo_and_relay() {
                     .set("idle_timeout", "off")
                     .set("close_timeout", "2s")
             })
-            .route(Route::upstream("/relay", [format!("ws://{backend}")]))
-            // permessage-deflate on the echo route (12.*, 13.* run there).
+            // permessage-deflate on both (12.*, 13.* run on both).
+            .route(Route::upstream("/relay", [format!("ws://{backend}")]).key("compression", "on"))
             .route(Route::echo("/echo").key("compression", "on"))
             .start()
             .await;
@@ -109,13 +110,7 @@ async fn autobahn_fuzzingclient_passes_on_echo_and_relay() {
                 if behavior == "NON-STRICT" {
                     non_strict.push(case.clone());
                 }
-                let deflate = case.starts_with("12.") || case.starts_with("13.");
-                let ok = if deflate && agent == "wsgate-relay" {
-                    // The relay does not take part in compression yet.
-                    behavior == "UNIMPLEMENTED"
-                } else {
-                    matches!(behavior, "OK" | "NON-STRICT" | "INFORMATIONAL") && matches!(close, "OK" | "INFORMATIONAL")
-                };
+                let ok = matches!(behavior, "OK" | "NON-STRICT" | "INFORMATIONAL") && matches!(close, "OK" | "INFORMATIONAL");
                 if !ok {
                     failures.push(format!("{agent} {case}: behavior {behavior}, close {close}"));
                 }

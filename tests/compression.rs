@@ -1,18 +1,24 @@
 //! permessage-deflate on hub routes: the answer to a client's offer, its
 //! compressed messages taken (inflated, bounded), large messages sent to
 //! it compressed while a client without the extension in the same channel
-//! gets them plain.
+//! gets them plain. Through the relay: compression terminated at the
+//! gateway for a backend without it (and the reverse), and compressed
+//! frames passed through byte for byte when both sides agreed.
 
 mod common;
 
 use std::io::Write;
 
+use common::backend::Backend;
 use common::hub::{json_client, next_json, send_json, subscribe};
-use common::{Gateway, Route, read_until_close, upgrade_request, within};
+use common::{Gateway, Route, metric, read_until_close, upgrade_request, within};
 use flate2::Compression;
 use flate2::write::{DeflateDecoder, DeflateEncoder};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 const OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
 
@@ -20,7 +26,12 @@ fn gateway() -> Gateway {
     Gateway::builder()
         .limits(|l| l.set("max_message_size", "64KiB"))
         .route(Route::hub("/hub").name("hub").key("compression", "on"))
-        .route(Route::hub("/plain").name("plain").key("namespace", "hub"))
+        .route(
+            Route::hub("/plain")
+                .name("plain")
+                .key("namespace", "hub")
+                .key("compression", "off"),
+        )
 }
 
 /// `payload` as the client's side of permessage-deflate compresses it.
@@ -69,17 +80,94 @@ async fn send_frame<S: AsyncWrite + Unpin>(
     io.write_all(&frame).await.unwrap();
 }
 
-/// One server frame: (RSV1 set, opcode, payload).
+/// One frame, unmasked if it was masked: (RSV1 set, opcode, payload).
 async fn read_frame<S: AsyncRead + Unpin>(io: &mut S) -> (bool, u8, Vec<u8>) {
     let b0 = io.read_u8().await.unwrap();
-    let len = match io.read_u8().await.unwrap() & 0x7f {
+    let b1 = io.read_u8().await.unwrap();
+    let len = match b1 & 0x7f {
         126 => u64::from(io.read_u16().await.unwrap()),
         127 => io.read_u64().await.unwrap(),
         n => u64::from(n),
     };
+    let mut mask = [0; 4];
+    if b1 & 0x80 != 0 {
+        io.read_exact(&mut mask).await.unwrap();
+    }
     let mut payload = vec![0; len as usize];
     io.read_exact(&mut payload).await.unwrap();
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
     (b0 & 0x40 != 0, b0 & 0x0f, payload)
+}
+
+/// A backend that agrees permessage-deflate when offered (no context
+/// kept), reports the offer and each frame it reads, and sends what it is
+/// given as server frames (already framed: RSV1 is the test's to set).
+async fn deflate_backend() -> (
+    std::net::SocketAddr,
+    mpsc::Receiver<(Option<String>, (bool, u8, Vec<u8>))>,
+    mpsc::Sender<Vec<u8>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, seen) = mpsc::channel(16);
+    let (send, mut to_send) = mpsc::channel::<Vec<u8>>(16);
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8(head).unwrap();
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+        };
+        let offer = header("sec-websocket-extensions");
+        let key = header("sec-websocket-key").unwrap();
+        let mut answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n",
+            derive_accept_key(key.as_bytes())
+        );
+        if offer.is_some() {
+            answer.push_str(
+                "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n",
+            );
+        }
+        answer.push_str("\r\n");
+        tcp.write_all(answer.as_bytes()).await.unwrap();
+        let (mut rd, mut wr) = tcp.into_split();
+        tokio::spawn(async move {
+            while let Some(frame) = to_send.recv().await {
+                wr.write_all(&frame).await.unwrap();
+            }
+        });
+        loop {
+            let frame = read_frame(&mut rd).await;
+            if seen_tx.send((offer.clone(), frame)).await.is_err() {
+                return;
+            }
+        }
+    });
+    (addr, seen, send)
+}
+
+/// An unmasked server frame, RSV1 set when `compressed`.
+fn server_frame(opcode: u8, compressed: bool, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x80 | if compressed { 0x40 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(n as u8),
+        n => {
+            frame.push(126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(payload);
+    frame
 }
 
 /// The next text message, inflated if it came compressed, and whether it did.
@@ -163,6 +251,23 @@ async fn a_compressing_client_and_a_plain_one_share_a_channel() {
             (message["seq"].as_u64(), message["data"].as_str()),
             (Some(2), Some(story.as_str()))
         );
+        // What compression saved, both ways, in the route's counts.
+        let scrape = gw.admin_get("/metrics").await.1;
+        for direction in ["client_to_upstream", "upstream_to_client"] {
+            let series = |form: &str| {
+                let labels = format!("route=\"hub\",direction=\"{direction}\",form=\"{form}\"");
+                metric(
+                    &scrape,
+                    &format!("wsgate_compression_bytes_total{{{labels}}}"),
+                )
+                .unwrap_or(0.0)
+            };
+            let (compressed, uncompressed) = (series("compressed"), series("uncompressed"));
+            assert!(
+                compressed > 0.0 && compressed * 4.0 < uncompressed,
+                "{scrape}"
+            );
+        }
     })
     .await
 }
@@ -196,6 +301,194 @@ async fn a_deflate_bomb_is_closed_with_1009_and_a_route_without_compression_decl
         send_frame(&mut plain, 1, true, &deflate(b"{}")).await;
         let (_, code) = read_until_close(&mut plain).await;
         assert_eq!(code, 1002);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_relay_terminates_compression_for_a_backend_without_it() {
+    within(30, async {
+        let mut backend = Backend::plain().await;
+        let gw = Gateway::builder()
+            .limits(|l| l.set("max_message_size", "64KiB"))
+            .route(Route::upstream("/relay", [format!("ws://{}", backend.addr)]).name("terminated"))
+            .start()
+            .await;
+        let (head, mut client) = gw
+            .raw_upgrade_with(upgrade_request("/relay", OFFER).as_bytes())
+            .await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains(
+                "sec-websocket-extensions: permessage-deflate; server_no_context_takeover"
+            ),
+            "{head}"
+        );
+        // The backend (tokio-tungstenite, without the extension) was
+        // offered it, declined, and gets plain frames.
+        let (_, headers) = backend.next_upgrade().await;
+        assert_eq!(
+            headers["sec-websocket-extensions"],
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        );
+        // A compressed message in two frames: inflated on the way up (the
+        // backend would close on RSV1), and its echo compressed on the
+        // way down.
+        let story = "the quick brown fox jumps over the lazy dog; ".repeat(40);
+        let compressed = deflate(story.as_bytes());
+        let (first, rest) = compressed.split_at(compressed.len() / 2);
+        let mut frames = Vec::new();
+        for (opcode, fin, part) in [(1u8, false, first), (0, true, rest)] {
+            let mut one = Vec::new();
+            send_frame(&mut one, opcode, opcode == 1, part).await;
+            if !fin {
+                one[0] &= 0x7f;
+            }
+            frames.extend(one);
+        }
+        client.write_all(&frames).await.unwrap();
+        let (compressed, opcode, payload) = read_frame(&mut client).await;
+        assert!(compressed && opcode == 1);
+        assert!(payload.len() * 4 < story.len(), "{}", payload.len());
+        assert_eq!(inflate(&payload), story.as_bytes());
+        // Both ways counted: what went on the wire, and what it was.
+        let scrape = gw.admin_get("/metrics").await.1;
+        for direction in ["client_to_upstream", "upstream_to_client"] {
+            let series = |form: &str| {
+                let labels =
+                    format!("route=\"terminated\",direction=\"{direction}\",form=\"{form}\"");
+                metric(
+                    &scrape,
+                    &format!("wsgate_compression_bytes_total{{{labels}}}"),
+                )
+            };
+            assert_eq!(series("uncompressed"), Some(story.len() as f64), "{scrape}");
+            let compressed = series("compressed").unwrap_or(0.0);
+            assert!(
+                compressed > 0.0 && compressed * 4.0 < story.len() as f64,
+                "{scrape}"
+            );
+        }
+        // A small message goes plain both ways.
+        send_frame(&mut client, 1, false, b"hello").await;
+        assert_eq!(read_frame(&mut client).await, (false, 1, b"hello".to_vec()));
+        // Text is checked once inflated: 1007.
+        send_frame(&mut client, 1, true, &deflate(&[b'a', 0xC0, 0xAF])).await;
+        let (_, code) = read_until_close(&mut client).await;
+        assert_eq!(code, 1007);
+
+        // A deflate bomb is stopped at the limit: 1009.
+        let (_, mut bomber) = gw
+            .raw_upgrade_with(upgrade_request("/relay", OFFER).as_bytes())
+            .await;
+        send_frame(&mut bomber, 2, true, &deflate(&vec![0; 1 << 20])).await;
+        let (_, code) = read_until_close(&mut bomber).await;
+        assert_eq!(code, 1009);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn compressed_frames_pass_through_untouched_when_both_sides_agree() {
+    within(30, async {
+        let (addr, mut seen, send) = deflate_backend().await;
+        // Compression is on by default, offered upstream when the client
+        // agreed it.
+        let gw = Gateway::builder()
+            .route(Route::upstream("/relay", [format!("ws://{addr}")]))
+            .start()
+            .await;
+        let (head, mut client) = gw
+            .raw_upgrade_with(upgrade_request("/relay", OFFER).as_bytes())
+            .await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let story = "pass me through, as I am; ".repeat(50);
+        let up = deflate(story.as_bytes());
+        send_frame(&mut client, 1, true, &up).await;
+        let (offer, frame) = seen.recv().await.unwrap();
+        assert!(offer.is_some_and(|o| o.starts_with("permessage-deflate")));
+        // The backend got the client's compressed bytes as sent.
+        assert_eq!(frame, (true, 1, up.clone()));
+        let down = deflate(format!("and back: {story}").as_bytes());
+        send.send(server_frame(1, true, &down)).await.unwrap();
+        assert_eq!(read_frame(&mut client).await, (true, 1, down));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_plain_client_gets_a_compressing_backend_inflated() {
+    within(30, async {
+        let (addr, mut seen, send) = deflate_backend().await;
+        let gw = Gateway::builder()
+            .route(
+                Route::upstream("/relay", [format!("ws://{addr}")])
+                    .key("upstream_compression", "always"),
+            )
+            .start()
+            .await;
+        // No offer from this client (a Qt one): with "always", the backend
+        // is offered the extension and agrees.
+        let (head, mut client) = gw
+            .raw_upgrade_with(upgrade_request("/relay", "").as_bytes())
+            .await;
+        assert!(
+            !head
+                .to_ascii_lowercase()
+                .contains("sec-websocket-extensions"),
+            "{head}"
+        );
+        let story = "plain up, compressed down; ".repeat(50);
+        send_frame(&mut client, 1, false, story.as_bytes()).await;
+        let (offer, frame) = seen.recv().await.unwrap();
+        assert!(offer.is_some());
+        assert_eq!(frame, (false, 1, story.as_bytes().to_vec()));
+        // Compressed by the backend, inflated for the client: in frames of
+        // at most 16 KiB, whatever its size.
+        let big: String = (0..3000).map(|i| format!("{i},")).collect();
+        for message in [story.clone(), big] {
+            send.send(server_frame(1, true, &deflate(message.as_bytes())))
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            loop {
+                let (compressed, opcode, payload) = read_frame(&mut client).await;
+                assert!(!compressed);
+                assert_eq!(opcode, if got.is_empty() { 1 } else { 0 });
+                got.extend(payload);
+                if got.len() >= message.len() {
+                    break;
+                }
+            }
+            assert_eq!(got, message.as_bytes());
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn with_upstream_compression_off_the_gateway_inflates_for_the_backend() {
+    within(30, async {
+        let (addr, mut seen, _send) = deflate_backend().await;
+        let gw = Gateway::builder()
+            .route(
+                Route::upstream("/relay", [format!("ws://{addr}")])
+                    .key("upstream_compression", "off"),
+            )
+            .start()
+            .await;
+        let (head, mut client) = gw
+            .raw_upgrade_with(upgrade_request("/relay", OFFER).as_bytes())
+            .await;
+        assert!(
+            head.to_ascii_lowercase().contains("permessage-deflate"),
+            "{head}"
+        );
+        let story = "inflated at the edge; ".repeat(50);
+        send_frame(&mut client, 1, true, &deflate(story.as_bytes())).await;
+        let (offer, frame) = seen.recv().await.unwrap();
+        assert_eq!(offer, None);
+        assert_eq!(frame, (false, 1, story.into_bytes()));
     })
     .await
 }

@@ -39,7 +39,7 @@ pub use listen::{
     TlsConfig,
 };
 pub use route::{
-    DEFAULT_COMPRESSION_LEVEL, DEFAULT_COMPRESSION_MIN_SIZE, Deflate, Route, RouteKind,
+    Compression, DEFAULT_COMPRESSION_LEVEL, DEFAULT_COMPRESSION_MIN_SIZE, Deflate, Route, RouteKind,
 };
 pub use subprotocol::{
     HUB_JSON_SUBPROTOCOL, HUB_RAW_SUBPROTOCOL, Subprotocols, UnknownSubprotocol,
@@ -50,7 +50,7 @@ pub use tunnel::{
 pub use upstream::{
     Balance, DEFAULT_UPSTREAM_BACKOFF, DEFAULT_UPSTREAM_BACKOFF_MAX,
     DEFAULT_UPSTREAM_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_HANDSHAKE_TIMEOUT, EgressProxy,
-    UpstreamConfig, UpstreamTls, UpstreamUrl,
+    UpstreamCompression, UpstreamConfig, UpstreamTls, UpstreamUrl,
 };
 pub use value::{duration as parse_duration, size as parse_size};
 

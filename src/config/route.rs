@@ -30,10 +30,42 @@ pub struct Route {
     /// Static routes have none (`Access::default()`, not printed).
     #[serde(flatten, skip_serializing_if = "Access::is_none")]
     pub access: Access,
-    /// Echo and hub routes: permessage-deflate with the clients that offer
-    /// it (`compression = "on"`); `None`: declined.
+    /// permessage-deflate with the clients that offer it; `None` on kinds
+    /// that send no WebSocket messages (static).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub compression: Option<Deflate>,
+    pub compression: Option<Compression>,
+}
+
+impl Route {
+    /// How messages to clients are compressed, where the route has it on.
+    pub fn deflate(&self) -> Option<Deflate> {
+        match self.compression {
+            Some(Compression::On(deflate)) => Some(deflate),
+            Some(Compression::Off) | None => None,
+        }
+    }
+}
+
+/// `compression = "on" | "off"` and, when on, its two settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Off,
+    On(Deflate),
+}
+
+/// Printed as the keys it is read from.
+impl Serialize for Compression {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Compression::On(deflate) => deflate.serialize(s),
+            Compression::Off => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("compression", "off")?;
+                map.end()
+            }
+        }
+    }
 }
 
 pub const DEFAULT_COMPRESSION_MIN_SIZE: usize = 256;
@@ -60,12 +92,13 @@ impl Serialize for Deflate {
     }
 }
 
-impl Deflate {
-    /// `compression = "off" | "on"`, `compression_min_size`, `compression_level`.
-    fn read(s: &mut Section<'_>) -> Option<Deflate> {
+impl Compression {
+    /// `compression = "on" | "off"` (on by default), `compression_min_size`,
+    /// `compression_level`.
+    fn read(s: &mut Section<'_>) -> Compression {
         let on = match s.string("compression").as_deref() {
-            None | Some("off") => false,
-            Some("on") => true,
+            Some("off") => false,
+            None | Some("on") => true,
             Some(other) => {
                 s.issue(
                     "compression",
@@ -87,7 +120,10 @@ impl Deflate {
         if !(1..=9).contains(&level) {
             s.issue("compression_level", "must be 1 to 9");
         }
-        on.then_some(Deflate { min_size, level })
+        match on {
+            true => Compression::On(Deflate { min_size, level }),
+            false => Compression::Off,
+        }
     }
 }
 
@@ -231,11 +267,11 @@ impl Route {
             }
             RouteKind::Upstream(_) | RouteKind::Static(_) => None,
         };
-        // Echo and hub routes speak the frames themselves; the relay passes
-        // frames through and does not take part (yet).
         let compression = match &kind {
-            RouteKind::Echo | RouteKind::Hub(_) => Deflate::read(s),
-            RouteKind::Upstream(_) | RouteKind::Static(_) => None,
+            RouteKind::Echo | RouteKind::Hub(_) | RouteKind::Upstream(_) => {
+                Some(Compression::read(s))
+            }
+            RouteKind::Static(_) => None,
         };
         let path = path?;
         let name = name.unwrap_or_else(|| path.clone());

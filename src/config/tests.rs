@@ -227,31 +227,66 @@ fn the_backplane_is_memory_unless_redis_is_configured_in_full() {
 }
 
 #[test]
-fn compression_is_off_unless_an_echo_or_hub_route_turns_it_on() {
+fn compression_is_on_unless_a_route_turns_it_off() {
     let route = |kind: &str, keys: &str| {
         format!("{MINIMAL}\n[[routes]]\npath = \"/x\"\nkind = \"{kind}\"\n{keys}\n")
     };
-    let c = load(&route("hub", ""), &[]).unwrap();
-    assert_eq!(c.routes[1].compression, None);
+    let upstream = |keys: &str| {
+        route(
+            "upstream",
+            &format!("upstreams = [\"ws://127.0.0.1:1\"]\n{keys}"),
+        )
+    };
+    let default = Some(Compression::On(Deflate {
+        min_size: DEFAULT_COMPRESSION_MIN_SIZE,
+        level: DEFAULT_COMPRESSION_LEVEL,
+    }));
+    for kind in ["hub", "echo"] {
+        assert_eq!(
+            load(&route(kind, ""), &[]).unwrap().routes[1].compression,
+            default
+        );
+    }
+    let c = load(&upstream(""), &[]).unwrap();
+    assert_eq!(c.routes[1].compression, default);
+    let RouteKind::Upstream(pool) = &c.routes[1].kind else {
+        panic!("an upstream route");
+    };
+    assert_eq!(pool.upstream_compression, UpstreamCompression::Auto);
     let c = load(
         &route("hub", "compression = \"on\"\ncompression_level = 6"),
         &[],
     )
     .unwrap();
-    let on = Some(Deflate {
+    let six = Some(Compression::On(Deflate {
         min_size: DEFAULT_COMPRESSION_MIN_SIZE,
         level: 6,
-    });
-    assert_eq!(c.routes[1].compression, on);
-    // Printed as it is read.
-    let again = load(
-        &c.to_string().replace(
-            "self_signed_if_missing = false",
-            "self_signed_if_missing = true",
-        ),
+    }));
+    assert_eq!(c.routes[1].compression, six);
+    // Printed as it is read, off as well as on.
+    let reread = |c: &Config| {
+        load(
+            &c.to_string().replace(
+                "self_signed_if_missing = false",
+                "self_signed_if_missing = true",
+            ),
+            &[],
+        )
+        .unwrap()
+    };
+    assert_eq!(reread(&c).routes[1].compression, six);
+    let c = load(
+        &upstream("compression = \"off\"\nupstream_compression = \"always\""),
         &[],
+    )
+    .unwrap();
+    assert_eq!(c.routes[1].compression, Some(Compression::Off));
+    assert_eq!(c.routes[1].deflate(), None);
+    let again = reread(&c);
+    assert_eq!(again.routes[1].compression, Some(Compression::Off));
+    assert!(
+        matches!(&again.routes[1].kind, RouteKind::Upstream(u) if u.upstream_compression == UpstreamCompression::Always)
     );
-    assert_eq!(again.unwrap().routes[1].compression, on);
     assert_named(
         &route("echo", "compression = \"yes\""),
         &["routes[1].compression"],
@@ -260,11 +295,8 @@ fn compression_is_off_unless_an_echo_or_hub_route_turns_it_on() {
         &route("echo", "compression = \"on\"\ncompression_level = 10"),
         &["routes[1].compression_level"],
     );
-    // The relay does not take part yet: an unknown key there.
     assert_named(
-        &format!(
-            "{MINIMAL}\n[[routes]]\npath = \"/u\"\nkind = \"upstream\"\nmembers = [\"ws://127.0.0.1:1\"]\ncompression = \"on\"\n"
-        ),
-        &["routes[1].compression"],
+        &upstream("upstream_compression = \"sometimes\""),
+        &["routes[1].upstream_compression"],
     );
 }

@@ -43,11 +43,30 @@ pub struct UpstreamConfig {
     /// Active check (TCP connect) of every member this often; `None`: off.
     #[serde(serialize_with = "show_duration_or_off")]
     pub health_check_interval: Option<Duration>,
+    /// When permessage-deflate is offered to a member.
+    pub upstream_compression: UpstreamCompression,
     #[serde(flatten)]
     pub tls: UpstreamTls,
     /// Dial members through this HTTP CONNECT proxy.
     #[serde(flatten)]
     pub proxy: Option<EgressProxy>,
+}
+
+/// `upstream_compression`: when a member is offered permessage-deflate
+/// (without context takeover either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamCompression {
+    /// When the client agreed it: where the member agrees too, compressed
+    /// frames pass through untouched; where it does not, the gateway
+    /// inflates and compresses on the client's side.
+    Auto,
+    /// Always, for a member across a costly link: a client without the
+    /// extension gets what the member compressed inflated.
+    Always,
+    /// Never: the gateway takes compression off every client's messages
+    /// (and checks them inflated) and speaks plain frames to members.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +224,11 @@ impl UpstreamConfig {
             backoff: s.get("backoff", DEFAULT_UPSTREAM_BACKOFF, value::duration),
             backoff_max: s.get("backoff_max", DEFAULT_UPSTREAM_BACKOFF_MAX, value::duration),
             health_check_interval: s.get("health_check_interval", None, value::duration_or_off),
+            upstream_compression: s.get(
+                "upstream_compression",
+                UpstreamCompression::Auto,
+                value::choice,
+            ),
             tls: UpstreamTls::read(s),
             proxy: EgressProxy::read(s),
         };

@@ -14,7 +14,7 @@ mod inbound;
 mod rules;
 mod utf8;
 
-pub use buffer::ReadBuffer;
+pub use buffer::{MAX as MAX_READ, ReadBuffer};
 pub use inbound::{Inbound, Step};
 pub use rules::{Rules, Sender, close_code_allowed, parse_close};
 pub use utf8::Utf8Stream;

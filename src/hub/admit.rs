@@ -8,8 +8,10 @@ use std::sync::Arc;
 use http::Request;
 
 use super::access::ChannelAccess;
+use super::conn::Compressing;
 use super::session::HubClient;
 use super::{Hub, HubError};
+use crate::RouteState;
 use crate::auth::{self, Identity, Refresh};
 use crate::close::{AuthFailure, Rejection};
 use crate::config::{HubProtocol, HubRoute};
@@ -18,9 +20,10 @@ use crate::names::{check_channel_name, check_client_name};
 
 /// Name and register a hub client (and find its room on a raw route)
 /// before the 101, so a taken name or a bad room is an HTTP refusal.
+/// `state`: the route's path and metrics.
 pub(crate) fn admit<B>(
     req: &Request<B>,
-    route_path: &str,
+    state: &RouteState,
     route: &Arc<HubRoute>,
     hub: &Hub,
     identity: Option<Identity>,
@@ -42,7 +45,7 @@ pub(crate) fn admit<B>(
             let room = req
                 .uri()
                 .path()
-                .strip_prefix(route_path)
+                .strip_prefix(state.path.as_str())
                 .unwrap_or("")
                 .trim_matches('/');
             if check_channel_name(room).is_err() {
@@ -61,7 +64,10 @@ pub(crate) fn admit<B>(
     {
         return Err(Rejection::Auth(AuthFailure::Channel));
     }
-    let compress = agreed.and_then(|a| a.compress);
+    let compress = agreed.and_then(|a| a.compress).map(|config| Compressing {
+        config,
+        counted: state.metrics.compression_out.clone(),
+    });
     let registration = hub
         .register(name.as_deref(), route, access, refresh, compress)
         .map_err(|_| Rejection::NameTaken)?;

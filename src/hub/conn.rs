@@ -14,7 +14,8 @@ use super::queue::{Pushed, Queue};
 use super::{Channel, Epoch, Position};
 use crate::config::Deflate;
 use crate::frame::{Header, OpCode, server_frame};
-use crate::metrics::HubMetrics;
+use crate::hub::member::payload_len;
+use crate::metrics::{CompressionBytes, HubMetrics};
 
 /// A channel message: serialized and framed at most once per
 /// representation; the frame is shared by every recipient.
@@ -94,10 +95,17 @@ impl Msg {
 /// it agreed to permessage-deflate and the payload has `min_size` bytes;
 /// as it is otherwise, or when compressing would not make it smaller.
 pub(super) fn for_conn(conn: &Conn, plain: Bytes, deflated: &OnceLock<Bytes>) -> Bytes {
-    match conn.deflate {
-        Some(d) if crate::hub::member::payload_len(&plain) >= d.min_size => deflated
-            .get_or_init(|| compressed_frame(&plain, d.level).unwrap_or(plain))
-            .clone(),
+    let size = payload_len(&plain);
+    match &conn.deflate {
+        Some(c) if size >= c.config.min_size => {
+            let frame = deflated
+                .get_or_init(|| compressed_frame(&plain, c.config.level).unwrap_or(plain))
+                .clone();
+            if frame.first().is_some_and(|b| b & 0x40 != 0) {
+                c.counted.count(payload_len(&frame) as u64, size as u64);
+            }
+            frame
+        }
         _ => plain,
     }
 }
@@ -143,7 +151,15 @@ pub(crate) struct Conn {
     pub(super) channels: Mutex<Vec<Arc<Channel>>>,
     /// permessage-deflate was agreed: messages of `min_size` and more go
     /// compressed.
-    pub(crate) deflate: Option<Deflate>,
+    pub(crate) deflate: Option<Compressing>,
+}
+
+/// How a client that agreed permessage-deflate is sent its messages.
+#[derive(Debug, Clone)]
+pub(crate) struct Compressing {
+    pub(crate) config: Deflate,
+    /// Its route's bytes compressed on the way to clients, and before.
+    pub(crate) counted: CompressionBytes,
 }
 
 impl Conn {

@@ -21,7 +21,10 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::close::{Fault, SessionEnd, Side};
 use crate::config::Limits;
-use crate::frame::{ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, parse_close};
+use crate::frame::{
+    ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, Violation, parse_close,
+};
+use crate::metrics::CompressionBytes;
 use crate::session::{close_frame, close_to_send};
 
 /// Frames handed to the kernel in one vectored write, at most.
@@ -66,18 +69,26 @@ pub(crate) struct Member<S> {
     /// first already written.
     outbox: VecDeque<Bytes>,
     written: usize,
-    /// permessage-deflate agreed: the largest message once inflated.
-    inflate_max: Option<usize>,
+    /// permessage-deflate agreed: what its compressed messages come to is
+    /// counted here.
+    inflate: Option<CompressionBytes>,
+    /// The largest message, once inflated.
+    max_message: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
-    pub(crate) fn new(io: Box<S>, limits: &Limits, deflate: bool) -> Self {
+    /// `inflate`: permessage-deflate was agreed, and the route's counts of
+    /// what it inflates.
+    pub(crate) fn new(io: Box<S>, limits: &Limits, inflate: Option<CompressionBytes>) -> Self {
         let rules = Rules::new(
             Sender::Client,
             limits.max_frame_size,
             limits.max_message_size,
         );
-        let rules = if deflate { rules.with_deflate() } else { rules };
+        let rules = match inflate {
+            Some(_) => rules.with_deflate(),
+            None => rules,
+        };
         Member {
             io,
             buf: ReadBuffer::default(),
@@ -87,7 +98,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
             sent_close: false,
             outbox: VecDeque::new(),
             written: 0,
-            inflate_max: deflate.then_some(limits.max_message_size),
+            inflate,
+            max_message: limits.max_message_size,
         }
     }
 
@@ -125,7 +137,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
                     let (text, compressed) = (frames.text(), frames.compressed());
                     let mut message = whole(&mut self.message, piece, text && !compressed)?;
                     if compressed {
-                        message = inflated(message, text, self.inflate_max.unwrap_or(0))?;
+                        let size = message.len();
+                        message = inflated(message, text, self.max_message)?;
+                        if let Some(counted) = &self.inflate {
+                            counted.count(size as u64, message.len() as u64);
+                        }
                     }
                     return Ok(Some(Event::Message(message)));
                 }
@@ -293,13 +309,8 @@ fn inflated(message: Data, text: bool, max: usize) -> Result<Data, SessionEnd> {
     let Data::Binary(compressed) = message else {
         return Ok(message);
     };
-    let bytes = crate::deflate::inflate(&compressed, max).map_err(|e| {
-        let fault = match e {
-            crate::deflate::Inflate::TooBig => Fault::TooBig,
-            crate::deflate::Inflate::Corrupt => Fault::InvalidUtf8,
-        };
-        SessionEnd::Broken(Side::Client, fault)
-    })?;
+    let bytes = crate::deflate::inflate(&compressed, max)
+        .map_err(|e| SessionEnd::Broken(Side::Client, Fault::from(Violation::from(e))))?;
     let bytes = Bytes::from(bytes);
     if !text {
         return Ok(Data::Binary(bytes));

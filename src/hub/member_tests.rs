@@ -209,7 +209,7 @@ async fn an_idle_member_holds_little() {
     let s = setup();
     let (gateway, _client) = tokio::io::duplex(64);
     let ctx = s.ctx();
-    let member = Member::new(Box::new(gateway), ctx.limits, false);
+    let member = Member::new(Box::new(gateway), ctx.limits, None);
     assert!(member.read_capacity() <= 256);
     assert!(size_of_val(&member) <= 384, "{}", size_of_val(&member));
     let (gateway, _client) = tokio::io::duplex(64);

@@ -45,7 +45,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackplaneConfig, Deflate, HubConfig, HubProtocol, HubRoute, NamePolicy};
+use crate::config::{BackplaneConfig, HubConfig, HubProtocol, HubRoute, NamePolicy};
 use crate::metrics::HubMetrics;
 use access::ChannelAccess;
 use backplane::Stream;
@@ -53,7 +53,7 @@ pub(crate) use backplane::redis::{Done, Then};
 use backplane::redis::{Incoming, Redis, encode_message};
 use backplane::stream::Bounds;
 pub(crate) use backplane::{Epoch, Position, Since};
-use conn::raw_frame;
+use conn::{Compressing, raw_frame};
 pub(crate) use conn::{Conn, Msg, text_frame};
 use protocol::Body;
 pub(crate) use queue::Queue;
@@ -298,7 +298,7 @@ impl Hub {
         route: &HubRoute,
         access: ChannelAccess,
         refresh: Option<crate::auth::Refresh>,
-        deflate: Option<Deflate>,
+        deflate: Option<Compressing>,
     ) -> Result<Registration, HubError> {
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
         let name: Arc<str> = match (name, &self.0.redis) {

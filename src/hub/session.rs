@@ -42,7 +42,8 @@ pub(crate) async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut member = Member::new(io, ctx.limits, client.inflate);
+    let inflate = client.inflate.then(|| ctx.metrics.compression_in.clone());
+    let mut member = Member::new(io, ctx.limits, inflate);
     let end = run(&mut member, ctx, hub, &client).await;
     drop(client);
     member.finish(&end, ctx.limits.close_timeout).await;

@@ -144,6 +144,18 @@ async function main() {
     expect('accepted without one: the browser fails it', await offer(ann, '/lax', ['v1.json']), { open: false, code: 1006 });
     expect('no offer', await offer(ann, '/lax', []), { open: true, protocol: '' });
 
+    step('permessage-deflate with the browser: agreed, and a large echo survives both ways');
+    const big = JSON.stringify(Array.from({ length: 200 }, (_, i) => ({ id: i, name: `item ${i}`, ok: i % 3 === 0 })));
+    expect('compressed echo', await ann.evaluate(([url, text]) => new Promise((resolve) => {
+      const ws = new WebSocket(url);
+      ws.onopen = () => ws.send(text);
+      ws.onmessage = (ev) => {
+        resolve({ deflate: ws.extensions.startsWith('permessage-deflate'), same: ev.data === text });
+        ws.close();
+      };
+      ws.onclose = (ev) => resolve({ closed: ev.code });
+    }), [`${base.replace('https:', 'wss:')}/lax`, big]), { deflate: true, same: true });
+
     await ann.screenshot({ path: path.join(shots, 'chat.png'), fullPage: true });
 
     step('the gateway restarts: both pages say so and reconnect by themselves');
