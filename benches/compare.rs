@@ -2164,6 +2164,12 @@ const DEFLATE_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
 /// Connections and messages in flight on each of the compression echo measure.
 const DEFLATE_ECHO: (usize, usize) = (16, 8);
+/// Publishes per second in the compression fan-out: a tenth of the hub
+/// table's, so that the two cores keep up with 1 KiB publishes to the
+/// largest subscriber count (and with its TLS readers in the load generator),
+/// with and without compression; at 100/s neither run kept up with 10,000
+/// subscribers, and CPU per delivery at saturation measures batching.
+const DEFLATE_HUB_RATE: f64 = 10.0;
 /// Replies inflated and compared: the first, then one in this many.
 const INFLATE_EVERY: u64 = 32;
 
@@ -2422,8 +2428,19 @@ fn deflate_message(message: &[u8]) -> Vec<u8> {
     out
 }
 
+thread_local! {
+    /// One inflater per load generator thread (a miniz_oxide inflater holds
+    /// about 40 KiB: one per subscriber would be 400 MB at 10,000).
+    static INFLATER: std::cell::RefCell<flate2::Decompress> =
+        std::cell::RefCell::new(flate2::Decompress::new(false));
+}
+
 /// A compressed message inflated (the tail put back).
-fn inflate_message(d: &mut flate2::Decompress, compressed: &[u8]) -> anyhow::Result<Vec<u8>> {
+fn inflate_message(compressed: &[u8]) -> anyhow::Result<Vec<u8>> {
+    INFLATER.with(|d| inflate_with(&mut d.borrow_mut(), compressed))
+}
+
+fn inflate_with(d: &mut flate2::Decompress, compressed: &[u8]) -> anyhow::Result<Vec<u8>> {
     d.reset(false);
     let mut input = Vec::with_capacity(compressed.len() + DEFLATE_TAIL.len());
     input.extend_from_slice(compressed);
@@ -2450,15 +2467,14 @@ fn inflate_message(d: &mut flate2::Decompress, compressed: &[u8]) -> anyhow::Res
 
 /// The start (about `max` bytes) of a compressed message: enough to read a
 /// field near the start without inflating all of it.
-fn inflate_prefix(
-    d: &mut flate2::Decompress,
-    compressed: &[u8],
-    max: usize,
-) -> anyhow::Result<Vec<u8>> {
-    d.reset(false);
-    let mut out = Vec::with_capacity(max);
-    d.decompress_vec(compressed, &mut out, flate2::FlushDecompress::None)?;
-    Ok(out)
+fn inflate_prefix(compressed: &[u8], max: usize) -> anyhow::Result<Vec<u8>> {
+    INFLATER.with(|d| {
+        let mut d = d.borrow_mut();
+        d.reset(false);
+        let mut out = Vec::with_capacity(max);
+        d.decompress_vec(compressed, &mut out, flate2::FlushDecompress::None)?;
+        Ok(out)
+    })
 }
 
 /// A deterministic JSON document of about `size` bytes, `{"items":[...]}`
@@ -2615,7 +2631,6 @@ async fn raw_pipeline(
     compressed: Arc<Vec<u8>>,
     in_flight: usize,
 ) -> anyhow::Result<EchoCounts> {
-    let mut inflater = flate2::Decompress::new(false);
     let (mut sent, mut received, mut in_compressed) = (0u64, 0u64, 0u64);
     loop {
         let stopping = shared.stop.load(Ordering::Relaxed) || sent >= MAX_MSGS_PER_CONN;
@@ -2646,7 +2661,7 @@ async fn raw_pipeline(
             }
             if f.rsv1 {
                 if received.is_multiple_of(INFLATE_EVERY) {
-                    let inflated = inflate_message(&mut inflater, &f.payload)?;
+                    let inflated = inflate_message(&f.payload)?;
                     if inflated != message[..] {
                         bail!(
                             "a compressed echo inflated to {} bytes, not the {} sent",
@@ -2769,7 +2784,6 @@ async fn raw_subscriber(
         compressed: 0,
         wire: 0,
     };
-    let mut inflater = flate2::Decompress::new(false);
     let (mut warmed, mut next) = (false, 0u64);
     while out.stats.received < publishes && !ctl.stop.load(Ordering::Relaxed) {
         let frame = match ws.parse() {
@@ -2789,7 +2803,7 @@ async fn raw_subscriber(
         };
         let now = base.elapsed().as_nanos() as u64;
         let stamp = if frame.rsv1 {
-            inflate_prefix(&mut inflater, &frame.payload, 64).and_then(|t| publish_stamp(&t))
+            inflate_prefix(&frame.payload, 64).and_then(|t| publish_stamp(&t))
         } else {
             publish_stamp(&frame.payload)
         };
@@ -2799,7 +2813,7 @@ async fn raw_subscriber(
         };
         if seq != WARM && out.stats.received.is_multiple_of(INFLATE_EVERY) {
             let whole = match frame.rsv1 {
-                true => inflate_message(&mut inflater, &frame.payload),
+                true => inflate_message(&frame.payload),
                 false => Ok(frame.payload.to_vec()),
             };
             match whole {
@@ -2836,6 +2850,9 @@ async fn raw_subscriber(
 
 struct DeflateFanout {
     fan: Fanout,
+    /// The load generator's own CPU per delivery (its TLS readers and
+    /// inflaters share the two cores with wsgate).
+    client_us_per_delivery: f64,
     /// Measured deliveries that came compressed.
     compressed: u64,
     wire_per_delivery: f64,
@@ -2851,7 +2868,7 @@ async fn deflate_fanout(
     pid: u32,
 ) -> anyhow::Result<DeflateFanout> {
     let n = subs.len() as u64;
-    let publishes = (HUB_RATE * opts.hub_secs).round().max(1.0) as u64;
+    let publishes = (DEFLATE_HUB_RATE * opts.hub_secs).round().max(1.0) as u64;
     let ctl = Arc::new(FanCtl::default());
     let base = Instant::now();
     let body = Arc::new(json_message("", 1024 - 52));
@@ -2886,8 +2903,9 @@ async fn deflate_fanout(
         }
         sleep(Duration::from_millis(300)).await;
         let (user0, sys0) = cpu_split(pid, opts.clk_tck);
+        let (me0, mes0) = proc_cpu(std::process::id(), opts.clk_tck);
         let t0 = Instant::now();
-        let period = Duration::from_secs_f64(1.0 / HUB_RATE);
+        let period = Duration::from_secs_f64(1.0 / DEFLATE_HUB_RATE);
         for seq in 0..publishes {
             tokio::time::sleep_until(t0 + period.mul_f64(seq as f64)).await;
             publish(publisher, seq);
@@ -2899,11 +2917,13 @@ async fn deflate_fanout(
             sleep(Duration::from_millis(5)).await;
         }
         let (user1, sys1) = cpu_split(pid, opts.clk_tck);
+        let (me1, mes1) = proc_cpu(std::process::id(), opts.clk_tck);
         Ok((
             user1 + sys1 - user0 - sys0,
             sys1 - sys0,
             expected,
             t0.elapsed(),
+            me1 + mes1 - me0 - mes0,
         ))
     }
     .await;
@@ -2914,7 +2934,7 @@ async fn deflate_fanout(
     )
     .await
     .map_err(|_| anyhow!("subscribers did not stop within 20 s"))?;
-    let (cpu, system, expected, elapsed) = outcome?;
+    let (cpu, system, expected, elapsed, client_cpu) = outcome?;
     let mut samples: Vec<u32> = Vec::new();
     let (mut received, mut reordered, mut closed) = (0u64, 0u64, 0u64);
     let (mut compressed, mut wire) = (0u64, 0u64);
@@ -2952,6 +2972,7 @@ async fn deflate_fanout(
         },
         compressed,
         wire_per_delivery: wire as f64 / received as f64,
+        client_us_per_delivery: client_cpu * 1e6 / received as f64,
     })
 }
 
@@ -3073,6 +3094,7 @@ async fn measure_deflate(opts: &Opts, ca: &Path, results: &mut HubResults) -> Ve
                 results.put(key("sys"), col, f.fan.system_us_per_delivery);
                 results.put(key("rate"), col, f.fan.deliveries_per_sec);
                 results.put(key("wire"), col, f.wire_per_delivery);
+                results.put(key("client"), col, f.client_us_per_delivery);
                 results.put(key("p50"), col, f.fan.p50_ms);
                 results.put(key("p99"), col, f.fan.p99_ms);
                 results.put(key("lost"), col, f.fan.lost as f64);
@@ -3152,7 +3174,7 @@ fn print_deflate_table(opts: &Opts, results: &HubResults) {
         ),
         (
             format!(
-                "hub fan-out, {} subscribers x {HUB_RATE} publishes/s x {pub_len} B JSON text: \
+                "hub fan-out, {} subscribers x {DEFLATE_HUB_RATE} publishes/s x {pub_len} B JSON text: \
                  CPU us per delivery",
                 fmt_num(n as f64, 0)
             ),
@@ -3173,6 +3195,11 @@ fn print_deflate_table(opts: &Opts, results: &HubResults) {
             "  same: WebSocket bytes per delivery".to_string(),
             "fan:wire",
             0,
+        ),
+        (
+            "  same: load generator CPU us per delivery (not wsgate's)".to_string(),
+            "fan:client",
+            2,
         ),
         (
             "  same: publish-to-delivery p50 ms".to_string(),
@@ -3251,7 +3278,7 @@ fn print_deflate_table(opts: &Opts, results: &HubResults) {
          after {} s of warm-up; bytes are WebSocket frame headers + payloads as sent and received \
          (TLS not counted). Idle: RSS delta of a fresh wsgate / idle connections opened to a raw \
          room that never sends (a second fresh wsgate for the other column). Fan-out: one plain \
-         publisher, {HUB_RATE} JSON publishes/s (sequence and send time in fixed-width fields) \
+         publisher, {DEFLATE_HUB_RATE} JSON publishes/s (sequence and send time in fixed-width fields) \
          for {} s to N subscribers that offered the extension or not, on one wsgate after the \
          echo; with it, every delivery must come compressed (RSV1) and is inflated by its \
          subscriber; CPU from the first publish to the last delivery / deliveries. Targets \
