@@ -5,6 +5,10 @@
 //! Prints one table with the medians of every measure, their spread and the
 //! ratios to nginx.
 //!
+//! Then the hub (fan-out against the kernel floor, idle hub connections) and
+//! compression (permessage-deflate agreed or not: a 1 KiB JSON echo, idle hub
+//! connections, a 1 KiB JSON fan-out), each in a table of its own.
+//!
 //! Run it through `benches/compare.sh`, which builds wsgate, installs nginx if
 //! missing, raises the descriptor limit, writes the certificate and stops
 //! everything it started. This binary has three modes:
@@ -1162,7 +1166,7 @@ fn run(opts: Opts) -> anyhow::Result<()> {
                 repeat + 1,
                 opts.repeats,
             );
-            for e in rt.block_on(measure_deflate(&opts, &ca, &mut deflate_results)) {
+            for e in rt.block_on(measure_deflate(&opts, &ca, repeat, &mut deflate_results)) {
                 failures.push(format!("compression (repeat {}): {e:#}", repeat + 1));
             }
         }
@@ -2979,9 +2983,15 @@ async fn deflate_fanout(
 /// The compression table's measures, column 0 without the extension and 1
 /// with it: the idle memory of hub connections, each on a fresh wsgate with
 /// compression on; then on the first of the two, the 1 KiB JSON echo and the
-/// fan-out to the largest subscriber count. The errors of the measures that
+/// fan-out to the largest subscriber count (which of the two goes first
+/// alternates from one repeat to the next). The errors of the measures that
 /// failed.
-async fn measure_deflate(opts: &Opts, ca: &Path, results: &mut HubResults) -> Vec<anyhow::Error> {
+async fn measure_deflate(
+    opts: &Opts,
+    ca: &Path,
+    repeat: usize,
+    results: &mut HubResults,
+) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
     let mut kept = None;
     for (col, offer) in [(0, false), (1, true)] {
@@ -3063,7 +3073,11 @@ async fn measure_deflate(opts: &Opts, ca: &Path, results: &mut HubResults) -> Ve
         sleep(Duration::from_millis(300)).await;
     }
     let n = *opts.hub_subs.last().unwrap_or(&1);
-    for (col, offer) in [(0, false), (1, true)] {
+    let order = match repeat % 2 {
+        0 => [(0, false), (1, true)],
+        _ => [(1, true), (0, false)],
+    };
+    for (col, offer) in order {
         let what = if offer { "with" } else { "without" };
         eprintln!("  compression: hub fan-out to {n} subscribers {what} permessage-deflate");
         let (subs, failed, first) = hub.connect_many_raw(n, offer).await;
@@ -3280,7 +3294,7 @@ fn print_deflate_table(opts: &Opts, results: &HubResults) {
          room that never sends (a second fresh wsgate for the other column). Fan-out: one plain \
          publisher, {DEFLATE_HUB_RATE} JSON publishes/s (sequence and send time in fixed-width fields) \
          for {} s to N subscribers that offered the extension or not, on one wsgate after the \
-         echo; with it, every delivery must come compressed (RSV1) and is inflated by its \
+         echo (which of the two goes first alternates between repeats); with it, every delivery must come compressed (RSV1) and is inflated by its \
          subscriber; CPU from the first publish to the last delivery / deliveries. Targets \
          (issue 15): the idle difference within 1 KiB; fan-out CPU per delivery with \
          compression <= 1.5x without.{}",

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # wsgate against nginx, in one run on 127.0.0.1: see benches/compare.rs.
 #
-#   benches/compare.sh            full run (3 repeats; about 6 minutes on 2 cores after the build)
-#   benches/compare.sh --quick    every target and measure once, tiny and short (CI; about 30 s)
+#   benches/compare.sh            full run (3 repeats; about 8 minutes on 2 cores after the build)
+#   benches/compare.sh --quick    every target and measure once, tiny and short (CI; about 40 s)
 #   benches/compare.sh --hub-only the hub table alone (no relay targets)
 #   benches/compare.sh --memory-only  the memory measures alone, no load (fine on a busy machine)
 #   benches/compare.sh --deflate-only the compression table alone
