@@ -5,6 +5,10 @@
 //! Prints one table with the medians of every measure, their spread and the
 //! ratios to nginx.
 //!
+//! Then the hub (fan-out against the kernel floor, idle hub connections) and
+//! compression (permessage-deflate agreed or not: a 1 KiB JSON echo, idle hub
+//! connections, a 1 KiB JSON fan-out), each in a table of its own.
+//!
 //! Run it through `benches/compare.sh`, which builds wsgate, installs nginx if
 //! missing, raises the descriptor limit, writes the certificate and stops
 //! everything it started. This binary has three modes:
@@ -263,18 +267,22 @@ struct Opts {
     hub_only: bool,
     /// The memory measures only (no load: for a busy machine).
     memory_only: bool,
+    /// The compression table only.
+    deflate_only: bool,
 }
 
 impl Opts {
     fn parse(args: &[String]) -> anyhow::Result<Opts> {
         let mut flags = BTreeMap::new();
         let (mut quick, mut hub_only, mut memory_only) = (false, false, false);
+        let mut deflate_only = false;
         let mut i = 0;
         while i < args.len() {
             match args[i].as_str() {
                 "--quick" => quick = true,
                 "--hub-only" => hub_only = true,
                 "--memory-only" => memory_only = true,
+                "--deflate-only" => deflate_only = true,
                 // `cargo bench` appends this.
                 "--bench" => {}
                 flag if flag.starts_with("--") => {
@@ -319,6 +327,7 @@ impl Opts {
             hub_idle: num("hub-idle", if quick { 100.0 } else { 2000.0 })? as usize,
             hub_only,
             memory_only,
+            deflate_only,
         };
         let mut opts = opts;
         opts.hub_subs.sort_unstable();
@@ -328,6 +337,9 @@ impl Opts {
         }
         if opts.hub_subs.contains(&0) || opts.hub_secs <= 0.0 || opts.hub_idle == 0 {
             bail!("--hub-subs, --hub-secs and --hub-idle must be positive");
+        }
+        if opts.hub_only && opts.deflate_only {
+            bail!("--hub-only and --deflate-only exclude each other");
         }
         if opts.hub_secs > 600.0 || opts.hub_subs.iter().any(|&n| n > 100_000) {
             bail!("--hub-secs is at most 600 and --hub-subs at most 100000");
@@ -683,6 +695,7 @@ struct Client {
     connector: TlsConnector,
     addr: SocketAddr,
     url: String,
+    path: String,
     read_buffer: usize,
 }
 
@@ -705,6 +718,7 @@ impl Client {
             connector: TlsConnector::from(Arc::new(config)),
             addr,
             url: format!("wss://localhost:{}{path}", addr.port()),
+            path: path.to_string(),
             read_buffer: READ_BUFFER,
         })
     }
@@ -1090,12 +1104,17 @@ fn run(opts: Opts) -> anyhow::Result<()> {
     }
     let ca = opts.dir.join("ca.pem");
     let mut hub_results = HubResults::default();
+    let mut deflate_results = HubResults::default();
     let mut results: Results = BTreeMap::new();
     let mut failures: Vec<String> = Vec::new();
     let mut handshake_failures: BTreeMap<Target, u64> = BTreeMap::new();
     let rt = runtime();
     for repeat in 0..opts.repeats {
-        let relay_targets = if opts.hub_only { &[][..] } else { &TARGETS[..] };
+        let relay_targets = if opts.hub_only || opts.deflate_only {
+            &[][..]
+        } else {
+            &TARGETS[..]
+        };
         for &target in relay_targets {
             eprintln!(
                 "[{:>5.1}s] repeat {}/{}: {}",
@@ -1129,21 +1148,39 @@ fn run(opts: Opts) -> anyhow::Result<()> {
             }
             drop(stack);
         }
-        eprintln!(
-            "[{:>5.1}s] repeat {}/{}: kernel floor and wsgate hub",
-            started.elapsed().as_secs_f64(),
-            repeat + 1,
-            opts.repeats,
-        );
-        for e in rt.block_on(measure_hub(&opts, &ca, &mut hub_results)) {
-            failures.push(format!("hub (repeat {}): {e:#}", repeat + 1));
+        if !opts.deflate_only {
+            eprintln!(
+                "[{:>5.1}s] repeat {}/{}: kernel floor and wsgate hub",
+                started.elapsed().as_secs_f64(),
+                repeat + 1,
+                opts.repeats,
+            );
+            for e in rt.block_on(measure_hub(&opts, &ca, &mut hub_results)) {
+                failures.push(format!("hub (repeat {}): {e:#}", repeat + 1));
+            }
+        }
+        if !opts.hub_only {
+            eprintln!(
+                "[{:>5.1}s] repeat {}/{}: wsgate with and without compression",
+                started.elapsed().as_secs_f64(),
+                repeat + 1,
+                opts.repeats,
+            );
+            for e in rt.block_on(measure_deflate(&opts, &ca, repeat, &mut deflate_results)) {
+                failures.push(format!("compression (repeat {}): {e:#}", repeat + 1));
+            }
         }
     }
     rt.shutdown_timeout(Duration::from_secs(2));
-    if !opts.hub_only {
+    if !opts.hub_only && !opts.deflate_only {
         print_table(&opts, &results, &handshake_failures);
     }
-    print_hub_table(&opts, &hub_results);
+    if !opts.deflate_only {
+        print_hub_table(&opts, &hub_results);
+    }
+    if !opts.hub_only {
+        print_deflate_table(&opts, &deflate_results);
+    }
     if !failures.is_empty() {
         println!("\nFailed measures (missing from the table):");
         for f in &failures {
@@ -1588,24 +1625,37 @@ fn floor_read(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// wsgate with three raw hub routes: `/hub` (the fan-out room), `/idle` (the
-/// idle connections' room) and `/probe`.
-fn start_hub(opts: &Opts) -> anyhow::Result<Stack> {
+/// idle connections' room) and `/probe`; with `compression`, permessage-deflate
+/// on all three (defaults: 256 B minimum, level 1) and an echo route `/echo`
+/// with it too.
+fn start_hub(opts: &Opts, compression: bool) -> anyhow::Result<Stack> {
     let port = free_port()?;
     let cert = opts.dir.join("cert.pem");
     let key = opts.dir.join("key.pem");
     let most = opts.hub_idle.max(*opts.hub_subs.last().unwrap_or(&0));
+    let deflate = if compression {
+        "compression = \"on\"\n"
+    } else {
+        ""
+    };
     let route = |path: &str| {
         format!(
             "[[routes]]\npath = \"/{path}\"\nkind = \"hub\"\nprotocol = \"raw\"\n\
-             channel = \"{path}\"\npublish_rate = 1000000000\npublish_burst = 1000000000\n\n"
+             channel = \"{path}\"\npublish_rate = 1000000000\npublish_burst = 1000000000\n\
+             {deflate}\n"
         )
+    };
+    let echo = if compression {
+        "[[routes]]\npath = \"/echo\"\nkind = \"echo\"\ncompression = \"on\"\n"
+    } else {
+        ""
     };
     let config = opts.dir.join("wsgate-hub.toml");
     std::fs::write(
         &config,
         format!(
             "[listen]\naddr = \"127.0.0.1:{port}\"\n\n[admin]\naddr = \"127.0.0.1:0\"\n\n\
-             [tls]\ncert = {cert:?}\nkey = {key:?}\n\n[limits]\nmax_connections = {}\n\n{}{}{}",
+             [tls]\ncert = {cert:?}\nkey = {key:?}\n\n[limits]\nmax_connections = {}\n\n{}{}{}{echo}",
             most + 1000,
             route("hub"),
             route("idle"),
@@ -1665,7 +1715,7 @@ async fn measure_hub(opts: &Opts, ca: &Path, results: &mut HubResults) -> Vec<an
             Err(e) => errors.push(e.context(format!("kernel floor, {n} sockets"))),
         }
     }
-    let stack = match start_hub(opts) {
+    let stack = match start_hub(opts, false) {
         Ok(s) => s,
         Err(e) => {
             errors.push(e.context("start wsgate with hub routes"));
@@ -2100,6 +2150,1158 @@ fn print_hub_table(opts: &Opts, results: &HubResults) {
         opts.repeats,
         opts.hub_secs,
         opts.workers,
+        opts.hub_secs,
+        if opts.quick {
+            " QUICK MODE: too short and too small to mean much."
+        } else {
+            ""
+        }
+    );
+}
+
+// ---------------------------------------------------------------- compression
+
+/// What a sender strips from a flushed deflate block and the receiver puts
+/// back (RFC 7692 §7.2.1).
+const DEFLATE_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+/// What browsers offer.
+const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
+/// Connections and messages in flight on each of the compression echo measure.
+const DEFLATE_ECHO: (usize, usize) = (16, 8);
+/// Publishes per second in the compression fan-out: a tenth of the hub
+/// table's, so that the two cores keep up with 1 KiB publishes to the
+/// largest subscriber count (and with its TLS readers in the load generator),
+/// with and without compression; at 100/s neither run kept up with 10,000
+/// subscribers, and CPU per delivery at saturation measures batching.
+const DEFLATE_HUB_RATE: f64 = 10.0;
+/// Replies inflated and compared: the first, then one in this many.
+const INFLATE_EVERY: u64 = 32;
+
+/// A WebSocket client of the load generator's own, frames written and read
+/// here: tokio-tungstenite knows no permessage-deflate (nor RSV1), and the
+/// compression measures count the bytes of every frame. Both sides of a
+/// comparison use it, with and without the offer.
+struct RawWs {
+    io: tokio_rustls::client::TlsStream<TcpStream>,
+    read: bytes::BytesMut,
+    out: Vec<u8>,
+    /// permessage-deflate agreed.
+    deflate: bool,
+    mask: u32,
+    /// WebSocket bytes (frame headers and payloads) written and read.
+    wire_out: u64,
+    wire_in: u64,
+}
+
+/// A data frame as it came: RSV1 (compressed), the payload (not inflated),
+/// and its bytes on the wire.
+struct RawFrame {
+    opcode: u8,
+    rsv1: bool,
+    payload: Bytes,
+    wire: usize,
+}
+
+impl Client {
+    /// A session over this client's TLS, through a handshake of our own:
+    /// offering permessage-deflate as browsers do if `offer`. Fails when an
+    /// offer was not agreed, or the 101 names an extension not offered.
+    async fn connect_raw(&self, offer: bool) -> anyhow::Result<RawWs> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let fut = async {
+            let tcp = TcpStream::connect(self.addr).await?;
+            tcp.set_nodelay(true)?;
+            let mut io = self
+                .connector
+                .connect(ServerName::try_from("localhost")?, tcp)
+                .await?;
+            let extension = if offer {
+                format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n")
+            } else {
+                String::new()
+            };
+            let request = format!(
+                "GET {} HTTP/1.1\r\nHost: localhost:{}\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 Sec-WebSocket-Version: 13\r\n{extension}\r\n",
+                self.path,
+                self.addr.port()
+            );
+            io.write_all(request.as_bytes()).await?;
+            io.flush().await?;
+            let mut read = bytes::BytesMut::with_capacity(self.read_buffer);
+            let end = loop {
+                if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break at + 4;
+                }
+                if read.len() > 16 * 1024 || io.read_buf(&mut read).await? == 0 {
+                    bail!("no complete 101 response");
+                }
+            };
+            let head = read.split_to(end);
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            response.parse(&head)?;
+            if response.code != Some(101) {
+                bail!("handshake answered {:?}", response.code);
+            }
+            let agreed: Vec<String> = response
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                .collect();
+            let deflate = agreed
+                .iter()
+                .any(|v| v.trim_start().starts_with("permessage-deflate"));
+            if offer && !deflate {
+                bail!("permessage-deflate offered and not agreed (101 extensions: {agreed:?})");
+            }
+            if !offer && !agreed.is_empty() {
+                bail!("no extension offered, and the 101 names {agreed:?}");
+            }
+            anyhow::Ok(RawWs {
+                io,
+                read,
+                out: Vec::new(),
+                deflate,
+                mask: 0x9e37_79b9,
+                wire_out: 0,
+                wire_in: 0,
+            })
+        };
+        timeout(Duration::from_secs(10), fut)
+            .await
+            .context("connect timed out")?
+    }
+
+    /// `connect_raw`, `n` times, 64 handshakes at a time; the sessions and
+    /// the errors (the first one kept).
+    async fn connect_many_raw(
+        &self,
+        n: usize,
+        offer: bool,
+    ) -> (Vec<RawWs>, usize, Option<anyhow::Error>) {
+        let mut out = Vec::with_capacity(n);
+        let (mut failed, mut first) = (0, None);
+        let mut start = 0;
+        while start < n {
+            let end = (start + 64).min(n);
+            let batch =
+                futures_util::future::join_all((start..end).map(|_| self.connect_raw(offer))).await;
+            for r in batch {
+                match r {
+                    Ok(ws) => out.push(ws),
+                    Err(e) => {
+                        failed += 1;
+                        first.get_or_insert(e);
+                    }
+                }
+            }
+            start = end;
+        }
+        (out, failed, first)
+    }
+}
+
+impl RawWs {
+    /// Queue one masked client frame (FIN set; RSV1 when `rsv1`).
+    fn queue(&mut self, opcode: u8, rsv1: bool, payload: &[u8]) {
+        let start = self.out.len();
+        self.out
+            .push(0x80 | if rsv1 { 0x40 } else { 0 } | (opcode & 0x0f));
+        let len = payload.len();
+        if len < 126 {
+            self.out.push(0x80 | len as u8);
+        } else if len <= 0xffff {
+            self.out.push(0x80 | 126);
+            self.out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            self.out.push(0x80 | 127);
+            self.out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        self.mask = self
+            .mask
+            .wrapping_mul(1_664_525)
+            .wrapping_add(1_013_904_223);
+        let key = self.mask.to_be_bytes();
+        self.out.extend_from_slice(&key);
+        self.out
+            .extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i & 3]));
+        self.wire_out += (self.out.len() - start) as u64;
+    }
+
+    /// Write out what is queued.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// A whole frame from what has been read, if there is one; pings are
+    /// answered (queued), pongs skipped, a Close or a fragment fails.
+    fn parse(&mut self) -> anyhow::Result<Option<RawFrame>> {
+        loop {
+            let b = &self.read[..];
+            if b.len() < 2 {
+                return Ok(None);
+            }
+            if b[1] & 0x80 != 0 {
+                bail!("a masked server frame");
+            }
+            let (len, at) = match b[1] & 0x7f {
+                126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 if b.len() >= 10 => (
+                    u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize,
+                    10,
+                ),
+                126 | 127 => return Ok(None),
+                n => (n as usize, 2),
+            };
+            if b.len() - at < len {
+                return Ok(None);
+            }
+            let (first, wire) = (b[0], at + len);
+            let mut frame = self.read.split_to(wire);
+            self.wire_in += wire as u64;
+            let payload = frame.split_off(at).freeze();
+            let opcode = first & 0x0f;
+            match opcode {
+                0x9 => self.queue(0xa, false, &payload),
+                0xa => {}
+                0x8 => {
+                    let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                    bail!("closed by the server ({code:?})");
+                }
+                _ if first & 0x80 == 0 || opcode == 0 => {
+                    bail!("a fragmented message (not expected from wsgate here)")
+                }
+                _ => {
+                    let rsv1 = first & 0x40 != 0;
+                    if rsv1 && !self.deflate {
+                        bail!("RSV1 without permessage-deflate agreed");
+                    }
+                    return Ok(Some(RawFrame {
+                        opcode,
+                        rsv1,
+                        payload,
+                        wire,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// The next data frame (cancel-safe: only reads wait).
+    async fn next(&mut self) -> anyhow::Result<RawFrame> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(frame) = self.parse()? {
+                return Ok(frame);
+            }
+            if self.io.read_buf(&mut self.read).await? == 0 {
+                bail!("closed by the server (no Close)");
+            }
+        }
+    }
+}
+
+/// `message` compressed as a browser compresses one without context (raw
+/// deflate, zlib's default level, sync flush, the tail stripped).
+fn deflate_message(message: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut out = Vec::with_capacity(message.len() + 64);
+    loop {
+        let input = &message[c.total_in() as usize..];
+        c.compress_vec(input, &mut out, flate2::FlushCompress::Sync)
+            .expect("deflate");
+        if c.total_in() as usize == message.len() && out.len() < out.capacity() {
+            break;
+        }
+        out.reserve(1024);
+    }
+    assert!(
+        out.ends_with(&DEFLATE_TAIL),
+        "a sync flush ends with its tail"
+    );
+    out.truncate(out.len() - DEFLATE_TAIL.len());
+    out
+}
+
+thread_local! {
+    /// One inflater per load generator thread (a miniz_oxide inflater holds
+    /// about 40 KiB: one per subscriber would be 400 MB at 10,000).
+    static INFLATER: std::cell::RefCell<flate2::Decompress> =
+        std::cell::RefCell::new(flate2::Decompress::new(false));
+}
+
+/// A compressed message inflated (the tail put back).
+fn inflate_message(compressed: &[u8]) -> anyhow::Result<Vec<u8>> {
+    INFLATER.with(|d| inflate_with(&mut d.borrow_mut(), compressed))
+}
+
+fn inflate_with(d: &mut flate2::Decompress, compressed: &[u8]) -> anyhow::Result<Vec<u8>> {
+    d.reset(false);
+    let mut input = Vec::with_capacity(compressed.len() + DEFLATE_TAIL.len());
+    input.extend_from_slice(compressed);
+    input.extend_from_slice(&DEFLATE_TAIL);
+    let mut out = Vec::with_capacity(compressed.len() * 4 + 64);
+    loop {
+        let (in0, out0) = (d.total_in(), out.len());
+        let status = d.decompress_vec(
+            &input[d.total_in() as usize..],
+            &mut out,
+            flate2::FlushDecompress::Sync,
+        )?;
+        let done = d.total_in() as usize == input.len();
+        if status == flate2::Status::StreamEnd || (done && out.len() < out.capacity()) {
+            return Ok(out);
+        }
+        if out.len() == out.capacity() {
+            out.reserve(4096);
+        } else if d.total_in() == in0 && out.len() == out0 {
+            bail!("the compressed message does not inflate");
+        }
+    }
+}
+
+/// The start (about `max` bytes) of a compressed message: enough to read a
+/// field near the start without inflating all of it.
+fn inflate_prefix(compressed: &[u8], max: usize) -> anyhow::Result<Vec<u8>> {
+    INFLATER.with(|d| {
+        let mut d = d.borrow_mut();
+        d.reset(false);
+        let mut out = Vec::with_capacity(max);
+        d.decompress_vec(compressed, &mut out, flate2::FlushDecompress::None)?;
+        Ok(out)
+    })
+}
+
+/// A deterministic JSON document of about `size` bytes, `{"items":[...]}`
+/// after `head` (which carries its own opening): trade-like objects with
+/// repeated keys, varied numbers and short strings.
+fn json_message(head: &str, size: usize) -> String {
+    const SYMS: [&str; 8] = [
+        "AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "AVGO",
+    ];
+    const VENUES: [&str; 4] = ["XNAS", "XNYS", "BATS", "ARCX"];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut s = format!("{head}\"type\":\"trades\",\"items\":[");
+    let mut first = true;
+    while s.len() + 120 < size {
+        if !first {
+            s.push(',');
+        }
+        first = false;
+        let r = rand();
+        let _ = write!(
+            s,
+            "{{\"id\":{},\"sym\":\"{}\",\"px\":{}.{:02},\"qty\":{},\"side\":\"{}\",\
+             \"venue\":\"{}\",\"ts\":{}}}",
+            1_000_000 + r % 9_000_000,
+            SYMS[(r >> 24) as usize % SYMS.len()],
+            50 + (r >> 28) % 400,
+            (r >> 40) % 100,
+            (1 + (r >> 44) % 50) * 100,
+            if (r >> 50) & 1 == 0 { "buy" } else { "sell" },
+            VENUES[(r >> 52) as usize % VENUES.len()],
+            1_700_000_000_000u64 + (r >> 20) % 10_000_000,
+        );
+    }
+    s.push_str("]}");
+    s
+}
+
+/// The echo measure's message: about 1 KiB of JSON.
+fn echo_json() -> String {
+    json_message("{", 1024)
+}
+
+struct DeflateEcho {
+    msgs_per_sec: f64,
+    cpu_us_per_msg: f64,
+    system_us_per_msg: f64,
+    /// WebSocket bytes per message, client to server and back.
+    out_per_msg: f64,
+    in_per_msg: f64,
+    /// Replies received, and of them compressed (RSV1).
+    replies: u64,
+    compressed: u64,
+}
+
+/// Counts of one connection's part of `deflate_echo`.
+#[derive(Default)]
+struct EchoCounts {
+    sent: u64,
+    received: u64,
+    compressed: u64,
+    wire_out: u64,
+    wire_in: u64,
+}
+
+/// `DEFLATE_ECHO` connections to `/echo` (compression on), offering
+/// permessage-deflate or not, each keeping messages of `echo_json` in
+/// flight; after the warm-up, count echoes and wsgate's CPU for `secs`.
+async fn deflate_echo(
+    opts: &Opts,
+    client: &Client,
+    pid: u32,
+    offer: bool,
+) -> anyhow::Result<DeflateEcho> {
+    let (conns, in_flight) = DEFLATE_ECHO;
+    let (streams, failed, first) = client.connect_many_raw(conns, offer).await;
+    if let Some(e) = first {
+        return Err(e.context(format!("{failed} of {conns} connections failed")));
+    }
+    let message = Arc::new(echo_json().into_bytes());
+    let compressed = Arc::new(deflate_message(&message));
+    let shared = Arc::new(Shared::default());
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|ws| {
+            tokio::spawn(raw_pipeline(
+                ws,
+                shared.clone(),
+                message.clone(),
+                compressed.clone(),
+                in_flight,
+            ))
+        })
+        .collect();
+    sleep(Duration::from_secs_f64(opts.warmup)).await;
+    let (c0, (user0, sys0), t0) = (
+        shared.received.load(Ordering::Relaxed),
+        cpu_split(pid, opts.clk_tck),
+        Instant::now(),
+    );
+    sleep(Duration::from_secs_f64(opts.secs)).await;
+    let (c1, (user1, sys1), elapsed) = (
+        shared.received.load(Ordering::Relaxed),
+        cpu_split(pid, opts.clk_tck),
+        t0.elapsed(),
+    );
+    shared.stop.store(true, Ordering::Relaxed);
+    let joined = timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(tasks),
+    )
+    .await
+    .context("connections did not finish within 20 s of the stop")?;
+    let mut all = EchoCounts::default();
+    for r in joined {
+        let c = r??;
+        all.sent += c.sent;
+        all.received += c.received;
+        all.compressed += c.compressed;
+        all.wire_out += c.wire_out;
+        all.wire_in += c.wire_in;
+    }
+    let n = c1 - c0;
+    if n == 0 || all.received == 0 {
+        bail!("no echoes in the measured window");
+    }
+    if offer && all.compressed == 0 {
+        bail!("permessage-deflate agreed, and no reply came compressed");
+    }
+    Ok(DeflateEcho {
+        msgs_per_sec: n as f64 / elapsed.as_secs_f64(),
+        cpu_us_per_msg: (user1 + sys1 - user0 - sys0) * 1e6 / n as f64,
+        system_us_per_msg: (sys1 - sys0) * 1e6 / n as f64,
+        out_per_msg: all.wire_out as f64 / all.sent as f64,
+        in_per_msg: all.wire_in as f64 / all.received as f64,
+        replies: all.received,
+        compressed: all.compressed,
+    })
+}
+
+/// One connection's part of `deflate_echo`: sends `message` as a text frame,
+/// compressed (`compressed`, RSV1) where the extension was agreed, and
+/// checks every reply: a plain one is the message, a compressed one (RSV1)
+/// inflates to it (the first and one in `INFLATE_EVERY` inflated).
+async fn raw_pipeline(
+    mut ws: RawWs,
+    shared: Arc<Shared>,
+    message: Arc<Vec<u8>>,
+    compressed: Arc<Vec<u8>>,
+    in_flight: usize,
+) -> anyhow::Result<EchoCounts> {
+    let (mut sent, mut received, mut in_compressed) = (0u64, 0u64, 0u64);
+    loop {
+        let stopping = shared.stop.load(Ordering::Relaxed) || sent >= MAX_MSGS_PER_CONN;
+        if stopping && sent == received {
+            break;
+        }
+        if !stopping {
+            while sent - received < in_flight as u64 {
+                match ws.deflate {
+                    true => ws.queue(0x1, true, &compressed),
+                    false => ws.queue(0x1, false, &message),
+                }
+                sent += 1;
+            }
+        }
+        ws.flush().await?;
+        let mut frame = Some(
+            timeout(Duration::from_secs(10), ws.next())
+                .await
+                .context("no echo for 10 s")??,
+        );
+        while let Some(f) = frame {
+            if f.opcode != 0x1 {
+                bail!("a reply of opcode {} to a text message", f.opcode);
+            }
+            if sent == received {
+                bail!("an echo nobody sent");
+            }
+            if f.rsv1 {
+                if received.is_multiple_of(INFLATE_EVERY) {
+                    let inflated = inflate_message(&f.payload)?;
+                    if inflated != message[..] {
+                        bail!(
+                            "a compressed echo inflated to {} bytes, not the {} sent",
+                            inflated.len(),
+                            message.len()
+                        );
+                    }
+                }
+                in_compressed += 1;
+            } else if f.payload[..] != message[..] {
+                bail!(
+                    "an echo of {} bytes came back as {} other bytes",
+                    message.len(),
+                    f.payload.len()
+                );
+            }
+            received += 1;
+            shared.received.fetch_add(1, Ordering::Relaxed);
+            // Take every echo already read before sending more.
+            frame = ws.parse()?;
+        }
+    }
+    Ok(EchoCounts {
+        sent,
+        received,
+        compressed: in_compressed,
+        wire_out: ws.wire_out,
+        wire_in: ws.wire_in,
+    })
+}
+
+/// RSS of wsgate per idle hub connection, as `hub_idle` measures it, with
+/// clients of our own that offer permessage-deflate or not.
+async fn deflate_idle(
+    opts: &Opts,
+    idle: &Client,
+    probe: &Client,
+    pid: u32,
+    offer: bool,
+) -> anyhow::Result<HubIdle> {
+    let before = rss_kib(pid);
+    let (conns, failed, first) = idle.connect_many_raw(opts.hub_idle, offer).await;
+    if conns.is_empty() {
+        let e = first.unwrap_or_else(|| anyhow!("none asked for"));
+        return Err(e.context(format!("no idle connection opened ({failed} failed)")));
+    }
+    if let Some(e) = first.filter(|_| offer) {
+        // An offer not agreed fails the measure; a full descriptor table
+        // only shortens it (as in `hub_idle`).
+        if format!("{e:#}").contains("not agreed") {
+            return Err(e);
+        }
+    }
+    let mut a = probe.connect_raw(offer).await?;
+    let mut b = probe.connect_raw(offer).await?;
+    a.queue(0x2, false, b"probe");
+    a.flush().await?;
+    timeout(Duration::from_secs(10), b.next())
+        .await
+        .context("no probe through the hub in 10 s")??;
+    sleep(Duration::from_millis(300)).await;
+    let after = rss_kib(pid);
+    let opened = conns.len();
+    drop((conns, a, b));
+    Ok(HubIdle {
+        kib: after.saturating_sub(before) as f64 / opened as f64,
+        opened,
+        failed,
+    })
+}
+
+/// Offsets of the fixed-width hex fields in a fan-out publish:
+/// `{"seq":"<16 hex>","sent":"<16 hex>",...`.
+const SEQ_AT: usize = 8;
+const SENT_AT: usize = 34;
+
+/// A fan-out publish: about 1 KiB of JSON, its sequence number and send
+/// time (ns since `base`) in fixed-width hex fields at its start.
+fn publish_json(body: &str, seq: u64, sent: u64) -> Vec<u8> {
+    let mut text = format!("{{\"seq\":\"{seq:016x}\",\"sent\":\"{sent:016x}\",").into_bytes();
+    debug_assert_eq!(&text[SEQ_AT - 1..SEQ_AT], b"\"");
+    text.extend_from_slice(body.as_bytes());
+    text
+}
+
+/// (seq, sent) of a publish.
+fn publish_stamp(text: &[u8]) -> anyhow::Result<(u64, u64)> {
+    let field = |at: usize| -> anyhow::Result<u64> {
+        let hex = text.get(at..at + 16).context("a publish too short")?;
+        Ok(u64::from_str_radix(std::str::from_utf8(hex)?, 16)?)
+    };
+    Ok((field(SEQ_AT)?, field(SENT_AT)?))
+}
+
+/// What one compression fan-out subscriber saw.
+struct RawSubStats {
+    stats: SubStats,
+    /// Measured deliveries that came compressed (RSV1), and their wire bytes.
+    compressed: u64,
+    wire: u64,
+}
+
+/// One subscriber of `deflate_fanout`: `subscriber` with our own client.
+/// Of a compressed publish only the start is inflated (its stamp); the
+/// first measured publish and one in `INFLATE_EVERY` after it are inflated
+/// whole and compared with what was published.
+async fn raw_subscriber(
+    mut ws: RawWs,
+    ctl: Arc<FanCtl>,
+    base: Instant,
+    publishes: u64,
+    body: Arc<String>,
+) -> (Option<RawWs>, anyhow::Result<RawSubStats>) {
+    let mut out = RawSubStats {
+        stats: SubStats {
+            received: 0,
+            reordered: 0,
+            samples: Vec::with_capacity(publishes as usize),
+        },
+        compressed: 0,
+        wire: 0,
+    };
+    let (mut warmed, mut next) = (false, 0u64);
+    while out.stats.received < publishes && !ctl.stop.load(Ordering::Relaxed) {
+        let frame = match ws.parse() {
+            Ok(Some(f)) => f,
+            Ok(None) => match timeout(Duration::from_millis(200), ws.next()).await {
+                Ok(Ok(f)) => f,
+                Ok(Err(_)) => return (None, Ok(out)),
+                Err(_) => {
+                    // Pongs to pings the server sent, if any.
+                    if ws.flush().await.is_err() {
+                        return (None, Ok(out));
+                    }
+                    continue;
+                }
+            },
+            Err(_) => return (None, Ok(out)),
+        };
+        let now = base.elapsed().as_nanos() as u64;
+        let stamp = if frame.rsv1 {
+            inflate_prefix(&frame.payload, 64).and_then(|t| publish_stamp(&t))
+        } else {
+            publish_stamp(&frame.payload)
+        };
+        let (seq, sent) = match stamp {
+            Ok(s) => s,
+            Err(e) => return (Some(ws), Err(e.context("a publish that does not read"))),
+        };
+        if seq != WARM && out.stats.received.is_multiple_of(INFLATE_EVERY) {
+            let whole = match frame.rsv1 {
+                true => inflate_message(&frame.payload),
+                false => Ok(frame.payload.to_vec()),
+            };
+            match whole {
+                Ok(w) if w == publish_json(&body, seq, sent) => {}
+                Ok(w) => {
+                    let e = anyhow!("publish {seq} came as {} other bytes", w.len());
+                    return (Some(ws), Err(e));
+                }
+                Err(e) => return (Some(ws), Err(e.context("a publish that does not inflate"))),
+            }
+        }
+        if seq == WARM {
+            if !warmed {
+                warmed = true;
+                ctl.ready.fetch_add(1, Ordering::Relaxed);
+            }
+            continue;
+        }
+        if seq < next {
+            out.stats.reordered += 1;
+        } else {
+            next = seq + 1;
+        }
+        out.stats.received += 1;
+        out.compressed += frame.rsv1 as u64;
+        out.wire += frame.wire as u64;
+        ctl.delivered.fetch_add(1, Ordering::Relaxed);
+        out.stats
+            .samples
+            .push((now.saturating_sub(sent) / 1000).min(u32::MAX as u64) as u32);
+    }
+    (Some(ws), Ok(out))
+}
+
+struct DeflateFanout {
+    fan: Fanout,
+    /// The load generator's own CPU per delivery (its TLS readers and
+    /// inflaters share the two cores with wsgate).
+    client_us_per_delivery: f64,
+    /// Measured deliveries that came compressed.
+    compressed: u64,
+    wire_per_delivery: f64,
+}
+
+/// `fanout` with subscribers of our own (offering permessage-deflate or
+/// not, as they were connected) and a plain publisher, publishing about
+/// 1 KiB of JSON as text.
+async fn deflate_fanout(
+    opts: &Opts,
+    subs: Vec<RawWs>,
+    publisher: &mut RawWs,
+    pid: u32,
+) -> anyhow::Result<DeflateFanout> {
+    let n = subs.len() as u64;
+    let publishes = (DEFLATE_HUB_RATE * opts.hub_secs).round().max(1.0) as u64;
+    let ctl = Arc::new(FanCtl::default());
+    let base = Instant::now();
+    let body = Arc::new(json_message("", 1024 - 52));
+    let tasks: Vec<_> = subs
+        .into_iter()
+        .map(|ws| {
+            tokio::spawn(raw_subscriber(
+                ws,
+                ctl.clone(),
+                base,
+                publishes,
+                body.clone(),
+            ))
+        })
+        .collect();
+    let publish = |ws: &mut RawWs, seq: u64| {
+        let text = publish_json(&body, seq, base.elapsed().as_nanos() as u64);
+        ws.queue(0x1, false, &text);
+    };
+    let outcome = async {
+        let until = Instant::now() + Duration::from_secs(30);
+        while ctl.ready.load(Ordering::Relaxed) < n {
+            if Instant::now() > until {
+                bail!(
+                    "only {} of {n} subscribers got a warm-up publish in 30 s",
+                    ctl.ready.load(Ordering::Relaxed)
+                );
+            }
+            publish(publisher, WARM);
+            publisher.flush().await?;
+            sleep(Duration::from_millis(200)).await;
+        }
+        sleep(Duration::from_millis(300)).await;
+        let (user0, sys0) = cpu_split(pid, opts.clk_tck);
+        let (me0, mes0) = proc_cpu(std::process::id(), opts.clk_tck);
+        let t0 = Instant::now();
+        let period = Duration::from_secs_f64(1.0 / DEFLATE_HUB_RATE);
+        for seq in 0..publishes {
+            tokio::time::sleep_until(t0 + period.mul_f64(seq as f64)).await;
+            publish(publisher, seq);
+            publisher.flush().await?;
+        }
+        let expected = n * publishes;
+        let until = Instant::now() + Duration::from_secs(10);
+        while ctl.delivered.load(Ordering::Relaxed) < expected && Instant::now() < until {
+            sleep(Duration::from_millis(5)).await;
+        }
+        let (user1, sys1) = cpu_split(pid, opts.clk_tck);
+        let (me1, mes1) = proc_cpu(std::process::id(), opts.clk_tck);
+        Ok((
+            user1 + sys1 - user0 - sys0,
+            sys1 - sys0,
+            expected,
+            t0.elapsed(),
+            me1 + mes1 - me0 - mes0,
+        ))
+    }
+    .await;
+    ctl.stop.store(true, Ordering::Relaxed);
+    let joined = timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(tasks),
+    )
+    .await
+    .map_err(|_| anyhow!("subscribers did not stop within 20 s"))?;
+    let (cpu, system, expected, elapsed, client_cpu) = outcome?;
+    let mut samples: Vec<u32> = Vec::new();
+    let (mut received, mut reordered, mut closed) = (0u64, 0u64, 0u64);
+    let (mut compressed, mut wire) = (0u64, 0u64);
+    for r in joined {
+        let (ws, stats) = r?;
+        let stats = stats?;
+        closed += ws.is_none() as u64;
+        received += stats.stats.received;
+        reordered += stats.stats.reordered;
+        compressed += stats.compressed;
+        wire += stats.wire;
+        samples.extend(stats.stats.samples);
+    }
+    if received == 0 {
+        bail!("no publish was delivered");
+    }
+    if closed > 0 {
+        bail!("{closed} subscribers were closed by the gateway");
+    }
+    samples.sort_unstable();
+    let pct = |q: f64| {
+        samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)] as f64 / 1000.0
+    };
+    Ok(DeflateFanout {
+        fan: Fanout {
+            deliveries_per_sec: received as f64 / elapsed.as_secs_f64(),
+            cpu_us_per_delivery: cpu * 1e6 / received as f64,
+            system_us_per_delivery: system * 1e6 / received as f64,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            expected,
+            lost: expected.saturating_sub(received),
+            reordered,
+            closed,
+        },
+        compressed,
+        wire_per_delivery: wire as f64 / received as f64,
+        client_us_per_delivery: client_cpu * 1e6 / received as f64,
+    })
+}
+
+/// The compression table's measures, column 0 without the extension and 1
+/// with it: the idle memory of hub connections, each on a fresh wsgate with
+/// compression on; then on the first of the two, the 1 KiB JSON echo and the
+/// fan-out to the largest subscriber count (which of the two goes first
+/// alternates from one repeat to the next). The errors of the measures that
+/// failed.
+async fn measure_deflate(
+    opts: &Opts,
+    ca: &Path,
+    repeat: usize,
+    results: &mut HubResults,
+) -> Vec<anyhow::Error> {
+    let mut errors = Vec::new();
+    let mut kept = None;
+    for (col, offer) in [(0, false), (1, true)] {
+        let what = if offer { "with" } else { "without" };
+        let stack = match start_hub(opts, true) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e.context("start wsgate with compression on"));
+                return errors;
+            }
+        };
+        let client = |path: &str| -> anyhow::Result<Client> {
+            Ok(Client::new(ca, stack.addr, path)?.with_read_buffer(HUB_READ_BUFFER))
+        };
+        let (idle, probe) = match (client("/idle"), client("/probe")) {
+            (Ok(i), Ok(p)) => (i, p),
+            _ => {
+                errors.push(anyhow!("hub clients"));
+                return errors;
+            }
+        };
+        eprintln!(
+            "  compression: {} idle connections {what} permessage-deflate",
+            opts.hub_idle
+        );
+        match deflate_idle(opts, &idle, &probe, stack.measured, offer).await {
+            Ok(m) => {
+                results.put("idle:kib".into(), col, m.kib);
+                results.put("idle:opened".into(), col, m.opened as f64);
+                results.put("idle:failed".into(), col, m.failed as f64);
+            }
+            Err(e) => errors.push(e.context(format!("idle connections {what} compression"))),
+        }
+        if kept.is_none() {
+            kept = Some(stack);
+        }
+    }
+    if let (Some(a), Some(b)) = (
+        results.values.get(&("idle:kib".to_string(), 0)),
+        results.values.get(&("idle:kib".to_string(), 1)),
+    ) && a.len() == b.len()
+        && let (Some(a), Some(b)) = (a.last(), b.last())
+    {
+        results.put("idle:diff".into(), 1, b - a);
+    }
+    let Some(stack) = kept else {
+        return errors;
+    };
+    if opts.memory_only {
+        return errors;
+    }
+    sleep(Duration::from_millis(500)).await;
+    let pid = stack.measured;
+    let client = |path: &str| -> anyhow::Result<Client> {
+        Ok(Client::new(ca, stack.addr, path)?.with_read_buffer(HUB_READ_BUFFER))
+    };
+    let (echo, hub) = match (client("/echo"), client("/hub")) {
+        (Ok(e), Ok(h)) => (e, h),
+        _ => {
+            errors.push(anyhow!("compression clients"));
+            return errors;
+        }
+    };
+    for (col, offer) in [(0, false), (1, true)] {
+        let what = if offer { "with" } else { "without" };
+        eprintln!("  compression: 1 KiB JSON echo {what} permessage-deflate");
+        match deflate_echo(opts, &echo, pid, offer).await {
+            Ok(e) => {
+                results.put("echo:rate".into(), col, e.msgs_per_sec);
+                results.put("echo:cpu".into(), col, e.cpu_us_per_msg);
+                results.put("echo:sys".into(), col, e.system_us_per_msg);
+                results.put("echo:out".into(), col, e.out_per_msg);
+                results.put("echo:in".into(), col, e.in_per_msg);
+                results.put("echo:replies".into(), col, e.replies as f64);
+                results.put("echo:compressed".into(), col, e.compressed as f64);
+            }
+            Err(e) => errors.push(e.context(format!("1 KiB JSON echo {what} compression"))),
+        }
+        sleep(Duration::from_millis(300)).await;
+    }
+    let n = *opts.hub_subs.last().unwrap_or(&1);
+    let order = match repeat % 2 {
+        0 => [(0, false), (1, true)],
+        _ => [(1, true), (0, false)],
+    };
+    for (col, offer) in order {
+        let what = if offer { "with" } else { "without" };
+        eprintln!("  compression: hub fan-out to {n} subscribers {what} permessage-deflate");
+        let (subs, failed, first) = hub.connect_many_raw(n, offer).await;
+        if let Some(e) = first {
+            errors.push(e.context(format!(
+                "fan-out {what} compression: {failed} of {n} subscribers failed to connect"
+            )));
+            continue;
+        }
+        let mut publisher = match hub.connect_raw(false).await {
+            Ok(ws) => ws,
+            Err(e) => {
+                errors.push(e.context("publisher"));
+                continue;
+            }
+        };
+        match deflate_fanout(opts, subs, &mut publisher, pid).await {
+            Ok(f) if offer && f.compressed != f.fan.expected - f.fan.lost => {
+                errors.push(anyhow!(
+                    "fan-out with compression: {} of {} deliveries came compressed (RSV1)",
+                    f.compressed,
+                    f.fan.expected - f.fan.lost
+                ));
+            }
+            Ok(f) => {
+                let key = |what: &str| format!("fan:{what}");
+                results.put(key("cpu"), col, f.fan.cpu_us_per_delivery);
+                results.put(key("sys"), col, f.fan.system_us_per_delivery);
+                results.put(key("rate"), col, f.fan.deliveries_per_sec);
+                results.put(key("wire"), col, f.wire_per_delivery);
+                results.put(key("client"), col, f.client_us_per_delivery);
+                results.put(key("p50"), col, f.fan.p50_ms);
+                results.put(key("p99"), col, f.fan.p99_ms);
+                results.put(key("lost"), col, f.fan.lost as f64);
+                results.put(key("reordered"), col, f.fan.reordered as f64);
+                results.put(key("expected"), col, f.fan.expected as f64);
+            }
+            Err(e) => errors.push(e.context(format!("fan-out to {n} {what} compression"))),
+        }
+        drop(publisher);
+        sleep(Duration::from_millis(500)).await;
+    }
+    drop(stack);
+    errors
+}
+
+fn print_deflate_table(opts: &Opts, results: &HubResults) {
+    let values = |key: &str, col: usize| {
+        results
+            .values
+            .get(&(key.to_string(), col))
+            .filter(|v| !v.is_empty())
+    };
+    let cell = |key: &str, col: usize, digits: usize| -> (Option<f64>, String) {
+        let Some(v) = values(key, col) else {
+            return (None, "–".to_string());
+        };
+        let m = median(v);
+        let mut s = fmt_num(m, digits);
+        if v.len() > 1 {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let _ = write!(s, " ({}–{})", fmt_num(lo, digits), fmt_num(hi, digits));
+        }
+        (Some(m), s)
+    };
+    let sum = |key: &str, col: usize| values(key, col).map(|v| v.iter().sum::<f64>());
+    let n = *opts.hub_subs.last().unwrap_or(&1);
+    let (conns, in_flight) = DEFLATE_ECHO;
+    let echo_len = echo_json().len();
+    let pub_len = publish_json(&json_message("", 1024 - 52), 0, 0).len();
+    println!();
+    println!("| compression measure | plain | permessage-deflate | deflate / plain |");
+    println!("| --- | --- | --- | --- |");
+    let rows = [
+        (
+            format!("echo {echo_len} B JSON text, {conns} conns x {in_flight} in flight: msg/s"),
+            "echo:rate",
+            0,
+        ),
+        (
+            "  same: wsgate CPU us per message".to_string(),
+            "echo:cpu",
+            2,
+        ),
+        (
+            "  same: of which system (kernel) CPU us".to_string(),
+            "echo:sys",
+            2,
+        ),
+        (
+            "  same: WebSocket bytes per message, client to wsgate".to_string(),
+            "echo:out",
+            0,
+        ),
+        (
+            "  same: WebSocket bytes per message, wsgate to client".to_string(),
+            "echo:in",
+            0,
+        ),
+        (
+            format!(
+                "RSS KiB per idle hub connection ({} per run, fresh wsgate each)",
+                fmt_num(opts.hub_idle as f64, 0)
+            ),
+            "idle:kib",
+            1,
+        ),
+        (
+            format!(
+                "hub fan-out, {} subscribers x {DEFLATE_HUB_RATE} publishes/s x {pub_len} B JSON text: \
+                 CPU us per delivery",
+                fmt_num(n as f64, 0)
+            ),
+            "fan:cpu",
+            2,
+        ),
+        (
+            "  same: of which system (kernel) CPU us".to_string(),
+            "fan:sys",
+            2,
+        ),
+        (
+            "  same: deliveries per second achieved".to_string(),
+            "fan:rate",
+            0,
+        ),
+        (
+            "  same: WebSocket bytes per delivery".to_string(),
+            "fan:wire",
+            0,
+        ),
+        (
+            "  same: load generator CPU us per delivery (not wsgate's)".to_string(),
+            "fan:client",
+            2,
+        ),
+        (
+            "  same: publish-to-delivery p50 ms".to_string(),
+            "fan:p50",
+            2,
+        ),
+        (
+            "  same: publish-to-delivery p99 ms".to_string(),
+            "fan:p99",
+            2,
+        ),
+    ];
+    for (label, key, digits) in rows {
+        let (p, ptext) = cell(key, 0, digits);
+        let (d, dtext) = cell(key, 1, digits);
+        let r = match (d, p) {
+            (Some(d), Some(p)) if p != 0.0 => format!("{:.2}", d / p),
+            _ => "–".to_string(),
+        };
+        println!("| {} | {ptext} | {dtext} | {r} |", label.trim_start());
+        if key == "echo:in" {
+            let share = |col: usize| match (sum("echo:compressed", col), sum("echo:replies", col)) {
+                (Some(c), Some(r)) => format!("{} of {}", fmt_num(c, 0), fmt_num(r, 0)),
+                _ => "–".to_string(),
+            };
+            println!(
+                "| same: replies compressed (RSV1), all runs | {} | {} | |",
+                share(0),
+                share(1)
+            );
+        }
+        if key == "idle:kib" {
+            let (_, diff) = cell("idle:diff", 1, 1);
+            println!("| same: with minus without the extension, KiB | | {diff} | |");
+            let opened = |col: usize| {
+                let opened = values("idle:opened", col).map_or("–".to_string(), |v| {
+                    v.iter()
+                        .map(|x| fmt_num(*x, 0))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                });
+                let failed = sum("idle:failed", col).map_or("–".to_string(), |f| fmt_num(f, 0));
+                format!("{opened} ({failed})")
+            };
+            println!(
+                "| idle connections opened per run (failed in all runs) | {} | {} | |",
+                opened(0),
+                opened(1)
+            );
+        }
+    }
+    let lost = |col: usize| match (
+        sum("fan:lost", col),
+        sum("fan:reordered", col),
+        sum("fan:expected", col),
+    ) {
+        (Some(l), Some(r), Some(e)) => {
+            format!("{} / {} of {}", fmt_num(l, 0), fmt_num(r, 0), fmt_num(e, 0))
+        }
+        _ => "–".to_string(),
+    };
+    println!(
+        "| same: deliveries lost / reordered, all runs | {} | {} | |",
+        lost(0),
+        lost(1)
+    );
+    println!(
+        "\nCompression: medians of {} run(s), (min–max) when repeated. wsgate ({} tokio workers) \
+         with `compression = \"on\"` (defaults: level 1, 256 B minimum) on an echo route and on \
+         raw hub rooms; the load generator's own WebSocket client (rustls) either offers \
+         `{DEFLATE_OFFER}` (as browsers do; the 101 must agree it) or offers nothing. Echo: one \
+         deterministic JSON document (an array of trade-like objects) sent as text, compressed \
+         by the client where agreed (raw deflate, zlib's default level, no context, RSV1); \
+         every plain reply compared, compressed replies checked for RSV1 and one in \
+         {INFLATE_EVERY} inflated and compared; CPU is wsgate's utime+stime over the measured {} s \
+         after {} s of warm-up; bytes are WebSocket frame headers + payloads as sent and received \
+         (TLS not counted). Idle: RSS delta of a fresh wsgate / idle connections opened to a raw \
+         room that never sends (a second fresh wsgate for the other column). Fan-out: one plain \
+         publisher, {DEFLATE_HUB_RATE} JSON publishes/s (sequence and send time in fixed-width fields) \
+         for {} s to N subscribers that offered the extension or not, on one wsgate after the \
+         echo (which of the two goes first alternates between repeats); with it, every delivery must come compressed (RSV1) and is inflated by its \
+         subscriber; CPU from the first publish to the last delivery / deliveries. Targets \
+         (issue 15): the idle difference within 1 KiB; fan-out CPU per delivery with \
+         compression <= 1.5x without.{}",
+        opts.repeats,
+        opts.workers,
+        opts.secs,
+        opts.warmup,
         opts.hub_secs,
         if opts.quick {
             " QUICK MODE: too short and too small to mean much."

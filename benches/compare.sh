@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # wsgate against nginx, in one run on 127.0.0.1: see benches/compare.rs.
 #
-#   benches/compare.sh            full run (3 repeats; about 6 minutes on 2 cores after the build)
-#   benches/compare.sh --quick    every target and measure once, tiny and short (CI; about 30 s)
+#   benches/compare.sh            full run (3 repeats; about 8 minutes on 2 cores after the build)
+#   benches/compare.sh --quick    every target and measure once, tiny and short (CI; about 40 s)
 #   benches/compare.sh --hub-only the hub table alone (no relay targets)
 #   benches/compare.sh --memory-only  the memory measures alone, no load (fine on a busy machine)
+#   benches/compare.sh --deflate-only the compression table alone
 #
-# Prints two tables: the relay (wsgate, nginx, a direct wss backend) and the
+# Prints three tables: the relay (wsgate, nginx, a direct wss backend), the
 # hub (wsgate's fan-out against the kernel floor of a plain write loop, and
-# the memory of idle hub connections).
+# the memory of idle hub connections), and compression (wsgate with clients
+# that offer permessage-deflate and clients that do not: a 1 KiB JSON echo,
+# idle hub connections, and the fan-out to the largest --hub-subs count).
 #
 # Options (or the environment variable in brackets):
 #   --repeats N   [COMPARE_REPEATS]   repeats of every measure (default 3, quick 1)
@@ -43,6 +46,7 @@ while [[ $# -gt 0 ]]; do
         --quick) args+=(--quick) ;;
         --hub-only) args+=(--hub-only) ;;
         --memory-only) args+=(--memory-only) ;;
+        --deflate-only) args+=(--deflate-only) ;;
         --repeats|--sessions|--secs|--warmup|--hub-subs|--hub-secs|--hub-idle)
             [[ $# -ge 2 ]] || { echo "$1 needs a value" >&2; exit 2; }
             args+=("$1" "$2"); shift ;;
@@ -52,7 +56,7 @@ while [[ $# -gt 0 ]]; do
         --wsgate)
             [[ $# -ge 2 ]] || { echo "$1 needs a value" >&2; exit 2; }
             wsgate="$(realpath "$2")"; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
