@@ -3296,7 +3296,7 @@ fn print_deflate_table(opts: &Opts, results: &HubResults) {
          for {} s to N subscribers that offered the extension or not, on one wsgate after the \
          echo (which of the two goes first alternates between repeats); with it, every delivery must come compressed (RSV1) and is inflated by its \
          subscriber; CPU from the first publish to the last delivery / deliveries. Targets \
-         (issue 15): the idle difference within 1 KiB; fan-out CPU per delivery with \
+         (the goals): the idle difference within 1 KiB; fan-out CPU per delivery with \
          compression <= 1.5x without.{}",
         opts.repeats,
         opts.workers,

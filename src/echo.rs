@@ -11,7 +11,7 @@ use crate::close::{SessionEnd, Side};
 use crate::config::Deflate;
 use crate::deflate::{self, Agreed};
 use crate::frame::OpCode;
-use crate::hub::member::{Data, Event, Member, payload_len};
+use crate::hub::member::{Data, Event, Member, MemberDeflate, payload_len};
 use crate::session::{SessionCtx, Timers, keepalive_ping};
 
 /// Run an echo session and its close handshake; return how it ended.
@@ -19,9 +19,11 @@ pub(crate) async fn serve<S>(io: Box<S>, ctx: &SessionCtx<'_>, agreed: Option<Ag
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let inflate = agreed.is_some().then(|| ctx.metrics.compression_in.clone());
-    let mut member = Member::new(io, ctx.limits, inflate);
-    let compress = agreed.and_then(|a| a.compress);
+    let deflate = agreed.as_ref().map(|a| MemberDeflate::new(a, ctx));
+    let mut member = Member::new(io, ctx.limits, deflate);
+    // Without a context of the connection's own, each echo is compressed
+    // here; with one, the member compresses what it sends.
+    let compress = agreed.as_ref().and_then(Agreed::shared_compress);
     let end = run(&mut member, ctx, compress).await;
     member.finish(&end, ctx.limits.close_timeout).await;
     end

@@ -135,7 +135,9 @@ pub(crate) async fn handle(
     // permessage-deflate, where the route has it and the client offers it.
     let agreed = route.deflate().and_then(|config| {
         let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
-        deflate::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), config)
+        let offers = offers.iter().filter_map(|v| v.to_str().ok());
+        let max = shared.limits.compression_contexts;
+        deflate::negotiate(offers, config, &shared.contexts, max)
     });
     let extensions = agreed
         .as_ref()
@@ -251,7 +253,7 @@ async fn session(
         Peer::Upstream(dialed, compression) => {
             let Dialed { mut io, early, .. } = dialed;
             let mut client = client;
-            Box::pin(relay::run(&mut client, &mut io, early, &compression, &ctx)).await
+            Box::pin(relay::run(&mut client, &mut io, early, compression, &ctx)).await
         }
     };
 

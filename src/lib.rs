@@ -134,6 +134,9 @@ pub(crate) struct Shared {
     /// The root cancellation token and the tracker every connection,
     /// session and tunnel task is spawned on, for the drain.
     pub(crate) shutdown: Shutdown,
+    /// Connections keeping permessage-deflate context, against
+    /// `limits.compression_contexts`.
+    pub(crate) contexts: Arc<deflate::ContextBudget>,
 }
 
 /// What a reload replaces: the certificates and the route table (with its
@@ -257,6 +260,7 @@ impl Shared {
             tunnel: TunnelPolicy::new(config.tunnel.clone(), config.listen.addr, config.admin.addr),
             base: config.clone(),
             shutdown,
+            contexts: Arc::default(),
         })
     }
 }

@@ -34,6 +34,7 @@ pub const CONFIG_RELOADS_TOTAL: &str = "wsgate_config_reloads_total";
 pub const TUNNELS_TOTAL: &str = "wsgate_tunnels_total";
 pub const TUNNEL_BYTES_TOTAL: &str = "wsgate_tunnel_bytes_total";
 pub const COMPRESSION_BYTES_TOTAL: &str = "wsgate_compression_bytes_total";
+pub const COMPRESSION_CONTEXTS: &str = "wsgate_compression_contexts";
 pub const HUB_CLIENTS: &str = "wsgate_hub_clients";
 pub const HUB_CHANNELS: &str = "wsgate_hub_channels";
 pub const HUB_SUBSCRIPTIONS: &str = "wsgate_hub_subscriptions";
@@ -74,6 +75,7 @@ pub const ALL: &[&str] = &[
     TUNNELS_TOTAL,
     TUNNEL_BYTES_TOTAL,
     COMPRESSION_BYTES_TOTAL,
+    COMPRESSION_CONTEXTS,
     HUB_CLIENTS,
     HUB_CHANNELS,
     HUB_SUBSCRIPTIONS,
@@ -198,6 +200,10 @@ fn describe_sessions() {
         Unit::Bytes,
         "Payload bytes of the messages wsgate compressed or inflated itself \
          (permessage-deflate), compressed and uncompressed, by route and direction"
+    );
+    describe_gauge!(
+        COMPRESSION_CONTEXTS,
+        "Connections keeping permessage-deflate context now (at most [limits] compression_contexts)"
     );
     describe_counter!(
         AUTH_FAILURES_TOTAL,
@@ -334,6 +340,11 @@ pub struct RouteMetrics {
     pub compression_in: CompressionBytes,
     pub compression_out: CompressionBytes,
     pub duration: Histogram,
+}
+
+/// How many connections keep compression context now.
+pub fn compression_contexts(held: usize) {
+    gauge!(COMPRESSION_CONTEXTS).set(held as f64);
 }
 
 /// The payload bytes of messages wsgate compressed or inflated itself, in

@@ -18,7 +18,7 @@ use tokio::time::timeout;
 
 use crate::close::{ClosePlan, Fault, SessionEnd, Side};
 use crate::config::Limits;
-use crate::deflate::Agreed;
+use crate::deflate::{Agreed, UpstreamAgreed};
 use crate::frame::{
     self, ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, parse_close,
 };
@@ -36,33 +36,41 @@ const FLUSH: usize = 64 << 10;
 /// agreed it.
 #[derive(Debug, Default)]
 pub(crate) struct Compression {
-    /// With the client.
+    /// With the client (its place in the context budget held while the
+    /// session needs it).
     pub(crate) client: Option<Agreed>,
-    /// With the upstream member (on the terms of `deflate::upstream_offer`).
-    pub(crate) upstream: bool,
+    /// With the upstream member, on the terms of `deflate::upstream_offer`.
+    pub(crate) upstream: Option<UpstreamAgreed>,
 }
 
 impl Compression {
     /// What each direction does: (client to upstream, upstream to client).
+    /// Compressed frames pass where both sides agreed on terms that suit
+    /// each other; otherwise the gateway inflates, or compresses toward
+    /// the client.
     fn codecs(&self, limits: &Limits) -> (Codec, Codec) {
-        let inflate = |mask| Codec::Inflate(Inflating::new(mask, limits.max_message_size));
-        let up = match (&self.client, self.upstream) {
-            (Some(_), false) => inflate(true),
-            _ => Codec::Pass,
+        let max = limits.max_message_size;
+        let up = match (&self.client, &self.upstream) {
+            // A client that keeps context, to a member that will not.
+            (Some(c), Some(u)) if c.client_context && u.client_no_context => {
+                Codec::Inflate(Inflating::new(true, max, true))
+            }
+            (Some(_), Some(_)) | (None, _) => Codec::Pass,
+            (Some(c), None) => Codec::Inflate(Inflating::new(true, max, c.client_context)),
         };
-        let down = match (&self.client, self.upstream) {
-            (None, true) => inflate(false),
-            (
-                Some(Agreed {
-                    compress: Some(config),
-                    ..
-                }),
-                false,
-            ) => Codec::Deflate(Deflating {
-                config: *config,
-                wait_max: limits.max_frame_size.min(frame::MAX_READ),
-            }),
-            _ => Codec::Pass,
+        let down = match (&self.client, &self.upstream) {
+            // The member was offered the client's terms.
+            (Some(_), Some(_)) | (None, None) => Codec::Pass,
+            // Offered without context (`upstream_compression = "always"`).
+            (None, Some(_)) => Codec::Inflate(Inflating::new(false, max, false)),
+            (Some(c), None) => match c.compress {
+                Some(config) => Codec::Deflate(Deflating::new(
+                    config,
+                    c.server_context,
+                    limits.max_frame_size.min(frame::MAX_READ),
+                )),
+                None => Codec::Pass,
+            },
         };
         (up, down)
     }
@@ -110,7 +118,7 @@ pub(crate) async fn run<C, U>(
     client: &mut C,
     upstream: &mut U,
     early: Vec<u8>,
-    compression: &Compression,
+    mut compression: Compression,
     ctx: &SessionCtx<'_>,
 ) -> SessionEnd
 where
@@ -118,12 +126,16 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let (up, down) = compression.codecs(ctx.limits);
+    if let (Codec::Pass, Codec::Pass, Some(client)) = (&up, &down, &mut compression.client) {
+        // No codec of the gateway's keeps context: the place goes back.
+        client.slot = None;
+    }
     let limits = ctx.limits;
     let mut relay = Relay {
         client,
         upstream,
         up: Inflow::new(Sender::Client, limits, compression.client.is_some(), up),
-        down: Inflow::new(Sender::Server, limits, compression.upstream, down),
+        down: Inflow::new(Sender::Server, limits, compression.upstream.is_some(), down),
         ctx,
     };
     let end = relay.relay(early).await;
@@ -225,8 +237,9 @@ where
 /// Check what `from` sent and is held in `inflow`, write what passes to
 /// `dst` in one go, and keep an incomplete frame's start for the next read.
 /// The frames before a Close or a broken rule still go through. Frames
-/// pass as they came, or shrink in place (compressed); inflated ones are
-/// gathered apart and written every [`FLUSH`] bytes.
+/// pass as they came, or shrink in place (compressed); where they may grow
+/// (inflated, or compressed with context) they are gathered apart, and
+/// inflated ones written every [`FLUSH`] bytes.
 async fn pass<D>(
     from: Side,
     inflow: &mut Inflow,
@@ -247,7 +260,9 @@ where
     let data = buf.data();
     // `data[..out]` is what goes on; `data[at..]` is not looked at yet.
     let (mut at, mut out) = (0, 0);
-    // What goes on, when it is framed anew (inflated).
+    // What goes on, when it does not fit over what was read (inflated, or
+    // compressed with context).
+    let in_place = codec.in_place();
     let mut grown = Vec::new();
     let (mut messages, mut bytes) = (0, 0);
     // Payload bytes compressed here: after and before.
@@ -278,11 +293,15 @@ where
                         let whole = fresh && end;
                         match whole.then(|| deflating.compress(frames.text(), &data[piece])) {
                             Some(Some(frame)) => {
-                                debug_assert!(frame.len() <= len);
                                 deflated.0 += payload_len(&frame) as u64;
                                 deflated.1 += payload as u64;
-                                data[out..out + frame.len()].copy_from_slice(&frame);
-                                out += frame.len();
+                                if in_place {
+                                    debug_assert!(frame.len() <= len);
+                                    data[out..out + frame.len()].copy_from_slice(&frame);
+                                    out += frame.len();
+                                } else {
+                                    grown.extend_from_slice(&frame);
+                                }
                                 (len, false)
                             }
                             _ => (len, true),
@@ -334,7 +353,7 @@ where
             }
         };
         if keep {
-            if let Codec::Inflate(_) = codec {
+            if !in_place {
                 grown.extend_from_slice(&data[at..at + len]);
             } else if out != at {
                 // Only after a dropped or shrunk frame do the bytes that go

@@ -26,7 +26,7 @@ use crate::close::Rejection;
 use crate::config::{
     Balance, ConfigIssue, Route, UpstreamCompression, UpstreamConfig, UpstreamUrl,
 };
-use crate::deflate::{self, Agreed};
+use crate::deflate::{self, Agreed, UpstreamAgreed};
 use crate::egress::{self, UpstreamIo};
 use crate::{forward, metrics, tls};
 
@@ -76,8 +76,8 @@ pub(crate) struct Dialed {
     pub(crate) early: Vec<u8>,
     /// The subprotocol the member chose, for the client's 101.
     pub(crate) protocol: Option<HeaderValue>,
-    /// The member agreed permessage-deflate (as offered: no context kept).
-    pub(crate) deflate: bool,
+    /// What the member agreed of the permessage-deflate offered to it.
+    pub(crate) deflate: Option<UpstreamAgreed>,
     /// Held for its `Drop`: counts the session against the member.
     pub(crate) _lease: Lease,
 }
@@ -246,10 +246,13 @@ impl Pool {
                         .headers()
                         .get(header::SEC_WEBSOCKET_PROTOCOL)
                         .cloned();
-                    // Checked against the offer by `upgrade`.
-                    let deflate = response
-                        .headers()
-                        .contains_key(header::SEC_WEBSOCKET_EXTENSIONS);
+                    // Checked against the offer by `upgrade`: read again.
+                    let answer = response.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+                    let answer = answer.iter().filter_map(|v| v.to_str().ok());
+                    let deflate = offer
+                        .as_ref()
+                        .and_then(|o| o.to_str().ok())
+                        .and_then(|o| deflate::upstream_agreed(answer, o).ok().flatten());
                     let lease = Lease {
                         pool: self.clone(),
                         member: index,

@@ -156,6 +156,42 @@ async fn deflate_backend() -> (
     (addr, seen, send)
 }
 
+/// One side's codecs when both sides keep compression context: each
+/// message builds on the ones before.
+struct Context {
+    compress: flate2::Compress,
+    inflate: flate2::Decompress,
+}
+
+impl Context {
+    fn new() -> Self {
+        Context {
+            compress: flate2::Compress::new(Compression::fast(), false),
+            inflate: flate2::Decompress::new(false),
+        }
+    }
+
+    fn deflate(&mut self, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(payload.len() + 1024);
+        self.compress
+            .compress_vec(payload, &mut out, flate2::FlushCompress::Sync)
+            .unwrap();
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    fn inflate(&mut self, compressed: &[u8]) -> Vec<u8> {
+        let mut input = compressed.to_vec();
+        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut out = Vec::with_capacity(1 << 20);
+        self.inflate
+            .decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+            .unwrap();
+        out
+    }
+}
+
 /// An unmasked server frame, RSV1 set when `compressed`.
 fn server_frame(opcode: u8, compressed: bool, payload: &[u8]) -> Vec<u8> {
     let mut frame = vec![0x80 | if compressed { 0x40 } else { 0 } | opcode];
@@ -489,6 +525,137 @@ async fn with_upstream_compression_off_the_gateway_inflates_for_the_backend() {
         let (offer, frame) = seen.recv().await.unwrap();
         assert_eq!(offer, None);
         assert_eq!(frame, (false, 1, story.into_bytes()));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn context_is_kept_within_the_budget_on_echo_and_relay() {
+    within(30, async {
+        let backend = Backend::plain().await;
+        let gw = Gateway::builder()
+            .limits(|l| l.set("compression_contexts", 1))
+            .route(
+                Route::echo("/echo")
+                    .name("kept")
+                    .key("compression_context_takeover", true),
+            )
+            .route(
+                Route::upstream("/relay", [format!("ws://{}", backend.addr)])
+                    .key("compression_context_takeover", true),
+            )
+            .start()
+            .await;
+        let offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+        let message = br#"{"type":"quote","symbol":"ACME","bid":101.25,"ask":101.5}"#.repeat(6);
+        for route in ["/echo", "/relay"] {
+            let (head, mut client) = gw
+                .raw_upgrade_with(upgrade_request(route, offer).as_bytes())
+                .await;
+            // Context both ways: nothing to say but the name.
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("sec-websocket-extensions: permessage-deflate\r\n"),
+                "{head}"
+            );
+            let scrape = gw.admin_get("/metrics").await.1;
+            assert_eq!(metric(&scrape, "wsgate_compression_contexts"), Some(1.0));
+            // The budget (1) is spent: a second client gets the terms
+            // without context, at once.
+            let (head, other) = gw
+                .raw_upgrade_with(upgrade_request(route, offer).as_bytes())
+                .await;
+            assert!(
+                head.contains("server_no_context_takeover; client_no_context_takeover"),
+                "{head}"
+            );
+            drop(other);
+            let mut ours = Context::new();
+            let mut sizes = Vec::new();
+            for _ in 0..3 {
+                let sent = ours.deflate(&message);
+                sizes.push(sent.len());
+                send_frame(&mut client, 1, true, &sent).await;
+                let (compressed, opcode, payload) = read_frame(&mut client).await;
+                assert!(compressed && opcode == 1);
+                assert_eq!(ours.inflate(&payload), message);
+                sizes.push(payload.len());
+            }
+            // Each side's repeats refer back: a fraction of the first.
+            assert!(
+                sizes[2] * 3 < sizes[0] && sizes[3] * 3 < sizes[1],
+                "{route}: {sizes:?}"
+            );
+            send_frame(&mut client, 8, false, &[0x03, 0xe8]).await;
+            let (_, code) = read_until_close(&mut client).await;
+            assert_eq!(code, 1000);
+            // Given back when the session ends.
+            let mut freed = false;
+            for _ in 0..1000 {
+                let scrape = gw.admin_get("/metrics").await.1;
+                if metric(&scrape, "wsgate_compression_contexts") == Some(0.0) {
+                    freed = true;
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            assert!(freed, "{route}: the place was given back");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_hub_client_with_context_gets_its_own_compression() {
+    within(30, async {
+        let gw = Gateway::builder()
+            .route(
+                Route::hub("/hub")
+                    .key("namespace", "kept")
+                    .key("compression_context_takeover", true),
+            )
+            .route(
+                Route::hub("/plain")
+                    .key("namespace", "kept")
+                    .key("compression", "off"),
+            )
+            .start()
+            .await;
+        let offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+        let (head, mut kay) = gw
+            .raw_upgrade_with(upgrade_request("/hub?name=kay", offer).as_bytes())
+            .await;
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("sec-websocket-extensions: permessage-deflate\r\n"),
+            "{head}"
+        );
+        let mut ours = Context::new();
+        // Small messages go plain (and do not touch the context).
+        let (compressed, _, welcome) = read_frame(&mut kay).await;
+        assert!(!compressed, "{}", String::from_utf8_lossy(&welcome));
+        let request = json!({"type": "subscribe", "channel": "news", "id": 1}).to_string();
+        send_frame(&mut kay, 1, true, &ours.deflate(request.as_bytes())).await;
+        let (compressed, _, ack) = read_frame(&mut kay).await;
+        assert!(!compressed, "{}", String::from_utf8_lossy(&ack));
+        let mut pat = json_client(&gw, "/plain", "pat").await;
+        let story = "the quick brown fox jumps over the lazy dog; ".repeat(20);
+        let mut sizes = Vec::new();
+        for id in 1..=2 {
+            send_json(
+                &mut pat,
+                json!({"type": "publish", "channel": "news", "id": id, "data": story}),
+            )
+            .await;
+            assert_eq!(next_json(&mut pat).await["type"], "ack");
+            let (compressed, opcode, payload) = read_frame(&mut kay).await;
+            assert!(compressed && opcode == 1);
+            sizes.push(payload.len());
+            let message: Value = serde_json::from_slice(&ours.inflate(&payload)).unwrap();
+            assert_eq!(message["data"].as_str(), Some(story.as_str()));
+        }
+        // The second refers back to the first.
+        assert!(sizes[1] * 2 < sizes[0], "{sizes:?}");
     })
     .await
 }

@@ -20,6 +20,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 16 << 10;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// At most about 80 MiB of codecs (314 KiB per connection).
+pub const DEFAULT_COMPRESSION_CONTEXTS: usize = 256;
 
 /// Every bound and deadline the gateway enforces.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -57,6 +59,9 @@ pub struct Limits {
     pub max_frame_size: usize,
     pub max_header_size: usize,
     pub max_headers: usize,
+    /// Connections that may keep permessage-deflate context at once (on
+    /// routes with `compression_context_takeover`).
+    pub compression_contexts: usize,
 }
 
 impl Limits {
@@ -90,6 +95,11 @@ impl Limits {
             max_frame_size: s.get("max_frame_size", DEFAULT_MAX_FRAME_SIZE, value::size),
             max_header_size: s.get("max_header_size", DEFAULT_MAX_HEADER_SIZE, value::size),
             max_headers: s.get("max_headers", DEFAULT_MAX_HEADERS, value::positive),
+            compression_contexts: s.get(
+                "compression_contexts",
+                DEFAULT_COMPRESSION_CONTEXTS,
+                value::whole,
+            ),
         };
         if limits.max_header_size < 1024 {
             s.issue("max_header_size", "must be at least 1KiB");

@@ -78,23 +78,27 @@ pub struct Deflate {
     pub min_size: usize,
     /// zlib's level, 1 (fastest) to 9 (smallest).
     pub level: u32,
+    /// Connections may keep compression context between messages (as
+    /// many as `[limits] compression_contexts` at once).
+    pub context_takeover: bool,
 }
 
 /// Printed as the keys it is read from.
 impl Serialize for Deflate {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(3))?;
+        let mut map = s.serialize_map(Some(4))?;
         map.serialize_entry("compression", "on")?;
         map.serialize_entry("compression_min_size", &self.min_size)?;
         map.serialize_entry("compression_level", &self.level)?;
+        map.serialize_entry("compression_context_takeover", &self.context_takeover)?;
         map.end()
     }
 }
 
 impl Compression {
     /// `compression = "on" | "off"` (on by default), `compression_min_size`,
-    /// `compression_level`.
+    /// `compression_level`, `compression_context_takeover`.
     fn read(s: &mut Section<'_>) -> Compression {
         let on = match s.string("compression").as_deref() {
             Some("off") => false,
@@ -120,8 +124,13 @@ impl Compression {
         if !(1..=9).contains(&level) {
             s.issue("compression_level", "must be 1 to 9");
         }
+        let context_takeover = s.get("compression_context_takeover", false, value::boolean);
         match on {
-            true => Compression::On(Deflate { min_size, level }),
+            true => Compression::On(Deflate {
+                min_size,
+                level,
+                context_takeover,
+            }),
             false => Compression::Off,
         }
     }

@@ -240,6 +240,7 @@ fn compression_is_on_unless_a_route_turns_it_off() {
     let default = Some(Compression::On(Deflate {
         min_size: DEFAULT_COMPRESSION_MIN_SIZE,
         level: DEFAULT_COMPRESSION_LEVEL,
+        context_takeover: false,
     }));
     for kind in ["hub", "echo"] {
         assert_eq!(
@@ -254,13 +255,17 @@ fn compression_is_on_unless_a_route_turns_it_off() {
     };
     assert_eq!(pool.upstream_compression, UpstreamCompression::Auto);
     let c = load(
-        &route("hub", "compression = \"on\"\ncompression_level = 6"),
+        &route(
+            "hub",
+            "compression = \"on\"\ncompression_level = 6\ncompression_context_takeover = true",
+        ),
         &[],
     )
     .unwrap();
     let six = Some(Compression::On(Deflate {
         min_size: DEFAULT_COMPRESSION_MIN_SIZE,
         level: 6,
+        context_takeover: true,
     }));
     assert_eq!(c.routes[1].compression, six);
     // Printed as it is read, off as well as on.

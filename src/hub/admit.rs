@@ -64,10 +64,14 @@ pub(crate) fn admit<B>(
     {
         return Err(Rejection::Auth(AuthFailure::Channel));
     }
-    let compress = agreed.and_then(|a| a.compress).map(|config| Compressing {
-        config,
-        counted: state.metrics.compression_out.clone(),
-    });
+    // A client this server keeps context for is compressed to by its
+    // session (`hub::member`), not here, once for all.
+    let compress = agreed
+        .and_then(Agreed::shared_compress)
+        .map(|config| Compressing {
+            config,
+            counted: state.metrics.compression_out.clone(),
+        });
     let registration = hub
         .register(name.as_deref(), route, access, refresh, compress)
         .map_err(|_| Rejection::NameTaken)?;
@@ -84,7 +88,7 @@ pub(crate) fn admit<B>(
         registration,
         route: route.clone(),
         room,
-        inflate: agreed.is_some(),
+        deflate: agreed.cloned().map(Box::new),
     })
 }
 

@@ -13,7 +13,7 @@ use super::protocol::{self, Body};
 use super::queue::{Pushed, Queue};
 use super::{Channel, Epoch, Position};
 use crate::config::Deflate;
-use crate::frame::{Header, OpCode, server_frame};
+use crate::frame::{Header, OpCode, deflated_frame, server_frame};
 use crate::hub::member::payload_len;
 use crate::metrics::{CompressionBytes, HubMetrics};
 
@@ -113,9 +113,9 @@ pub(super) fn for_conn(conn: &Conn, plain: Bytes, deflated: &OnceLock<Bytes>) ->
 /// A whole unmasked frame compressed, if that makes it smaller.
 fn compressed_frame(plain: &[u8], level: u32) -> Option<Bytes> {
     let (header, at) = Header::parse(plain).ok()??;
-    let compress = Some(Deflate { min_size: 0, level });
-    let frame = crate::deflate::frame(header.opcode, &plain[at..], compress);
-    (frame.len() < plain.len()).then(|| Bytes::from(frame))
+    let compressed = crate::deflate::compress(&plain[at..], level);
+    (compressed.len() < plain.len() - at)
+        .then(|| Bytes::from(deflated_frame(header.opcode, &compressed)))
 }
 
 /// A whole text frame, to be queued as it is.

@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::mem;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -21,11 +22,13 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::close::{Fault, SessionEnd, Side};
 use crate::config::Limits;
+use crate::deflate::{Agreed, ContextSlot, Deflater, Inflater};
 use crate::frame::{
-    ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, Violation, parse_close,
+    ControlFrame, Header, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, Violation,
+    deflated_frame, parse_close,
 };
 use crate::metrics::CompressionBytes;
-use crate::session::{close_frame, close_to_send};
+use crate::session::{SessionCtx, close_frame, close_to_send};
 
 /// Frames handed to the kernel in one vectored write, at most.
 const MAX_SLICES: usize = 64;
@@ -69,23 +72,107 @@ pub(crate) struct Member<S> {
     /// first already written.
     outbox: VecDeque<Bytes>,
     written: usize,
-    /// permessage-deflate agreed: what its compressed messages come to is
-    /// counted here.
-    inflate: Option<CompressionBytes>,
+    /// permessage-deflate, where agreed (boxed: a member without it pays
+    /// a pointer).
+    deflate: Option<Box<MemberDeflate>>,
+}
+
+/// permessage-deflate as agreed with a member: its compressed messages
+/// inflated (with a decompressor of its own when it keeps context), and,
+/// when this server keeps context, what goes out compressed by a
+/// compressor of its own.
+pub(crate) struct MemberDeflate {
+    /// What its compressed messages come to is counted here.
+    counted_in: CompressionBytes,
     /// The largest message, once inflated.
-    max_message: usize,
+    max: usize,
+    /// The member keeps its context: its messages build on each other.
+    inflater: Option<Inflater>,
+    /// This server keeps its context: every data message of at least the
+    /// minimum size goes out through it (the hub and the echo hand this
+    /// member plain frames), counted in `counted_out`.
+    deflater: Option<Deflater>,
+    counted_out: CompressionBytes,
+    /// The session's place in the context budget, while it keeps context.
+    _slot: Option<Arc<ContextSlot>>,
+}
+
+impl MemberDeflate {
+    pub(crate) fn new(agreed: &Agreed, ctx: &SessionCtx<'_>) -> Self {
+        let max = ctx.limits.max_message_size;
+        MemberDeflate {
+            counted_in: ctx.metrics.compression_in.clone(),
+            max,
+            inflater: agreed.client_context.then(|| Inflater::new(max)),
+            deflater: agreed
+                .compress
+                .filter(|_| agreed.server_context)
+                .map(Deflater::new),
+            counted_out: ctx.metrics.compression_out.clone(),
+            _slot: agreed.slot.clone(),
+        }
+    }
+
+    /// A compressed message inflated (at most the limit: past it, 1009),
+    /// its text checked (1007), and counted.
+    fn inflated(&mut self, message: Data, text: bool) -> Result<Data, SessionEnd> {
+        let Data::Binary(compressed) = message else {
+            return Ok(message);
+        };
+        let bytes = match &mut self.inflater {
+            Some(inflater) => {
+                inflater.next_message();
+                inflater.whole(&compressed)
+            }
+            None => crate::deflate::inflate(&compressed, self.max),
+        };
+        let bytes =
+            bytes.map_err(|e| SessionEnd::Broken(Side::Client, Fault::from(Violation::from(e))))?;
+        self.counted_in
+            .count(compressed.len() as u64, bytes.len() as u64);
+        let bytes = Bytes::from(bytes);
+        if !text {
+            return Ok(Data::Binary(bytes));
+        }
+        Utf8Bytes::try_from(bytes)
+            .map(Data::Text)
+            .map_err(|_| SessionEnd::Broken(Side::Client, Fault::InvalidUtf8))
+    }
+
+    /// A frame on its way out: a whole data message goes through the
+    /// connection's own compressor, if this server keeps context.
+    fn outgoing(&mut self, frame: Bytes) -> Bytes {
+        let Some(deflater) = &mut self.deflater else {
+            return frame;
+        };
+        let Ok(Some((header, at))) = Header::parse(&frame) else {
+            return frame;
+        };
+        let data = matches!(header.opcode, OpCode::Text | OpCode::Binary);
+        if !data || !header.fin || header.rsv != 0 {
+            return frame;
+        }
+        match deflater.compress(&frame[at..]) {
+            Some(compressed) => {
+                let plain = frame.len() - at;
+                self.counted_out
+                    .count(compressed.len() as u64, plain as u64);
+                Bytes::from(deflated_frame(header.opcode, &compressed))
+            }
+            None => frame,
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
-    /// `inflate`: permessage-deflate was agreed, and the route's counts of
-    /// what it inflates.
-    pub(crate) fn new(io: Box<S>, limits: &Limits, inflate: Option<CompressionBytes>) -> Self {
+    /// `deflate`: permessage-deflate was agreed.
+    pub(crate) fn new(io: Box<S>, limits: &Limits, deflate: Option<MemberDeflate>) -> Self {
         let rules = Rules::new(
             Sender::Client,
             limits.max_frame_size,
             limits.max_message_size,
         );
-        let rules = match inflate {
+        let rules = match deflate {
             Some(_) => rules.with_deflate(),
             None => rules,
         };
@@ -98,8 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
             sent_close: false,
             outbox: VecDeque::new(),
             written: 0,
-            inflate,
-            max_message: limits.max_message_size,
+            deflate: deflate.map(Box::new),
         }
     }
 
@@ -136,12 +222,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
                     }
                     let (text, compressed) = (frames.text(), frames.compressed());
                     let mut message = whole(&mut self.message, piece, text && !compressed)?;
-                    if compressed {
-                        let size = message.len();
-                        message = inflated(message, text, self.max_message)?;
-                        if let Some(counted) = &self.inflate {
-                            counted.count(size as u64, message.len() as u64);
-                        }
+                    if compressed && let Some(deflate) = &mut self.deflate {
+                        message = deflate.inflated(message, text)?;
                     }
                     return Ok(Some(Event::Message(message)));
                 }
@@ -173,11 +255,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
 
     /// Queue a frame to go out after what is already on its way.
     pub(crate) fn queue(&mut self, frame: Bytes) {
+        let frame = match &mut self.deflate {
+            Some(deflate) => deflate.outgoing(frame),
+            None => frame,
+        };
         self.outbox.push_back(frame);
     }
 
     /// Take frames queued elsewhere, after what is already on its way.
     pub(crate) fn take(&mut self, frames: VecDeque<Bytes>) {
+        if let Some(deflate) = self.deflate.as_mut().filter(|d| d.deflater.is_some()) {
+            let frames = frames.into_iter().map(|f| deflate.outgoing(f));
+            self.outbox.extend(frames);
+            return;
+        }
         if self.outbox.is_empty() {
             self.outbox = frames;
         } else {
@@ -298,23 +389,6 @@ fn whole(message: &mut Vec<u8>, piece: &[u8], text: bool) -> Result<Data, Sessio
         return Ok(Data::Binary(bytes));
     }
     // Checked as it came; this only changes the type.
-    Utf8Bytes::try_from(bytes)
-        .map(Data::Text)
-        .map_err(|_| SessionEnd::Broken(Side::Client, Fault::InvalidUtf8))
-}
-
-/// A compressed message inflated (at most `max` bytes: past it, 1009),
-/// its text checked (1007).
-fn inflated(message: Data, text: bool, max: usize) -> Result<Data, SessionEnd> {
-    let Data::Binary(compressed) = message else {
-        return Ok(message);
-    };
-    let bytes = crate::deflate::inflate(&compressed, max)
-        .map_err(|e| SessionEnd::Broken(Side::Client, Fault::from(Violation::from(e))))?;
-    let bytes = Bytes::from(bytes);
-    if !text {
-        return Ok(Data::Binary(bytes));
-    }
     Utf8Bytes::try_from(bytes)
         .map(Data::Text)
         .map_err(|_| SessionEnd::Broken(Side::Client, Fault::InvalidUtf8))

@@ -80,7 +80,7 @@ impl Setup {
                 .unwrap(),
             route,
             room: None,
-            inflate: false,
+            deflate: None,
         }
     }
 }

@@ -8,11 +8,12 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::member::{Data, Event, Member, payload_len};
+use super::member::{Data, Event, Member, MemberDeflate, payload_len};
 use super::protocol::{self, Body, Request};
 use super::{Conn, Done, Hub, HubError, Registration, Since, Subscribed, Then, text_frame};
 use crate::close::{SessionEnd, Side};
 use crate::config::{HubProtocol, HubRoute};
+use crate::deflate::Agreed;
 use crate::names::check_channel_name;
 use crate::rate::TokenBucket;
 use crate::session::{SessionCtx, Timers, keepalive_ping};
@@ -25,8 +26,8 @@ pub(crate) struct HubClient {
     pub(crate) route: Arc<HubRoute>,
     /// The raw protocol's channel, joined at the handshake.
     pub(crate) room: Option<String>,
-    /// permessage-deflate was agreed: its compressed messages are inflated.
-    pub(crate) inflate: bool,
+    /// permessage-deflate, as agreed (boxed: most of it is for the 101).
+    pub(crate) deflate: Option<Box<Agreed>>,
 }
 
 /// The steady state of a hub member after its 101: run the session, leave
@@ -42,8 +43,8 @@ pub(crate) async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let inflate = client.inflate.then(|| ctx.metrics.compression_in.clone());
-    let mut member = Member::new(io, ctx.limits, inflate);
+    let deflate = client.deflate.as_ref().map(|a| MemberDeflate::new(a, ctx));
+    let mut member = Member::new(io, ctx.limits, deflate);
     let end = run(&mut member, ctx, hub, &client).await;
     drop(client);
     member.finish(&end, ctx.limits.close_timeout).await;

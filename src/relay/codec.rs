@@ -17,7 +17,7 @@
 //! the thread's pool for one message and given back at its end.
 
 use crate::config::Deflate;
-use crate::deflate::{self, Inflater};
+use crate::deflate::{self, Deflater, Inflater};
 use crate::frame::{self, Header, Inbound, MAX_HEADER, OpCode, Utf8Stream, Violation, apply_mask};
 
 /// Inflated output is cut into frames of at most this much.
@@ -30,6 +30,15 @@ pub(super) enum Codec {
 }
 
 impl Codec {
+    /// Is what goes on written over what was read?
+    pub(super) fn in_place(&self) -> bool {
+        match self {
+            Codec::Pass => true,
+            Codec::Deflate(deflating) => deflating.in_place(),
+            Codec::Inflate(_) => false,
+        }
+    }
+
     /// The reader a direction needs: an inflating one keeps payloads
     /// unmasked (it frames them anew); the others forward what they read.
     pub(super) fn inbound(&self, rules: frame::Rules) -> Inbound {
@@ -42,12 +51,30 @@ impl Codec {
 
 /// Compressing whole messages toward a client that agreed the extension.
 pub(super) struct Deflating {
-    pub(super) config: Deflate,
+    config: Deflate,
+    /// This server keeps its context with the client: the session's own
+    /// compressor (what it compresses may grow, and must be sent).
+    context: Option<Deflater>,
     /// The largest frame waited for, whole, to be compressed.
-    pub(super) wait_max: usize,
+    wait_max: usize,
 }
 
 impl Deflating {
+    pub(super) fn new(config: Deflate, context: bool, wait_max: usize) -> Self {
+        Deflating {
+            config,
+            context: context.then(|| Deflater::new(config)),
+            wait_max,
+        }
+    }
+
+    /// Are frames written over what was read? Without context a compressed
+    /// frame is never longer than the one it replaces; with context it may
+    /// be (it must go compressed once compressed).
+    pub(super) fn in_place(&self) -> bool {
+        self.context.is_none()
+    }
+
     /// If `data` starts a message that should be compressed and has not
     /// all arrived: how many bytes its frame needs.
     pub(super) fn wait_for(&self, data: &[u8], frames: &Inbound) -> Option<usize> {
@@ -67,15 +94,20 @@ impl Deflating {
     }
 
     /// `payload`, a whole message just read in one frame, compressed into
-    /// a frame of its own if that is at least the minimum size and
-    /// shrinks. The result is never longer than the frame it came in
-    /// (an unmasked one), so it can be written over it.
-    pub(super) fn compress(&self, text: bool, payload: &[u8]) -> Option<Vec<u8>> {
+    /// a frame of its own if it is at least the minimum size (and, without
+    /// context, if that makes it shorter: then the frame is never longer
+    /// than the one it came in, an unmasked one, and can be written over
+    /// it).
+    pub(super) fn compress(&mut self, text: bool, payload: &[u8]) -> Option<Vec<u8>> {
+        let opcode = if text { OpCode::Text } else { OpCode::Binary };
+        if let Some(deflater) = &mut self.context {
+            let compressed = deflater.compress(payload)?;
+            return Some(frame::deflated_frame(opcode, &compressed));
+        }
         if payload.len() < self.config.min_size {
             return None;
         }
         let compressed = deflate::compress(payload, self.config.level);
-        let opcode = if text { OpCode::Text } else { OpCode::Binary };
         (compressed.len() < payload.len()).then(|| frame::deflated_frame(opcode, &compressed))
     }
 }
@@ -86,6 +118,10 @@ pub(super) struct Inflating {
     mask: bool,
     /// The message limit, on inflated bytes.
     max: usize,
+    /// The sender keeps its context: one decompressor for all its
+    /// messages, here between them.
+    kept: bool,
+    context: Option<Inflater>,
     message: Option<Message>,
     /// One frame's inflated payload, before it is framed.
     plain: Vec<u8>,
@@ -105,10 +141,12 @@ struct Message {
 }
 
 impl Inflating {
-    pub(super) fn new(mask: bool, max: usize) -> Self {
+    pub(super) fn new(mask: bool, max: usize, kept: bool) -> Self {
         Inflating {
             mask,
             max,
+            kept,
+            context: None,
             message: None,
             plain: Vec::new(),
             counts: (0, 0),
@@ -132,11 +170,17 @@ impl Inflating {
         out: &mut Vec<u8>,
         limit: usize,
     ) -> Result<bool, Violation> {
-        let max = self.max;
+        let (max, context) = (self.max, &mut self.context);
         let message = self.message.get_or_insert_with(|| Message {
             text: frames.text(),
             started: false,
-            inflater: frames.compressed().then(|| Inflater::new(max)),
+            inflater: frames.compressed().then(|| match context.take() {
+                Some(mut kept) => {
+                    kept.next_message();
+                    kept
+                }
+                None => Inflater::new(max),
+            }),
             utf8: Utf8Stream::default(),
         });
         let Message {
@@ -184,6 +228,9 @@ impl Inflating {
                 let (compressed, inflated) = inflater.totals();
                 self.counts.0 += compressed;
                 self.counts.1 += inflated;
+                if self.kept {
+                    self.context = Some(inflater);
+                }
             }
             // What one large message needed is not kept.
             if self.plain.capacity() > PIECE {
