@@ -32,6 +32,9 @@ pub(crate) enum UpgradeError {
     Closed,
     #[error("bad answer: {0}")]
     Bad(&'static str),
+    /// A 101 whose answer to our permessage-deflate offer cannot be taken.
+    #[error("bad permessage-deflate answer: {0}")]
+    Extension(&'static str),
 }
 
 /// Send `request` (its path and query, its headers) on `io` and read the
@@ -137,7 +140,7 @@ fn check_upgrade(got: &HeaderMap, sent: &HeaderMap) -> Result<(), UpgradeError> 
             .and_then(|v| v.to_str().ok())
             .ok_or(UpgradeError::Bad("an extension nobody asked for"))?;
         let values = extensions.iter().map(|v| v.to_str().unwrap_or(","));
-        crate::deflate::upstream_agreed(values, offer).map_err(UpgradeError::Bad)?;
+        crate::deflate::upstream_agreed(values, offer).map_err(UpgradeError::Extension)?;
     }
     if let Some(chosen) = got.get(header::SEC_WEBSOCKET_PROTOCOL) {
         let offered = sent

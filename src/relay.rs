@@ -20,7 +20,7 @@ use crate::close::{ClosePlan, Fault, SessionEnd, Side};
 use crate::config::Limits;
 use crate::deflate::{Agreed, UpstreamAgreed};
 use crate::frame::{
-    self, ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, parse_close,
+    self, ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, apply_mask, parse_close,
 };
 use crate::hub::member::payload_len;
 use crate::session::{KEEPALIVE, SessionCtx, Tick, Timers, close_frame, close_to_send};
@@ -59,6 +59,10 @@ impl Compression {
             (Some(c), None) => Codec::Inflate(Inflating::new(true, max, c.client_context)),
         };
         let down = match (&self.client, &self.upstream) {
+            // The member did not settle the window the client asked for.
+            (Some(_), Some(u)) if u.window_unsettled => {
+                Codec::Inflate(Inflating::new(false, max, !u.server_no_context))
+            }
             // The member was offered the client's terms.
             (Some(_), Some(_)) | (None, None) => Codec::Pass,
             // Offered without context (`upstream_compression = "always"`).
@@ -95,7 +99,7 @@ impl Inflow {
         let rules = if deflate { rules.with_deflate() } else { rules };
         Inflow {
             buf: ReadBuffer::default(),
-            frames: codec.inbound(rules),
+            frames: Inbound::new(rules),
             codec,
             sent_close: false,
         }
@@ -105,7 +109,7 @@ impl Inflow {
     /// nothing else may be written to it.) Inflated frames go on whole.
     fn mid_frame(&self) -> bool {
         match self.codec {
-            Codec::Inflate(_) => false,
+            Codec::Inflate(_) => self.frames.in_frame() && !self.frames.compressed(),
             Codec::Pass | Codec::Deflate(_) => self.frames.in_frame(),
         }
     }
@@ -307,22 +311,30 @@ where
                             _ => (len, true),
                         }
                     }
+                    // Sent plain: it goes on as it came.
+                    Codec::Inflate(_) if !frames.compressed() => (len, true),
                     Codec::Inflate(inflating) => {
-                        let mut input = &data[piece];
+                        let piece = &mut data[piece];
+                        if let Some((key, offset)) = frames.mask() {
+                            apply_mask(piece, key, offset);
+                        }
+                        let mut input = &piece[..];
                         loop {
-                            match inflating.feed(frames, &mut input, end, &mut grown, FLUSH) {
+                            let text = frames.text();
+                            match inflating.feed(text, &mut input, end, &mut grown, FLUSH) {
                                 Ok(true) => break,
                                 Ok(false) => {
-                                    let written = write(dst, &grown, to);
-                                    if let Err(end) = ctx.bounded(to, written).await {
+                                    let written = ctx.bounded(to, write(dst, &grown, to)).await;
+                                    grown.clear();
+                                    if let Err(end) = written {
                                         ended = Some(end);
-                                        grown.clear();
+                                        at += len;
                                         break 'frames;
                                     }
-                                    grown.clear();
                                 }
                                 Err(violation) => {
                                     ended = Some(SessionEnd::Broken(from, Fault::from(violation)));
+                                    at += len;
                                     break 'frames;
                                 }
                             }

@@ -229,15 +229,27 @@ impl Pool {
         for index in self.candidates() {
             let member = &self.members[index];
             let strip_prefix = self.config.strip_prefix.then_some(self.route_path.as_str());
-            let mut request =
-                forward::upgrade_request(&member.url, strip_prefix, uri, headers, peer);
-            if let Some(offer) = &offer {
-                request
-                    .headers_mut()
-                    .insert(header::SEC_WEBSOCKET_EXTENSIONS, offer.clone());
-            }
+            let mut offer = offer.clone();
             let started = Instant::now();
-            match self.dial_member(member, request).await {
+            let attempt = loop {
+                let mut request =
+                    forward::upgrade_request(&member.url, strip_prefix, uri, headers, peer);
+                if let Some(offer) = &offer {
+                    request
+                        .headers_mut()
+                        .insert(header::SEC_WEBSOCKET_EXTENSIONS, offer.clone());
+                }
+                match self.dial_member(member, request).await {
+                    // The member is up and speaks WebSocket; only its
+                    // permessage-deflate is off: once more without it.
+                    Err(Attempt::BadHandshake(UpgradeError::Extension(why))) if offer.is_some() => {
+                        warn!(route = %self.route, upstream = %member.url.url, why, "member answered permessage-deflate wrongly: dialled again without offering it");
+                        offer = None;
+                    }
+                    attempt => break attempt,
+                }
+            };
+            match attempt {
                 Ok((io, response, early)) => {
                     self.connect_seconds.record(started.elapsed().as_secs_f64());
                     self.succeeded(member);

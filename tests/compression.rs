@@ -82,23 +82,85 @@ async fn send_frame<S: AsyncWrite + Unpin>(
 
 /// One frame, unmasked if it was masked: (RSV1 set, opcode, payload).
 async fn read_frame<S: AsyncRead + Unpin>(io: &mut S) -> (bool, u8, Vec<u8>) {
-    let b0 = io.read_u8().await.unwrap();
-    let b1 = io.read_u8().await.unwrap();
+    try_read_frame(io).await.expect("a frame")
+}
+
+/// The next frame, or `None` at the end of the stream.
+async fn try_read_frame<S: AsyncRead + Unpin>(io: &mut S) -> Option<(bool, u8, Vec<u8>)> {
+    let b0 = io.read_u8().await.ok()?;
+    let b1 = io.read_u8().await.ok()?;
     let len = match b1 & 0x7f {
-        126 => u64::from(io.read_u16().await.unwrap()),
-        127 => io.read_u64().await.unwrap(),
+        126 => u64::from(io.read_u16().await.ok()?),
+        127 => io.read_u64().await.ok()?,
         n => u64::from(n),
     };
     let mut mask = [0; 4];
     if b1 & 0x80 != 0 {
-        io.read_exact(&mut mask).await.unwrap();
+        io.read_exact(&mut mask).await.ok()?;
     }
     let mut payload = vec![0; len as usize];
-    io.read_exact(&mut payload).await.unwrap();
+    io.read_exact(&mut payload).await.ok()?;
     for (i, b) in payload.iter_mut().enumerate() {
         *b ^= mask[i % 4];
     }
-    (b0 & 0x40 != 0, b0 & 0x0f, payload)
+    Some((b0 & 0x40 != 0, b0 & 0x0f, payload))
+}
+
+/// Read an upgrade request on `tcp` and answer it with a 101, with
+/// `extensions` if it offered any; the offer.
+async fn answer_upgrade(tcp: &mut tokio::net::TcpStream, extensions: &str) -> Option<String> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    let offer = header("sec-websocket-extensions");
+    let key = header("sec-websocket-key").unwrap();
+    let mut answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    if offer.is_some() {
+        answer.push_str(&format!("Sec-WebSocket-Extensions: {extensions}\r\n"));
+    }
+    answer.push_str("\r\n");
+    tcp.write_all(answer.as_bytes()).await.unwrap();
+    offer
+}
+
+/// An echo backend whose answer to a permessage-deflate offer breaks the
+/// extension's rules (a `client_max_window_bits` nobody offered); without
+/// an offer it is a plain echo. Counts the upgrades it answered.
+async fn bad_answer_backend() -> (std::net::SocketAddr, mpsc::Receiver<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (offered_tx, offered) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let offered_tx = offered_tx.clone();
+            tokio::spawn(async move {
+                let offer =
+                    answer_upgrade(&mut tcp, "permessage-deflate; client_max_window_bits=10")
+                        .await
+                        .is_some();
+                offered_tx.send(offer).await.unwrap();
+                while let Some((_, opcode, payload)) = try_read_frame(&mut tcp).await {
+                    if opcode == 8 {
+                        return;
+                    }
+                    let _ = tcp.write_all(&server_frame(opcode, false, &payload)).await;
+                }
+            });
+        }
+    });
+    (addr, offered)
 }
 
 /// A backend that agrees permessage-deflate when offered (no context
@@ -115,31 +177,8 @@ async fn deflate_backend() -> (
     let (send, mut to_send) = mpsc::channel::<Vec<u8>>(16);
     tokio::spawn(async move {
         let (mut tcp, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(tcp.read_u8().await.unwrap());
-        }
-        let head = String::from_utf8(head).unwrap();
-        let header = |name: &str| {
-            head.lines().find_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-            })
-        };
-        let offer = header("sec-websocket-extensions");
-        let key = header("sec-websocket-key").unwrap();
-        let mut answer = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {}\r\n",
-            derive_accept_key(key.as_bytes())
-        );
-        if offer.is_some() {
-            answer.push_str(
-                "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n",
-            );
-        }
-        answer.push_str("\r\n");
-        tcp.write_all(answer.as_bytes()).await.unwrap();
+        let offer =
+            answer_upgrade(&mut tcp, "permessage-deflate; server_no_context_takeover").await;
         let (mut rd, mut wr) = tcp.into_split();
         tokio::spawn(async move {
             while let Some(frame) = to_send.recv().await {
@@ -525,6 +564,21 @@ async fn with_upstream_compression_off_the_gateway_inflates_for_the_backend() {
         let (offer, frame) = seen.recv().await.unwrap();
         assert_eq!(offer, None);
         assert_eq!(frame, (false, 1, story.into_bytes()));
+        // A message the client sent plain, in two frames, goes on as it
+        // came: the same two frames.
+        let mut frames = Vec::new();
+        send_frame(&mut frames, 2, false, b"first half, ").await;
+        frames[0] &= 0x7f;
+        send_frame(&mut frames, 0, false, b"second half").await;
+        client.write_all(&frames).await.unwrap();
+        assert_eq!(
+            seen.recv().await.unwrap().1,
+            (false, 2, b"first half, ".to_vec())
+        );
+        assert_eq!(
+            seen.recv().await.unwrap().1,
+            (false, 0, b"second half".to_vec())
+        );
     })
     .await
 }
@@ -656,6 +710,77 @@ async fn a_hub_client_with_context_gets_its_own_compression() {
         }
         // The second refers back to the first.
         assert!(sizes[1] * 2 < sizes[0], "{sizes:?}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_member_that_does_not_settle_the_asked_window_is_inflated_for_the_client() {
+    within(30, async {
+        let (addr, mut seen, send) = deflate_backend().await;
+        let gw = Gateway::builder()
+            .route(Route::upstream("/relay", [format!("ws://{addr}")]))
+            .start()
+            .await;
+        // The client limits the server's window; the member's answer says
+        // nothing of it (it may use a full window).
+        let offer = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n";
+        let (head, mut client) = gw
+            .raw_upgrade_with(upgrade_request("/relay", offer).as_bytes())
+            .await;
+        assert!(head.contains("server_max_window_bits=10"), "{head}");
+        // Up: both agreed, the client's frames pass as sent.
+        let up = deflate(b"up as it was sent, up as it was sent");
+        send_frame(&mut client, 1, true, &up).await;
+        let (offer, frame) = seen.recv().await.unwrap();
+        assert!(offer.is_some_and(|o| o.contains("server_max_window_bits=10")));
+        assert_eq!(frame, (true, 1, up));
+        // Down: inflated, so the client never has to read a larger window.
+        let story = "down, inflated for the client; ".repeat(30);
+        send.send(server_frame(1, true, &deflate(story.as_bytes())))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_frame(&mut client).await,
+            (false, 1, story.into_bytes())
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_member_that_answers_the_offer_wrongly_is_dialled_again_without_it() {
+    within(30, async {
+        let (addr, mut offered) = bad_answer_backend().await;
+        let gw = Gateway::builder()
+            .route(Route::upstream("/relay", [format!("ws://{addr}")]).name("redial"))
+            .start()
+            .await;
+        for round in 0..2 {
+            let (head, mut client) = gw
+                .raw_upgrade_with(upgrade_request("/relay", OFFER).as_bytes())
+                .await;
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            assert!(head.contains("permessage-deflate"), "{head}");
+            // Offered, refused by the gateway, dialled again plain.
+            assert_eq!(offered.recv().await, Some(true), "round {round}");
+            assert_eq!(offered.recv().await, Some(false), "round {round}");
+            let story = "relayed plain to the member; ".repeat(30);
+            send_frame(&mut client, 1, true, &deflate(story.as_bytes())).await;
+            let (compressed, opcode, payload) = read_frame(&mut client).await;
+            assert!(compressed && opcode == 1);
+            assert_eq!(inflate(&payload), story.as_bytes());
+        }
+        // Not counted as the member failing.
+        let scrape = gw.admin_get("/metrics").await.1;
+        assert_eq!(
+            metric(
+                &scrape,
+                &format!("wsgate_upstream_healthy{{route=\"redial\",upstream=\"ws://{addr}\"}}")
+            ),
+            Some(1.0),
+            "{scrape}"
+        );
     })
     .await
 }

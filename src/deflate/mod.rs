@@ -235,6 +235,12 @@ pub(crate) struct UpstreamAgreed {
     /// It asks wsgate not to keep context: what a client that keeps
     /// context compresses cannot go to it untouched.
     pub(crate) client_no_context: bool,
+    /// It keeps no context of its own.
+    pub(crate) server_no_context: bool,
+    /// Asked for a smaller window, it did not say it would use one (as
+    /// RFC 7692 §7.1.2.1 says it must): what it compresses may not suit
+    /// the client that asked, and is inflated for it.
+    pub(crate) window_unsettled: bool,
 }
 
 /// The member's answer to `offer`, from its `Sec-WebSocket-Extensions`
@@ -258,20 +264,21 @@ pub(crate) fn upstream_agreed<'h>(
     let window = asked("server_max_window_bits").and_then(|(_, v)| bits(*v));
     let mut agreed = UpstreamAgreed {
         client_no_context: false,
+        server_no_context: false,
+        window_unsettled: window.is_some(),
     };
-    let mut server_no_context = false;
     for (name, value) in answer {
         match (name.as_str(), value) {
-            ("server_no_context_takeover", None) => server_no_context = true,
+            ("server_no_context_takeover", None) => agreed.server_no_context = true,
             ("client_no_context_takeover", None) => agreed.client_no_context = true,
             ("server_max_window_bits", v) => match bits(v) {
-                Some(b) if window.is_none_or(|a| b <= a) => {}
+                Some(b) if window.is_none_or(|a| b <= a) => agreed.window_unsettled = false,
                 _ => return Err("a server window outside the offer"),
             },
             _ => return Err("a deflate parameter not offered"),
         }
     }
-    if asked("server_no_context_takeover").is_some() && !server_no_context {
+    if asked("server_no_context_takeover").is_some() && !agreed.server_no_context {
         return Err("deflate with context takeover, which was not offered");
     }
     Ok(Some(agreed))

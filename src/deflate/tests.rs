@@ -226,9 +226,12 @@ fn the_upstream_offer_mirrors_the_client_and_its_answer_is_checked() {
     );
     let answer = |values: &[&str], offer: &str| upstream_agreed(values.iter().copied(), offer);
     assert_eq!(answer(&[], &none), Ok(None));
-    let plain = Some(UpstreamAgreed {
+    let agreed = UpstreamAgreed {
         client_no_context: false,
-    });
+        server_no_context: true,
+        window_unsettled: false,
+    };
+    let plain = Some(agreed);
     assert_eq!(
         answer(&["permessage-deflate; server_no_context_takeover"], &none),
         Ok(plain)
@@ -239,7 +242,9 @@ fn the_upstream_offer_mirrors_the_client_and_its_answer_is_checked() {
             &none
         ),
         Ok(Some(UpstreamAgreed {
-            client_no_context: true
+            client_no_context: true,
+            server_no_context: true,
+            window_unsettled: false,
         }))
     );
     assert_eq!(
@@ -248,6 +253,14 @@ fn the_upstream_offer_mirrors_the_client_and_its_answer_is_checked() {
             &offer
         ),
         Ok(plain)
+    );
+    // Asked for a window of 12, it says nothing of one: agreed, unsettled.
+    assert_eq!(
+        answer(&["permessage-deflate; server_no_context_takeover"], &offer),
+        Ok(Some(UpstreamAgreed {
+            window_unsettled: true,
+            ..agreed
+        }))
     );
     for bad in [
         "permessage-deflate",

@@ -56,6 +56,8 @@ pub struct Inbound {
     unmask: bool,
     /// The message of the last data step is text.
     text: bool,
+    /// The last data step's mask and its payload's offset in the frame.
+    mask: Option<([u8; 4], u64)>,
 }
 
 // A compressed message's bytes are not text until inflated: its reader
@@ -71,6 +73,7 @@ impl Inbound {
             control_len: 0,
             unmask: false,
             text: false,
+            mask: None,
         }
     }
 
@@ -88,6 +91,13 @@ impl Inbound {
     /// compressed one's UTF-8 is checked by its reader, once inflated.)
     pub fn text(&self) -> bool {
         self.text
+    }
+
+    /// The mask of the last [`Step::Data`]'s payload bytes (left masked
+    /// by a forwarding reader), and their offset in the frame's payload:
+    /// for [`apply_mask`](super::apply_mask).
+    pub fn mask(&self) -> Option<([u8; 4], u64)> {
+        self.mask
     }
 
     /// Does the last [`Step::Data`] belong to a compressed message?
@@ -144,6 +154,9 @@ impl Inbound {
     ) -> Result<Step, Violation> {
         let available = buf.len() - at;
         let take = usize::try_from(p.remaining).map_or(available, |r| r.min(available));
+        // Set even for a header alone: it starts its message.
+        self.text = p.text;
+        self.mask = p.mask.map(|key| (key, p.seen));
         if take == 0 && p.remaining > 0 {
             // A header alone: forward it now, the payload follows.
             self.payload = Some(p);
@@ -156,7 +169,6 @@ impl Inbound {
                 }),
             };
         }
-        self.text = p.text;
         let bytes = &mut buf[at..at + take];
         if self.unmask {
             if let Some(key) = p.mask {
@@ -324,6 +336,53 @@ mod tests {
             run(&mut inbound, &truncated, 1),
             Err(Violation::InvalidUtf8)
         );
+    }
+
+    #[test]
+    fn a_header_alone_already_tells_its_message_kind_and_mask() {
+        let key = [1, 2, 3, 4];
+        let mut inbound = Inbound::new(Rules::new(Sender::Client, 100, 100));
+        let mut wire = frame(true, OpCode::Binary, Some(key), &[7; 3]);
+        wire.extend(frame(true, OpCode::Text, Some(key), b"hello"));
+        let mut buf = wire.clone();
+        assert!(matches!(
+            inbound.next(&mut buf),
+            Ok(Step::Data { end: true, .. })
+        ));
+        assert!(!inbound.text());
+        // The text frame's header ends a read.
+        let header_end = wire.len() - 5;
+        let at = header_end - 6;
+        let step = inbound.next(&mut buf[at..header_end]);
+        assert_eq!(
+            step,
+            Ok(Step::Data {
+                len: 6,
+                payload: 0,
+                end: false
+            })
+        );
+        assert!(inbound.text());
+        assert_eq!(inbound.mask(), Some((key, 0)));
+        let step = inbound.next(&mut buf[header_end..header_end + 2]);
+        assert_eq!(
+            step,
+            Ok(Step::Data {
+                len: 2,
+                payload: 2,
+                end: false
+            })
+        );
+        let step = inbound.next(&mut buf[header_end + 2..]);
+        assert_eq!(
+            step,
+            Ok(Step::Data {
+                len: 3,
+                payload: 3,
+                end: true
+            })
+        );
+        assert_eq!(inbound.mask(), Some((key, 2)));
     }
 
     #[test]

@@ -5,23 +5,26 @@
 //!   go on as they came ([`Codec::Pass`]; compressed ones keep RSV1, and
 //!   the gateway neither inflates nor compresses);
 //! - only the sender: its compressed messages are inflated, piece by piece
-//!   as their frames arrive, and go on as plain frames
-//!   ([`Codec::Inflate`]); the limit and the UTF-8 check apply to what is
-//!   inflated;
+//!   as their frames arrive, and go on as plain frames, one per message up
+//!   to 64 KiB ([`Codec::Inflate`]); the limit and the UTF-8 check apply to
+//!   what is inflated; its messages sent plain pass as they came;
 //! - only the receiver (a client, whose upstream sends plain): a message
 //!   that comes as one frame of at least the route's minimum size, and at
 //!   most one read buffer, is compressed on its way ([`Codec::Deflate`]);
 //!   others go on plain, which the extension allows.
 //!
-//! No codec keeps context between messages: a decompressor is taken from
-//! the thread's pool for one message and given back at its end.
+//! Without context takeover no codec keeps anything between messages: a
+//! decompressor is taken from the thread's pool for one message and given
+//! back at its end. With it, the session keeps its own (in the context
+//! budget).
 
 use crate::config::Deflate;
 use crate::deflate::{self, Deflater, Inflater};
 use crate::frame::{self, Header, Inbound, MAX_HEADER, OpCode, Utf8Stream, Violation, apply_mask};
 
-/// Inflated output is cut into frames of at most this much.
-const PIECE: usize = 16 << 10;
+/// Inflated output goes in frames of at most this much: most messages in
+/// one.
+const PIECE: usize = 64 << 10;
 
 pub(super) enum Codec {
     Pass,
@@ -36,15 +39,6 @@ impl Codec {
             Codec::Pass => true,
             Codec::Deflate(deflating) => deflating.in_place(),
             Codec::Inflate(_) => false,
-        }
-    }
-
-    /// The reader a direction needs: an inflating one keeps payloads
-    /// unmasked (it frames them anew); the others forward what they read.
-    pub(super) fn inbound(&self, rules: frame::Rules) -> Inbound {
-        match self {
-            Codec::Inflate(_) => Inbound::unmasking(rules),
-            Codec::Pass | Codec::Deflate(_) => Inbound::new(rules),
         }
     }
 }
@@ -112,7 +106,8 @@ impl Deflating {
     }
 }
 
-/// Inflating what one side compressed, for a side that did not agree.
+/// Inflating what one side compressed, for a side that did not agree. Its
+/// messages sent plain are not this codec's: they pass as they came.
 pub(super) struct Inflating {
     /// Mask what goes on (toward an upstream).
     mask: bool,
@@ -122,21 +117,23 @@ pub(super) struct Inflating {
     /// messages, here between them.
     kept: bool,
     context: Option<Inflater>,
+    /// The compressed message in progress.
     message: Option<Message>,
-    /// One frame's inflated payload, before it is framed.
+    /// Inflated bytes not yet framed: a message goes on as one frame up to
+    /// [`PIECE`], in frames of that size beyond. Held only while a
+    /// message is in progress.
     plain: Vec<u8>,
     /// The payload bytes of the compressed messages ended since the last
     /// [`Inflating::take_counts`], and what they inflated to.
     counts: (u64, u64),
 }
 
-/// The message in progress.
+/// The compressed message in progress.
 struct Message {
     text: bool,
     /// Its first frame has gone on: the next are continuations.
     started: bool,
-    /// Set for a compressed message.
-    inflater: Option<Inflater>,
+    inflater: Inflater,
     utf8: Utf8Stream,
 }
 
@@ -158,13 +155,14 @@ impl Inflating {
         std::mem::take(&mut self.counts)
     }
 
-    /// Take the payload bytes in `input` (advancing it) of the data step
-    /// just read by `frames`; `end`: they end the message. What goes on is
-    /// appended to `out`, framed; returns `Ok(true)` once all of `input`
-    /// is through, `Ok(false)` when `out` has grown past `limit`.
+    /// Take the unmasked payload bytes in `input` (advancing it) of a
+    /// compressed message (`text` or not); `end`: they end it. What goes
+    /// on is appended to `out`, framed; returns `Ok(true)` once all of
+    /// `input` is through, `Ok(false)` when `out` has grown past `limit`
+    /// (write it out and call again).
     pub(super) fn feed(
         &mut self,
-        frames: &Inbound,
+        text: bool,
         input: &mut &[u8],
         end: bool,
         out: &mut Vec<u8>,
@@ -172,72 +170,55 @@ impl Inflating {
     ) -> Result<bool, Violation> {
         let (max, context) = (self.max, &mut self.context);
         let message = self.message.get_or_insert_with(|| Message {
-            text: frames.text(),
+            text,
             started: false,
-            inflater: frames.compressed().then(|| match context.take() {
+            inflater: match context.take() {
                 Some(mut kept) => {
                     kept.next_message();
                     kept
                 }
                 None => Inflater::new(max),
-            }),
+            },
             utf8: Utf8Stream::default(),
         });
-        let Message {
-            text,
-            started,
-            inflater,
-            utf8,
-        } = message;
+        let plain = &mut self.plain;
         let mut head = Head {
-            text: *text,
-            started,
+            text: message.text,
+            started: &mut message.started,
             mask: self.mask,
         };
-        let done = match inflater {
-            // Sent plain: it goes on as it is (checked by `frames`).
-            None => {
-                if !input.is_empty() || end {
-                    head.emit(out, input, end);
-                }
-                *input = &[];
-                true
+        loop {
+            if out.len() >= limit {
+                return Ok(false);
             }
-            Some(inflater) => {
-                let plain = &mut self.plain;
-                let mut done = false;
-                while !done && out.len() < limit {
-                    plain.clear();
-                    done = inflater.feed(input, end, plain, PIECE)?;
-                    if *text {
-                        utf8.feed(plain)?;
-                    }
-                    let fin = done && end;
-                    if fin && *text {
-                        utf8.finish()?;
-                    }
-                    if !plain.is_empty() || fin {
-                        head.emit(out, plain, fin);
-                    }
-                }
-                done
+            let before = plain.len();
+            let done = message.inflater.feed(input, end, plain, PIECE)?;
+            if message.text {
+                message.utf8.feed(&plain[before..])?;
             }
-        };
-        if done && end {
-            if let Some(inflater) = self.message.take().and_then(|m| m.inflater) {
-                let (compressed, inflated) = inflater.totals();
-                self.counts.0 += compressed;
-                self.counts.1 += inflated;
-                if self.kept {
-                    self.context = Some(inflater);
-                }
+            let fin = done && end;
+            if fin && message.text {
+                message.utf8.finish()?;
             }
-            // What one large message needed is not kept.
-            if self.plain.capacity() > PIECE {
-                self.plain = Vec::new();
+            if plain.len() >= PIECE || fin {
+                head.emit(out, plain, fin);
+                plain.clear();
+            }
+            if done {
+                break;
             }
         }
-        Ok(done)
+        if end && let Some(message) = self.message.take() {
+            let (compressed, inflated) = message.inflater.totals();
+            self.counts.0 += compressed;
+            self.counts.1 += inflated;
+            if self.kept {
+                self.context = Some(message.inflater);
+            }
+            // Nothing is held between messages.
+            self.plain = Vec::new();
+        }
+        Ok(true)
     }
 }
 
