@@ -1805,6 +1805,18 @@ struct HubIdle {
     failed: usize,
 }
 
+/// RSS per idle connection once the memory has settled: `opened`
+/// connections since `before` (KiB).
+async fn settled(pid: u32, before: u64, opened: usize, failed: usize) -> HubIdle {
+    sleep(Duration::from_millis(300)).await;
+    let after = rss_kib(pid);
+    HubIdle {
+        kib: after.saturating_sub(before) as f64 / opened as f64,
+        opened,
+        failed,
+    }
+}
+
 /// RSS of wsgate per idle hub connection: `hub_idle` connections opened to a
 /// raw room (none sends anything), then a round trip through another room
 /// from a fresh connection (everything before it is set up).
@@ -1830,15 +1842,9 @@ async fn hub_idle(opts: &Opts, idle: &Client, probe: &Client, pid: u32) -> anyho
     })
     .await
     .context("no probe through the hub in 10 s")??;
-    sleep(Duration::from_millis(300)).await;
-    let after = rss_kib(pid);
-    let opened = conns.len();
+    let idle = settled(pid, before, conns.len(), failed).await;
     drop((conns, a, b));
-    Ok(HubIdle {
-        kib: after.saturating_sub(before) as f64 / opened as f64,
-        opened,
-        failed,
-    })
+    Ok(idle)
 }
 
 struct Fanout {
@@ -2029,15 +2035,17 @@ async fn fanout(
     (back, result)
 }
 
-fn print_hub_table(opts: &Opts, results: &HubResults) {
-    let values = |key: &str, col: usize| {
-        results
-            .values
+impl HubResults {
+    /// The measures of `key` in column `col`, if any were taken.
+    fn values(&self, key: &str, col: usize) -> Option<&Vec<f64>> {
+        self.values
             .get(&(key.to_string(), col))
             .filter(|v| !v.is_empty())
-    };
-    let cell = |key: &str, col: usize, digits: usize| -> (Option<f64>, String) {
-        let Some(v) = values(key, col) else {
+    }
+
+    /// Their median, and as printed: with the spread when there are several.
+    fn cell(&self, key: &str, col: usize, digits: usize) -> (Option<f64>, String) {
+        let Some(v) = self.values(key, col) else {
             return (None, "–".to_string());
         };
         let m = median(v);
@@ -2048,8 +2056,20 @@ fn print_hub_table(opts: &Opts, results: &HubResults) {
             let _ = write!(s, " ({}–{})", fmt_num(lo, digits), fmt_num(hi, digits));
         }
         (Some(m), s)
-    };
-    let sum = |key: &str, col: usize| values(key, col).map(|v| v.iter().sum::<f64>());
+    }
+
+    /// Their sum over the repeats.
+    fn sum(&self, key: &str, col: usize) -> Option<f64> {
+        self.values(key, col).map(|v| v.iter().sum::<f64>())
+    }
+}
+
+fn print_hub_table(opts: &Opts, results: &HubResults) {
+    let (values, cell, sum) = (
+        |key: &str, col: usize| results.values(key, col),
+        |key: &str, col: usize, digits: usize| results.cell(key, col, digits),
+        |key: &str, col: usize| results.sum(key, col),
+    );
     println!();
     println!("| hub measure | kernel floor | wsgate hub | wsgate / floor |");
     println!("| --- | --- | --- | --- |");
@@ -2726,15 +2746,9 @@ async fn deflate_idle(
     timeout(Duration::from_secs(10), b.next())
         .await
         .context("no probe through the hub in 10 s")??;
-    sleep(Duration::from_millis(300)).await;
-    let after = rss_kib(pid);
-    let opened = conns.len();
+    let idle = settled(pid, before, conns.len(), failed).await;
     drop((conns, a, b));
-    Ok(HubIdle {
-        kib: after.saturating_sub(before) as f64 / opened as f64,
-        opened,
-        failed,
-    })
+    Ok(idle)
 }
 
 /// Offsets of the fixed-width hex fields in a fan-out publish:
@@ -3125,26 +3139,11 @@ async fn measure_deflate(
 }
 
 fn print_deflate_table(opts: &Opts, results: &HubResults) {
-    let values = |key: &str, col: usize| {
-        results
-            .values
-            .get(&(key.to_string(), col))
-            .filter(|v| !v.is_empty())
-    };
-    let cell = |key: &str, col: usize, digits: usize| -> (Option<f64>, String) {
-        let Some(v) = values(key, col) else {
-            return (None, "–".to_string());
-        };
-        let m = median(v);
-        let mut s = fmt_num(m, digits);
-        if v.len() > 1 {
-            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let _ = write!(s, " ({}–{})", fmt_num(lo, digits), fmt_num(hi, digits));
-        }
-        (Some(m), s)
-    };
-    let sum = |key: &str, col: usize| values(key, col).map(|v| v.iter().sum::<f64>());
+    let (values, cell, sum) = (
+        |key: &str, col: usize| results.values(key, col),
+        |key: &str, col: usize, digits: usize| results.cell(key, col, digits),
+        |key: &str, col: usize| results.sum(key, col),
+    );
     let n = *opts.hub_subs.last().unwrap_or(&1);
     let (conns, in_flight) = DEFLATE_ECHO;
     let echo_len = echo_json().len();

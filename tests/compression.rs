@@ -11,13 +11,14 @@ use std::io::Write;
 
 use common::backend::Backend;
 use common::hub::{json_client, next_json, send_json, subscribe};
-use common::{Gateway, Route, metric, read_until_close, upgrade_request, within};
+use common::{Gateway, Route, Running, metric, read_until_close, upgrade_request, within};
 use flate2::Compression;
 use flate2::write::{DeflateDecoder, DeflateEncoder};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 const OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
@@ -32,6 +33,20 @@ fn gateway() -> Gateway {
                 .key("namespace", "hub")
                 .key("compression", "off"),
         )
+}
+
+/// A gateway with one upstream route, `/relay`, to `addr`, as `route` sets
+/// it up.
+async fn relay(addr: std::net::SocketAddr, route: impl FnOnce(Route) -> Route) -> Running {
+    let upstream = Route::upstream("/relay", [format!("ws://{addr}")]);
+    Gateway::builder().route(route(upstream)).start().await
+}
+
+/// `path` upgraded with the extra header lines `extra`: the 101's head
+/// and the stream.
+async fn upgrade(gw: &Running, path: &str, extra: &str) -> (String, TlsStream<TcpStream>) {
+    gw.raw_upgrade_with(upgrade_request(path, extra).as_bytes())
+        .await
 }
 
 /// `payload` as the client's side of permessage-deflate compresses it.
@@ -469,13 +484,8 @@ async fn compressed_frames_pass_through_untouched_when_both_sides_agree() {
         let (addr, mut seen, send) = deflate_backend().await;
         // Compression is on by default, offered upstream when the client
         // agreed it.
-        let gw = Gateway::builder()
-            .route(Route::upstream("/relay", [format!("ws://{addr}")]))
-            .start()
-            .await;
-        let (head, mut client) = gw
-            .raw_upgrade_with(upgrade_request("/relay", OFFER).as_bytes())
-            .await;
+        let gw = relay(addr, |r| r).await;
+        let (head, mut client) = upgrade(&gw, "/relay", OFFER).await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         let story = "pass me through, as I am; ".repeat(50);
         let up = deflate(story.as_bytes());
@@ -495,18 +505,10 @@ async fn compressed_frames_pass_through_untouched_when_both_sides_agree() {
 async fn a_plain_client_gets_a_compressing_backend_inflated() {
     within(30, async {
         let (addr, mut seen, send) = deflate_backend().await;
-        let gw = Gateway::builder()
-            .route(
-                Route::upstream("/relay", [format!("ws://{addr}")])
-                    .key("upstream_compression", "always"),
-            )
-            .start()
-            .await;
+        let gw = relay(addr, |r| r.key("upstream_compression", "always")).await;
         // No offer from this client (a Qt one): with "always", the backend
         // is offered the extension and agrees.
-        let (head, mut client) = gw
-            .raw_upgrade_with(upgrade_request("/relay", "").as_bytes())
-            .await;
+        let (head, mut client) = upgrade(&gw, "/relay", "").await;
         assert!(
             !head
                 .to_ascii_lowercase()
@@ -518,9 +520,10 @@ async fn a_plain_client_gets_a_compressing_backend_inflated() {
         let (offer, frame) = seen.recv().await.unwrap();
         assert!(offer.is_some());
         assert_eq!(frame, (false, 1, story.as_bytes().to_vec()));
-        // Compressed by the backend, inflated for the client: in frames of
-        // at most 16 KiB, whatever its size.
-        let big: String = (0..3000).map(|i| format!("{i},")).collect();
+        // Compressed by the backend, inflated for the client: one frame up
+        // to 64 KiB, frames of 64 KiB beyond.
+        let big: String = (0..15_000).map(|i| format!("{i},")).collect();
+        assert!(big.len() > 64 << 10);
         for message in [story.clone(), big] {
             send.send(server_frame(1, true, &deflate(message.as_bytes())))
                 .await
@@ -545,16 +548,8 @@ async fn a_plain_client_gets_a_compressing_backend_inflated() {
 async fn with_upstream_compression_off_the_gateway_inflates_for_the_backend() {
     within(30, async {
         let (addr, mut seen, _send) = deflate_backend().await;
-        let gw = Gateway::builder()
-            .route(
-                Route::upstream("/relay", [format!("ws://{addr}")])
-                    .key("upstream_compression", "off"),
-            )
-            .start()
-            .await;
-        let (head, mut client) = gw
-            .raw_upgrade_with(upgrade_request("/relay", OFFER).as_bytes())
-            .await;
+        let gw = relay(addr, |r| r.key("upstream_compression", "off")).await;
+        let (head, mut client) = upgrade(&gw, "/relay", OFFER).await;
         assert!(
             head.to_ascii_lowercase().contains("permessage-deflate"),
             "{head}"
@@ -718,16 +713,11 @@ async fn a_hub_client_with_context_gets_its_own_compression() {
 async fn a_member_that_does_not_settle_the_asked_window_is_inflated_for_the_client() {
     within(30, async {
         let (addr, mut seen, send) = deflate_backend().await;
-        let gw = Gateway::builder()
-            .route(Route::upstream("/relay", [format!("ws://{addr}")]))
-            .start()
-            .await;
+        let gw = relay(addr, |r| r).await;
         // The client limits the server's window; the member's answer says
         // nothing of it (it may use a full window).
         let offer = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n";
-        let (head, mut client) = gw
-            .raw_upgrade_with(upgrade_request("/relay", offer).as_bytes())
-            .await;
+        let (head, mut client) = upgrade(&gw, "/relay", offer).await;
         assert!(head.contains("server_max_window_bits=10"), "{head}");
         // Up: both agreed, the client's frames pass as sent.
         let up = deflate(b"up as it was sent, up as it was sent");
@@ -752,14 +742,9 @@ async fn a_member_that_does_not_settle_the_asked_window_is_inflated_for_the_clie
 async fn a_member_that_answers_the_offer_wrongly_is_dialled_again_without_it() {
     within(30, async {
         let (addr, mut offered) = bad_answer_backend().await;
-        let gw = Gateway::builder()
-            .route(Route::upstream("/relay", [format!("ws://{addr}")]).name("redial"))
-            .start()
-            .await;
+        let gw = relay(addr, |r| r.name("redial")).await;
         for round in 0..2 {
-            let (head, mut client) = gw
-                .raw_upgrade_with(upgrade_request("/relay", OFFER).as_bytes())
-                .await;
+            let (head, mut client) = upgrade(&gw, "/relay", OFFER).await;
             assert!(head.starts_with("HTTP/1.1 101"), "{head}");
             assert!(head.contains("permessage-deflate"), "{head}");
             // Offered, refused by the gateway, dialled again plain.
