@@ -342,9 +342,10 @@ pub struct RouteMetrics {
     pub duration: Histogram,
 }
 
-/// How many connections keep compression context now.
-pub fn compression_contexts(held: usize) {
-    gauge!(COMPRESSION_CONTEXTS).set(held as f64);
+/// One more (`1.0`) or one fewer (`-1.0`) connection keeps compression
+/// context.
+pub fn compression_contexts(change: f64) {
+    gauge!(COMPRESSION_CONTEXTS).increment(change);
 }
 
 /// The payload bytes of messages wsgate compressed or inflated itself, in

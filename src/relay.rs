@@ -130,7 +130,10 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let (up, down) = compression.codecs(ctx.limits);
-    if let (Codec::Pass, Codec::Pass, Some(client)) = (&up, &down, &mut compression.client) {
+    if let Some(client) = compression.client.as_mut()
+        && !up.keeps_context()
+        && !down.keeps_context()
+    {
         // No codec of the gateway's keeps context: the place goes back.
         client.slot = None;
     }

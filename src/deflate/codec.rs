@@ -3,6 +3,7 @@
 //! from message to message (context takeover).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -146,12 +147,18 @@ pub(crate) struct Inflater {
     ended: bool,
     /// The decompressor's totals when this message began.
     base: (u64, u64),
+    /// For a peer that keeps its context: the last [`WINDOW`] bytes
+    /// inflated, to carry the window over a stream ended by a final block
+    /// (RFC 7692 §7.2.3.4 allows one; the next message may still refer
+    /// back).
+    history: Option<VecDeque<u8>>,
 }
 
+/// The largest window a deflate stream may refer back into.
+const WINDOW: usize = 32 << 10;
+
 impl Inflater {
-    /// A pooled decompressor, for one message or (with
-    /// [`Inflater::next_message`] before each) for every message of a peer
-    /// that keeps its context.
+    /// A pooled decompressor, for one message.
     pub(crate) fn new(max: usize) -> Self {
         let d = INFLATERS.with(|pool| pool.borrow_mut().pop());
         let mut d = d.unwrap_or_else(|| Decompress::new(false));
@@ -162,7 +169,16 @@ impl Inflater {
             tail: 0,
             ended: false,
             base: (0, 0),
+            history: None,
         }
+    }
+
+    /// For every message of a peer that keeps its context, each after
+    /// [`Inflater::next_message`].
+    pub(crate) fn kept(max: usize) -> Self {
+        let mut inflater = Inflater::new(max);
+        inflater.history = Some(VecDeque::with_capacity(WINDOW));
+        inflater
     }
 
     /// The next message begins: it builds on the window of those before,
@@ -171,6 +187,9 @@ impl Inflater {
         if let Some(d) = self.d.as_mut() {
             if self.ended {
                 d.reset(false);
+                if let Some(history) = self.history.as_mut() {
+                    restore(d, history.make_contiguous());
+                }
             }
             self.base = (d.total_in(), d.total_out());
         }
@@ -232,6 +251,13 @@ impl Inflater {
             if d.total_out() - self.base.1 > self.max as u64 {
                 return Err(Inflate::TooBig);
             }
+            if let Some(history) = self.history.as_mut() {
+                let new = &out[out_before..];
+                let new = &new[new.len().saturating_sub(WINDOW)..];
+                let excess = (history.len() + new.len()).saturating_sub(WINDOW);
+                history.drain(..excess);
+                history.extend(new);
+            }
             if status == Status::StreamEnd {
                 self.ended = true;
                 continue;
@@ -258,6 +284,20 @@ impl Inflater {
             }
         }
     }
+}
+
+/// Give a fresh decompressor `window` as what came before: one stored
+/// block holding it, its output thrown away.
+fn restore(d: &mut Decompress, window: &[u8]) {
+    let len = window.len().min(WINDOW) as u16;
+    let mut block = Vec::with_capacity(5 + usize::from(len));
+    // BFINAL 0, BTYPE 00 (stored), then LEN and its complement.
+    block.push(0);
+    block.extend_from_slice(&len.to_le_bytes());
+    block.extend_from_slice(&(!len).to_le_bytes());
+    block.extend_from_slice(&window[window.len() - usize::from(len)..]);
+    let mut sink = Vec::with_capacity(usize::from(len) + 64);
+    let _ = d.decompress_vec(&block, &mut sink, FlushDecompress::None);
 }
 
 impl Drop for Inflater {

@@ -74,21 +74,20 @@ pub(crate) struct ContextSlot(Arc<ContextBudget>);
 impl ContextBudget {
     /// A place, if fewer than `max` are taken.
     fn take(self: &Arc<Self>, max: usize) -> Option<ContextSlot> {
-        let held = self
-            .held
+        self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
-        crate::metrics::compression_contexts(held + 1);
+        crate::metrics::compression_contexts(1.0);
         Some(ContextSlot(self.clone()))
     }
 }
 
 impl Drop for ContextSlot {
     fn drop(&mut self) {
-        let held = self.0.held.fetch_sub(1, Ordering::AcqRel);
-        crate::metrics::compression_contexts(held.saturating_sub(1));
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
+        crate::metrics::compression_contexts(-1.0);
     }
 }
 
@@ -261,11 +260,13 @@ pub(crate) fn upstream_agreed<'h>(
     let answer = params(element.trim()).ok_or("an extension nobody asked for")?;
     let offered = params(offer).unwrap_or_default();
     let asked = |name: &str| offered.iter().find(|(n, _)| n == name);
+    // A window below 15 asked for a client must be settled in the answer.
     let window = asked("server_max_window_bits").and_then(|(_, v)| bits(*v));
+    let smaller = window.is_some_and(|b| b < 15);
     let mut agreed = UpstreamAgreed {
         client_no_context: false,
         server_no_context: false,
-        window_unsettled: window.is_some(),
+        window_unsettled: smaller,
     };
     for (name, value) in answer {
         match (name.as_str(), value) {

@@ -274,3 +274,54 @@ fn the_upstream_offer_mirrors_the_client_and_its_answer_is_checked() {
         assert!(answer(&[bad], offered).is_err(), "{bad}");
     }
 }
+
+/// Bits as DEFLATE writes them: into bytes from the lowest bit up.
+#[derive(Default)]
+struct Bits {
+    bytes: Vec<u8>,
+    used: u32,
+}
+
+impl Bits {
+    /// `n` bits of `value`, lowest first (header fields, extra bits).
+    fn put(&mut self, value: u32, n: u32) {
+        for i in 0..n {
+            if self.used.is_multiple_of(8) {
+                self.bytes.push(0);
+            }
+            let bit = ((value >> i) & 1) as u8;
+            *self.bytes.last_mut().unwrap() |= bit << (self.used % 8);
+            self.used += 1;
+        }
+    }
+
+    /// A Huffman code of `n` bits, highest first.
+    fn code(&mut self, value: u32, n: u32) {
+        for i in (0..n).rev() {
+            self.put((value >> i) & 1, 1);
+        }
+    }
+}
+
+#[test]
+fn a_kept_window_outlives_a_final_block() {
+    // The first message ends its stream with a final block (allowed); the
+    // second refers back 20 bytes into it, for 10.
+    let first = b"abcdefghijklmnopqrstuvwxyz";
+    let mut c = flate2::Compress::new(flate2::Compression::fast(), false);
+    let mut ended = Vec::with_capacity(256);
+    c.compress_vec(first, &mut ended, flate2::FlushCompress::Finish)
+        .unwrap();
+    let mut second = Bits::default();
+    second.put(1, 1); // BFINAL
+    second.put(1, 2); // fixed Huffman codes
+    second.code(0b000_1000, 7); // length 10 (code 264)
+    second.code(0b01000, 5); // distance code 8: 17-24
+    second.put(3, 3); // + 3: distance 20
+    second.code(0, 7); // end of block
+    let mut inflater = Inflater::kept(1 << 20);
+    for (message, expected) in [(&ended, &first[..]), (&second.bytes, b"ghijklmnop")] {
+        inflater.next_message();
+        assert_eq!(inflater.whole(message).unwrap(), expected);
+    }
+}

@@ -103,7 +103,7 @@ impl MemberDeflate {
         MemberDeflate {
             counted_in: ctx.metrics.compression_in.clone(),
             max,
-            inflater: agreed.client_context.then(|| Inflater::new(max)),
+            inflater: agreed.client_context.then(|| Inflater::kept(max)),
             deflater: agreed
                 .compress
                 .filter(|_| agreed.server_context)
@@ -262,18 +262,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
         self.outbox.push_back(frame);
     }
 
-    /// Take frames queued elsewhere, after what is already on its way.
-    pub(crate) fn take(&mut self, frames: VecDeque<Bytes>) {
+    /// Take frames queued elsewhere, after what is already on its way;
+    /// their payload bytes, as they go out (compressed here or not).
+    pub(crate) fn take(&mut self, frames: VecDeque<Bytes>) -> u64 {
         if let Some(deflate) = self.deflate.as_mut().filter(|d| d.deflater.is_some()) {
+            let before = self.outbox.len();
             let frames = frames.into_iter().map(|f| deflate.outgoing(f));
             self.outbox.extend(frames);
-            return;
+            return payload_bytes(self.outbox.range(before..));
         }
+        let bytes = payload_bytes(&frames);
         if self.outbox.is_empty() {
             self.outbox = frames;
         } else {
             self.outbox.extend(frames);
         }
+        bytes
     }
 
     pub(crate) fn has_output(&self) -> bool {
@@ -392,6 +396,11 @@ fn whole(message: &mut Vec<u8>, piece: &[u8], text: bool) -> Result<Data, Sessio
     Utf8Bytes::try_from(bytes)
         .map(Data::Text)
         .map_err(|_| SessionEnd::Broken(Side::Client, Fault::InvalidUtf8))
+}
+
+/// The payload bytes of whole frames as queued (for the byte counts).
+fn payload_bytes<'f>(frames: impl IntoIterator<Item = &'f Bytes>) -> u64 {
+    frames.into_iter().map(|f| payload_len(f) as u64).sum()
 }
 
 /// The payload length of a whole frame as queued (for the byte counts).

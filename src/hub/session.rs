@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::member::{Data, Event, Member, MemberDeflate, payload_len};
+use super::member::{Data, Event, Member, MemberDeflate};
 use super::protocol::{self, Body, Request};
 use super::{Conn, Done, Hub, HubError, Registration, Since, Subscribed, Then, text_frame};
 use crate::close::{SessionEnd, Side};
@@ -169,12 +169,9 @@ where
             );
             member.queue(text_frame(&protocol::error("lagged", &text, None, None)));
         }
-        let (messages, bytes) = batch
-            .items
-            .iter()
-            .fold((0, 0), |(m, b), f| (m + 1, b + payload_len(f) as u64));
+        let messages = batch.items.len() as u64;
+        let bytes = member.take(batch.items);
         ctx.metrics.counted(Side::Upstream, messages, bytes);
-        member.take(batch.items);
         if !member.has_output() {
             if flushed {
                 return Ok(());

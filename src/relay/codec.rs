@@ -33,6 +33,16 @@ pub(super) enum Codec {
 }
 
 impl Codec {
+    /// Does this direction keep compression context from message to
+    /// message?
+    pub(super) fn keeps_context(&self) -> bool {
+        match self {
+            Codec::Pass => false,
+            Codec::Deflate(deflating) => deflating.context.is_some(),
+            Codec::Inflate(inflating) => inflating.kept,
+        }
+    }
+
     /// Is what goes on written over what was read?
     pub(super) fn in_place(&self) -> bool {
         match self {
@@ -177,6 +187,7 @@ impl Inflating {
                     kept.next_message();
                     kept
                 }
+                None if self.kept => Inflater::kept(max),
                 None => Inflater::new(max),
             },
             utf8: Utf8Stream::default(),
