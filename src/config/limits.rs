@@ -20,7 +20,7 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 16 << 10;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
-/// At most about 80 MiB of codecs (314 KiB per connection).
+/// At most about 90 MiB of codecs (about 350 KiB per connection).
 pub const DEFAULT_COMPRESSION_CONTEXTS: usize = 256;
 
 /// Every bound and deadline the gateway enforces.
