@@ -143,7 +143,7 @@ pub(crate) async fn handle(
         .as_ref()
         .and_then(|a| HeaderValue::from_str(&a.response).ok());
     let (peer_side, protocol) = match &state.target {
-        Target::Echo => (Peer::Echo(agreed), chosen),
+        Target::Echo => (Peer::Echo(agreed.map(Box::new)), chosen),
         Target::Upstream(pool) => {
             match pool
                 .dial(req.uri(), req.headers(), peer.ip(), agreed.as_ref())
@@ -155,7 +155,7 @@ pub(crate) async fn handle(
                         client: agreed,
                         upstream: dialed.deflate,
                     };
-                    (Peer::Upstream(dialed, compression), protocol)
+                    (Peer::Upstream(dialed, Box::new(compression)), protocol)
                 }
                 Err(DialError::Rejected(rejection)) => return refuse(rejection, req.uri().path()),
                 Err(DialError::Status(response)) => {
@@ -196,10 +196,11 @@ pub(crate) async fn handle(
 
 /// What a session's client is connected to, set up before the 101.
 enum Peer {
-    /// With permessage-deflate, when agreed.
-    Echo(Option<Agreed>),
+    /// With permessage-deflate, when agreed (boxed, as below: every
+    /// session's task holds a `Peer` until it ends).
+    Echo(Option<Box<Agreed>>),
     /// With permessage-deflate on either side, as agreed.
-    Upstream(Dialed, Compression),
+    Upstream(Dialed, Box<Compression>),
     Hub(HubClient),
 }
 
@@ -246,14 +247,14 @@ async fn session(
     // Each kind's loop is boxed at its own size: the task's future holds a
     // pointer, so a connection pays only for its own kind's state.
     let end = match peer {
-        Peer::Echo(agreed) => Box::pin(echo::serve(client, &ctx, agreed)).await,
+        Peer::Echo(agreed) => Box::pin(echo::serve(client, &ctx, agreed.map(|a| *a))).await,
         Peer::Hub(hub_client) => {
             Box::pin(hub::session::serve(client, &ctx, &shared.hub, hub_client)).await
         }
         Peer::Upstream(dialed, compression) => {
             let Dialed { mut io, early, .. } = dialed;
             let mut client = client;
-            Box::pin(relay::run(&mut client, &mut io, early, compression, &ctx)).await
+            Box::pin(relay::run(&mut client, &mut io, early, *compression, &ctx)).await
         }
     };
 

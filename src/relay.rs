@@ -12,13 +12,19 @@
 //! is answered exactly once, by the far side; only pongs to the gateway's
 //! own keepalive pings are kept back. A Close passes through with its code
 //! and reason, and the close handshake is completed with both sides.
+//!
+//! Compressed frames (permessage-deflate) pass the same way where both
+//! sides agreed the extension; where only one did, the direction's codec
+//! (`relay/codec.rs`) inflates or compresses its messages on the way.
+
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
 use crate::close::{ClosePlan, Fault, SessionEnd, Side};
 use crate::config::Limits;
-use crate::deflate::{Agreed, UpstreamAgreed};
+use crate::deflate::{Agreed, ContextSlot, UpstreamAgreed};
 use crate::frame::{
     self, ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, apply_mask, parse_close,
 };
@@ -53,26 +59,28 @@ impl Compression {
         let up = match (&self.client, &self.upstream) {
             // A client that keeps context, to a member that will not.
             (Some(c), Some(u)) if c.client_context && u.client_no_context => {
-                Codec::Inflate(Inflating::new(true, max, true))
+                Codec::Inflate(Box::new(Inflating::new(true, max, true)))
             }
             (Some(_), Some(_)) | (None, _) => Codec::Pass,
-            (Some(c), None) => Codec::Inflate(Inflating::new(true, max, c.client_context)),
+            (Some(c), None) => {
+                Codec::Inflate(Box::new(Inflating::new(true, max, c.client_context)))
+            }
         };
         let down = match (&self.client, &self.upstream) {
             // The member did not settle the window the client asked for.
             (Some(_), Some(u)) if u.window_unsettled => {
-                Codec::Inflate(Inflating::new(false, max, !u.server_no_context))
+                Codec::Inflate(Box::new(Inflating::new(false, max, !u.server_no_context)))
             }
             // The member was offered the client's terms.
             (Some(_), Some(_)) | (None, None) => Codec::Pass,
             // Offered without context (`upstream_compression = "always"`).
-            (None, Some(_)) => Codec::Inflate(Inflating::new(false, max, false)),
+            (None, Some(_)) => Codec::Inflate(Box::new(Inflating::new(false, max, false))),
             (Some(c), None) => match c.compress {
-                Some(config) => Codec::Deflate(Deflating::new(
+                Some(config) => Codec::Deflate(Box::new(Deflating::new(
                     config,
                     c.server_context,
                     limits.max_frame_size.min(frame::MAX_READ),
-                )),
+                ))),
                 None => Codec::Pass,
             },
         };
@@ -117,32 +125,51 @@ impl Inflow {
 
 /// Relay between `client` and `upstream` until either side closes, breaks
 /// a rule or goes away, or the gateway drains; then close both sides.
-/// `early` is what the upstream sent right after its 101.
-pub(crate) async fn run<C, U>(
+/// `early` is what the upstream sent right after its 101. The session
+/// keeps of `compression` only its codecs and, while one of them keeps
+/// context, its place in the budget.
+pub(crate) fn run<'r, C, U>(
+    client: &'r mut C,
+    upstream: &'r mut U,
+    early: Vec<u8>,
+    compression: Compression,
+    ctx: &'r SessionCtx<'_>,
+) -> impl Future<Output = SessionEnd> + 'r
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (up, down) = compression.codecs(ctx.limits);
+    let slot = match up.keeps_context() || down.keeps_context() {
+        true => compression.client.as_ref().and_then(|c| c.slot.clone()),
+        false => None,
+    };
+    let agreed = (compression.client.is_some(), compression.upstream.is_some());
+    relay_with(client, upstream, early, (up, down), agreed, slot, ctx)
+}
+
+/// [`run`], with what the session keeps of its compression: each
+/// direction's codec, whether each side agreed, and the budget's place.
+async fn relay_with<C, U>(
     client: &mut C,
     upstream: &mut U,
     early: Vec<u8>,
-    mut compression: Compression,
+    (up, down): (Codec, Codec),
+    (client_agreed, upstream_agreed): (bool, bool),
+    _slot: Option<Arc<ContextSlot>>,
     ctx: &SessionCtx<'_>,
 ) -> SessionEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (up, down) = compression.codecs(ctx.limits);
-    if let Some(client) = compression.client.as_mut()
-        && !up.keeps_context()
-        && !down.keeps_context()
-    {
-        // No codec of the gateway's keeps context: the place goes back.
-        client.slot = None;
-    }
+    // Built here, not passed in: a moved argument would be held twice.
     let limits = ctx.limits;
     let mut relay = Relay {
         client,
         upstream,
-        up: Inflow::new(Sender::Client, limits, compression.client.is_some(), up),
-        down: Inflow::new(Sender::Server, limits, compression.upstream.is_some(), down),
+        up: Inflow::new(Sender::Client, limits, client_agreed, up),
+        down: Inflow::new(Sender::Server, limits, upstream_agreed, down),
         ctx,
     };
     let end = relay.relay(early).await;
@@ -327,7 +354,9 @@ where
                             match inflating.feed(text, &mut input, end, &mut grown, FLUSH) {
                                 Ok(true) => break,
                                 Ok(false) => {
-                                    let written = ctx.bounded(to, write(dst, &grown, to)).await;
+                                    // Boxed: only a large inflated message waits here.
+                                    let written =
+                                        Box::pin(ctx.bounded(to, write(dst, &grown, to))).await;
                                     grown.clear();
                                     if let Err(end) = written {
                                         ended = Some(end);

@@ -26,10 +26,11 @@ use crate::frame::{self, Header, Inbound, MAX_HEADER, OpCode, Utf8Stream, Violat
 /// one.
 const PIECE: usize = 64 << 10;
 
+/// Boxed: a session that passes frames (most) holds a tag.
 pub(super) enum Codec {
     Pass,
-    Inflate(Inflating),
-    Deflate(Deflating),
+    Inflate(Box<Inflating>),
+    Deflate(Box<Deflating>),
 }
 
 impl Codec {
