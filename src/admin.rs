@@ -16,16 +16,26 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::close::Shed;
+use crate::hub::api::BodyLimit;
 use crate::hub::{self, Hub};
 use crate::shutdown::Readiness;
 use crate::{Shared, metrics};
 use std::sync::Arc;
 
 const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
-const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections open at once; more are closed at accept.
+pub(crate) const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// How long an admin connection may live: a scraper's keep-alive
+/// connection is closed (between requests) and opened again.
+const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// How long the connections still open at exit get to finish.
+const ADMIN_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the admin listener serves from.
 #[derive(Clone)]
@@ -37,16 +47,24 @@ pub(crate) struct Context {
     pub(crate) hub: Hub,
     /// Largest API request body (`limits.max_message_size`).
     pub(crate) max_body: usize,
+    /// The deadline of each request's head, and of its body
+    /// (`limits.handshake_timeout`).
+    pub(crate) request_timeout: Duration,
 }
 
+/// Serve admin requests until `stop`: at most [`ADMIN_MAX_CONNECTIONS`]
+/// connections, each tracked, with a deadline for every request head and
+/// body and a bounded life; at `stop` they finish what they are answering.
 pub(crate) async fn serve(listener: TcpListener, ctx: Context, stop: CancellationToken) {
     let mut upkeep = tokio::time::interval(UPKEEP_PERIOD);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(ADMIN_HEADER_TIMEOUT);
+        .header_read_timeout(ctx.request_timeout);
+    let open = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    let tracker = TaskTracker::new();
     loop {
         let tcp = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             _ = upkeep.tick() => {
                 ctx.metrics.run_upkeep();
                 continue;
@@ -60,13 +78,23 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
                 }
             },
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            metrics::connection_rejected(Shed::AdminCapacity);
+            drop(tcp);
+            continue;
+        };
         let (ctx, stop, http) = (ctx.clone(), stop.clone(), http.clone());
-        tokio::spawn(async move {
+        let deadline = ctx.request_timeout;
+        tracker.spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let ctx = ctx.clone();
                 async move {
                     let response = if req.uri().path().starts_with("/api/") {
-                        hub::api::handle(req, &ctx.hub, ctx.max_body).await
+                        let body = BodyLimit {
+                            max: ctx.max_body,
+                            within: ctx.request_timeout,
+                        };
+                        hub::api::handle(req, &ctx.hub, body).await
                     } else {
                         respond(&req, &ctx)
                     };
@@ -75,12 +103,21 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
             });
             let conn = http.serve_connection(TokioIo::new(tcp), service);
             tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            let finished = tokio::select! {
+                _ = conn.as_mut() => true,
+                _ = stop.cancelled() => false,
+                _ = tokio::time::sleep(ADMIN_CONNECTION_LIFETIME) => false,
+            };
+            if !finished {
+                // The request in hand is answered, within its deadline.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(deadline, conn).await;
             }
+            drop(permit);
         });
     }
+    tracker.close();
+    let _ = tokio::time::timeout(ADMIN_CLOSE_TIMEOUT, tracker.wait()).await;
 }
 
 fn respond<B>(req: &Request<B>, ctx: &Context) -> Response<Full<Bytes>> {

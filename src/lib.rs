@@ -369,6 +369,7 @@ pub async fn run_with_reload(
         shared: shared.clone(),
         hub: shared.hub.clone(),
         max_body: config.limits.max_message_size,
+        request_timeout: config.limits.handshake_timeout,
     };
     let admin_addr = listeners
         .admin

@@ -13,6 +13,8 @@ pub enum Shed {
     Rate,
     /// The address is over `limits.handshake_rate_per_ip`.
     RatePerIp,
+    /// The admin listener has its most connections open.
+    AdminCapacity,
 }
 
 impl Shed {
@@ -23,6 +25,7 @@ impl Shed {
             Shed::PerIp => "per_ip",
             Shed::Rate => "rate",
             Shed::RatePerIp => "rate_per_ip",
+            Shed::AdminCapacity => "admin_capacity",
         }
     }
 }
@@ -38,6 +41,7 @@ mod tests {
                 (Shed::Capacity, "capacity"),
                 (Shed::PerIp, "per_ip"),
                 (Shed::Rate, "rate"),
+                (Shed::AdminCapacity, "admin_capacity"),
                 (Shed::RatePerIp, "rate_per_ip"),
             ],
             Shed::label,

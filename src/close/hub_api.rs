@@ -22,6 +22,8 @@ pub enum ApiError {
     BadName(String),
     /// The body is over this many bytes (or unreadable).
     TooLarge(usize),
+    /// The body did not arrive within this many seconds.
+    SlowBody(u64),
     /// A JSON or text body that is not UTF-8.
     NotUtf8,
     /// A JSON body that does not parse; the parser's complaint.
@@ -50,6 +52,7 @@ impl ApiError {
             | ApiError::NotUtf8
             | ApiError::NotJson(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Hub(..) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
         }
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::BadChannel(_) => "bad_channel",
             ApiError::BadName(_) => "bad_name",
             ApiError::TooLarge(_) => "too_large",
+            ApiError::SlowBody(_) => "timeout",
             ApiError::NotUtf8 | ApiError::NotJson(_) => "bad_body",
             ApiError::Hub(code, _) => code,
             ApiError::NoSuchChannel => "no_such_channel",
@@ -84,6 +88,9 @@ impl ApiError {
             ApiError::TooLarge(max) => {
                 format!("body larger than {max} bytes (limits.max_message_size) or unreadable")
                     .into()
+            }
+            ApiError::SlowBody(secs) => {
+                format!("the body did not arrive within {secs} s (limits.handshake_timeout)").into()
             }
             ApiError::NotUtf8 => "the body is not UTF-8".into(),
             ApiError::NotJson(e) => format!("the body is not JSON: {e}").into(),
@@ -128,6 +135,12 @@ mod tests {
                 413,
                 "too_large",
                 "body larger than 10 bytes (limits.max_message_size) or unreadable",
+            ),
+            (
+                ApiError::SlowBody(10),
+                408,
+                "timeout",
+                "the body did not arrive within 10 s (limits.handshake_timeout)",
             ),
             (ApiError::NotUtf8, 400, "bad_body", "the body is not UTF-8"),
             (

@@ -7,6 +7,8 @@
 //! - `GET /api/channels`: every channel with its subscribers and last seq
 //! - `GET /api/channels/{channel}/presence`: the names subscribed
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -25,14 +27,23 @@ use crate::names::{check_channel_name, check_client_name};
 pub(crate) async fn handle(
     req: Request<Incoming>,
     hub: &Hub,
-    max_body: usize,
+    body: BodyLimit,
 ) -> Response<Full<Bytes>> {
-    let response = route(req, hub, max_body).await;
+    let response = route(req, hub, body).await;
     hub.metrics().api_request(response.status());
     response
 }
 
-async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<Full<Bytes>> {
+/// How much of a request body is read, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimit {
+    /// Bytes (`limits.max_message_size`).
+    pub(crate) max: usize,
+    /// From the end of the head (`limits.handshake_timeout`).
+    pub(crate) within: Duration,
+}
+
+async fn route(req: Request<Incoming>, hub: &Hub, body_limit: BodyLimit) -> Response<Full<Bytes>> {
     let config = hub.config();
     if config.api_tokens.is_empty() && config.api_keys.is_empty() {
         return error(ApiError::Off);
@@ -71,7 +82,7 @@ async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<F
         },
         Endpoint::Publish(channel) => {
             let name_ok = check_channel_name(channel).map_err(ApiError::BadChannel);
-            let body = match named_body(req, max_body, name_ok).await {
+            let body = match named_body(req, body_limit, name_ok).await {
                 Ok(body) => body,
                 Err(response) => return response,
             };
@@ -101,7 +112,7 @@ async fn route(req: Request<Incoming>, hub: &Hub, max_body: usize) -> Response<F
         }
         Endpoint::Send(name) => {
             let name_ok = check_client_name(name).map_err(ApiError::BadName);
-            let body = match named_body(req, max_body, name_ok).await {
+            let body = match named_body(req, body_limit, name_ok).await {
                 Ok(body) => body,
                 Err(response) => return response,
             };
@@ -228,15 +239,19 @@ fn authorized<'c, B>(req: &Request<B>, config: &'c HubConfig) -> Option<Grant<'c
 /// name is known to be good.
 async fn named_body(
     req: Request<Incoming>,
-    max: usize,
+    limit: BodyLimit,
     name_ok: Result<(), ApiError>,
 ) -> Result<Body, Response<Full<Bytes>>> {
     name_ok.map_err(error)?;
-    read_body(req, max).await
+    read_body(req, limit).await
 }
 
-/// The body as a message: JSON, text or binary by content type; bounded.
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<Body, Response<Full<Bytes>>> {
+/// The body as a message: JSON, text or binary by content type; bounded
+/// in size and in time.
+async fn read_body(
+    req: Request<Incoming>,
+    limit: BodyLimit,
+) -> Result<Body, Response<Full<Bytes>>> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -247,9 +262,11 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Body, Response<
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let bytes = match Limited::new(req.into_body(), max).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return Err(error(ApiError::TooLarge(max))),
+    let read = Limited::new(req.into_body(), limit.max).collect();
+    let bytes = match tokio::time::timeout(limit.within, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => return Err(error(ApiError::TooLarge(limit.max))),
+        Err(_) => return Err(error(ApiError::SlowBody(limit.within.as_secs()))),
     };
     let is_json = content_type == "application/json" || content_type.ends_with("+json");
     if is_json || content_type.starts_with("text/") {
