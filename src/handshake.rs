@@ -215,7 +215,15 @@ async fn session(
     peer: Peer,
     expiry: Option<Arc<Expiry>>,
 ) {
-    let upgraded = match on_upgrade.await {
+    // The hand-off after the 101: bounded, and given up at a drain.
+    let handed = tokio::select! {
+        handed = timeout(shared.limits.handshake_timeout, on_upgrade) => match handed {
+            Ok(handed) => handed.map_err(|e| e.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        },
+        _ = shared.shutdown.token.cancelled() => Err("draining".to_owned()),
+    };
+    let upgraded = match handed {
         Ok(upgraded) => upgraded,
         Err(e) => {
             debug!(error = %e, "upgrade did not complete");
