@@ -260,9 +260,23 @@ async fn session(
             Box::pin(hub::session::serve(client, &ctx, &shared.hub, hub_client)).await
         }
         Peer::Upstream(dialed, compression) => {
-            let Dialed { mut io, early, .. } = dialed;
+            let Dialed {
+                mut io,
+                early,
+                ping_interval,
+                ..
+            } = dialed;
             let mut client = client;
-            Box::pin(relay::run(&mut client, &mut io, early, *compression, &ctx)).await
+            let compression = *compression;
+            let run = relay::run(
+                &mut client,
+                &mut io,
+                early,
+                compression,
+                ping_interval,
+                &ctx,
+            );
+            Box::pin(run).await
         }
     };
 

@@ -18,6 +18,7 @@
 //! (`relay/codec.rs`) inflates or compresses its messages on the way.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
@@ -29,7 +30,9 @@ use crate::frame::{
     self, ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, apply_mask, parse_close,
 };
 use crate::hub::member::payload_len;
-use crate::session::{KEEPALIVE, SessionCtx, Tick, Timers, close_frame, close_to_send};
+use crate::session::{
+    KEEPALIVE, Keepalive, SessionCtx, Tick, Timers, UPSTREAM_KEEPALIVE, close_frame, close_to_send,
+};
 
 mod codec;
 
@@ -133,6 +136,7 @@ pub(crate) fn run<'r, C, U>(
     upstream: &'r mut U,
     early: Vec<u8>,
     compression: Compression,
+    ping_interval: Option<Duration>,
     ctx: &'r SessionCtx<'_>,
 ) -> impl Future<Output = SessionEnd> + 'r
 where
@@ -145,7 +149,16 @@ where
         false => None,
     };
     let agreed = (compression.client.is_some(), compression.upstream.is_some());
-    relay_with(client, upstream, early, (up, down), agreed, slot, ctx)
+    let keepalive = Keepalive::new(ping_interval);
+    relay_with(
+        client,
+        upstream,
+        early,
+        (up, down),
+        agreed,
+        (slot, keepalive),
+        ctx,
+    )
 }
 
 /// [`run`], with what the session keeps of its compression: each
@@ -156,7 +169,7 @@ async fn relay_with<C, U>(
     early: Vec<u8>,
     (up, down): (Codec, Codec),
     (client_agreed, upstream_agreed): (bool, bool),
-    _slot: Option<Arc<ContextSlot>>,
+    (_slot, keepalive): (Option<Arc<ContextSlot>>, Keepalive),
     ctx: &SessionCtx<'_>,
 ) -> SessionEnd
 where
@@ -172,7 +185,7 @@ where
         down: Inflow::new(Sender::Server, limits, upstream_agreed, down),
         ctx,
     };
-    let end = relay.relay(early).await;
+    let end = relay.relay(early, keepalive).await;
     relay.close_both(&end).await;
     end
 }
@@ -193,7 +206,8 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    async fn relay(&mut self, early: Vec<u8>) -> SessionEnd {
+    /// `pings`: the gateway's pings to the upstream member.
+    async fn relay(&mut self, early: Vec<u8>, mut pings: Keepalive) -> SessionEnd {
         let Relay {
             client,
             upstream,
@@ -233,10 +247,27 @@ where
                     }
                     continue;
                 }
+                _ = pings.tick() => {
+                    // Nothing may be written into a frame on its way up.
+                    if up.mid_frame() {
+                        continue;
+                    }
+                    if pings.due().is_err() {
+                        return SessionEnd::UpstreamPingTimeout;
+                    }
+                    let ping = ControlFrame::new(OpCode::Ping, UPSTREAM_KEEPALIVE, Some(rand::random()));
+                    let sent = write(*upstream, ping.as_bytes(), Side::Upstream);
+                    if let Err(end) = ctx.bounded(Side::Upstream, sent).await {
+                        return end;
+                    }
+                    continue;
+                }
             };
             match read {
                 Ok(0) => return SessionEnd::Gone(from),
                 Err(_) => return SessionEnd::Broken(from, Fault::Io),
+                // Anything the member sends shows it is alive.
+                Ok(_) if from == Side::Upstream => pings.pong(),
                 Ok(_) => {}
             }
             let passed = match from {
@@ -389,10 +420,15 @@ where
                 break;
             }
             Ok(Step::Control { len, opcode }) => {
-                let ours = from == Side::Client && opcode == OpCode::Pong && {
-                    timers.pong();
-                    frames.control() == KEEPALIVE
-                };
+                // Pongs to the gateway's own pings stop here.
+                let ours = opcode == OpCode::Pong
+                    && match from {
+                        Side::Client => {
+                            timers.pong();
+                            frames.control() == KEEPALIVE
+                        }
+                        Side::Upstream => frames.control() == UPSTREAM_KEEPALIVE,
+                    };
                 (len, !ours)
             }
         };

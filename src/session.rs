@@ -19,6 +19,9 @@ use crate::metrics::RouteMetrics;
 /// Payload of the gateway's own pings to clients; pongs carrying it are
 /// consumed, not relayed.
 pub(crate) const KEEPALIVE: &[u8] = b"wsgate-keepalive";
+/// The payload of the gateway's pings to an upstream member (their pongs
+/// are not passed on).
+pub(crate) const UPSTREAM_KEEPALIVE: &[u8] = b"wsgate-upstream-keepalive";
 
 /// What every session loop is handed, one per session: where its traffic is
 /// counted, the limits that bound it, and the signal to stop.
@@ -117,15 +120,15 @@ impl Timers {
     }
 }
 
-/// Server pings to the client: a ping still unanswered when the next is due
-/// ends the session.
-struct Keepalive {
+/// Pings to a peer: a ping still unanswered when the next is due ends the
+/// session.
+pub(crate) struct Keepalive {
     interval: Option<Interval>,
     awaiting_pong: bool,
 }
 
 impl Keepalive {
-    fn new(period: Option<Duration>) -> Self {
+    pub(crate) fn new(period: Option<Duration>) -> Self {
         let interval = period.map(|p| {
             let mut i = tokio::time::interval_at(Instant::now() + p, p);
             i.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -137,7 +140,7 @@ impl Keepalive {
         }
     }
 
-    async fn tick(&mut self) {
+    pub(crate) async fn tick(&mut self) {
         match &mut self.interval {
             Some(i) => {
                 i.tick().await;
@@ -148,7 +151,7 @@ impl Keepalive {
 
     /// After a tick: end the session if the last ping went unanswered;
     /// else a ping is to be sent, and its pong awaited.
-    fn due(&mut self) -> Result<(), SessionEnd> {
+    pub(crate) fn due(&mut self) -> Result<(), SessionEnd> {
         if self.awaiting_pong {
             return Err(SessionEnd::PingTimeout);
         }
@@ -156,8 +159,8 @@ impl Keepalive {
         Ok(())
     }
 
-    /// Any pong from the client shows it is alive.
-    fn pong(&mut self) {
+    /// Any pong shows the peer is alive.
+    pub(crate) fn pong(&mut self) {
         self.awaiting_pong = false;
     }
 }

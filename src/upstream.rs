@@ -78,6 +78,8 @@ pub(crate) struct Dialed {
     pub(crate) protocol: Option<HeaderValue>,
     /// What the member agreed of the permessage-deflate offered to it.
     pub(crate) deflate: Option<UpstreamAgreed>,
+    /// How often the session pings the member (`upstream_ping_interval`).
+    pub(crate) ping_interval: Option<Duration>,
     /// Held for its `Drop`: counts the session against the member.
     pub(crate) _lease: Lease,
 }
@@ -274,6 +276,7 @@ impl Pool {
                         early,
                         protocol,
                         deflate,
+                        ping_interval: self.config.upstream_ping_interval,
                         _lease: lease,
                     });
                 }

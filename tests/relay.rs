@@ -583,3 +583,88 @@ async fn frames_sent_with_the_101_come_first_and_fragments_pass_as_they_are() {
     })
     .await;
 }
+
+/// A member that answers the upgrade and then neither reads nor writes (a
+/// host gone, a half-open connection).
+async fn silent_member() -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(tcp.read_u8().await.unwrap());
+            }
+            let head = String::from_utf8(head).unwrap();
+            let key = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("sec-websocket-key")
+                        .then(|| v.trim().to_owned())
+                })
+                .unwrap();
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {}\r\n\r\n",
+                derive_accept_key(key.as_bytes())
+            );
+            tcp.write_all(answer.as_bytes()).await.unwrap();
+            held.push(tcp);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_member_that_goes_silent_is_found_by_its_pings() {
+    within(30, async {
+        let silent = silent_member().await;
+        let mut live = Backend::plain().await;
+        let gw = Gateway::builder()
+            .route(
+                Route::upstream("/silent", [format!("ws://{silent}")])
+                    .name("silent")
+                    .key("upstream_ping_interval", "200ms"),
+            )
+            .route(
+                Route::upstream("/live", [format!("ws://{}", live.addr)])
+                    .name("live")
+                    .key("upstream_ping_interval", "100ms"),
+            )
+            .start()
+            .await;
+        // Unanswered, and nothing else heard: 1011 to the client.
+        let mut ws = gw.ws("/silent").await;
+        let close = next_close(&mut ws).await.expect("a close code");
+        assert_eq!(
+            (u16::from(close.code), close.reason.as_str()),
+            (1011, "upstream not answering")
+        );
+        drop(ws);
+        let series =
+            r#"wsgate_sessions_ended_total{route="silent",reason="upstream_ping_timeout"}"#;
+        common::wait_for_metric(&gw, series, 1.0).await;
+
+        // A member that answers is pinged with the gateway's own payload,
+        // and its pongs are not passed on to the client.
+        let mut ws = gw.ws("/live").await;
+        for _ in 0..3 {
+            loop {
+                if let Event::Ping(p) = live.next().await {
+                    assert_eq!(&p[..], b"wsgate-upstream-keepalive");
+                    break;
+                }
+            }
+        }
+        ws.send(Message::text("still here")).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text("still here")
+        );
+    })
+    .await
+}

@@ -45,6 +45,9 @@ pub enum SessionEnd {
     Idle,
     /// A server ping to the client was not answered before the next was due.
     PingTimeout,
+    /// The upstream member neither answered a ping nor sent anything else
+    /// before the next was due.
+    UpstreamPingTimeout,
     /// A hub client's outbound queue overflowed (slow-consumer policy `close`).
     SlowConsumer,
     /// A raw hub client published faster than its route allows.
@@ -138,6 +141,11 @@ impl SessionEnd {
                 Side::Client => ClosePlan::Send(CloseCode::Error, "ping timeout"),
                 Side::Upstream => ClosePlan::Send(CloseCode::Away, "client gone"),
             },
+            // A member that does not answer is not waited for.
+            SessionEnd::UpstreamPingTimeout => match side {
+                Side::Client => ClosePlan::Send(CloseCode::Error, "upstream not answering"),
+                Side::Upstream => ClosePlan::Nothing,
+            },
             SessionEnd::TokenExpired => match side {
                 Side::Client => ClosePlan::Send(CloseCode::Policy, "token expired"),
                 Side::Upstream => ClosePlan::Send(CloseCode::Away, "token expired"),
@@ -174,6 +182,7 @@ impl SessionEnd {
             SessionEnd::Shutdown => "shutdown",
             SessionEnd::Idle => "idle_timeout",
             SessionEnd::PingTimeout => "ping_timeout",
+            SessionEnd::UpstreamPingTimeout => "upstream_ping_timeout",
             SessionEnd::SlowConsumer => "slow_consumer",
             SessionEnd::RateLimited => "rate_limited",
             SessionEnd::Overloaded => "overloaded",
@@ -253,6 +262,7 @@ mod tests {
             (SessionEnd::Shutdown, Some(1001), Some(1001)),
             (SessionEnd::Idle, Some(1001), Some(1001)),
             (SessionEnd::PingTimeout, Some(1011), Some(1001)),
+            (SessionEnd::UpstreamPingTimeout, Some(1011), None),
             (SessionEnd::SlowConsumer, Some(1008), Some(1001)),
             (SessionEnd::RateLimited, Some(1008), Some(1001)),
             (SessionEnd::Overloaded, Some(1013), Some(1001)),

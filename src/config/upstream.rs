@@ -16,6 +16,7 @@ pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPSTREAM_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_UPSTREAM_BACKOFF: Duration = Duration::from_secs(1);
 pub const DEFAULT_UPSTREAM_BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub const DEFAULT_UPSTREAM_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// The port of an egress proxy URL without one (Squid's).
 const DEFAULT_PROXY_PORT: u16 = 3128;
 
@@ -43,6 +44,10 @@ pub struct UpstreamConfig {
     /// Active check (TCP connect) of every member this often; `None`: off.
     #[serde(serialize_with = "show_duration_or_off")]
     pub health_check_interval: Option<Duration>,
+    /// Ping the member this often in each session; a ping still unanswered
+    /// (and nothing else heard) at the next ends the session; `None`: off.
+    #[serde(serialize_with = "show_duration_or_off")]
+    pub upstream_ping_interval: Option<Duration>,
     /// When permessage-deflate is offered to a member.
     pub upstream_compression: UpstreamCompression,
     #[serde(flatten)]
@@ -224,6 +229,11 @@ impl UpstreamConfig {
             backoff: s.get("backoff", DEFAULT_UPSTREAM_BACKOFF, value::duration),
             backoff_max: s.get("backoff_max", DEFAULT_UPSTREAM_BACKOFF_MAX, value::duration),
             health_check_interval: s.get("health_check_interval", None, value::duration_or_off),
+            upstream_ping_interval: s.get(
+                "upstream_ping_interval",
+                Some(DEFAULT_UPSTREAM_PING_INTERVAL),
+                value::duration_or_off,
+            ),
             upstream_compression: s.get(
                 "upstream_compression",
                 UpstreamCompression::Auto,
