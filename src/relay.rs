@@ -265,7 +265,7 @@ where
             };
             match read {
                 Ok(0) => return SessionEnd::Gone(from),
-                Err(_) => return SessionEnd::Broken(from, Fault::Io),
+                Err(e) => return SessionEnd::io(from, &e),
                 // Anything the member sends shows it is alive.
                 Ok(_) if from == Side::Upstream => pings.pong(),
                 Ok(_) => {}
@@ -474,7 +474,7 @@ async fn write<D>(dst: &mut D, bytes: &[u8], side: Side) -> Result<(), SessionEn
 where
     D: AsyncWrite + Unpin,
 {
-    let broken = |_| SessionEnd::Broken(side, Fault::Io);
+    let broken = |e| SessionEnd::io(side, &e);
     dst.write_all(bytes).await.map_err(broken)?;
     dst.flush().await.map_err(broken)
 }

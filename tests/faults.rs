@@ -283,3 +283,38 @@ async fn a_new_gateway_starts_on_the_same_port_while_the_old_one_drains() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_client_that_vanishes_is_gone_with_or_without_close_notify() {
+    within(30, async {
+        let mut backend = Backend::plain().await;
+        let gw = Gateway::builder()
+            .route(Route::upstream("/app", [format!("ws://{}", backend.addr)]).name("app"))
+            .route(Route::echo("/e").name("e"))
+            .start()
+            .await;
+        let request = |path: &str| common::upgrade_request(path, "");
+        // Without close_notify: the TCP connection just ends (QWebSocket's
+        // abort()); with it: TLS says goodbye, no WebSocket Close either way.
+        for (polite, n) in [(false, 1.0), (true, 2.0)] {
+            for path in ["/app", "/e"] {
+                let (head, mut tls) = gw.raw_upgrade_with(request(path).as_bytes()).await;
+                assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+                if polite {
+                    tls.shutdown().await.unwrap();
+                }
+                drop(tls);
+            }
+            for route in ["app", "e"] {
+                let series = format!(
+                    r#"wsgate_sessions_ended_total{{route="{route}",reason="client_gone"}}"#
+                );
+                wait_for_metric(&gw, &series, n).await;
+            }
+        }
+        // The member was told: 1001 "client gone".
+        let close = backend.next_close().await.expect("a close code");
+        assert_eq!(u16::from(close.code), 1001);
+    })
+    .await
+}

@@ -91,6 +91,19 @@ impl From<Violation> for Fault {
 }
 
 impl SessionEnd {
+    /// A read or write on `side` failed with `e`: a peer that went away
+    /// (the connection ended without TLS close_notify, or was reset) is
+    /// gone, like one whose stream ended; anything else is an I/O error.
+    pub fn io(side: Side, e: &std::io::Error) -> SessionEnd {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+        match e.kind() {
+            UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe => {
+                SessionEnd::Gone(side)
+            }
+            _ => SessionEnd::Broken(side, Fault::Io),
+        }
+    }
+
     /// Classify an error from one side's stream.
     pub fn from_ws_error(side: Side, err: &WsError) -> SessionEnd {
         let fault = match err {

@@ -196,7 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
         match self.buf.read_from(&mut *self.io).await {
             Ok(0) => Err(SessionEnd::Gone(Side::Client)),
             Ok(_) => Ok(()),
-            Err(_) => Err(SessionEnd::Broken(Side::Client, Fault::Io)),
+            Err(e) => Err(SessionEnd::io(Side::Client, &e)),
         }
     }
 
@@ -302,7 +302,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
             })
             .await;
             match written {
-                Ok(0) | Err(_) => return Err(SessionEnd::Broken(Side::Client, Fault::Io)),
+                Ok(0) => return Err(SessionEnd::Broken(Side::Client, Fault::Io)),
+                Err(e) => return Err(SessionEnd::io(Side::Client, &e)),
                 Ok(n) => self.advance(n),
             }
         }
@@ -330,7 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Member<S> {
         self.io
             .flush()
             .await
-            .map_err(|_| SessionEnd::Broken(Side::Client, Fault::Io))
+            .map_err(|e| SessionEnd::io(Side::Client, &e))
     }
 
     /// The member's part of the end, within `limit`: finish a frame cut
