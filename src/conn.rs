@@ -101,7 +101,7 @@ async fn serve_tls_until<IO>(
         _ = shared.shutdown.token.cancelled() => return,
         accepted = timeout_at(deadline, front.accept(io)) => match accepted {
             Ok(Ok(accepted)) => accepted,
-            Ok(Err(e)) => return early_failure(EarlyFailure::TlsError, &e),
+            Ok(Err(e)) => return early_failure(EarlyFailure::tls(&e), &e),
             Err(_) => return early_failure(EarlyFailure::TlsTimeout, &"deadline passed"),
         },
     };

@@ -64,6 +64,19 @@ async fn sni_picks_the_certificate_and_a_wrong_ca_fails() {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("certificate"), "{err}");
+        // Counted as the client refusing the certificate (rustls says so
+        // with an alert: decrypt_error, the chain's signature), and a
+        // connection that ends mid-handshake as such.
+        let series = r#"wsgate_tls_handshake_failures_total{reason="bad_certificate"}"#;
+        common::wait_for_metric(&gw, series, 2.0).await;
+        let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+        // The start of a ClientHello record, then nothing.
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, &[0x16, 0x03, 0x01, 0x00, 0x80, 0x01])
+            .await
+            .unwrap();
+        drop(tcp);
+        let series = r#"wsgate_tls_handshake_failures_total{reason="eof"}"#;
+        common::wait_for_metric(&gw, series, 1.0).await;
     })
     .await
 }

@@ -131,6 +131,15 @@ impl Rejection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EarlyFailure {
     TlsTimeout,
+    /// Nothing in common: protocol version, cipher suite, key exchange
+    /// group, signature scheme (rustls' `PeerIncompatible`).
+    TlsIncompatible,
+    /// The client refused this server's certificate (an alert saying so).
+    TlsBadCertificate,
+    /// The connection ended in the middle of the handshake (a client that
+    /// refuses the certificate without saying why, a port scanner).
+    TlsEof,
+    /// Any other handshake failure.
     TlsError,
     HeadTimeout,
     HeadTooLarge,
@@ -141,6 +150,9 @@ impl EarlyFailure {
     pub fn label(self) -> &'static str {
         match self {
             EarlyFailure::TlsTimeout | EarlyFailure::HeadTimeout => "timeout",
+            EarlyFailure::TlsIncompatible => "incompatible",
+            EarlyFailure::TlsBadCertificate => "bad_certificate",
+            EarlyFailure::TlsEof => "eof",
             EarlyFailure::TlsError => "error",
             EarlyFailure::HeadTooLarge => "head_too_large",
             EarlyFailure::HeadMalformed => "malformed",
@@ -148,7 +160,46 @@ impl EarlyFailure {
     }
 
     pub fn is_tls(self) -> bool {
-        matches!(self, EarlyFailure::TlsTimeout | EarlyFailure::TlsError)
+        matches!(
+            self,
+            EarlyFailure::TlsTimeout
+                | EarlyFailure::TlsIncompatible
+                | EarlyFailure::TlsBadCertificate
+                | EarlyFailure::TlsEof
+                | EarlyFailure::TlsError
+        )
+    }
+
+    /// A failed TLS handshake, by what rustls (or the connection) said.
+    pub fn tls(e: &std::io::Error) -> EarlyFailure {
+        use rustls::AlertDescription as Alert;
+        use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, UnexpectedEof};
+        if matches!(
+            e.kind(),
+            UnexpectedEof | ConnectionReset | ConnectionAborted
+        ) {
+            return EarlyFailure::TlsEof;
+        }
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::PeerIncompatible(_)) => EarlyFailure::TlsIncompatible,
+            // decrypt_error: a signature the client could not verify, in
+            // a server's handshake that of its certificate chain (rustls
+            // clients send it for a chain signed by another CA of the same
+            // name).
+            Some(rustls::Error::AlertReceived(
+                Alert::BadCertificate
+                | Alert::UnsupportedCertificate
+                | Alert::CertificateRevoked
+                | Alert::CertificateExpired
+                | Alert::CertificateUnknown
+                | Alert::UnknownCA
+                | Alert::DecryptError,
+            )) => EarlyFailure::TlsBadCertificate,
+            _ => EarlyFailure::TlsError,
+        }
     }
 }
 #[cfg(test)]
@@ -193,9 +244,54 @@ mod tests {
     }
 
     #[test]
+    fn tls_failures_are_told_apart() {
+        use std::io::{Error, ErrorKind};
+        let rustls = |e: rustls::Error| Error::new(ErrorKind::InvalidData, e);
+        let table = [
+            (
+                rustls(rustls::PeerIncompatible::NoCipherSuitesInCommon.into()),
+                EarlyFailure::TlsIncompatible,
+            ),
+            (
+                rustls(rustls::Error::AlertReceived(
+                    rustls::AlertDescription::UnknownCA,
+                )),
+                EarlyFailure::TlsBadCertificate,
+            ),
+            (
+                rustls(rustls::Error::AlertReceived(
+                    rustls::AlertDescription::BadCertificate,
+                )),
+                EarlyFailure::TlsBadCertificate,
+            ),
+            (Error::from(ErrorKind::UnexpectedEof), EarlyFailure::TlsEof),
+            (
+                Error::from(ErrorKind::ConnectionReset),
+                EarlyFailure::TlsEof,
+            ),
+            (
+                rustls(rustls::Error::AlertReceived(
+                    rustls::AlertDescription::DecodeError,
+                )),
+                EarlyFailure::TlsError,
+            ),
+            (
+                rustls(rustls::Error::General("x".into())),
+                EarlyFailure::TlsError,
+            ),
+        ];
+        for (e, failure) in table {
+            assert_eq!(EarlyFailure::tls(&e), failure, "{e}");
+        }
+    }
+
+    #[test]
     fn early_failure_table() {
         let table = [
             (EarlyFailure::TlsTimeout, "timeout", true),
+            (EarlyFailure::TlsIncompatible, "incompatible", true),
+            (EarlyFailure::TlsBadCertificate, "bad_certificate", true),
+            (EarlyFailure::TlsEof, "eof", true),
             (EarlyFailure::TlsError, "error", true),
             (EarlyFailure::HeadTimeout, "timeout", false),
             (EarlyFailure::HeadTooLarge, "head_too_large", false),
