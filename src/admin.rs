@@ -109,7 +109,8 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
                 _ = tokio::time::sleep(ADMIN_CONNECTION_LIFETIME) => false,
             };
             if !finished {
-                // The request in hand is answered, within its deadline.
+                // The request in hand is answered, within its deadline (at
+                // exit, within the second the listener waits).
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(deadline, conn).await;
             }

@@ -48,7 +48,7 @@ where
             },
             tick = timers.next() => match timers.due(tick) {
                 Ok(true) => {
-                    member.queue(keepalive_ping());
+                    member.queue(keepalive_ping(timers.ping_payload()));
                     write(member, ctx).await
                 }
                 Ok(false) => Ok(()),

@@ -215,8 +215,10 @@ async fn session(
     peer: Peer,
     expiry: Option<Arc<Expiry>>,
 ) {
-    // The hand-off after the 101: bounded, and given up at a drain.
+    // The hand-off after the 101: bounded, and given up at a drain unless
+    // it is ready too (then the session sees the drain and says 1001).
     let handed = tokio::select! {
+        biased;
         handed = timeout(shared.limits.handshake_timeout, on_upgrade) => match handed {
             Ok(handed) => handed.map_err(|e| e.to_string()),
             Err(_) => Err("timed out".to_owned()),

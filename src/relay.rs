@@ -30,9 +30,7 @@ use crate::frame::{
     self, ControlFrame, Inbound, OpCode, ReadBuffer, Rules, Sender, Step, apply_mask, parse_close,
 };
 use crate::hub::member::payload_len;
-use crate::session::{
-    KEEPALIVE, Keepalive, SessionCtx, Tick, Timers, UPSTREAM_KEEPALIVE, close_frame, close_to_send,
-};
+use crate::session::{Keepalive, SessionCtx, Tick, Timers, close_frame, close_to_send};
 
 mod codec;
 
@@ -218,7 +216,16 @@ where
         let mut timers = Timers::new(ctx.limits);
         if !early.is_empty() {
             down.buf.preload(&early);
-            if let Err(end) = pass(Side::Upstream, down, *client, ctx, &mut timers).await {
+            if let Err(end) = pass(
+                Side::Upstream,
+                down,
+                *client,
+                ctx,
+                &mut timers,
+                pings.payload(),
+            )
+            .await
+            {
                 return end;
             }
         }
@@ -236,7 +243,7 @@ where
                     }
                     match timers.due(tick) {
                         Ok(true) => {
-                            let ping = ControlFrame::new(OpCode::Ping, KEEPALIVE, None);
+                            let ping = ControlFrame::new(OpCode::Ping, timers.ping_payload(), None);
                             let sent = write(*client, ping.as_bytes(), Side::Client);
                             if let Err(end) = ctx.bounded(Side::Client, sent).await {
                                 return end;
@@ -255,7 +262,7 @@ where
                     if pings.due().is_err() {
                         return SessionEnd::UpstreamPingTimeout;
                     }
-                    let ping = ControlFrame::new(OpCode::Ping, UPSTREAM_KEEPALIVE, Some(rand::random()));
+                    let ping = ControlFrame::new(OpCode::Ping, pings.payload(), Some(rand::random()));
                     let sent = write(*upstream, ping.as_bytes(), Side::Upstream);
                     if let Err(end) = ctx.bounded(Side::Upstream, sent).await {
                         return end;
@@ -271,8 +278,28 @@ where
                 Ok(_) => {}
             }
             let passed = match from {
-                Side::Client => pass(Side::Client, up, *upstream, ctx, &mut timers).await,
-                Side::Upstream => pass(Side::Upstream, down, *client, ctx, &mut timers).await,
+                Side::Client => {
+                    pass(
+                        Side::Client,
+                        up,
+                        *upstream,
+                        ctx,
+                        &mut timers,
+                        pings.payload(),
+                    )
+                    .await
+                }
+                Side::Upstream => {
+                    pass(
+                        Side::Upstream,
+                        down,
+                        *client,
+                        ctx,
+                        &mut timers,
+                        pings.payload(),
+                    )
+                    .await
+                }
             };
             if let Err(end) = passed {
                 return end;
@@ -311,6 +338,7 @@ async fn pass<D>(
     dst: &mut D,
     ctx: &SessionCtx<'_>,
     timers: &mut Timers,
+    upstream_ping: &[u8],
 ) -> Result<(), SessionEnd>
 where
     D: AsyncWrite + Unpin,
@@ -425,9 +453,9 @@ where
                     && match from {
                         Side::Client => {
                             timers.pong();
-                            frames.control() == KEEPALIVE
+                            frames.control() == timers.ping_payload()
                         }
-                        Side::Upstream => frames.control() == UPSTREAM_KEEPALIVE,
+                        Side::Upstream => frames.control() == upstream_ping,
                     };
                 (len, !ours)
             }

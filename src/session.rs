@@ -16,13 +16,6 @@ use crate::config::Limits;
 use crate::frame::ControlFrame;
 use crate::metrics::RouteMetrics;
 
-/// Payload of the gateway's own pings to clients; pongs carrying it are
-/// consumed, not relayed.
-pub(crate) const KEEPALIVE: &[u8] = b"wsgate-keepalive";
-/// The payload of the gateway's pings to an upstream member (their pongs
-/// are not passed on).
-pub(crate) const UPSTREAM_KEEPALIVE: &[u8] = b"wsgate-upstream-keepalive";
-
 /// What every session loop is handed, one per session: where its traffic is
 /// counted, the limits that bound it, and the signal to stop.
 pub(crate) struct SessionCtx<'a> {
@@ -63,10 +56,10 @@ impl SessionCtx<'_> {
     }
 }
 
-/// The keepalive ping, framed (built when due, so a waiting session task
-/// does not hold it).
-pub(crate) fn keepalive_ping() -> bytes::Bytes {
-    let ping = crate::frame::ControlFrame::new(crate::frame::OpCode::Ping, KEEPALIVE, None);
+/// A keepalive ping with `payload`, framed (built when due, so a waiting
+/// session task does not hold it).
+pub(crate) fn keepalive_ping(payload: &[u8]) -> bytes::Bytes {
+    let ping = crate::frame::ControlFrame::new(crate::frame::OpCode::Ping, payload, None);
     bytes::Bytes::copy_from_slice(ping.as_bytes())
 }
 
@@ -99,7 +92,7 @@ impl Timers {
     }
 
     /// What a tick asks for: `Ok(true)`, a keepalive ping (with
-    /// [`KEEPALIVE`]) to send to the client now; an error, the session's end
+    /// [`Timers::ping_payload`]) to send to the client now; an error, the session's end
     /// (the last ping went unanswered, or the session is idle).
     pub(crate) fn due(&mut self, tick: Tick) -> Result<bool, SessionEnd> {
         match tick {
@@ -118,6 +111,12 @@ impl Timers {
     pub(crate) fn pong(&mut self) {
         self.keepalive.pong();
     }
+
+    /// The payload of this session's pings to the client: its pongs with
+    /// it are the gateway's own, not relayed.
+    pub(crate) fn ping_payload(&self) -> &[u8] {
+        self.keepalive.payload()
+    }
 }
 
 /// Pings to a peer: a ping still unanswered when the next is due ends the
@@ -125,6 +124,9 @@ impl Timers {
 pub(crate) struct Keepalive {
     interval: Option<Interval>,
     awaiting_pong: bool,
+    /// The pings' payload, random per session: a gateway in front of
+    /// another tells its own pongs from those to the other's pings.
+    token: [u8; 8],
 }
 
 impl Keepalive {
@@ -137,7 +139,13 @@ impl Keepalive {
         Keepalive {
             interval,
             awaiting_pong: false,
+            token: rand::random(),
         }
+    }
+
+    /// What the pings carry.
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.token
     }
 
     pub(crate) async fn tick(&mut self) {

@@ -649,17 +649,18 @@ async fn a_member_that_goes_silent_is_found_by_its_pings() {
             r#"wsgate_sessions_ended_total{route="silent",reason="upstream_ping_timeout"}"#;
         common::wait_for_metric(&gw, series, 1.0).await;
 
-        // A member that answers is pinged with the gateway's own payload,
-        // and its pongs are not passed on to the client.
+        // A member that answers is pinged with the session's own payload
+        // (8 random bytes, the same for each ping), and its pongs are not
+        // passed on to the client.
         let mut ws = gw.ws("/live").await;
-        for _ in 0..3 {
-            loop {
-                if let Event::Ping(p) = live.next().await {
-                    assert_eq!(&p[..], b"wsgate-upstream-keepalive");
-                    break;
-                }
+        let mut payloads = Vec::new();
+        while payloads.len() < 3 {
+            if let Event::Ping(p) = live.next().await {
+                payloads.push(p);
             }
         }
+        assert_eq!(payloads[0].len(), 8);
+        assert!(payloads.iter().all(|p| *p == payloads[0]));
         ws.send(Message::text("still here")).await.unwrap();
         assert_eq!(
             ws.next().await.unwrap().unwrap(),

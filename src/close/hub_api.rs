@@ -22,8 +22,8 @@ pub enum ApiError {
     BadName(String),
     /// The body is over this many bytes (or unreadable).
     TooLarge(usize),
-    /// The body did not arrive within this many seconds.
-    SlowBody(u64),
+    /// The body did not arrive within this long.
+    SlowBody(std::time::Duration),
     /// A JSON or text body that is not UTF-8.
     NotUtf8,
     /// A JSON body that does not parse; the parser's complaint.
@@ -89,9 +89,11 @@ impl ApiError {
                 format!("body larger than {max} bytes (limits.max_message_size) or unreadable")
                     .into()
             }
-            ApiError::SlowBody(secs) => {
-                format!("the body did not arrive within {secs} s (limits.handshake_timeout)").into()
-            }
+            ApiError::SlowBody(within) => format!(
+                "the body did not arrive within {} (limits.handshake_timeout)",
+                humantime::format_duration(*within)
+            )
+            .into(),
             ApiError::NotUtf8 => "the body is not UTF-8".into(),
             ApiError::NotJson(e) => format!("the body is not JSON: {e}").into(),
             ApiError::Hub(_, message) => (*message).into(),
@@ -137,10 +139,10 @@ mod tests {
                 "body larger than 10 bytes (limits.max_message_size) or unreadable",
             ),
             (
-                ApiError::SlowBody(10),
+                ApiError::SlowBody(std::time::Duration::from_millis(1500)),
                 408,
                 "timeout",
-                "the body did not arrive within 10 s (limits.handshake_timeout)",
+                "the body did not arrive within 1s 500ms (limits.handshake_timeout)",
             ),
             (ApiError::NotUtf8, 400, "bad_body", "the body is not UTF-8"),
             (

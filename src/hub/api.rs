@@ -266,7 +266,7 @@ async fn read_body(
     let bytes = match tokio::time::timeout(limit.within, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(_)) => return Err(error(ApiError::TooLarge(limit.max))),
-        Err(_) => return Err(error(ApiError::SlowBody(limit.within.as_secs()))),
+        Err(_) => return Err(error(ApiError::SlowBody(limit.within))),
     };
     let is_json = content_type == "application/json" || content_type.ends_with("+json");
     if is_json || content_type.starts_with("text/") {

@@ -81,7 +81,7 @@ where
             },
             tick = timers.next() => match timers.due(tick) {
                 Ok(true) => {
-                    member.queue(keepalive_ping());
+                    member.queue(keepalive_ping(timers.ping_payload()));
                     Box::pin(drain(member, conn, ctx, &mut timers)).await
                 }
                 Ok(false) => Ok(()),
