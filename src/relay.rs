@@ -216,16 +216,8 @@ where
         let mut timers = Timers::new(ctx.limits);
         if !early.is_empty() {
             down.buf.preload(&early);
-            if let Err(end) = pass(
-                Side::Upstream,
-                down,
-                *client,
-                ctx,
-                &mut timers,
-                pings.payload(),
-            )
-            .await
-            {
+            let token = pings.payload();
+            if let Err(end) = pass(Side::Upstream, down, *client, ctx, &mut timers, token).await {
                 return end;
             }
         }
@@ -277,28 +269,11 @@ where
                 Ok(_) if from == Side::Upstream => pings.pong(),
                 Ok(_) => {}
             }
+            let token = pings.payload();
             let passed = match from {
-                Side::Client => {
-                    pass(
-                        Side::Client,
-                        up,
-                        *upstream,
-                        ctx,
-                        &mut timers,
-                        pings.payload(),
-                    )
-                    .await
-                }
+                Side::Client => pass(Side::Client, up, *upstream, ctx, &mut timers, token).await,
                 Side::Upstream => {
-                    pass(
-                        Side::Upstream,
-                        down,
-                        *client,
-                        ctx,
-                        &mut timers,
-                        pings.payload(),
-                    )
-                    .await
+                    pass(Side::Upstream, down, *client, ctx, &mut timers, token).await
                 }
             };
             if let Err(end) = passed {
