@@ -663,6 +663,45 @@ fn cpu_secs(root: u32, clk_tck: f64) -> f64 {
 }
 
 /// CPU seconds of the process tree: (user, system).
+/// One measured window of a load: messages received, and the CPU seconds
+/// (user, system) of the process tree at `pid`.
+struct Window {
+    count: u64,
+    user: f64,
+    system: f64,
+    elapsed: Duration,
+}
+
+/// After the warm-up, `opts.secs` of load: what `received` counted and
+/// what `pid` spent meanwhile; `recording` (if any) is set for as long.
+async fn measure(
+    opts: &Opts,
+    received: &AtomicU64,
+    pid: u32,
+    recording: Option<&AtomicBool>,
+) -> Window {
+    sleep(Duration::from_secs_f64(opts.warmup)).await;
+    let (c0, (user0, sys0), t0) = (
+        received.load(Ordering::Relaxed),
+        cpu_split(pid, opts.clk_tck),
+        Instant::now(),
+    );
+    recording.inspect(|r| r.store(true, Ordering::Relaxed));
+    sleep(Duration::from_secs_f64(opts.secs)).await;
+    recording.inspect(|r| r.store(false, Ordering::Relaxed));
+    let (c1, (user1, sys1), elapsed) = (
+        received.load(Ordering::Relaxed),
+        cpu_split(pid, opts.clk_tck),
+        t0.elapsed(),
+    );
+    Window {
+        count: c1 - c0,
+        user: user1 - user0,
+        system: sys1 - sys0,
+        elapsed,
+    }
+}
+
 fn cpu_split(root: u32, clk_tck: f64) -> (f64, f64) {
     let (mut user, mut system) = (0u64, 0u64);
     for f in tree(root).into_iter().filter_map(stat_fields) {
@@ -831,20 +870,7 @@ async fn echo_load(
             ))
         })
         .collect();
-    sleep(Duration::from_secs_f64(opts.warmup)).await;
-    let (c0, (user0, sys0), t0) = (
-        shared.received.load(Ordering::Relaxed),
-        cpu_split(measured, opts.clk_tck),
-        Instant::now(),
-    );
-    shared.recording.store(true, Ordering::Relaxed);
-    sleep(Duration::from_secs_f64(opts.secs)).await;
-    shared.recording.store(false, Ordering::Relaxed);
-    let (c1, (user1, sys1), elapsed) = (
-        shared.received.load(Ordering::Relaxed),
-        cpu_split(measured, opts.clk_tck),
-        t0.elapsed(),
-    );
+    let window = measure(opts, &shared.received, measured, Some(&shared.recording)).await;
     shared.stop.store(true, Ordering::Relaxed);
     let mut samples = Vec::new();
     let joined = timeout(
@@ -860,16 +886,16 @@ async fn echo_load(
         streams.push(ws);
     }
     close_all(streams).await;
-    let n = c1 - c0;
+    let n = window.count;
     if n == 0 || samples.is_empty() {
         bail!("no echoes in the measured window");
     }
     samples.sort_unstable();
     let pct = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
     Ok(Echo {
-        msgs_per_sec: n as f64 / elapsed.as_secs_f64(),
-        cpu_us_per_msg: (user1 + sys1 - user0 - sys0) * 1e6 / n as f64,
-        system_us_per_msg: (sys1 - sys0) * 1e6 / n as f64,
+        msgs_per_sec: n as f64 / window.elapsed.as_secs_f64(),
+        cpu_us_per_msg: (window.user + window.system) * 1e6 / n as f64,
+        system_us_per_msg: window.system * 1e6 / n as f64,
         p50_ms: pct(0.50) as f64 / 1000.0,
         p99_ms: pct(0.99) as f64 / 1000.0,
     })
@@ -2598,18 +2624,7 @@ async fn deflate_echo(
             ))
         })
         .collect();
-    sleep(Duration::from_secs_f64(opts.warmup)).await;
-    let (c0, (user0, sys0), t0) = (
-        shared.received.load(Ordering::Relaxed),
-        cpu_split(pid, opts.clk_tck),
-        Instant::now(),
-    );
-    sleep(Duration::from_secs_f64(opts.secs)).await;
-    let (c1, (user1, sys1), elapsed) = (
-        shared.received.load(Ordering::Relaxed),
-        cpu_split(pid, opts.clk_tck),
-        t0.elapsed(),
-    );
+    let window = measure(opts, &shared.received, pid, None).await;
     shared.stop.store(true, Ordering::Relaxed);
     let joined = timeout(
         Duration::from_secs(20),
@@ -2626,7 +2641,7 @@ async fn deflate_echo(
         all.wire_out += c.wire_out;
         all.wire_in += c.wire_in;
     }
-    let n = c1 - c0;
+    let n = window.count;
     if n == 0 || all.received == 0 {
         bail!("no echoes in the measured window");
     }
@@ -2634,9 +2649,9 @@ async fn deflate_echo(
         bail!("permessage-deflate agreed, and no reply came compressed");
     }
     Ok(DeflateEcho {
-        msgs_per_sec: n as f64 / elapsed.as_secs_f64(),
-        cpu_us_per_msg: (user1 + sys1 - user0 - sys0) * 1e6 / n as f64,
-        system_us_per_msg: (sys1 - sys0) * 1e6 / n as f64,
+        msgs_per_sec: n as f64 / window.elapsed.as_secs_f64(),
+        cpu_us_per_msg: (window.user + window.system) * 1e6 / n as f64,
+        system_us_per_msg: window.system * 1e6 / n as f64,
         out_per_msg: all.wire_out as f64 / all.sent as f64,
         in_per_msg: all.wire_in as f64 / all.received as f64,
         replies: all.received,
