@@ -1885,6 +1885,43 @@ struct Fanout {
     closed: u64,
 }
 
+/// What the subscribers of a fan-out measure counted.
+struct Delivered {
+    received: u64,
+    expected: u64,
+    reordered: u64,
+    closed: u64,
+}
+
+impl Fanout {
+    /// The figures of a fan-out measure: its deliveries, their latency
+    /// `samples` (µs), and the gateway's CPU seconds (user, system) over
+    /// `elapsed`.
+    fn new<T: Copy + Into<f64> + Ord>(
+        samples: &mut [T],
+        delivered: Delivered,
+        (cpu, system): (f64, f64),
+        elapsed: Duration,
+    ) -> Fanout {
+        samples.sort_unstable();
+        let pct = |q: f64| {
+            samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].into() / 1000.0
+        };
+        let received = delivered.received;
+        Fanout {
+            deliveries_per_sec: received as f64 / elapsed.as_secs_f64(),
+            cpu_us_per_delivery: cpu * 1e6 / received as f64,
+            system_us_per_delivery: system * 1e6 / received as f64,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            expected: delivered.expected,
+            lost: delivered.expected.saturating_sub(received),
+            reordered: delivered.reordered,
+            closed: delivered.closed,
+        }
+    }
+}
+
 #[derive(Default)]
 struct FanCtl {
     /// Subscribers that have seen a warm-up publish.
@@ -2042,21 +2079,13 @@ async fn fanout(
         if received == 0 {
             bail!("no publish was delivered");
         }
-        samples.sort_unstable();
-        let pct = |q: f64| {
-            samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)] as f64 / 1000.0
-        };
-        Ok(Fanout {
-            deliveries_per_sec: received as f64 / elapsed.as_secs_f64(),
-            cpu_us_per_delivery: cpu * 1e6 / received as f64,
-            system_us_per_delivery: system * 1e6 / received as f64,
-            p50_ms: pct(0.50),
-            p99_ms: pct(0.99),
+        let delivered = Delivered {
+            received,
             expected,
-            lost: expected.saturating_sub(received),
             reordered,
             closed,
-        })
+        };
+        Ok(Fanout::new(&mut samples, delivered, (cpu, system), elapsed))
     });
     (back, result)
 }
@@ -2987,22 +3016,14 @@ async fn deflate_fanout(
     if closed > 0 {
         bail!("{closed} subscribers were closed by the gateway");
     }
-    samples.sort_unstable();
-    let pct = |q: f64| {
-        samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)] as f64 / 1000.0
+    let delivered = Delivered {
+        received,
+        expected,
+        reordered,
+        closed,
     };
     Ok(DeflateFanout {
-        fan: Fanout {
-            deliveries_per_sec: received as f64 / elapsed.as_secs_f64(),
-            cpu_us_per_delivery: cpu * 1e6 / received as f64,
-            system_us_per_delivery: system * 1e6 / received as f64,
-            p50_ms: pct(0.50),
-            p99_ms: pct(0.99),
-            expected,
-            lost: expected.saturating_sub(received),
-            reordered,
-            closed,
-        },
+        fan: Fanout::new(&mut samples, delivered, (cpu, system), elapsed),
         compressed,
         wire_per_delivery: wire as f64 / received as f64,
         client_us_per_delivery: client_cpu * 1e6 / received as f64,
