@@ -2,7 +2,8 @@
 //! ClientHello (0x16) gets the TLS front; anything else is plaintext HTTP,
 //! which serves only `CONNECT` (when enabled). The TLS handshake and the HTTP
 //! request head share one deadline; then hyper serves the request with
-//! upgrades enabled. Sessions and tunnels run in their own tasks.
+//! upgrades enabled, over HTTP/1.1, or over HTTP/2 (`http2`) where ALPN
+//! agreed on `h2`. Sessions and tunnels run in their own tasks.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -45,6 +46,7 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, permit: Ticket, shar
                 tls: false,
                 connect: shared.listen_connect_tunnel,
                 client_cert: None,
+                streams: None,
             };
             serve_http(TokioIo::new(tcp), front, permit, shared, deadline).await;
         }
@@ -119,7 +121,14 @@ async fn serve_tls_until<IO>(
         tls: true,
         connect,
         client_cert,
+        streams: None,
     };
+    if let Some(http2) = &shared.http2
+        && tls.alpn_protocol() == Some(b"h2")
+    {
+        let http2 = http2.clone();
+        return crate::http2::serve(tls, front, permit, shared, &http2, deadline).await;
+    }
     serve_http(TokioIo::new(tls), front, permit, shared, deadline).await;
 }
 

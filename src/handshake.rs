@@ -26,7 +26,9 @@ use crate::close::Rejection;
 use crate::config::Route;
 use crate::deflate::{self, Agreed};
 use crate::frame::ControlFrame;
+use crate::http2::StreamGuard;
 use crate::hub::session::HubClient;
+use crate::metrics::Protocol;
 use crate::names::normalize_host;
 use crate::relay::Compression;
 use crate::route::RouteTable;
@@ -54,6 +56,9 @@ pub(crate) struct Front {
     /// verified it (`tls::Chosen::cert_host`; which CA verified it depends
     /// on that entry), `None` for none.
     pub(crate) client_cert: Option<(Arc<str>, Option<Arc<str>>)>,
+    /// On an HTTP/2 connection, its open streams (each request holds one,
+    /// and then its session).
+    pub(crate) streams: Option<Arc<crate::http2::Streams>>,
 }
 
 impl Front {
@@ -69,18 +74,104 @@ impl Front {
     }
 }
 
-/// Serve one request: a CONNECT goes to `tunnel`; anything else is upgraded
-/// (for an upstream route, only once the upstream has answered 101) or
-/// refused.
+/// Serve one request, over HTTP/1.1 or HTTP/2: an HTTP/1.1 CONNECT goes to
+/// `tunnel`; anything else is upgraded (for an upstream
+/// route, only once the upstream has answered 101) or refused. WebSocket
+/// attempts are counted by protocol and result.
 pub(crate) async fn handle(
     mut req: Request<Incoming>,
     shared: Arc<Shared>,
     permit: Arc<Ticket>,
     front: Front,
 ) -> Response<Body> {
+    let protocol = if req.version() == Version::HTTP_2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    let websocket = asks_for_websocket(&req, protocol);
+    let stream = front.streams.as_ref().map(|streams| streams.open());
+    let mut response = match authority_as_host(&mut req, protocol) {
+        Ok(()) => respond(req, shared, permit, front, Upgrade { protocol, stream }).await,
+        Err(rejection) => refuse(rejection, req.uri().path()),
+    };
+    if websocket {
+        let accepted = match protocol {
+            Protocol::Http1 => response.status() == StatusCode::SWITCHING_PROTOCOLS,
+            Protocol::Http2 => response.status() == StatusCode::OK,
+        };
+        metrics::websocket_handshake(protocol, accepted);
+    }
+    if protocol == Protocol::Http2 {
+        // HTTP/2 has no connection-level headers (RFC 9113 section 8.2.2).
+        let headers = response.headers_mut();
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    response
+}
+
+/// How a session's client connection came: its protocol, and over HTTP/2
+/// its stream, counted open until the session ends.
+struct Upgrade {
+    protocol: Protocol,
+    stream: Option<StreamGuard>,
+}
+
+/// A WebSocket attempt, valid or not: `Upgrade: websocket` over HTTP/1.1,
+/// extended CONNECT with `:protocol websocket` over HTTP/2.
+fn asks_for_websocket<B>(req: &Request<B>, protocol: Protocol) -> bool {
+    match protocol {
+        Protocol::Http1 => has_token(req.headers(), &header::UPGRADE, "websocket"),
+        Protocol::Http2 => {
+            extended_connect(req).is_some_and(|p| p.eq_ignore_ascii_case("websocket"))
+        }
+    }
+}
+
+/// The `:protocol` of an HTTP/2 extended CONNECT (RFC 8441), if it is one.
+fn extended_connect<B>(req: &Request<B>) -> Option<&str> {
+    let protocol = req.extensions().get::<hyper::ext::Protocol>()?;
+    (req.method() == Method::CONNECT).then(|| protocol.as_str())
+}
+
+/// Over HTTP/2 the host comes as `:authority`: give it to the request as its
+/// `Host`, which routing, access rules and the member's request read. A
+/// `Host` header naming another host makes the request malformed (RFC 9113
+/// section 8.3.1).
+fn authority_as_host<B>(req: &mut Request<B>, protocol: Protocol) -> Result<(), Rejection> {
+    let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
+        return Ok(());
+    };
+    if protocol != Protocol::Http2 {
+        return Ok(());
+    }
+    match req.headers().get(header::HOST) {
+        Some(host) if host.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) => Ok(()),
+        Some(_) => Err(Rejection::BadRequest(
+            ":authority and Host name different hosts",
+        )),
+        None => {
+            let value = HeaderValue::from_str(&authority)
+                .map_err(|_| Rejection::BadRequest("unusable :authority"))?;
+            req.headers_mut().insert(header::HOST, value);
+            Ok(())
+        }
+    }
+}
+
+async fn respond(
+    mut req: Request<Incoming>,
+    shared: Arc<Shared>,
+    permit: Arc<Ticket>,
+    front: Front,
+    upgrade: Upgrade,
+) -> Response<Body> {
     let peer = front.peer;
-    if req.method() == Method::CONNECT {
-        if front.connect {
+    if req.method() == Method::CONNECT && extended_connect(&req).is_none() {
+        // Tunnels are an HTTP/1.1 proxy client's; over HTTP/2 only
+        // extended CONNECT is served.
+        if front.connect && upgrade.protocol == Protocol::Http1 {
             return tunnel::handle(req, shared, permit, peer).await;
         }
         return refuse(Rejection::ConnectDisabled, "CONNECT");
@@ -183,9 +274,17 @@ pub(crate) async fn handle(
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let task = session(on_upgrade, state, permit, shared.clone(), peer_side, expiry);
+    let task = session(
+        on_upgrade,
+        upgrade,
+        state,
+        permit,
+        shared.clone(),
+        peer_side,
+        expiry,
+    );
     shared.shutdown.tracker.spawn(task.instrument(span));
-    let mut response = switching_protocols(&accept_key, protocol);
+    let mut response = upgraded(accept_key.as_deref(), protocol);
     if let Some(value) = extensions {
         response
             .headers_mut()
@@ -209,6 +308,7 @@ enum Peer {
 /// the connection's admission slot, released when this returns.
 async fn session(
     on_upgrade: OnUpgrade,
+    upgrade: Upgrade,
     route: Arc<RouteState>,
     permit: Arc<Ticket>,
     shared: Arc<Shared>,
@@ -253,6 +353,8 @@ async fn session(
     let started = Instant::now();
     ctx.metrics.opened.increment(1);
     ctx.metrics.active.increment(1.0);
+    let open = metrics::sessions_open(upgrade.protocol);
+    open.increment(1.0);
 
     // Each kind's loop is boxed at its own size: the task's future holds a
     // pointer, so a connection pays only for its own kind's state.
@@ -283,9 +385,10 @@ async fn session(
     };
 
     let elapsed = started.elapsed();
+    open.decrement(1.0);
     ctx.metrics.session_ended(&end, elapsed.as_secs_f64());
     info!(end = end.label(), code = ?end.client_code(), duration_ms = elapsed.as_millis() as u64, "session ended");
-    drop(permit);
+    drop((permit, upgrade.stream));
 }
 
 fn refuse(rejection: Rejection, path: &str) -> Response<Body> {
@@ -314,14 +417,21 @@ fn upstream_status(upstream: Response<Option<Vec<u8>>>) -> Response<Body> {
     response
 }
 
-/// The pure part: is this a valid WebSocket upgrade for a known route?
-/// Returns the route and the `Sec-WebSocket-Accept` value.
+/// The pure part: is this a valid WebSocket upgrade for a known route, over
+/// HTTP/1.1 (RFC 6455 section 4.2.1) or HTTP/2 (RFC 8441 section 5)?
+/// Returns the route and, over HTTP/1.1, the `Sec-WebSocket-Accept` value
+/// (HTTP/2 has no key and no accept).
 pub(crate) fn check<'t, B, T>(
     req: &Request<B>,
     routes: &'t RouteTable<T>,
-) -> Result<(&'t Route, &'t Arc<T>, String), Rejection> {
+) -> Result<(&'t Route, &'t Arc<T>, Option<String>), Rejection> {
     let headers = req.headers();
-    let upgrade = has_token(headers, &header::UPGRADE, "websocket");
+    let protocol = if req.version() == Version::HTTP_2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    let upgrade = asks_for_websocket(req, protocol);
     let host = single(headers, &header::HOST);
     let host = match host {
         Ok(host) => host.and_then(|h| h.to_str().ok()),
@@ -331,46 +441,55 @@ pub(crate) fn check<'t, B, T>(
         .resolve(host, req.uri().path())
         .ok_or(Rejection::NoRoute)?;
     if !upgrade {
-        return Err(
-            if req.method() == Method::GET || req.method() == Method::HEAD {
-                Rejection::NotWebSocket
-            } else {
-                Rejection::Method
-            },
-        );
+        return Err(match *req.method() {
+            // Over HTTP/2, a CONNECT for another `:protocol`.
+            Method::GET | Method::HEAD | Method::CONNECT => Rejection::NotWebSocket,
+            _ => Rejection::Method,
+        });
     }
-    if req.method() != Method::GET {
-        return Err(Rejection::Method);
-    }
-    if req.version() != Version::HTTP_11 {
-        return Err(Rejection::BadRequest("a WebSocket upgrade needs HTTP/1.1"));
+    match protocol {
+        Protocol::Http1 if req.method() != Method::GET => return Err(Rejection::Method),
+        Protocol::Http1 if req.version() != Version::HTTP_11 => {
+            return Err(Rejection::BadRequest("a WebSocket upgrade needs HTTP/1.1"));
+        }
+        Protocol::Http1 if !has_token(headers, &header::CONNECTION, "upgrade") => {
+            return Err(Rejection::BadRequest(
+                "Connection header must include \"upgrade\"",
+            ));
+        }
+        Protocol::Http2 if req.uri().scheme().is_none() => {
+            return Err(Rejection::BadRequest(
+                "an extended CONNECT needs :scheme and :path",
+            ));
+        }
+        Protocol::Http1 | Protocol::Http2 => {}
     }
     if host.is_none() {
         return Err(Rejection::BadRequest("missing Host header"));
-    }
-    if !has_token(headers, &header::CONNECTION, "upgrade") {
-        return Err(Rejection::BadRequest(
-            "Connection header must include \"upgrade\"",
-        ));
     }
     match single(headers, &SEC_WEBSOCKET_VERSION) {
         Ok(Some(v)) if v.as_bytes() == b"13" => {}
         _ => return Err(Rejection::Version),
     }
-    let key = match single(headers, &SEC_WEBSOCKET_KEY) {
-        Ok(Some(key)) if is_valid_key(key.as_bytes()) => key,
-        _ => {
-            return Err(Rejection::BadRequest(
-                "Sec-WebSocket-Key must be one base64 value of 16 bytes",
-            ));
-        }
+    let accept = match protocol {
+        Protocol::Http2 => None,
+        Protocol::Http1 => match single(headers, &SEC_WEBSOCKET_KEY) {
+            Ok(Some(key)) if is_valid_key(key.as_bytes()) => {
+                Some(derive_accept_key(key.as_bytes()))
+            }
+            _ => {
+                return Err(Rejection::BadRequest(
+                    "Sec-WebSocket-Key must be one base64 value of 16 bytes",
+                ));
+            }
+        },
     };
     if crate::headers::has_body(headers) {
         return Err(Rejection::BadRequest(
             "an upgrade request must not have a body",
         ));
     }
-    Ok((route, state, derive_accept_key(key.as_bytes())))
+    Ok((route, state, accept))
 }
 
 /// Does any comma-separated value of `name` contain `token` (ASCII case-insensitive)?
@@ -400,17 +519,23 @@ fn is_valid_key(key: &[u8]) -> bool {
             .is_ok_and(|raw| raw.len() == 16)
 }
 
-fn switching_protocols(accept_key: &str, protocol: Option<HeaderValue>) -> Response<Body> {
+/// The answer to an accepted upgrade: `101 Switching Protocols` with the
+/// accept value over HTTP/1.1, `200` over HTTP/2 (`accept` is `None`).
+fn upgraded(accept: Option<&str>, protocol: Option<HeaderValue>) -> Response<Body> {
     let mut response = Response::new(Body::default());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(value) = HeaderValue::from_str(accept_key) {
-        headers.insert(SEC_WEBSOCKET_ACCEPT, value);
+    if let Some(accept) = accept {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(value) = HeaderValue::from_str(accept) {
+            headers.insert(SEC_WEBSOCKET_ACCEPT, value);
+        }
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     }
     if let Some(protocol) = protocol {
-        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
     }
     response
 }
@@ -485,7 +610,7 @@ mod tests {
             .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
     }
 
-    fn status(req: Request<()>) -> Result<String, Rejection> {
+    fn status(req: Request<()>) -> Result<Option<String>, Rejection> {
         check(&req, &routes()).map(|(_, _, key)| key)
     }
 
@@ -494,7 +619,7 @@ mod tests {
         // RFC 6455 section 1.3: this key gives this accept value.
         assert_eq!(
             status(upgrade("/echo?x=1").body(()).unwrap()),
-            Ok("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into())
+            Ok(Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()))
         );
     }
 
@@ -576,6 +701,7 @@ mod tests {
             tls: true,
             connect: false,
             client_cert: Some(("alice".into(), sni.map(Arc::from))),
+            streams: None,
         };
         let to = |host: &str| Request::get("/").header("host", host).body(()).unwrap();
         let secure = front(Some("secure.test"));

@@ -4,7 +4,8 @@
 //! a connection meets them:
 //!
 //! - [`config`]: TOML + `WSGATE__*` env → validated [`Config`].
-//! - [`tls`]: PEM files → rustls server config (SNI, TLS 1.2/1.3, ALPN http/1.1).
+//! - [`tls`]: PEM files → rustls server config (SNI, TLS 1.2/1.3, ALPN
+//!   http/1.1, and h2 where enabled).
 //! - `listener`: accept loop; `admission` sheds (and counts) connections
 //!   past the global and per-address limits.
 //! - `conn`: the first byte picks TLS or plaintext; TLS handshake and HTTP
@@ -65,6 +66,7 @@ mod forward;
 pub mod frame;
 mod handshake;
 mod headers;
+mod http2;
 mod hub;
 mod listener;
 pub mod metrics;
@@ -119,6 +121,8 @@ pub(crate) struct Shared {
     /// hyper's HTTP/1 settings (header limits, timer), built once and
     /// cloned per connection, which adds its own head deadline.
     pub(crate) http: http1::Builder,
+    /// The HTTP/2 settings, where `[listen] http2` offers it.
+    pub(crate) http2: Option<Arc<http2::Http2>>,
     /// One hub for the process: channels are one namespace across hub
     /// routes and the HTTP API, and outlive reloads.
     pub(crate) hub: Hub,
@@ -153,8 +157,10 @@ pub(crate) struct Live {
 }
 
 impl Live {
-    fn build(config: &Config, parent: &CancellationToken) -> Result<Live, Error> {
-        let tls = tls::server_config(&config.tls).map_err(Error::Config)?;
+    /// `http2`: whether ALPN offers `h2`; fixed at start-up (a reload keeps
+    /// the running value).
+    fn build(config: &Config, http2: bool, parent: &CancellationToken) -> Result<Live, Error> {
+        let tls = tls::server_config(&config.tls, http2).map_err(Error::Config)?;
         let mut targets = Vec::new();
         let mut issues = Vec::new();
         for route in &config.routes {
@@ -243,15 +249,23 @@ impl Shared {
             .max_header_size(limits.max_header_size)
             .max_buf_size(limits.max_header_size.max(8192) + 1024);
         let shutdown = Shutdown::default();
-        let live = Live::build(config, &shutdown.token)?;
+        let live = Live::build(config, config.listen.http2, &shutdown.token)?;
         let hub = Hub::new(config.hub.clone()).map_err(|problem| {
             Error::Config(vec![config::ConfigIssue {
                 key: "hub.backplane".into(),
                 problem,
             }])
         })?;
+        let http2 = (config.listen.http2).then(|| {
+            Arc::new(http2::Http2::new(
+                &config.listen,
+                &limits,
+                shutdown.tracker.clone(),
+            ))
+        });
         Ok(Shared {
             admission: Admission::new(&limits),
+            http2,
             limits,
             live: ArcSwap::from_pointee(live),
             http,
@@ -286,7 +300,7 @@ impl Shared {
     /// running ones if it cannot be applied. Changes that need a restart
     /// are logged and ignored.
     fn reload(&self, config: &Config) {
-        let next = match Live::build(config, &self.shutdown.token) {
+        let next = match Live::build(config, self.base.listen.http2, &self.shutdown.token) {
             Ok(live) => live,
             Err(e) => {
                 metrics::config_reload(close::Reload::Failed);

@@ -35,6 +35,12 @@ pub const TUNNELS_TOTAL: &str = "wsgate_tunnels_total";
 pub const TUNNEL_BYTES_TOTAL: &str = "wsgate_tunnel_bytes_total";
 pub const COMPRESSION_BYTES_TOTAL: &str = "wsgate_compression_bytes_total";
 pub const COMPRESSION_CONTEXTS: &str = "wsgate_compression_contexts";
+pub const WEBSOCKET_HANDSHAKES_TOTAL: &str = "wsgate_websocket_handshakes_total";
+pub const SESSIONS_OPEN: &str = "wsgate_sessions_open";
+pub const HTTP2_CONNECTIONS_TOTAL: &str = "wsgate_http2_connections_total";
+pub const HTTP2_CONNECTIONS_OPEN: &str = "wsgate_http2_connections_open";
+pub const HTTP2_STREAMS_OPEN: &str = "wsgate_http2_streams_open";
+pub const HTTP2_STREAMS_PER_CONNECTION: &str = "wsgate_http2_streams_per_connection";
 pub const HUB_CLIENTS: &str = "wsgate_hub_clients";
 pub const HUB_CHANNELS: &str = "wsgate_hub_channels";
 pub const HUB_SUBSCRIPTIONS: &str = "wsgate_hub_subscriptions";
@@ -76,6 +82,12 @@ pub const ALL: &[&str] = &[
     TUNNEL_BYTES_TOTAL,
     COMPRESSION_BYTES_TOTAL,
     COMPRESSION_CONTEXTS,
+    WEBSOCKET_HANDSHAKES_TOTAL,
+    SESSIONS_OPEN,
+    HTTP2_CONNECTIONS_TOTAL,
+    HTTP2_CONNECTIONS_OPEN,
+    HTTP2_STREAMS_OPEN,
+    HTTP2_STREAMS_PER_CONNECTION,
     HUB_CLIENTS,
     HUB_CHANNELS,
     HUB_SUBSCRIPTIONS,
@@ -105,6 +117,8 @@ const DURATION_BUCKETS: &[f64] = &[
 const BACKPLANE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
+/// Streams an HTTP/2 connection carried in its life.
+const STREAM_COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 100.0, 1000.0, 10000.0];
 const CONNECT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -119,6 +133,11 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Full(SESSION_DURATION_SECONDS.into()),
                     DURATION_BUCKETS,
+                )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(HTTP2_STREAMS_PER_CONNECTION.into()),
+                    STREAM_COUNT_BUCKETS,
                 )
                 .expect("bucket list is not empty")
                 .set_buckets_for_metric(
@@ -212,6 +231,25 @@ fn describe_sessions() {
     describe_counter!(
         HANDSHAKE_FAILURES_TOTAL,
         "HTTP requests not upgraded, by reason"
+    );
+    describe_counter!(
+        WEBSOCKET_HANDSHAKES_TOTAL,
+        "WebSocket upgrade requests, by protocol (http1: GET + Upgrade, http2: \
+         extended CONNECT) and result (accepted or refused)"
+    );
+    describe_gauge!(
+        SESSIONS_OPEN,
+        "WebSocket sessions open now, by the protocol the client came over"
+    );
+    describe_counter!(HTTP2_CONNECTIONS_TOTAL, "HTTP/2 connections served");
+    describe_gauge!(HTTP2_CONNECTIONS_OPEN, "HTTP/2 connections open now");
+    describe_gauge!(
+        HTTP2_STREAMS_OPEN,
+        "HTTP/2 streams open now (requests in progress and WebSocket sessions)"
+    );
+    describe_histogram!(
+        HTTP2_STREAMS_PER_CONNECTION,
+        "Streams each HTTP/2 connection carried, observed when it closes"
     );
     describe_counter!(
         STATIC_REQUESTS_TOTAL,
@@ -428,6 +466,54 @@ impl RouteMetrics {
 /// A connection shed at accept.
 pub fn connection_rejected(reason: Shed) {
     counter!(CONNECTIONS_REJECTED_TOTAL, "reason" => reason.label()).increment(1);
+}
+
+/// The HTTP version a request came over: one label for handshakes and
+/// sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1: `GET` with `Upgrade: websocket`, answered 101.
+    Http1,
+    /// HTTP/2: extended CONNECT (RFC 8441), answered 200.
+    Http2,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+        }
+    }
+}
+
+/// A WebSocket upgrade request, accepted or refused.
+pub fn websocket_handshake(protocol: Protocol, accepted: bool) {
+    let result = if accepted { "accepted" } else { "refused" };
+    counter!(WEBSOCKET_HANDSHAKES_TOTAL, "protocol" => protocol.label(), "result" => result)
+        .increment(1);
+}
+
+/// Sessions open now over `protocol`.
+pub fn sessions_open(protocol: Protocol) -> Gauge {
+    gauge!(SESSIONS_OPEN, "protocol" => protocol.label())
+}
+
+/// An HTTP/2 connection began (`1.0`) or ended (`-1.0`, with the streams it
+/// carried).
+pub fn http2_connection(change: f64, streams: Option<u64>) {
+    if change > 0.0 {
+        counter!(HTTP2_CONNECTIONS_TOTAL).increment(1);
+    }
+    gauge!(HTTP2_CONNECTIONS_OPEN).increment(change);
+    if let Some(streams) = streams {
+        histogram!(HTTP2_STREAMS_PER_CONNECTION).record(streams as f64);
+    }
+}
+
+/// One more (`1.0`) or one fewer (`-1.0`) HTTP/2 stream open.
+pub fn http2_stream(change: f64) {
+    gauge!(HTTP2_STREAMS_OPEN).increment(change);
 }
 
 /// A request not upgraded.

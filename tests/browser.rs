@@ -149,3 +149,44 @@ async fn two_pages_chat_privately_echo_and_reconnect_after_a_restart() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_page_over_http2_opens_its_websockets_as_http2_streams() {
+    let playwright = prerequisites();
+    within(120, async {
+        let certs = certs(&["localhost", "127.0.0.1"]);
+        let profile = trusting_profile(&certs.ca);
+        let dir = tempfile::tempdir().unwrap();
+        let config = gateway(&certs, None)
+            .listen(|l| l.set("http2", true))
+            .write_binary_config(dir.path().join("http2.toml"));
+        let (_binary, addr, admin, _logs) = start_binary(&config);
+        let node = tokio::process::Command::new("node")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/http2.cjs"))
+            .env("WSGATE_URL", format!("https://localhost:{}", addr.port()))
+            .env("WSGATE_PLAYWRIGHT", &playwright)
+            .env("WSGATE_PROFILE", profile.path())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("node runs");
+        let said = String::from_utf8_lossy(&node.stdout);
+        assert!(
+            node.status.success() && said.lines().any(|l| l == "ok"),
+            "the browser script failed (its steps are above): {said}"
+        );
+        // The gateway saw the page's WebSockets arrive as HTTP/2 streams,
+        // and none over HTTP/1.1.
+        let (_, scrape) = http_get(admin, "/metrics").await;
+        let h2 = r#"wsgate_websocket_handshakes_total{protocol="http2",result="accepted"}"#;
+        let h1 = r#"wsgate_websocket_handshakes_total{protocol="http1",result="accepted"}"#;
+        assert!(
+            metric(&scrape, h2).unwrap_or(0.0) >= 2.0,
+            "{h2} in\n{scrape}"
+        );
+        assert_eq!(metric(&scrape, h1), None, "{scrape}");
+        assert!(metric(&scrape, "wsgate_http2_connections_total").unwrap_or(0.0) >= 1.0);
+    })
+    .await;
+}

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -14,6 +15,12 @@ use crate::names::ServerName;
 
 pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8443";
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
+pub const DEFAULT_HTTP2_MAX_STREAMS: u32 = 128;
+pub const DEFAULT_HTTP2_STREAM_WINDOW: u32 = 64 << 10;
+pub const DEFAULT_HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A stream's window: at least one HTTP/2 frame (16 KiB), at most 16 MiB
+/// (HTTP/2 allows 2^31-1; more buffers more and gains nothing).
+const HTTP2_WINDOW: std::ops::RangeInclusive<u32> = (16 << 10)..=(1 << 24);
 const DEFAULT_CERT: &str = "certs/cert.pem";
 const DEFAULT_KEY: &str = "certs/key.pem";
 
@@ -23,6 +30,20 @@ pub struct ListenConfig {
     pub addr: SocketAddr,
     /// Accept HTTP `CONNECT` on the same port, in plaintext and inside TLS.
     pub connect_tunnel: bool,
+    /// Offer HTTP/2 (ALPN `h2`) beside HTTP/1.1, with WebSockets over it
+    /// (RFC 8441 extended CONNECT).
+    pub http2: bool,
+    /// Streams one HTTP/2 connection may have open at once (its
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub http2_max_streams: u32,
+    /// Bytes one stream may have received and not yet read (its flow-control
+    /// window). The connection's window is this times `http2_max_streams`,
+    /// so a stream that stops reading never holds up its siblings.
+    pub http2_stream_window: u32,
+    /// How long an HTTP/2 connection stays open with no stream (after its
+    /// first; the first must come within `limits.handshake_timeout`).
+    #[serde(serialize_with = "value::show_duration")]
+    pub http2_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -72,7 +93,31 @@ impl ListenConfig {
         ListenConfig {
             addr: s.get("addr", default_addr(DEFAULT_LISTEN_ADDR), value::addr),
             connect_tunnel: s.get("connect_tunnel", false, value::boolean),
+            http2: s.get("http2", false, value::boolean),
+            http2_max_streams: s.get(
+                "http2_max_streams",
+                DEFAULT_HTTP2_MAX_STREAMS,
+                value::positive_u32,
+            ),
+            http2_stream_window: s.get("http2_stream_window", DEFAULT_HTTP2_STREAM_WINDOW, |v| {
+                let size = value::size(v)?;
+                u32::try_from(size)
+                    .ok()
+                    .filter(|size| HTTP2_WINDOW.contains(size))
+                    .ok_or_else(|| "must be between 16KiB and 16MiB".to_owned())
+            }),
+            http2_idle_timeout: s.get(
+                "http2_idle_timeout",
+                DEFAULT_HTTP2_IDLE_TIMEOUT,
+                value::duration,
+            ),
         }
+    }
+
+    /// The HTTP/2 connection's flow-control window: room for every stream's.
+    pub fn http2_connection_window(&self) -> u32 {
+        let window = u64::from(self.http2_stream_window) * u64::from(self.http2_max_streams);
+        u32::try_from(window).map_or(i32::MAX as u32, |w| w.min(i32::MAX as u32))
     }
 }
 

@@ -1,5 +1,5 @@
 //! PEM files → `rustls::ServerConfig`: TLS 1.2 and 1.3 only, ALPN
-//! `http/1.1`, the certificate chosen by SNI with a default, client
+//! `http/1.1` (and `h2` where `[listen] http2`), the certificate chosen by SNI with a default, client
 //! certificates asked for where `client_auth` says (`auth::mtls`). The
 //! server connection itself runs on wsgate's own stream (`stream`), which
 //! owns its buffers; tokio-rustls serves the client side only.
@@ -126,7 +126,7 @@ impl TlsFront {
 }
 
 /// Build the server side. Errors name the config key of the bad file.
-pub fn server_config(tls: &TlsConfig) -> Result<TlsFront, Vec<ConfigIssue>> {
+pub fn server_config(tls: &TlsConfig, http2: bool) -> Result<TlsFront, Vec<ConfigIssue>> {
     let provider = provider();
     let mut issues = Vec::new();
     let default = load_pair(&provider, &tls.default, "tls", "default", &mut issues);
@@ -166,7 +166,12 @@ pub fn server_config(tls: &TlsConfig) -> Result<TlsFront, Vec<ConfigIssue>> {
         wildcard,
     });
     let mut front = TlsFront {
-        default: build(&provider, &resolver, listener_verifier.and_then(|(v, _)| v)),
+        default: build(
+            &provider,
+            &resolver,
+            listener_verifier.and_then(|(v, _)| v),
+            http2,
+        ),
         exact: HashMap::new(),
         wildcard: HashMap::new(),
     };
@@ -174,7 +179,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<TlsFront, Vec<ConfigIssue>> {
         let Some((verifier, _)) = verifier else {
             continue;
         };
-        let config = build(&provider, &resolver, verifier);
+        let config = build(&provider, &resolver, verifier, http2);
         match &sni.host {
             ServerName::Wildcard(suffix) => front.wildcard.insert(suffix.clone(), config),
             ServerName::Exact(name) => front.exact.insert(name.clone(), config),
@@ -183,12 +188,14 @@ pub fn server_config(tls: &TlsConfig) -> Result<TlsFront, Vec<ConfigIssue>> {
     Ok(front)
 }
 
-/// One server config: TLS 1.2 and 1.3, ALPN http/1.1, certificates by SNI,
-/// client certificates asked for by `verifier` (none without).
+/// One server config: TLS 1.2 and 1.3, ALPN http/1.1 (`h2` first where
+/// `http2`), certificates by SNI, client certificates asked for by
+/// `verifier` (none without).
 fn build(
     provider: &Arc<CryptoProvider>,
     resolver: &Arc<SniResolver>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
+    http2: bool,
 ) -> Arc<rustls::ServerConfig> {
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -198,7 +205,11 @@ fn build(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(resolver.clone());
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Arc::new(config)
 }
 

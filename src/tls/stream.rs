@@ -178,6 +178,11 @@ impl<IO> TlsStream<IO> {
         self.sni.as_deref()
     }
 
+    /// The protocol ALPN agreed on, if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
     /// The client's certificate chain, when it presented one.
     pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
         self.conn.peer_certificates()

@@ -124,7 +124,9 @@ pub async fn next_data<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStre
 }
 
 /// Read on until the peer's Close; returns its frame (None: no code).
-pub async fn next_close(ws: &mut Ws) -> Option<CloseFrame> {
+pub async fn next_close<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+) -> Option<CloseFrame> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Close(frame))) => return frame,

@@ -6,6 +6,7 @@
 pub mod backend;
 mod client;
 mod gateway;
+pub mod h2;
 pub mod hub;
 mod ports;
 mod redis;

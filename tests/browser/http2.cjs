@@ -1,0 +1,60 @@
+// The chat page over HTTP/2 in headless Chromium: the page loads over h2,
+// and its WebSockets open inside that connection as extended CONNECT
+// streams (RFC 8441). The Rust test (tests/browser.rs) checks wsgate's
+// metrics afterwards. Environment as for chat.cjs.
+'use strict';
+
+const { chromium } = require(process.env.WSGATE_PLAYWRIGHT);
+const path = require('path');
+
+const base = process.env.WSGATE_URL;
+const profile = process.env.WSGATE_PROFILE;
+const STEP = 15000;
+
+function step(name) { console.error(`step: ${name}`); }
+
+function expect(what, got, want) {
+  if (JSON.stringify(got) !== JSON.stringify(want)) {
+    throw new Error(`${what}: got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
+  }
+}
+
+async function main() {
+  const context = await chromium.launchPersistentContext(path.join(profile, 'data'), {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    env: { ...process.env, HOME: profile },
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  try {
+    step('the page loads over HTTP/2');
+    const page = await context.newPage();
+    page.on('console', (m) => console.error(`[console] ${m.text()}`));
+    await page.goto(`${base}/`);
+    expect('page protocol', await page.evaluate(
+      () => performance.getEntriesByType('navigation')[0].nextHopProtocol), 'h2');
+
+    step('the chat connects, and an echo with deflate answers');
+    await page.fill('#name', 'ann');
+    await page.click('#connect');
+    await page.waitForFunction(
+      () => document.getElementById('status').textContent === 'connected as ann',
+      null, { timeout: STEP });
+    const big = JSON.stringify(Array.from({ length: 200 }, (_, i) => ({ id: i, name: `item ${i}` })));
+    expect('echo', await page.evaluate(([url, text]) => new Promise((resolve) => {
+      const ws = new WebSocket(url, ['chat']);
+      ws.onopen = () => ws.send(text);
+      ws.onmessage = (ev) => {
+        resolve({ same: ev.data === text, protocol: ws.protocol, deflate: ws.extensions.startsWith('permessage-deflate') });
+        ws.close();
+      };
+      ws.onclose = (ev) => resolve({ closed: ev.code });
+    }), [`${base.replace('https:', 'wss:')}/echo`, big]), { same: true, protocol: 'chat', deflate: true });
+    console.log('ok');
+  } finally {
+    await context.close();
+  }
+}
+
+main().then(() => process.exit(0), (e) => { console.error(e.stack || String(e)); process.exit(1); });
