@@ -91,8 +91,28 @@ pub(crate) async fn handle(
     };
     let websocket = asks_for_websocket(&req, protocol);
     let stream = front.streams.as_ref().map(|streams| streams.open());
-    let mut response = match authority_as_host(&mut req, protocol) {
-        Ok(()) => respond(req, shared, permit, front, Upgrade { protocol, stream }).await,
+    // Over HTTP/2 a WebSocket is admitted as a connection of its own, so the
+    // connection limits and rates bound sessions as they do over HTTP/1.1.
+    let admitted = authority_as_host(&mut req, protocol).and_then(|()| match protocol {
+        Protocol::Http2 if websocket => (shared.admission.admit(front.peer.ip()))
+            .map(Some)
+            .map_err(Rejection::Shed),
+        Protocol::Http1 | Protocol::Http2 => Ok(None),
+    });
+    let mut response = match admitted {
+        Ok(ticket) => {
+            let http2 = stream.map(|stream| {
+                Box::new(Http2Stream {
+                    _stream: stream,
+                    _ticket: ticket,
+                })
+            });
+            let upgrade = Upgrade {
+                protocol,
+                _http2: http2,
+            };
+            respond(req, shared, permit, front, upgrade).await
+        }
         Err(rejection) => refuse(rejection, req.uri().path()),
     };
     if websocket {
@@ -112,10 +132,18 @@ pub(crate) async fn handle(
 }
 
 /// How a session's client connection came: its protocol, and over HTTP/2
-/// its stream, counted open until the session ends.
+/// its stream (boxed: an HTTP/1.1 session pays a pointer for it).
 struct Upgrade {
     protocol: Protocol,
-    stream: Option<StreamGuard>,
+    /// Held, not read: dropped when the session ends.
+    _http2: Option<Box<Http2Stream>>,
+}
+
+/// An HTTP/2 stream carrying a WebSocket: counted open, and admitted as a
+/// connection, until the session ends.
+struct Http2Stream {
+    _stream: StreamGuard,
+    _ticket: Option<Ticket>,
 }
 
 /// A WebSocket attempt, valid or not: `Upgrade: websocket` over HTTP/1.1,
@@ -353,8 +381,7 @@ async fn session(
     let started = Instant::now();
     ctx.metrics.opened.increment(1);
     ctx.metrics.active.increment(1.0);
-    let open = metrics::sessions_open(upgrade.protocol);
-    open.increment(1.0);
+    metrics::sessions_open(upgrade.protocol).increment(1.0);
 
     // Each kind's loop is boxed at its own size: the task's future holds a
     // pointer, so a connection pays only for its own kind's state.
@@ -385,10 +412,10 @@ async fn session(
     };
 
     let elapsed = started.elapsed();
-    open.decrement(1.0);
+    metrics::sessions_open(upgrade.protocol).decrement(1.0);
     ctx.metrics.session_ended(&end, elapsed.as_secs_f64());
     info!(end = end.label(), code = ?end.client_code(), duration_ms = elapsed.as_millis() as u64, "session ended");
-    drop((permit, upgrade.stream));
+    drop((permit, upgrade));
 }
 
 fn refuse(rejection: Rejection, path: &str) -> Response<Body> {
@@ -570,6 +597,7 @@ pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
         | Rejection::NameTaken
         | Rejection::HubFull
         | Rejection::Subprotocol
+        | Rejection::Shed(_)
         | Rejection::PlainHttp => {}
         Rejection::Auth(failure) => {
             if failure.status() == StatusCode::UNAUTHORIZED {

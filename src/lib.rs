@@ -9,7 +9,8 @@
 //! - `listener`: accept loop; `admission` sheds (and counts) connections
 //!   past the global and per-address limits.
 //! - `conn`: the first byte picks TLS or plaintext; TLS handshake and HTTP
-//!   request head under one deadline; hyper.
+//!   request head under one deadline; hyper over HTTP/1.1, or `http2` where
+//!   ALPN agreed on `h2` (each WebSocket a stream, RFC 8441).
 //! - `handshake`: strict RFC 6455 upgrade check, [`route`] lookup, 101 or
 //!   refusal; then the session task, which hands the client to its loop.
 //! - `tunnel`: HTTP `CONNECT` in: to the gateway itself (the front again,

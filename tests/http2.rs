@@ -295,6 +295,55 @@ async fn streams_are_capped_and_a_reset_ends_only_its_session() {
 }
 
 #[tokio::test]
+async fn each_websocket_stream_counts_as_a_connection() {
+    within(20, async {
+        let gw = http2_gateway()
+            .limits(|l| l.set("max_connections_per_ip", 3))
+            .route(Route::echo("/echo"))
+            .start()
+            .await;
+        // The connection is one, each WebSocket on it one more.
+        let mut h2 = H2::connect(&gw).await;
+        let mut first = h2.ws("/echo").await;
+        let _second = h2.ws("/echo").await;
+        let third = h2.connect_request("/echo").body(Empty::new()).unwrap();
+        let (status, body) = h2.status(third).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "503 too many connections, try again later\n")
+        );
+        let scrape = scrape(&gw).await;
+        at_least(
+            &scrape,
+            r#"wsgate_handshake_failures_total{reason="per_ip"}"#,
+            1.0,
+        );
+        // A session that ends gives its place back.
+        first.close(None).await.unwrap();
+        while let Some(Ok(_)) = first.next().await {}
+        let mut again = loop {
+            let request = h2.connect_request("/echo").body(Empty::new()).unwrap();
+            let response = h2.send(request).await.unwrap();
+            if response.status() == 200 {
+                let upgraded = hyper::upgrade::on(response).await.unwrap();
+                break tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    hyper_util::rt::TokioIo::new(upgraded),
+                    tokio_tungstenite::tungstenite::protocol::Role::Client,
+                    None,
+                )
+                .await;
+            }
+            // The gateway may not have seen the end yet.
+            assert_eq!(response.status(), 503);
+            tokio::task::yield_now().await;
+        };
+        again.send(Message::text("in its place")).await.unwrap();
+        assert_eq!(next_data(&mut again).await, Message::text("in its place"));
+    })
+    .await
+}
+
+#[tokio::test]
 async fn a_connection_without_streams_is_closed_and_http2_off_is_not_offered() {
     within(20, async {
         let gw = http2_gateway()

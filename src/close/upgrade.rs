@@ -3,7 +3,7 @@
 
 use http::StatusCode;
 
-use super::AuthFailure;
+use super::{AuthFailure, Shed};
 
 /// Why an HTTP request was not upgraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub enum Rejection {
     ConnectDisabled,
     /// The route's origin or token rules refused it (401/403).
     Auth(AuthFailure),
+    /// A WebSocket stream over HTTP/2, refused by the admission limits that
+    /// count it as a connection.
+    Shed(Shed),
 }
 
 impl Rejection {
@@ -70,6 +73,10 @@ impl Rejection {
             Rejection::PlainHttp | Rejection::Subprotocol => StatusCode::BAD_REQUEST,
             Rejection::ConnectDisabled => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::Auth(failure) => failure.status(),
+            Rejection::Shed(Shed::Rate | Shed::RatePerIp) => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::Shed(Shed::Capacity | Shed::PerIp | Shed::AdminCapacity) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -94,6 +101,7 @@ impl Rejection {
             Rejection::PlainHttp => "plain_http",
             Rejection::ConnectDisabled => "connect_disabled",
             Rejection::Auth(_) => "auth",
+            Rejection::Shed(shed) => shed.label(),
         }
     }
 
@@ -122,6 +130,10 @@ impl Rejection {
             }
             Rejection::ConnectDisabled => "CONNECT is not served here",
             Rejection::Auth(failure) => failure.message(),
+            Rejection::Shed(Shed::Rate | Shed::RatePerIp) => "too many new connections, slow down",
+            Rejection::Shed(Shed::Capacity | Shed::PerIp | Shed::AdminCapacity) => {
+                "too many connections, try again later"
+            }
         }
     }
 }
