@@ -46,7 +46,6 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, permit: Ticket, shar
                 tls: false,
                 connect: shared.listen_connect_tunnel,
                 client_cert: None,
-                streams: None,
             };
             serve_http(TokioIo::new(tcp), front, permit, shared, deadline).await;
         }
@@ -121,7 +120,6 @@ async fn serve_tls_until<IO>(
         tls: true,
         connect,
         client_cert,
-        streams: None,
     };
     if let Some(http2) = &shared.http2
         && tls.alpn_protocol() == Some(b"h2")
@@ -147,7 +145,7 @@ async fn serve_http<IO>(
     let service_shared = shared.clone();
     let service = service_fn(move |req| {
         let (shared, permit, front) = (service_shared.clone(), permit.clone(), front.clone());
-        async move { Ok::<_, Infallible>(handshake::handle(req, shared, permit, front).await) }
+        async move { Ok::<_, Infallible>(handshake::handle(req, shared, permit, front, None).await) }
     });
     let mut http = shared.http.clone();
     http.header_read_timeout(deadline.saturating_duration_since(Instant::now()));

@@ -56,9 +56,6 @@ pub(crate) struct Front {
     /// verified it (`tls::Chosen::cert_host`; which CA verified it depends
     /// on that entry), `None` for none.
     pub(crate) client_cert: Option<(Arc<str>, Option<Arc<str>>)>,
-    /// On an HTTP/2 connection, its open streams (each request holds one,
-    /// and then its session).
-    pub(crate) streams: Option<Arc<crate::http2::Streams>>,
 }
 
 impl Front {
@@ -78,11 +75,14 @@ impl Front {
 /// `tunnel`; anything else is upgraded (for an upstream
 /// route, only once the upstream has answered 101) or refused. WebSocket
 /// attempts are counted by protocol and result.
+/// `stream`: over HTTP/2, the request's stream, counted open from the moment
+/// hyper took it (and then by its session).
 pub(crate) async fn handle(
     mut req: Request<Incoming>,
     shared: Arc<Shared>,
     permit: Arc<Ticket>,
     front: Front,
+    stream: Option<StreamGuard>,
 ) -> Response<Body> {
     let protocol = if req.version() == Version::HTTP_2 {
         Protocol::Http2
@@ -90,7 +90,6 @@ pub(crate) async fn handle(
         Protocol::Http1
     };
     let websocket = asks_for_websocket(&req, protocol);
-    let stream = front.streams.as_ref().map(|streams| streams.open());
     // Over HTTP/2 a WebSocket is admitted as a connection of its own, so the
     // connection limits and rates bound sessions as they do over HTTP/1.1.
     let admitted = authority_as_host(&mut req, protocol).and_then(|()| match protocol {
@@ -729,7 +728,6 @@ mod tests {
             tls: true,
             connect: false,
             client_cert: Some(("alice".into(), sni.map(Arc::from))),
-            streams: None,
         };
         let to = |host: &str| Request::get("/").header("host", host).body(()).unwrap();
         let secure = front(Some("secure.test"));

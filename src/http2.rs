@@ -143,16 +143,17 @@ pub(crate) async fn serve<IO>(
 {
     let (activity, watch) = watch::channel(Activity::default());
     let streams = Arc::new(Streams(activity));
-    let front = Front {
-        streams: Some(streams.clone()),
-        ..front
-    };
     let service_shared = shared.clone();
+    let counted = streams.clone();
     let service = service_fn(move |req| {
         let (shared, permit, front) = (service_shared.clone(), permit.clone(), front.clone());
+        // Counted here, as hyper takes the stream (in this task, before the
+        // idle deadline can look again), not when its task first runs.
+        let stream = Some(counted.open());
         let span = info_span!("stream", route = tracing::field::Empty);
         async move {
-            Ok::<_, std::convert::Infallible>(handshake::handle(req, shared, permit, front).await)
+            let response = handshake::handle(req, shared, permit, front, stream).await;
+            Ok::<_, std::convert::Infallible>(response)
         }
         .instrument(span)
     });
