@@ -80,6 +80,19 @@ impl Admission {
 
     /// Admit a connection from `ip`, or say why not (the metric's reason).
     pub(crate) fn admit(&self, ip: IpAddr) -> Result<Ticket, Shed> {
+        self.admit_as(ip, true)
+    }
+
+    /// Admit a WebSocket stream of an HTTP/2 connection from `ip` as a
+    /// connection of its own: the connection caps and the address's rate
+    /// apply; the global rate, which paces new TCP connections and TLS
+    /// handshakes, does not (so one client's streams never use it up for
+    /// everyone else).
+    pub(crate) fn admit_stream(&self, ip: IpAddr) -> Result<Ticket, Shed> {
+        self.admit_as(ip, false)
+    }
+
+    fn admit_as(&self, ip: IpAddr, global_rate: bool) -> Result<Ticket, Shed> {
         let key = key(ip);
         let now = Instant::now();
         if let Some(rate) = self.per_ip_rate {
@@ -95,7 +108,7 @@ impl Admission {
                 return Err(Shed::RatePerIp);
             }
         }
-        if !lock(&self.rate).take_at(now) {
+        if global_rate && !lock(&self.rate).take_at(now) {
             return Err(Shed::Rate);
         }
         {

@@ -46,6 +46,7 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, permit: Ticket, shar
                 tls: false,
                 connect: shared.listen_connect_tunnel,
                 client_cert: None,
+                sni: None,
             };
             serve_http(TokioIo::new(tcp), front, permit, shared, deadline).await;
         }
@@ -120,6 +121,7 @@ async fn serve_tls_until<IO>(
         tls: true,
         connect,
         client_cert,
+        sni: sni.map(Arc::from),
     };
     if let Some(http2) = &shared.http2
         && tls.alpn_protocol() == Some(b"h2")

@@ -15,7 +15,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -26,7 +25,7 @@ use crate::close::Rejection;
 use crate::config::Route;
 use crate::deflate::{self, Agreed};
 use crate::frame::ControlFrame;
-use crate::http2::StreamGuard;
+use crate::http2::{ClientIo, StreamHandle};
 use crate::hub::session::HubClient;
 use crate::metrics::Protocol;
 use crate::names::normalize_host;
@@ -56,6 +55,8 @@ pub(crate) struct Front {
     /// verified it (`tls::Chosen::cert_host`; which CA verified it depends
     /// on that entry), `None` for none.
     pub(crate) client_cert: Option<(Arc<str>, Option<Arc<str>>)>,
+    /// The SNI name the client asked for (lower case), if it sent one.
+    pub(crate) sni: Option<Arc<str>>,
 }
 
 impl Front {
@@ -82,7 +83,7 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     permit: Arc<Ticket>,
     front: Front,
-    stream: Option<StreamGuard>,
+    stream: Option<StreamHandle>,
 ) -> Response<Body> {
     let protocol = if req.version() == Version::HTTP_2 {
         Protocol::Http2
@@ -92,26 +93,15 @@ pub(crate) async fn handle(
     let websocket = asks_for_websocket(&req, protocol);
     // Over HTTP/2 a WebSocket is admitted as a connection of its own, so the
     // connection limits and rates bound sessions as they do over HTTP/1.1.
-    let admitted = authority_as_host(&mut req, protocol).and_then(|()| match protocol {
-        Protocol::Http2 if websocket => (shared.admission.admit(front.peer.ip()))
-            .map(Some)
-            .map_err(Rejection::Shed),
-        Protocol::Http1 | Protocol::Http2 => Ok(None),
+    let http2 = stream.map(|stream| {
+        Box::new(Http2Stream {
+            stream,
+            ticket: None,
+        })
     });
-    let mut response = match admitted {
-        Ok(ticket) => {
-            let http2 = stream.map(|stream| {
-                Box::new(Http2Stream {
-                    _stream: stream,
-                    _ticket: ticket,
-                })
-            });
-            let upgrade = Upgrade {
-                protocol,
-                _http2: http2,
-            };
-            respond(req, shared, permit, front, upgrade).await
-        }
+    let upgrade = Upgrade { protocol, http2 };
+    let mut response = match http2_as_http1(&mut req, &front, protocol) {
+        Ok(()) => respond(req, shared, permit, front, upgrade).await,
         Err(rejection) => refuse(rejection, req.uri().path()),
     };
     if websocket {
@@ -134,20 +124,19 @@ pub(crate) async fn handle(
 /// its stream (boxed: an HTTP/1.1 session pays a pointer for it).
 struct Upgrade {
     protocol: Protocol,
-    /// Held, not read: dropped when the session ends.
-    _http2: Option<Box<Http2Stream>>,
+    http2: Option<Box<Http2Stream>>,
 }
 
 /// An HTTP/2 stream carrying a WebSocket: counted open, and admitted as a
-/// connection, until the session ends.
+/// connection (once the request checks out), until the session ends.
 struct Http2Stream {
-    _stream: StreamGuard,
-    _ticket: Option<Ticket>,
+    stream: StreamHandle,
+    ticket: Option<Ticket>,
 }
 
 /// A WebSocket attempt, valid or not: `Upgrade: websocket` over HTTP/1.1,
 /// extended CONNECT with `:protocol websocket` over HTTP/2.
-fn asks_for_websocket<B>(req: &Request<B>, protocol: Protocol) -> bool {
+pub(crate) fn asks_for_websocket<B>(req: &Request<B>, protocol: Protocol) -> bool {
     match protocol {
         Protocol::Http1 => has_token(req.headers(), &header::UPGRADE, "websocket"),
         Protocol::Http2 => {
@@ -162,16 +151,38 @@ fn extended_connect<B>(req: &Request<B>) -> Option<&str> {
     (req.method() == Method::CONNECT).then(|| protocol.as_str())
 }
 
-/// Over HTTP/2 the host comes as `:authority`: give it to the request as its
-/// `Host`, which routing, access rules and the member's request read. A
-/// `Host` header naming another host makes the request malformed (RFC 9113
-/// section 8.3.1).
-fn authority_as_host<B>(req: &mut Request<B>, protocol: Protocol) -> Result<(), Rejection> {
+/// An HTTP/2 request in the shape the rest reads (RFC 9113 section 8.3.1):
+/// `:authority` as its `Host` (a `Host` header naming another host makes it
+/// malformed), and the cookie crumbs a browser sends as separate fields
+/// joined into one `Cookie`, as HTTP/1.1 has it (section 8.2.3), for the
+/// route's rules and the member's request. A request for a host other than
+/// the connection's SNI name (a browser reusing a connection for another
+/// name its certificate covers) gets 421, so it asks again on a connection
+/// of its own, where that name's certificate and client-certificate rules
+/// apply.
+pub(crate) fn http2_as_http1<B>(
+    req: &mut Request<B>,
+    front: &Front,
+    protocol: Protocol,
+) -> Result<(), Rejection> {
+    if protocol != Protocol::Http2 {
+        return Ok(());
+    }
+    let cookies: Vec<&[u8]> = (req.headers().get_all(header::COOKIE).iter())
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if cookies.len() > 1 {
+        let joined = HeaderValue::from_bytes(&cookies.join(&b"; "[..]))
+            .map_err(|_| Rejection::BadRequest("unusable cookie"))?;
+        req.headers_mut().insert(header::COOKIE, joined);
+    }
     let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
         return Ok(());
     };
-    if protocol != Protocol::Http2 {
-        return Ok(());
+    if let Some(sni) = &front.sni
+        && normalize_host(&authority) != **sni
+    {
+        return Err(Rejection::Misdirected);
     }
     match req.headers().get(header::HOST) {
         Some(host) if host.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) => Ok(()),
@@ -192,7 +203,7 @@ async fn respond(
     shared: Arc<Shared>,
     permit: Arc<Ticket>,
     front: Front,
-    upgrade: Upgrade,
+    mut upgrade: Upgrade,
 ) -> Response<Body> {
     let peer = front.peer;
     if req.method() == Method::CONNECT && extended_connect(&req).is_none() {
@@ -222,6 +233,14 @@ async fn respond(
         Ok(ok) => ok,
         Err(rejection) => return refuse(rejection, req.uri().path()),
     };
+    // Over HTTP/2 a WebSocket is admitted as a connection of its own, so the
+    // connection limits bound sessions as they do over HTTP/1.1.
+    if let Some(http2) = upgrade.http2.as_mut() {
+        match shared.admission.admit_stream(peer.ip()) {
+            Ok(ticket) => http2.ticket = Some(ticket),
+            Err(shed) => return refuse(Rejection::Shed(shed), req.uri().path()),
+        }
+    }
     let span = Span::current();
     span.record("route", route.name.as_str());
     let client_cert = front.client_cert_for(&req);
@@ -369,7 +388,8 @@ async fn session(
         }
     };
     // Boxed: the steady-state task keeps only pointers in its future.
-    let client = Box::new(TokioIo::new(upgraded));
+    let stream = (upgrade.http2.as_ref()).map(|h| (h.stream.abort(), shared.limits.close_timeout));
+    let client = Box::new(ClientIo::new(upgraded, stream));
     let limits = &shared.limits;
     let ctx = SessionCtx {
         metrics: &route.metrics,
@@ -485,7 +505,7 @@ pub(crate) fn check<'t, B, T>(
         }
         Protocol::Http2 if req.uri().scheme().is_none() => {
             return Err(Rejection::BadRequest(
-                "an extended CONNECT needs :scheme and :path",
+                "an extended CONNECT needs :scheme, :path and :authority",
             ));
         }
         Protocol::Http1 | Protocol::Http2 => {}
@@ -597,6 +617,7 @@ pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
         | Rejection::HubFull
         | Rejection::Subprotocol
         | Rejection::Shed(_)
+        | Rejection::Misdirected
         | Rejection::PlainHttp => {}
         Rejection::Auth(failure) => {
             if failure.status() == StatusCode::UNAUTHORIZED {
@@ -728,6 +749,7 @@ mod tests {
             tls: true,
             connect: false,
             client_cert: Some(("alice".into(), sni.map(Arc::from))),
+            sni: None,
         };
         let to = |host: &str| Request::get("/").header("host", host).body(()).unwrap();
         let secure = front(Some("secure.test"));

@@ -65,6 +65,8 @@ mod egress;
 mod files;
 mod forward;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 mod handshake;
 mod headers;
 mod http2;

@@ -224,7 +224,7 @@ impl TunnelPolicy {
 }
 
 /// The CONNECT target: `host:port` in authority form, no body.
-fn target<B>(req: &Request<B>) -> Result<(String, u16), &'static str> {
+pub(crate) fn target<B>(req: &Request<B>) -> Result<(String, u16), &'static str> {
     if crate::headers::has_body(req.headers()) {
         return Err("a CONNECT request must not have a body");
     }
@@ -246,7 +246,7 @@ fn target<B>(req: &Request<B>) -> Result<(String, u16), &'static str> {
 
 /// Do the `Proxy-Authorization: Basic` credentials match a `[tunnel]`
 /// user? Every user is compared, each in constant time.
-fn authorized<B>(req: &Request<B>, users: &[(String, String)]) -> bool {
+pub(crate) fn authorized<B>(req: &Request<B>, users: &[(String, String)]) -> bool {
     let Some(given) = req
         .headers()
         .get(header::PROXY_AUTHORIZATION)

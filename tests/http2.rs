@@ -344,6 +344,126 @@ async fn each_websocket_stream_counts_as_a_connection() {
 }
 
 #[tokio::test]
+async fn the_request_reaches_a_member_as_http1_would_carry_it() {
+    within(20, async {
+        let mut backend = Backend::plain().await;
+        let gw = http2_gateway()
+            .limits(|l| l.set("handshake_rate", 5))
+            .route(Route::upstream("/up", [format!("ws://{}", backend.addr)]))
+            .route(Route::echo("/echo"))
+            .start()
+            .await;
+        let mut h2 = H2::connect(&gw).await;
+        // A browser's cookie crumbs (separate fields over HTTP/2) reach the
+        // member as one Cookie header (RFC 9113 section 8.2.3).
+        let mut request = h2.connect_request("/up").body(Empty::new()).unwrap();
+        request
+            .headers_mut()
+            .append("cookie", "a=1".parse().unwrap());
+        request
+            .headers_mut()
+            .append("cookie", "b=2".parse().unwrap());
+        let (_up, _) = h2.ws_with(request).await;
+        let (_, headers) = backend.next_upgrade().await;
+        let cookies: Vec<_> = headers.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
+
+        // A request for a host other than the connection's SNI name: 421,
+        // so a browser that reuses a connection asks again on its own.
+        let other = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("https://other.test:{}/echo", gw.addr.port()))
+            .extension(Protocol::from_static("websocket"))
+            .header("sec-websocket-version", "13")
+            .body(Empty::new())
+            .unwrap();
+        assert_eq!(h2.status(other).await.0, 421);
+
+        // Streams do not spend the global handshake rate (5/s here), which
+        // paces new connections: one client's streams never use it up.
+        let mut streams = Vec::new();
+        for _ in 0..12 {
+            streams.push(h2.ws("/echo").await);
+        }
+        let mut h1 = gw.ws("/echo").await;
+        h1.send(Message::text("still admitted")).await.unwrap();
+        assert_eq!(next_data(&mut h1).await, Message::text("still admitted"));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_stream_left_unread_ends_its_session_and_then_its_connection() {
+    within(30, async {
+        let gw = http2_gateway()
+            .limits(|l| {
+                l.set("send_timeout", "1s")
+                    .set("close_timeout", "1s")
+                    .set("ping_interval", "off")
+            })
+            .route(Route::echo("/echo").name("h2_stalled"))
+            .start()
+            .await;
+        // The client's window per stream is small and never given back on
+        // the stalled stream: the echo's writes to it block.
+        let mut h2 = H2::connect_with(&gw, |b| {
+            b.initial_stream_window_size(16 << 10)
+                .initial_connection_window_size(8 << 20);
+        })
+        .await;
+        let stalled = h2.ws("/echo").await;
+        let (mut stalled_tx, _stalled_rx) = stalled.split();
+        let writer = tokio::spawn(async move {
+            for _ in 0..64 {
+                if stalled_tx
+                    .send(Message::binary(vec![1u8; 32 << 10]))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            stalled_tx
+        });
+        // The session ends by the send timeout, counted as such; its writes
+        // still blocked a close timeout later, the connection is closed
+        // (as a stalled HTTP/1.1 client loses its TCP connection), so the
+        // stream never outlives its session holding memory.
+        let series =
+            r#"wsgate_sessions_ended_total{route="h2_stalled",reason="client_send_timeout"}"#;
+        common::wait_for_metric(&gw, series, 1.0).await;
+        let _ = h2.conn.await.unwrap();
+        drop(writer);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_idle_connection_lives_while_a_stream_is_open_and_closes_after() {
+    within(20, async {
+        let gw = http2_gateway()
+            .listen(|l| l.set("http2", true).set("http2_idle_timeout", "1s"))
+            .route(Route::echo("/echo"))
+            .start()
+            .await;
+        let mut h2 = H2::connect(&gw).await;
+        let mut ws = h2.ws("/echo").await;
+        // Open longer than the idle timeout: the connection stays.
+        let stayed =
+            tokio::time::timeout(std::time::Duration::from_millis(2500), &mut h2.conn).await;
+        assert!(stayed.is_err(), "closed with a session open: {stayed:?}");
+        ws.send(Message::text("still here")).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text("still here"));
+        // Its last stream closed, the connection is closed after the idle
+        // timeout.
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        h2.conn.await.unwrap().unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
 async fn a_connection_without_streams_is_closed_and_http2_off_is_not_offered() {
     within(20, async {
         let gw = http2_gateway()

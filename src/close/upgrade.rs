@@ -51,6 +51,9 @@ pub enum Rejection {
     /// A WebSocket stream over HTTP/2, refused by the admission limits that
     /// count it as a connection.
     Shed(Shed),
+    /// Over HTTP/2, a request for a host other than the connection's SNI
+    /// name: 421, and the client asks again on a connection of its own.
+    Misdirected,
 }
 
 impl Rejection {
@@ -73,6 +76,7 @@ impl Rejection {
             Rejection::PlainHttp | Rejection::Subprotocol => StatusCode::BAD_REQUEST,
             Rejection::ConnectDisabled => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::Auth(failure) => failure.status(),
+            Rejection::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Rejection::Shed(Shed::Rate | Shed::RatePerIp) => StatusCode::TOO_MANY_REQUESTS,
             Rejection::Shed(Shed::Capacity | Shed::PerIp | Shed::AdminCapacity) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -102,6 +106,7 @@ impl Rejection {
             Rejection::ConnectDisabled => "connect_disabled",
             Rejection::Auth(_) => "auth",
             Rejection::Shed(shed) => shed.label(),
+            Rejection::Misdirected => "misdirected",
         }
     }
 
@@ -130,6 +135,7 @@ impl Rejection {
             }
             Rejection::ConnectDisabled => "CONNECT is not served here",
             Rejection::Auth(failure) => failure.message(),
+            Rejection::Misdirected => "this connection is for another host name",
             Rejection::Shed(Shed::Rate | Shed::RatePerIp) => "too many new connections, slow down",
             Rejection::Shed(Shed::Capacity | Shed::PerIp | Shed::AdminCapacity) => {
                 "too many connections, try again later"

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::Deflate;
 
-mod codec;
+pub(crate) mod codec;
 
 #[cfg(test)]
 use codec::Inflate;

@@ -286,6 +286,40 @@ fn json_request(
     }
 }
 
+/// For the fuzz target (`crate::fuzz::hub_json`): `lines` as JSON requests
+/// from two clients of `route` in turn, each through [`json_request`] on a
+/// fresh hub; `answer` gets every message queued to either client.
+pub(crate) fn fuzz_requests<'a>(
+    config: &crate::config::HubConfig,
+    route: &HubRoute,
+    lines: impl Iterator<Item = &'a str>,
+    mut answer: impl FnMut(&str),
+) {
+    let Ok(hub) = Hub::new(config.clone()) else {
+        return;
+    };
+    let access = |route| crate::hub::access::ChannelAccess::new(None, route);
+    let clients =
+        ["ann", "bob"].map(|name| hub.register(Some(name), route, access(route), None, None));
+    let [Ok(ann), Ok(bob)] = clients else {
+        return;
+    };
+    let mut bucket = TokenBucket::new(route.publish_rate, f64::from(route.publish_burst));
+    for (i, line) in lines.enumerate() {
+        let conn = if i % 2 == 0 { &ann.conn } else { &bob.conn };
+        let text = Data::Text(Utf8Bytes::from(line.to_owned()));
+        json_request(&hub, conn, route, &mut bucket, text);
+        for queued in [&ann.conn, &bob.conn].map(|c| c.queue.take()) {
+            for frame in queued.items {
+                let Ok(Some((_, at))) = crate::frame::Header::parse(&frame) else {
+                    panic!("the hub queued a frame it cannot parse: {frame:?}");
+                };
+                answer(std::str::from_utf8(&frame[at..]).expect("a text frame"));
+            }
+        }
+    }
+}
+
 type Refusal = (&'static str, String);
 
 fn handle(
