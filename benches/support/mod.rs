@@ -18,7 +18,7 @@ mod common;
 
 // Each bench uses some of these.
 #[allow(unused_imports)]
-pub use common::{Redis, rss_kib};
+pub use common::{Redis, client_config, rss_kib};
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
@@ -47,10 +47,24 @@ impl Setup {
     /// A `wsgate` child on 127.0.0.1:0 with these routes (TOML) and room
     /// for `connections`.
     pub fn gateway(&self, name: &str, connections: usize, routes: &str) -> Server {
+        self.gateway_with(name, "", connections, "", routes)
+    }
+
+    /// [`Setup::gateway`] with more keys (TOML lines) in `[listen]` and in
+    /// `[limits]`.
+    pub fn gateway_with(
+        &self,
+        name: &str,
+        listen: &str,
+        connections: usize,
+        limits: &str,
+        routes: &str,
+    ) -> Server {
         let path = self.dir.path().join(name);
         let config = format!(
-            "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n\
-             [limits]\nmax_connections = {}\n{routes}",
+            "[listen]\naddr = \"127.0.0.1:0\"\n{listen}[admin]\naddr = \"127.0.0.1:0\"\n\
+             [tls]\ncert = {:?}\nkey = {:?}\n\
+             [limits]\nmax_connections = {}\n{limits}{routes}",
             self.written.cert,
             self.written.key,
             connections + 100
@@ -102,6 +116,8 @@ pub fn acceptor(cert: &str, key: &str) -> TlsAcceptor {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener, where the line also names one (`admin=...`).
+    pub admin: Option<SocketAddr>,
 }
 
 impl Drop for Server {
@@ -112,7 +128,8 @@ impl Drop for Server {
 }
 
 /// Start a child and read its listening address from the first stderr line
-/// that names one (`addr=127.0.0.1:PORT`).
+/// that names one (`addr=127.0.0.1:PORT`), and its admin address if that
+/// line has one (`admin=127.0.0.1:PORT`).
 pub fn spawn(mut cmd: Command) -> Server {
     let mut child = cmd
         .env("NO_COLOR", "1")
@@ -123,15 +140,20 @@ pub fn spawn(mut cmd: Command) -> Server {
         .expect("server starts");
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
+    let field = |line: &str, name: &str| {
+        line.split(name)
+            .nth(1)
+            .map(|rest| rest.split_whitespace().next().unwrap().parse().unwrap())
+    };
+    let (addr, admin) = loop {
         let line = lines.next().expect("server printed its address").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        if let Some(addr) = field(&line, "addr=") {
+            break (addr, field(&line, " admin="));
         }
     };
     // Keep draining stderr so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
+    Server { child, addr, admin }
 }
 
 /// Open `n` connections to `path`, 100 at a time.
