@@ -128,6 +128,7 @@ fn respond<B>(req: &Request<B>, ctx: &Context) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => {
             metrics::collect_process();
+            metrics::collect_gateway(ctx.shared.shutdown.tracker.len(), ctx.hub.queued());
             let mut r = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -41,6 +41,9 @@ pub const HTTP2_CONNECTIONS_TOTAL: &str = "wsgate_http2_connections_total";
 pub const HTTP2_CONNECTIONS_OPEN: &str = "wsgate_http2_connections_open";
 pub const HTTP2_STREAMS_OPEN: &str = "wsgate_http2_streams_open";
 pub const HTTP2_STREAMS_PER_CONNECTION: &str = "wsgate_http2_streams_per_connection";
+pub const TASKS: &str = "wsgate_tasks";
+pub const HUB_QUEUED_MESSAGES: &str = "wsgate_hub_queued_messages";
+pub const HUB_QUEUED_BYTES: &str = "wsgate_hub_queued_bytes";
 pub const HUB_CLIENTS: &str = "wsgate_hub_clients";
 pub const HUB_CHANNELS: &str = "wsgate_hub_channels";
 pub const HUB_SUBSCRIPTIONS: &str = "wsgate_hub_subscriptions";
@@ -88,6 +91,9 @@ pub const ALL: &[&str] = &[
     HTTP2_CONNECTIONS_OPEN,
     HTTP2_STREAMS_OPEN,
     HTTP2_STREAMS_PER_CONNECTION,
+    TASKS,
+    HUB_QUEUED_MESSAGES,
+    HUB_QUEUED_BYTES,
     HUB_CLIENTS,
     HUB_CHANNELS,
     HUB_SUBSCRIPTIONS,
@@ -178,6 +184,15 @@ fn process() -> &'static metrics_process::Collector {
 /// Refresh the process metrics; the admin listener calls this per scrape.
 pub fn collect_process() {
     process().collect();
+}
+
+/// What a scrape reads of the gateway itself: its tracked tasks
+/// (connections, sessions, tunnels, HTTP/2 streams) and what waits in hub
+/// queues.
+pub fn collect_gateway(tasks: usize, (queued_messages, queued_bytes): (usize, usize)) {
+    gauge!(TASKS).set(tasks as f64);
+    gauge!(HUB_QUEUED_MESSAGES).set(queued_messages as f64);
+    gauge!(HUB_QUEUED_BYTES).set(queued_bytes as f64);
 }
 
 /// The expiry of a served certificate, as a Unix time.
@@ -311,6 +326,19 @@ fn describe_upstreams_and_tunnels() {
 
 fn describe_hub() {
     describe_gauge!(HUB_CLIENTS, "Hub connections open now");
+    describe_gauge!(
+        HUB_QUEUED_MESSAGES,
+        "Messages waiting in hub client queues, read at each scrape"
+    );
+    describe_gauge!(
+        HUB_QUEUED_BYTES,
+        Unit::Bytes,
+        "Bytes waiting in hub client queues, read at each scrape"
+    );
+    describe_gauge!(
+        TASKS,
+        "Tasks the gateway tracks for its drain (connections, sessions, tunnels, HTTP/2 streams), read at each scrape"
+    );
     describe_gauge!(
         HUB_CHANNELS,
         "Hub channels that exist now (subscribed or holding history)"

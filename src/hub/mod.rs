@@ -290,6 +290,16 @@ impl Hub {
         }
     }
 
+    /// Messages and bytes waiting in every client's queue now (for the
+    /// scrape: one pass over the clients, each queue's lock taken alone).
+    pub(crate) fn queued(&self) -> (usize, usize) {
+        let conns: Vec<Arc<Conn>> = lock(&self.0.clients).values().flatten().cloned().collect();
+        conns
+            .iter()
+            .map(|c| c.queue.depth())
+            .fold((0, 0), |(m, b), (cm, cb)| (m + cm, b + cb))
+    }
+
     /// Register a client of `route`, named or `guest-N`, with what it may
     /// do on channels.
     pub(crate) fn register(

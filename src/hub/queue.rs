@@ -106,6 +106,12 @@ impl Queue {
         pushed
     }
 
+    /// Messages and bytes waiting now.
+    pub(crate) fn depth(&self) -> (usize, usize) {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (s.items.len(), s.bytes)
+    }
+
     /// Everything queued so far, and what happened since the last take.
     pub(crate) fn take(&self) -> Batch {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
