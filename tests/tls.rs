@@ -77,6 +77,25 @@ async fn sni_picks_the_certificate_and_a_wrong_ca_fails() {
         drop(tcp);
         let series = r#"wsgate_tls_handshake_failures_total{reason="eof"}"#;
         common::wait_for_metric(&gw, series, 1.0).await;
+        // A client with nothing in common (OpenSSL offering TLS 1.2 with a
+        // static-RSA cipher suite only, which rustls never serves).
+        let refused = tokio::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-tls1_2",
+                "-cipher",
+                "AES128-SHA",
+                "-servername",
+                "a.test",
+            ])
+            .args(["-connect", &gw.addr.to_string()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("openssl runs (scripts/test installs it)");
+        assert!(!refused.status.success(), "the handshake should fail");
+        let series = r#"wsgate_tls_handshake_failures_total{reason="incompatible"}"#;
+        common::wait_for_metric(&gw, series, 1.0).await;
     })
     .await
 }
