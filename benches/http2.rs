@@ -51,6 +51,7 @@
 
 mod support;
 
+use std::future::Future;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -928,49 +929,58 @@ async fn open_idle(
         let end = (start + OPEN_BATCH).min(n);
         match proto {
             Proto::H1 => {
-                let batch = (start..end).map(|_| async {
-                    let open = async {
-                        let mut ws = clients.h1(gw.addr).await?;
-                        exchange(&mut ws).await?;
-                        anyhow::Ok(ws)
-                    };
-                    timeout(OPEN_TIMEOUT, open)
-                        .await
-                        .unwrap_or_else(|_| Err(anyhow!("timed out")))
-                });
-                for r in futures_util::future::join_all(batch).await {
-                    match r {
-                        Ok(ws) => held.tasks.push(hold(ws, held.hold.clone())),
-                        Err(e) => errors.push(format!("{e:#}")),
-                    }
-                }
+                let opened = open_batch((start..end).map(|_| clients.h1(gw.addr))).await;
+                keep(&mut held, &mut errors, opened);
             }
             Proto::H2 => {
-                let batch = (start..end).map(|k| {
+                let opens = (start..end).map(|k| {
                     let c = &held.conns[k % held.conns.len()];
                     let (mut sender, uri) = (c.sender.clone(), c.uri.as_str());
-                    async move {
-                        let open = async {
-                            let mut ws = clients.h2(&mut sender, uri).await?;
-                            exchange(&mut ws).await?;
-                            anyhow::Ok(ws)
-                        };
-                        timeout(OPEN_TIMEOUT, open)
-                            .await
-                            .unwrap_or_else(|_| Err(anyhow!("timed out")))
-                    }
+                    async move { clients.h2(&mut sender, uri).await }
                 });
-                for r in futures_util::future::join_all(batch).await {
-                    match r {
-                        Ok(ws) => held.tasks.push(hold(ws, held.hold.clone())),
-                        Err(e) => errors.push(format!("{e:#}")),
-                    }
-                }
+                let opened = open_batch(opens).await;
+                keep(&mut held, &mut errors, opened);
             }
         }
         start = end;
     }
     (held, errors)
+}
+
+/// Open sessions at once, each with one message exchanged, each within
+/// `OPEN_TIMEOUT`.
+async fn open_batch<S, F>(opens: impl Iterator<Item = F>) -> Vec<anyhow::Result<WebSocketStream<S>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = anyhow::Result<WebSocketStream<S>>>,
+{
+    let opened = opens.map(|open| async {
+        let open = async {
+            let mut ws = open.await?;
+            exchange(&mut ws).await?;
+            anyhow::Ok(ws)
+        };
+        timeout(OPEN_TIMEOUT, open)
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("timed out")))
+    });
+    futures_util::future::join_all(opened).await
+}
+
+/// Hold the sessions that opened; note why the others did not.
+fn keep<S>(
+    held: &mut Held,
+    errors: &mut Vec<String>,
+    opened: Vec<anyhow::Result<WebSocketStream<S>>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    for r in opened {
+        match r {
+            Ok(ws) => held.tasks.push(hold(ws, held.hold.clone())),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
 }
 
 /// Let the held sessions go: with close handshakes (`graceful`), or dropped.

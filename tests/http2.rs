@@ -299,7 +299,7 @@ async fn each_websocket_stream_counts_as_a_connection() {
     within(20, async {
         let gw = http2_gateway()
             .limits(|l| l.set("max_connections_per_ip", 3))
-            .route(Route::echo("/echo"))
+            .route(Route::echo("/echo").name("h2_admitted"))
             .start()
             .await;
         // The connection is one, each WebSocket on it one more.
@@ -318,25 +318,13 @@ async fn each_websocket_stream_counts_as_a_connection() {
             r#"wsgate_handshake_failures_total{reason="per_ip"}"#,
             1.0,
         );
-        // A session that ends gives its place back.
         first.close(None).await.unwrap();
         while let Some(Ok(_)) = first.next().await {}
-        let mut again = loop {
-            let request = h2.connect_request("/echo").body(Empty::new()).unwrap();
-            let response = h2.send(request).await.unwrap();
-            if response.status() == 200 {
-                let upgraded = hyper::upgrade::on(response).await.unwrap();
-                break tokio_tungstenite::WebSocketStream::from_raw_socket(
-                    hyper_util::rt::TokioIo::new(upgraded),
-                    tokio_tungstenite::tungstenite::protocol::Role::Client,
-                    None,
-                )
-                .await;
-            }
-            // The gateway may not have seen the end yet.
-            assert_eq!(response.status(), 503);
-            tokio::task::yield_now().await;
-        };
+        // A session that ends gives its place back (once the gateway has
+        // seen the end).
+        let series = r#"wsgate_sessions_ended_total{route="h2_admitted",reason="client_closed"}"#;
+        common::wait_for_metric(&gw, series, 1.0).await;
+        let mut again = h2.ws("/echo").await;
         again.send(Message::text("in its place")).await.unwrap();
         assert_eq!(next_data(&mut again).await, Message::text("in its place"));
     })

@@ -8,14 +8,11 @@
 // WSGATE_SHOTS (where the screenshots go).
 'use strict';
 
-const { chromium } = require(process.env.WSGATE_PLAYWRIGHT);
 const path = require('path');
 const readline = require('readline');
+const { base, STEP, step, expect, launch, run } = require('./common.cjs');
 
-const base = process.env.WSGATE_URL;
-const profile = process.env.WSGATE_PROFILE;
 const shots = process.env.WSGATE_SHOTS;
-const STEP = 15000;
 
 const answers = readline.createInterface({ input: process.stdin });
 const pending = [];
@@ -23,8 +20,6 @@ answers.on('line', (l) => { const r = pending.shift(); if (r) r(l.trim()); });
 function ask(what) {
   return new Promise((resolve) => { pending.push(resolve); console.log(what); });
 }
-
-function step(name) { console.error(`step: ${name}`); }
 
 async function open(context, name) {
   const page = await context.newPage();
@@ -76,21 +71,8 @@ async function offer(page, route, protocols) {
   }), [`${base.replace('https:', 'wss:')}${route}`, protocols]);
 }
 
-function expect(what, got, want) {
-  if (JSON.stringify(got) !== JSON.stringify(want)) {
-    throw new Error(`${what}: got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
-  }
-}
-
 async function main() {
-  const context = await chromium.launchPersistentContext(path.join(profile, 'data'), {
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    env: { ...process.env, HOME: profile },
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    viewport: { width: 1200, height: 800 },
-  });
+  const context = await launch({ viewport: { width: 1200, height: 800 } });
   try {
     step('two pages connect and see each other');
     const ann = await open(context, 'ann');
@@ -185,4 +167,4 @@ async function main() {
   }
 }
 
-main().then(() => process.exit(0), (e) => { console.error(e.stack || String(e)); process.exit(1); });
+run(main);

@@ -4,29 +4,10 @@
 // metrics afterwards. Environment as for chat.cjs.
 'use strict';
 
-const { chromium } = require(process.env.WSGATE_PLAYWRIGHT);
-const path = require('path');
-
-const base = process.env.WSGATE_URL;
-const profile = process.env.WSGATE_PROFILE;
-const STEP = 15000;
-
-function step(name) { console.error(`step: ${name}`); }
-
-function expect(what, got, want) {
-  if (JSON.stringify(got) !== JSON.stringify(want)) {
-    throw new Error(`${what}: got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
-  }
-}
+const { base, STEP, step, expect, launch, run } = require('./common.cjs');
 
 async function main() {
-  const context = await chromium.launchPersistentContext(path.join(profile, 'data'), {
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    env: { ...process.env, HOME: profile },
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  const context = await launch();
   try {
     step('the page loads over HTTP/2');
     const page = await context.newPage();
@@ -57,4 +38,4 @@ async function main() {
   }
 }
 
-main().then(() => process.exit(0), (e) => { console.error(e.stack || String(e)); process.exit(1); });
+run(main);

@@ -126,14 +126,25 @@ impl H2 {
 
     /// A WebSocket from `request`, and the gateway's 200.
     pub async fn ws_with(&mut self, request: Request<Empty<Bytes>>) -> (H2Ws, Response<()>) {
+        self.try_ws_with(request)
+            .await
+            .unwrap_or_else(|status| panic!("refused: {status}"))
+    }
+
+    async fn try_ws_with(
+        &mut self,
+        request: Request<Empty<Bytes>>,
+    ) -> Result<(H2Ws, Response<()>), u16> {
         let response = self.send(request).await.unwrap();
-        assert_eq!(response.status(), 200, "{response:?}");
+        if response.status() != 200 {
+            return Err(response.status().as_u16());
+        }
         let (parts, body) = response.into_parts();
         let upgraded = hyper::upgrade::on(Response::from_parts(parts.clone(), body))
             .await
             .unwrap();
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
-        (ws, Response::from_parts(parts, ()))
+        Ok((ws, Response::from_parts(parts, ())))
     }
 
     /// A request's status and body.
