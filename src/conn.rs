@@ -121,7 +121,7 @@ async fn serve_tls_until<IO>(
         tls: true,
         connect,
         client_cert,
-        sni: sni.map(Arc::from),
+        sni: sni.map(|sni| Arc::from(crate::names::normalize_sni(sni))),
     };
     if let Some(http2) = &shared.http2
         && tls.alpn_protocol() == Some(b"h2")

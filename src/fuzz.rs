@@ -106,7 +106,7 @@ pub fn request_head(data: &[u8]) {
         Version::HTTP_2 => crate::metrics::Protocol::Http2,
         _ => crate::metrics::Protocol::Http1,
     };
-    let _ = crate::handshake::asks_for_websocket(&req, protocol);
+    let _ = crate::handshake::asks_for_websocket(&req);
     let front = crate::handshake::Front {
         peer: ([127, 0, 0, 1], 1).into(),
         tls: true,
@@ -332,11 +332,15 @@ pub fn hub_json(data: &[u8]) {
     }) else {
         return;
     };
+    // Each field read as raw JSON, as the hub reads a client's `id` and
+    // `data` (which come back as they were: any depth, any number).
+    type Answer<'a> = std::collections::BTreeMap<String, &'a serde_json::value::RawValue>;
     crate::hub::session::fuzz_requests(&config.hub, route, text.lines().take(64), |answer| {
-        let value: serde_json::Value = serde_json::from_str(answer)
+        let fields: Answer<'_> = serde_json::from_str(answer)
             .unwrap_or_else(|e| panic!("the hub answered with invalid JSON ({e}): {answer}"));
+        let kind = fields.get("type").map(|t| t.get());
         assert!(
-            value["type"].is_string(),
+            kind.is_some_and(|t| t.starts_with('"')),
             "an answer without a type: {answer}"
         );
     });

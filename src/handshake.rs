@@ -25,7 +25,7 @@ use crate::close::Rejection;
 use crate::config::Route;
 use crate::deflate::{self, Agreed};
 use crate::frame::ControlFrame;
-use crate::http2::{ClientIo, StreamHandle};
+use crate::http2::{ClientIo, StreamHandle, StreamHold};
 use crate::hub::session::HubClient;
 use crate::metrics::Protocol;
 use crate::names::normalize_host;
@@ -90,11 +90,11 @@ pub(crate) async fn handle(
     } else {
         Protocol::Http1
     };
-    let websocket = asks_for_websocket(&req, protocol);
+    let websocket = asks_for_websocket(&req);
     // Over HTTP/2 a WebSocket is admitted as a connection of its own, so the
     // connection limits and rates bound sessions as they do over HTTP/1.1.
     let http2 = stream.map(|stream| {
-        Box::new(Http2Stream {
+        Box::new(StreamHold {
             stream,
             ticket: None,
         })
@@ -124,24 +124,17 @@ pub(crate) async fn handle(
 /// its stream (boxed: an HTTP/1.1 session pays a pointer for it).
 struct Upgrade {
     protocol: Protocol,
-    http2: Option<Box<Http2Stream>>,
-}
-
-/// An HTTP/2 stream carrying a WebSocket: counted open, and admitted as a
-/// connection (once the request checks out), until the session ends.
-struct Http2Stream {
-    stream: StreamHandle,
-    ticket: Option<Ticket>,
+    http2: Option<Box<StreamHold>>,
 }
 
 /// A WebSocket attempt, valid or not: `Upgrade: websocket` over HTTP/1.1,
 /// extended CONNECT with `:protocol websocket` over HTTP/2.
-pub(crate) fn asks_for_websocket<B>(req: &Request<B>, protocol: Protocol) -> bool {
-    match protocol {
-        Protocol::Http1 => has_token(req.headers(), &header::UPGRADE, "websocket"),
-        Protocol::Http2 => {
+pub(crate) fn asks_for_websocket<B>(req: &Request<B>) -> bool {
+    match req.version() {
+        Version::HTTP_2 => {
             extended_connect(req).is_some_and(|p| p.eq_ignore_ascii_case("websocket"))
         }
+        _ => has_token(req.headers(), &header::UPGRADE, "websocket"),
     }
 }
 
@@ -354,7 +347,7 @@ enum Peer {
 /// the connection's admission slot, released when this returns.
 async fn session(
     on_upgrade: OnUpgrade,
-    upgrade: Upgrade,
+    mut upgrade: Upgrade,
     route: Arc<RouteState>,
     permit: Arc<Ticket>,
     shared: Arc<Shared>,
@@ -388,7 +381,7 @@ async fn session(
         }
     };
     // Boxed: the steady-state task keeps only pointers in its future.
-    let stream = (upgrade.http2.as_ref()).map(|h| (h.stream.abort(), shared.limits.close_timeout));
+    let stream = (upgrade.http2.take()).map(|hold| (hold, shared.limits.send_timeout));
     let client = Box::new(ClientIo::new(upgraded, stream));
     let limits = &shared.limits;
     let ctx = SessionCtx {
@@ -437,7 +430,7 @@ async fn session(
     drop((permit, upgrade));
 }
 
-fn refuse(rejection: Rejection, path: &str) -> Response<Body> {
+pub(crate) fn refuse(rejection: Rejection, path: &str) -> Response<Body> {
     debug!(reason = rejection.label(), path, "upgrade refused");
     metrics::handshake_failed(rejection);
     rejection_response(rejection)
@@ -477,7 +470,7 @@ pub(crate) fn check<'t, B, T>(
     } else {
         Protocol::Http1
     };
-    let upgrade = asks_for_websocket(req, protocol);
+    let upgrade = asks_for_websocket(req);
     let host = single(headers, &header::HOST);
     let host = match host {
         Ok(host) => host.and_then(|h| h.to_str().ok()),
@@ -618,6 +611,7 @@ pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
         | Rejection::Subprotocol
         | Rejection::Shed(_)
         | Rejection::Misdirected
+        | Rejection::Busy
         | Rejection::PlainHttp => {}
         Rejection::Auth(failure) => {
             if failure.status() == StatusCode::UNAUTHORIZED {
@@ -740,6 +734,54 @@ mod tests {
             .body(())
             .unwrap();
         assert!(status(r).is_ok());
+    }
+
+    #[test]
+    fn an_http2_request_for_another_host_than_the_sni_is_misdirected() {
+        let front = |sni: Option<&str>| Front {
+            peer: "127.0.0.1:1".parse().unwrap(),
+            tls: true,
+            connect: false,
+            client_cert: None,
+            sni: sni.map(|s| Arc::from(crate::names::normalize_sni(s))),
+        };
+        let to = |authority: &str| {
+            Request::connect(format!("https://{authority}/echo"))
+                .version(Version::HTTP_2)
+                .body(())
+                .unwrap()
+        };
+        let mapped = |authority: &str, sni: Option<&str>| {
+            let mut req = to(authority);
+            http2_as_http1(&mut req, &front(sni), Protocol::Http2)
+                .map(|()| req.headers()[header::HOST].to_str().unwrap().to_owned())
+        };
+        for (authority, sni) in [
+            ("localhost:8443", Some("localhost")),
+            ("LocalHost:8443", Some("localhost")),
+            ("localhost", Some("localhost.")),
+            ("[::1]:8443", None),
+            ("anything.test", None),
+        ] {
+            assert_eq!(
+                mapped(authority, sni),
+                Ok(authority.to_owned()),
+                "{authority} {sni:?}"
+            );
+        }
+        assert_eq!(
+            mapped("other.test", Some("localhost")),
+            Err(Rejection::Misdirected)
+        );
+        // HTTP/1.1 requests are left as they are.
+        let mut h1 = Request::get("/echo")
+            .header("host", "other.test")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            http2_as_http1(&mut h1, &front(Some("localhost")), Protocol::Http1),
+            Ok(())
+        );
     }
 
     #[test]

@@ -7,17 +7,19 @@
 //! - each stream may hold `http2_stream_window` bytes unread, and the
 //!   connection's window is that times the stream cap: a stream whose
 //!   session stops reading holds only its own window, never its siblings';
-//! - a session writes to its stream in pieces of at most [`MAX_WRITE`], each
-//!   taken only when hyper has sent the one before (hyper keeps one in hand
-//!   and one queued, and h2 buffers at most a window more), so a client
-//!   that stops reading one stream stalls that session's writes, which
-//!   `send_timeout` bounds as over HTTP/1.1;
-//! - a session that ends with its stream still blocked (its writes not
-//!   drained within the close timeout) takes the connection with it, as a
-//!   stalled HTTP/1.1 client loses its TCP connection: a stream is never
-//!   left behind holding memory after its session and its admission;
+//! - a session writes to its stream in pieces of at most [`MAX_WRITE`]
+//!   (hyper holds up to three of them, and h2 buffers at most a window
+//!   more), so a client that stops reading one stream stalls that session's
+//!   writes, which `send_timeout` bounds as over HTTP/1.1;
+//! - a session that ends with its stream still blocked keeps its place and
+//!   its admission while the stream is shut down in the background; if
+//!   that makes no headway within the send timeout, the connection goes,
+//!   as a stalled HTTP/1.1 client loses its TCP connection: a stream never
+//!   outlives its session holding memory unaccounted;
 //! - at most [`MAX_RESPONSES`] plain requests (the page, a refusal) are in
-//!   progress at once, each until its body is sent;
+//!   progress at once, each until its body has been taken in pieces as h2
+//!   has room; a request waits at most the handshake timeout for a place
+//!   (then 503);
 //! - the first request must arrive by the handshake deadline; later, a
 //!   connection with no stream open is closed after `http2_idle_timeout`;
 //! - at a drain, GOAWAY, then the streams' own close handshakes.
@@ -45,6 +47,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span};
 
 use crate::admission::Ticket;
+use crate::close::Rejection;
 use crate::config::{Limits, ListenConfig};
 use crate::handshake::Front;
 use crate::{Body, Shared, handshake, metrics};
@@ -92,8 +95,9 @@ impl Http2 {
 /// Largest write a session hands its HTTP/2 stream at once.
 pub(crate) const MAX_WRITE: usize = 16 << 10;
 /// Plain requests (not WebSockets) in progress at once on one connection,
-/// each until its response body is sent.
-pub(crate) const MAX_RESPONSES: usize = 8;
+/// each until its response body has been handed to h2 (in [`MAX_WRITE`]
+/// pieces, each when h2 has room for it).
+pub(crate) const MAX_RESPONSES: usize = 4;
 
 /// The streams of one connection: a guard per stream, held by its request,
 /// its response body and its session.
@@ -148,11 +152,27 @@ impl Drop for StreamGuard {
 }
 
 /// A response body that holds its stream open, and its place among the
-/// connection's responses, until hyper has sent it (or the stream ends).
+/// connection's responses, until hyper has taken the last of it. It gives
+/// its bytes in [`MAX_WRITE`] pieces, and hyper takes the next only when h2
+/// has room for it (its send buffer is one stream window): a client that
+/// stops reading keeps its response here, counted, not in h2's buffers.
 pub(crate) struct Held {
     body: Body,
-    _stream: StreamHandle,
-    _place: OwnedSemaphorePermit,
+    /// Taken from `body`, not yet given to hyper.
+    rest: Bytes,
+    _stream: Option<StreamHandle>,
+    _place: Option<OwnedSemaphorePermit>,
+}
+
+impl Held {
+    fn new(body: Body, stream: Option<StreamHandle>, place: Option<OwnedSemaphorePermit>) -> Self {
+        Held {
+            body,
+            rest: Bytes::new(),
+            _stream: stream,
+            _place: place,
+        }
+    }
 }
 
 impl HttpBody for Held {
@@ -163,33 +183,57 @@ impl HttpBody for Held {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        if self.rest.is_empty() {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => self.rest = data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                other => return other,
+            }
+        }
+        let piece = self.rest.len().min(MAX_WRITE);
+        Poll::Ready(Some(Ok(Frame::data(self.rest.split_to(piece)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let mut hint = self.body.size_hint();
+        let rest = self.rest.len() as u64;
+        hint.set_lower(hint.lower() + rest);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
+}
+
+/// What a WebSocket session over HTTP/2 holds of its stream, until the
+/// stream has ended: its place in the count and its admission ticket.
+pub(crate) struct StreamHold {
+    pub(crate) stream: StreamHandle,
+    pub(crate) ticket: Option<Ticket>,
 }
 
 /// A session's client connection: hyper's upgraded stream. Over HTTP/2
 /// (`stream` set) writes go in pieces of at most [`MAX_WRITE`], and a
 /// stream dropped before its shutdown completed (the session's end cut
 /// short, its writes maybe still blocked on the client) is shut down in the
-/// background: if that does not complete within the close timeout either,
-/// the client is not reading it, and the connection is aborted.
+/// background, still counted and admitted: if that makes no headway within
+/// the send timeout either, the client is not reading it, and the
+/// connection is aborted.
 pub(crate) struct ClientIo {
     /// `None` only once dropped.
     io: Option<TokioIo<Upgraded>>,
-    /// Over HTTP/2: the connection's abort signal and the close timeout.
-    stream: Option<(CancellationToken, Duration)>,
+    /// Over HTTP/2: the stream's hold, and the send timeout.
+    stream: Option<(Box<StreamHold>, Duration)>,
 }
 
 impl ClientIo {
-    pub(crate) fn new(upgraded: Upgraded, stream: Option<(CancellationToken, Duration)>) -> Self {
+    pub(crate) fn new(upgraded: Upgraded, stream: Option<(Box<StreamHold>, Duration)>) -> Self {
         ClientIo {
             io: Some(TokioIo::new(upgraded)),
             stream,
@@ -203,7 +247,7 @@ impl ClientIo {
 
 impl Drop for ClientIo {
     fn drop(&mut self) {
-        let (Some(mut io), Some((abort, limit))) = (self.io.take(), self.stream.take()) else {
+        let (Some(mut io), Some((hold, limit))) = (self.io.take(), self.stream.take()) else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -217,8 +261,9 @@ impl Drop for ClientIo {
                 debug!(
                     "a stream's writes stayed blocked after its session; closing the connection"
                 );
-                abort.cancel();
+                hold.stream.abort().cancel();
             }
+            drop(hold);
         });
     }
 }
@@ -344,20 +389,27 @@ pub(crate) async fn serve<IO>(
         // idle deadline can look again), not when its task first runs.
         let stream = counted.open();
         let responses = counted.responses.clone();
+        let wait = shared.limits.handshake_timeout;
         let span = info_span!("stream", route = tracing::field::Empty);
         async move {
-            let place = responses
-                .acquire_owned()
-                .await
-                .expect("the connection's semaphore is never closed");
+            // WebSockets are bounded by admission; other requests take a
+            // place among the connection's responses, waiting at most the
+            // handshake timeout for one.
+            let place = match handshake::asks_for_websocket(&req) {
+                true => None,
+                false => match timeout(wait, responses.acquire_owned()).await {
+                    Ok(Ok(place)) => Some(place),
+                    Ok(Err(_)) | Err(_) => {
+                        let busy = handshake::refuse(Rejection::Busy, req.uri().path());
+                        return Ok(busy.map(|body| Held::new(body, None, None)));
+                    }
+                },
+            };
             let response =
                 handshake::handle(req, shared, permit, front, Some(stream.clone())).await;
-            let response = response.map(|body| Held {
-                body,
-                _stream: stream,
-                _place: place,
-            });
-            Ok::<_, std::convert::Infallible>(response)
+            Ok::<_, std::convert::Infallible>(
+                response.map(|body| Held::new(body, Some(stream), place)),
+            )
         }
         .instrument(span)
     });

@@ -414,7 +414,7 @@ async fn a_stream_left_unread_ends_its_session_and_then_its_connection() {
             stalled_tx
         });
         // The session ends by the send timeout, counted as such; its writes
-        // still blocked a close timeout later, the connection is closed
+        // still blocked a send timeout later, the connection is closed
         // (as a stalled HTTP/1.1 client loses its TCP connection), so the
         // stream never outlives its session holding memory.
         let series =
@@ -422,6 +422,36 @@ async fn a_stream_left_unread_ends_its_session_and_then_its_connection() {
         common::wait_for_metric(&gw, series, 1.0).await;
         let _ = h2.conn.await.unwrap();
         drop(writer);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_session_whose_client_never_answers_its_close_leaves_the_connection_up() {
+    within(30, async {
+        let gw = http2_gateway()
+            .limits(|l| {
+                l.set("idle_timeout", "1s")
+                    .set("close_timeout", "1s")
+                    .set("send_timeout", "1s")
+                    .set("ping_interval", "off")
+            })
+            .route(Route::echo("/echo").name("h2_unanswered"))
+            .start()
+            .await;
+        let mut h2 = H2::connect(&gw).await;
+        // Never read: its Close goes unanswered, but its writes drained.
+        let _silent = h2.ws("/echo").await;
+        let series = r#"wsgate_sessions_ended_total{route="h2_unanswered",reason="idle_timeout"}"#;
+        common::wait_for_metric(&gw, series, 1.0).await;
+        // Longer than the send timeout the stream had to end in: the
+        // connection stays, and a new session on it works.
+        let stayed =
+            tokio::time::timeout(std::time::Duration::from_millis(2500), &mut h2.conn).await;
+        assert!(stayed.is_err(), "the connection was closed: {stayed:?}");
+        let mut ws = h2.ws("/echo").await;
+        ws.send(Message::text("still up")).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text("still up"));
     })
     .await
 }

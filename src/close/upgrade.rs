@@ -54,6 +54,9 @@ pub enum Rejection {
     /// Over HTTP/2, a request for a host other than the connection's SNI
     /// name: 421, and the client asks again on a connection of its own.
     Misdirected,
+    /// Over HTTP/2, a plain request that found no place among its
+    /// connection's responses in progress within the handshake timeout.
+    Busy,
 }
 
 impl Rejection {
@@ -77,6 +80,7 @@ impl Rejection {
             Rejection::ConnectDisabled => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::Auth(failure) => failure.status(),
             Rejection::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Rejection::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::Shed(Shed::Rate | Shed::RatePerIp) => StatusCode::TOO_MANY_REQUESTS,
             Rejection::Shed(Shed::Capacity | Shed::PerIp | Shed::AdminCapacity) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -107,6 +111,7 @@ impl Rejection {
             Rejection::Auth(_) => "auth",
             Rejection::Shed(shed) => shed.label(),
             Rejection::Misdirected => "misdirected",
+            Rejection::Busy => "busy",
         }
     }
 
@@ -136,6 +141,7 @@ impl Rejection {
             Rejection::ConnectDisabled => "CONNECT is not served here",
             Rejection::Auth(failure) => failure.message(),
             Rejection::Misdirected => "this connection is for another host name",
+            Rejection::Busy => "too many responses in progress on this connection",
             Rejection::Shed(Shed::Rate | Shed::RatePerIp) => "too many new connections, slow down",
             Rejection::Shed(Shed::Capacity | Shed::PerIp | Shed::AdminCapacity) => {
                 "too many connections, try again later"

@@ -125,8 +125,14 @@ impl<'a> Section<'a> {
 
     /// The full key of `name` in this section: `limits.idle_timeout`.
     pub fn key(&self, name: &str) -> String {
+        // A key TOML can only write quoted (`""`, `"a b"`) is shown quoted.
+        let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        let name = match !name.is_empty() && name.chars().all(bare) {
+            true => name.to_owned(),
+            false => format!("{name:?}"),
+        };
         if self.prefix.is_empty() {
-            name.to_owned()
+            name
         } else {
             format!("{}.{name}", self.prefix)
         }
