@@ -125,8 +125,9 @@ impl<'a> Section<'a> {
 
     /// The full key of `name` in this section: `limits.idle_timeout`.
     pub fn key(&self, name: &str) -> String {
-        // A key TOML can only write quoted (`""`, `"a b"`) is shown quoted.
-        let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        // A key TOML can only write quoted (`""`, `"a b"`) is shown quoted;
+        // `routes[2]` names a table of a list.
+        let bare = |c: char| c.is_ascii_alphanumeric() || "_-[]".contains(c);
         let name = match !name.is_empty() && name.chars().all(bare) {
             true => name.to_owned(),
             false => format!("{name:?}"),
