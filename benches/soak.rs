@@ -357,6 +357,28 @@ fn routes(backend: SocketAddr, reversed: bool) -> String {
 // ---------------------------------------------------------------- clients
 
 /// Open a session: TCP (no delay), TLS, the upgrade, each bounded.
+/// A session to `path`, opened again every `RETRY` while it fails (each
+/// failure counted under `what`); `None` once the load stops.
+async fn reopen(
+    setup: &Setup,
+    addr: SocketAddr,
+    path: &str,
+    load: &Load,
+    what: &'static str,
+    stop: &CancellationToken,
+) -> Option<Ws> {
+    while !stop.is_cancelled() {
+        match open(setup, addr, path).await {
+            Ok(ws) => return Some(ws),
+            Err(e) => {
+                load.fail(what, format!("{path}: open: {e:#}"));
+                pause(RETRY, stop).await;
+            }
+        }
+    }
+    None
+}
+
 async fn open(setup: &Setup, addr: SocketAddr, path: &str) -> anyhow::Result<Ws> {
     let tcp = timeout(STEP, TcpStream::connect(addr))
         .await
@@ -453,13 +475,8 @@ async fn relay_session(
     let path = format!("/relay/s{i}");
     let mut n = 0u64;
     'session: while !stop.is_cancelled() {
-        let mut ws = match open(&setup, addr, &path).await {
-            Ok(ws) => ws,
-            Err(e) => {
-                load.fail("relay", format!("session {i}: open: {e:#}"));
-                pause(RETRY, &stop).await;
-                continue;
-            }
+        let Some(mut ws) = reopen(&setup, addr, &path, &load, "relay", &stop).await else {
+            break;
         };
         let mut tick = ticker(RELAY_PERIOD);
         loop {
@@ -611,13 +628,9 @@ async fn subscriber(i: usize, mut ws: Ws, load: Arc<Load>, stop: CancellationTok
 async fn publisher(setup: Arc<Setup>, addr: SocketAddr, load: Arc<Load>, stop: CancellationToken) {
     let mut n = 0u64;
     while !stop.is_cancelled() {
-        let mut ws = match open(&setup, addr, "/hub?name=publisher").await {
-            Ok(ws) => ws,
-            Err(e) => {
-                load.fail("hub publisher", format!("open: {e:#}"));
-                pause(RETRY, &stop).await;
-                continue;
-            }
+        let path = "/hub?name=publisher";
+        let Some(mut ws) = reopen(&setup, addr, path, &load, "hub publisher", &stop).await else {
+            break;
         };
         let mut tick = ticker(HUB_PERIOD);
         let broke = loop {
