@@ -22,8 +22,24 @@ use tracing::{Span, debug};
 use crate::close::EarlyFailure;
 use crate::handshake::Front;
 use crate::{Shared, auth, handshake, metrics};
+use hyper::upgrade::{OnUpgrade, Upgraded};
 
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The hand-off after a `101` or a CONNECT's `200`: the connection hyper
+/// gives back once the answer is out. Bounded by the handshake deadline,
+/// and given up at a drain unless it is ready too (a session then sees the
+/// drain itself and says 1001).
+pub(crate) async fn handed_off(on_upgrade: OnUpgrade, shared: &Shared) -> Result<Upgraded, String> {
+    tokio::select! {
+        biased;
+        handed = timeout(shared.limits.handshake_timeout, on_upgrade) => match handed {
+            Ok(handed) => handed.map_err(|e| e.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        },
+        _ = shared.shutdown.token.cancelled() => Err("draining".to_owned()),
+    }
+}
 
 /// Serve one accepted connection. `permit` is its admission ticket, held
 /// until the last session or tunnel on it has ended.

@@ -354,17 +354,7 @@ async fn session(
     peer: Peer,
     expiry: Option<Arc<Expiry>>,
 ) {
-    // The hand-off after the 101: bounded, and given up at a drain unless
-    // it is ready too (then the session sees the drain and says 1001).
-    let handed = tokio::select! {
-        biased;
-        handed = timeout(shared.limits.handshake_timeout, on_upgrade) => match handed {
-            Ok(handed) => handed.map_err(|e| e.to_string()),
-            Err(_) => Err("timed out".to_owned()),
-        },
-        _ = shared.shutdown.token.cancelled() => Err("draining".to_owned()),
-    };
-    let upgraded = match handed {
+    let upgraded = match crate::conn::handed_off(on_upgrade, &shared).await {
         Ok(upgraded) => upgraded,
         Err(e) => {
             debug!(error = %e, "upgrade did not complete");

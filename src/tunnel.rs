@@ -79,8 +79,11 @@ fn serve_gateway(
     let task_shared = shared.clone();
     shared.shutdown.tracker.spawn(
         async move {
-            if let Ok(upgraded) = on_upgrade.await {
-                conn::serve_tunnelled(TokioIo::new(upgraded), peer, permit, task_shared).await;
+            match conn::handed_off(on_upgrade, &task_shared).await {
+                Ok(upgraded) => {
+                    conn::serve_tunnelled(TokioIo::new(upgraded), peer, permit, task_shared).await
+                }
+                Err(e) => debug!(error = %e, "CONNECT hand-off did not complete"),
             }
         }
         .instrument(Span::current()),
@@ -131,21 +134,26 @@ async fn dial_target(
 fn splice_upgraded(
     req: Request<Incoming>,
     target_stream: TcpStream,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     permit: Arc<Ticket>,
 ) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(req);
     let idle = shared.tunnel.config.idle_timeout;
-    let cancel = shared.shutdown.token.clone();
+    let task_shared = shared.clone();
     shared.shutdown.tracker.spawn(
         async move {
-            if let Ok(upgraded) = on_upgrade.await {
-                let (up, down) = splice(TokioIo::new(upgraded), target_stream, idle, &cancel).await;
-                debug!(
-                    client_to_target = up,
-                    target_to_client = down,
-                    "CONNECT tunnel closed"
-                );
+            match conn::handed_off(on_upgrade, &task_shared).await {
+                Ok(upgraded) => {
+                    let cancel = &task_shared.shutdown.token;
+                    let (up, down) =
+                        splice(TokioIo::new(upgraded), target_stream, idle, cancel).await;
+                    debug!(
+                        client_to_target = up,
+                        target_to_client = down,
+                        "CONNECT tunnel closed"
+                    );
+                }
+                Err(e) => debug!(error = %e, "CONNECT hand-off did not complete"),
             }
             drop(permit);
         }
