@@ -5,7 +5,8 @@
 //! frames keep their mask on the way up, nothing is reassembled, so a
 //! session holds two small read buffers whatever the message sizes.
 //! Nothing more is read from a side until what it sent is written, so each
-//! side is read only as fast as the other takes it.
+//! side is read only as fast as the other takes it; the two directions run
+//! at once, so a side slow to read holds up only what goes to it.
 //!
 //! Text stays text, binary stays binary, messages keep their boundaries and
 //! order. Pings and pongs pass through both ways untouched, so every ping
@@ -18,10 +19,12 @@
 //! (`relay/codec.rs`) inflates or compresses its messages on the way.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::sync::Notify;
+use tokio::time::{Instant, timeout};
 
 use crate::close::{ClosePlan, Fault, SessionEnd, Side};
 use crate::config::Limits;
@@ -98,6 +101,9 @@ struct Inflow {
     /// This side sent a Close (valid or not): it will send no other, so
     /// the end does not wait for one.
     sent_close: bool,
+    /// A write to the other side was cut short (timed out, failed or given
+    /// up at a drain): it may have part of a frame.
+    cut: bool,
 }
 
 impl Inflow {
@@ -111,16 +117,18 @@ impl Inflow {
             frames: Inbound::new(rules),
             codec,
             sent_close: false,
+            cut: false,
         }
     }
 
     /// Is the other side in the middle of a frame from this one? (Then
     /// nothing else may be written to it.) Inflated frames go on whole.
     fn mid_frame(&self) -> bool {
-        match self.codec {
-            Codec::Inflate(_) => self.frames.in_frame() && !self.frames.compressed(),
-            Codec::Pass | Codec::Deflate(_) => self.frames.in_frame(),
-        }
+        self.cut
+            || match self.codec {
+                Codec::Inflate(_) => self.frames.in_frame() && !self.frames.compressed(),
+                Codec::Pass | Codec::Deflate(_) => self.frames.in_frame(),
+            }
     }
 }
 
@@ -204,8 +212,14 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    /// Both directions at once, each at its own pace: a side that is slow
+    /// to read holds up only what goes to it, never what comes from it (a
+    /// member that answers each message before it reads the next would
+    /// otherwise wait on the gateway while the gateway waits on it). The
+    /// first direction to end ends the session; the other stops where it
+    /// reads next, its write in progress finished (or cut by its bound).
     /// `pings`: the gateway's pings to the upstream member.
-    async fn relay(&mut self, early: Vec<u8>, mut pings: Keepalive) -> SessionEnd {
+    async fn relay(&mut self, early: Vec<u8>, pings: Keepalive) -> SessionEnd {
         let Relay {
             client,
             upstream,
@@ -213,72 +227,51 @@ where
             down,
             ctx,
         } = self;
-        let mut timers = Timers::new(ctx.limits);
+        let timers = Timers::new(ctx.limits);
+        let heard = Heard::new();
+        let tokens = (timers.ping_token(), pings.token());
         if !early.is_empty() {
             down.buf.preload(&early);
-            let token = pings.payload();
-            if let Err(end) = pass(Side::Upstream, down, *client, ctx, &mut timers, token).await {
+            if let Err(end) = pass(Side::Upstream, down, *client, ctx, &heard, &tokens.1).await {
                 return end;
             }
         }
-        loop {
-            // Unbiased between the two sides, so neither can starve the other.
-            let (from, read) = tokio::select! {
-                read = up.buf.read_from(*client) => (Side::Client, read),
-                read = down.buf.read_from(*upstream) => (Side::Upstream, read),
-                _ = ctx.cancel.cancelled() => return ctx.stopped(),
-                tick = timers.next() => {
-                    // Nothing may be written into a frame on its way to the
-                    // client: the keepalive waits for the next tick.
-                    if matches!(tick, Tick::Ping) && down.mid_frame() {
-                        continue;
-                    }
-                    match timers.due(tick) {
-                        Ok(true) => {
-                            let ping = ControlFrame::new(OpCode::Ping, timers.ping_payload(), None);
-                            let sent = write(*client, ping.as_bytes(), Side::Client);
-                            if let Err(end) = ctx.bounded(Side::Client, sent).await {
-                                return end;
-                            }
-                        }
-                        Ok(false) => {}
-                        Err(end) => return end,
-                    }
-                    continue;
-                }
-                _ = pings.tick() => {
-                    // Nothing may be written into a frame on its way up.
-                    if up.mid_frame() {
-                        continue;
-                    }
-                    if pings.due().is_err() {
-                        return SessionEnd::UpstreamPingTimeout;
-                    }
-                    let ping = ControlFrame::new(OpCode::Ping, pings.payload(), Some(rand::random()));
-                    let sent = write(*upstream, ping.as_bytes(), Side::Upstream);
-                    if let Err(end) = ctx.bounded(Side::Upstream, sent).await {
-                        return end;
-                    }
-                    continue;
-                }
-            };
-            match read {
-                Ok(0) => return SessionEnd::Gone(from),
-                Err(e) => return SessionEnd::io(from, &e),
-                // Anything the member sends shows it is alive.
-                Ok(_) if from == Side::Upstream => pings.pong(),
-                Ok(_) => {}
-            }
-            let token = pings.payload();
-            let passed = match from {
-                Side::Client => pass(Side::Client, up, *upstream, ctx, &mut timers, token).await,
-                Side::Upstream => {
-                    pass(Side::Upstream, down, *client, ctx, &mut timers, token).await
-                }
-            };
-            if let Err(end) = passed {
-                return end;
-            }
+        let (client_in, mut client_out) = tokio::io::split(&mut **client);
+        let (upstream_in, mut upstream_out) = tokio::io::split(&mut **upstream);
+        let first = |end: Option<SessionEnd>| match end {
+            Some(end) => (heard.stop(), Some(end)),
+            None => (false, None),
+        };
+        let (upward, downward) = tokio::join!(
+            async {
+                let end = upward(
+                    client_in,
+                    &mut upstream_out,
+                    up,
+                    ctx,
+                    &heard,
+                    pings,
+                    &tokens.0,
+                );
+                first(end.await)
+            },
+            async {
+                let end = downward(
+                    upstream_in,
+                    &mut client_out,
+                    down,
+                    ctx,
+                    &heard,
+                    timers,
+                    &tokens.1,
+                );
+                first(end.await)
+            },
+        );
+        match (upward, downward) {
+            ((true, Some(end)), _) | (_, (true, Some(end))) => end,
+            ((_, Some(end)), _) | (_, (_, Some(end))) => end,
+            _ => ctx.stopped(),
         }
     }
 
@@ -301,6 +294,197 @@ where
     }
 }
 
+/// Client to upstream, and the gateway's pings to the member (written
+/// here, between the client's frames); `None` once the other direction
+/// ended.
+async fn upward<R, W>(
+    mut client: R,
+    upstream: &mut W,
+    up: &mut Inflow,
+    ctx: &SessionCtx<'_>,
+    heard: &Heard,
+    mut pings: Keepalive,
+    client_token: &[u8],
+) -> Option<SessionEnd>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // Made once: each is polled at every wake, not registered anew.
+    let (stopped, cancelled) = (heard.stopped(), ctx.cancel.cancelled());
+    tokio::pin!(stopped, cancelled);
+    loop {
+        let read = tokio::select! {
+            read = up.buf.read_from(&mut client) => read,
+            _ = &mut stopped => return None,
+            _ = &mut cancelled => return Some(ctx.stopped()),
+            _ = pings.tick() => {
+                // Nothing may be written into a frame on its way up.
+                if up.mid_frame() {
+                    continue;
+                }
+                // Anything the member sent shows it is alive; while what
+                // it sends waits on the client, its silence shows nothing.
+                if heard.upstream.swap(false, Ordering::Relaxed)
+                    || heard.upstream_held.load(Ordering::Relaxed)
+                {
+                    pings.pong();
+                }
+                if pings.due().is_err() {
+                    return Some(SessionEnd::UpstreamPingTimeout);
+                }
+                let ping = ControlFrame::new(OpCode::Ping, pings.payload(), Some(rand::random()));
+                let sent = ctx.bounded(Side::Upstream, write(upstream, ping.as_bytes(), Side::Upstream));
+                if let Err(end) = sent.await {
+                    up.cut = true;
+                    return Some(end);
+                }
+                continue;
+            }
+        };
+        match read {
+            Ok(0) => return Some(SessionEnd::Gone(Side::Client)),
+            Err(e) => return Some(SessionEnd::io(Side::Client, &e)),
+            Ok(_) => {}
+        }
+        heard.client_held.store(true, Ordering::Relaxed);
+        let passed = pass(Side::Client, up, upstream, ctx, heard, client_token).await;
+        heard.client_held.store(false, Ordering::Relaxed);
+        if let Err(end) = passed {
+            return Some(end);
+        }
+    }
+}
+
+/// Upstream to client, and the client's clocks: the gateway's pings to the
+/// client (written here, between the member's frames) and the idle
+/// deadline; `None` once the other direction ended.
+async fn downward<R, W>(
+    mut upstream: R,
+    client: &mut W,
+    down: &mut Inflow,
+    ctx: &SessionCtx<'_>,
+    heard: &Heard,
+    mut timers: Timers,
+    upstream_token: &[u8],
+) -> Option<SessionEnd>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (stopped, cancelled) = (heard.stopped(), ctx.cancel.cancelled());
+    tokio::pin!(stopped, cancelled);
+    loop {
+        let read = tokio::select! {
+            read = down.buf.read_from(&mut upstream) => read,
+            _ = &mut stopped => return None,
+            _ = &mut cancelled => return Some(ctx.stopped()),
+            tick = timers.next() => {
+                // Nothing may be written into a frame on its way down.
+                if matches!(tick, Tick::Ping) && down.mid_frame() {
+                    continue;
+                }
+                // The same for the client's pongs, behind the member.
+                if heard.client_pong.swap(false, Ordering::Relaxed)
+                    || heard.client_held.load(Ordering::Relaxed)
+                {
+                    timers.pong();
+                }
+                if let Some(at) = heard.last_data() {
+                    timers.touched_at(at);
+                }
+                match timers.due(tick) {
+                    Ok(true) => {
+                        let ping = ControlFrame::new(OpCode::Ping, timers.ping_payload(), None);
+                        let sent = ctx.bounded(Side::Client, write(client, ping.as_bytes(), Side::Client));
+                        if let Err(end) = sent.await {
+                            down.cut = true;
+                            return Some(end);
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(end) => return Some(end),
+                }
+                continue;
+            }
+        };
+        match read {
+            Ok(0) => return Some(SessionEnd::Gone(Side::Upstream)),
+            Err(e) => return Some(SessionEnd::io(Side::Upstream, &e)),
+            Ok(_) => heard.upstream.store(true, Ordering::Relaxed),
+        }
+        heard.upstream_held.store(true, Ordering::Relaxed);
+        let passed = pass(Side::Upstream, down, client, ctx, heard, upstream_token).await;
+        heard.upstream_held.store(false, Ordering::Relaxed);
+        if let Err(end) = passed {
+            return Some(end);
+        }
+    }
+}
+
+/// What one direction tells the other: the loop that writes to a side
+/// pings it and keeps its clocks, the loop that reads it hears the
+/// answers. Both run in the session's task, one at a time.
+struct Heard {
+    /// A pong from the client since its ping clock last looked.
+    client_pong: AtomicBool,
+    /// Anything from the member since its ping clock last looked.
+    upstream: AtomicBool,
+    /// What the client sent is being written to the member, and what the
+    /// member sent to the client: nothing more is read from that side
+    /// meanwhile, so its pings are not judged.
+    client_held: AtomicBool,
+    upstream_held: AtomicBool,
+    /// When a data message last went through, in ms after `since` (0: none).
+    data_ms: AtomicU64,
+    since: Instant,
+    /// A direction ended: the other stops where it reads next.
+    ended: AtomicBool,
+    wake: Notify,
+}
+
+impl Heard {
+    fn new() -> Self {
+        Heard {
+            client_pong: AtomicBool::new(false),
+            upstream: AtomicBool::new(false),
+            client_held: AtomicBool::new(false),
+            upstream_held: AtomicBool::new(false),
+            data_ms: AtomicU64::new(0),
+            since: Instant::now(),
+            ended: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    fn data(&self) {
+        let ms = self.since.elapsed().as_millis() as u64 + 1;
+        self.data_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last_data(&self) -> Option<Instant> {
+        match self.data_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.since + Duration::from_millis(ms - 1)),
+        }
+    }
+
+    /// This direction ended: true if it was the first.
+    fn stop(&self) -> bool {
+        let first = !self.ended.swap(true, Ordering::Relaxed);
+        self.wake.notify_waiters();
+        first
+    }
+
+    /// Resolves once a direction has ended.
+    async fn stopped(&self) {
+        let woken = self.wake.notified();
+        if !self.ended.load(Ordering::Relaxed) {
+            woken.await;
+        }
+    }
+}
+
 /// Check what `from` sent and is held in `inflow`, write what passes to
 /// `dst` in one go, and keep an incomplete frame's start for the next read.
 /// The frames before a Close or a broken rule still go through. Frames
@@ -312,8 +496,8 @@ async fn pass<D>(
     inflow: &mut Inflow,
     dst: &mut D,
     ctx: &SessionCtx<'_>,
-    timers: &mut Timers,
-    upstream_ping: &[u8],
+    heard: &Heard,
+    ours: &[u8],
 ) -> Result<(), SessionEnd>
 where
     D: AsyncWrite + Unpin,
@@ -324,6 +508,7 @@ where
         frames,
         codec,
         sent_close,
+        cut,
     } = inflow;
     let data = buf.data();
     // `data[..out]` is what goes on; `data[at..]` is not looked at yet.
@@ -393,6 +578,7 @@ where
                                         Box::pin(ctx.bounded(to, write(dst, &grown, to))).await;
                                     grown.clear();
                                     if let Err(end) = written {
+                                        *cut = true;
                                         ended = Some(end);
                                         at += len;
                                         break 'frames;
@@ -423,16 +609,13 @@ where
                 break;
             }
             Ok(Step::Control { len, opcode }) => {
-                // Pongs to the gateway's own pings stop here.
-                let ours = opcode == OpCode::Pong
-                    && match from {
-                        Side::Client => {
-                            timers.pong();
-                            frames.control() == timers.ping_payload()
-                        }
-                        Side::Upstream => frames.control() == upstream_ping,
-                    };
-                (len, !ours)
+                // Pongs to the gateway's own pings stop here; any pong
+                // shows the client is alive.
+                let pong = opcode == OpCode::Pong;
+                if pong && from == Side::Client {
+                    heard.client_pong.store(true, Ordering::Relaxed);
+                }
+                (len, !(pong && frames.control() == ours))
             }
         };
         if keep {
@@ -451,7 +634,7 @@ where
     }
     if bytes > 0 || messages > 0 {
         ctx.metrics.counted(from, messages, bytes);
-        timers.touch();
+        heard.data();
     }
     if let Codec::Inflate(inflating) = codec {
         deflated = inflating.take_counts();
@@ -468,6 +651,8 @@ where
     if let Some(whole) = wait {
         buf.expect(whole);
     }
+    // A write cut short leaves `to` inside a frame.
+    *cut |= written.is_err();
     written?;
     ended.map_or(Ok(()), Err)
 }

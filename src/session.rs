@@ -107,6 +107,11 @@ impl Timers {
         self.idle.touch();
     }
 
+    /// A data message went through at `at` (seen by another loop).
+    pub(crate) fn touched_at(&mut self, at: Instant) {
+        self.idle.last = self.idle.last.max(at);
+    }
+
     /// A pong came from the client.
     pub(crate) fn pong(&mut self) {
         self.keepalive.pong();
@@ -116,6 +121,11 @@ impl Timers {
     /// it are the gateway's own, not relayed.
     pub(crate) fn ping_payload(&self) -> &[u8] {
         self.keepalive.payload()
+    }
+
+    /// [`Timers::ping_payload`], by value.
+    pub(crate) fn ping_token(&self) -> [u8; 8] {
+        self.keepalive.token()
     }
 }
 
@@ -146,6 +156,11 @@ impl Keepalive {
     /// What the pings carry.
     pub(crate) fn payload(&self) -> &[u8] {
         &self.token
+    }
+
+    /// [`Keepalive::payload`], by value.
+    pub(crate) fn token(&self) -> [u8; 8] {
+        self.token
     }
 
     pub(crate) async fn tick(&mut self) {

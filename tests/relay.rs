@@ -504,6 +504,99 @@ async fn a_client_that_never_reads_does_not_make_the_gateway_buffer() {
 }
 
 #[tokio::test]
+async fn both_directions_flow_at_once_through_a_member_that_answers_before_it_reads() {
+    within(60, async {
+        // The backend answers each message before it reads the next, as
+        // most servers do: with 64 MiB in flight each way, far more than
+        // the socket buffers hold, the gateway must carry the answers down
+        // while it is still writing the client's messages up.
+        let backend = Backend::plain().await;
+        let gw = Gateway::builder()
+            .route(Route::upstream("/duplex", [format!("ws://{}", backend.addr)]).name("duplex"))
+            .start()
+            .await;
+        let (mut tx, mut rx) = gw.ws("/duplex").await.split();
+        const COUNT: usize = 16;
+        const SIZE: usize = 4 << 20;
+        let writer = tokio::spawn(async move {
+            for i in 0..COUNT {
+                tx.send(Message::binary(vec![i as u8; SIZE])).await.unwrap();
+            }
+            tx
+        });
+        for i in 0..COUNT {
+            let message = loop {
+                match rx.next().await.expect("open").expect("no error") {
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                    message => break message,
+                }
+            };
+            match message {
+                Message::Binary(b) => {
+                    assert!(b.len() == SIZE && b[0] == i as u8 && b[SIZE - 1] == i as u8)
+                }
+                other => panic!("echo {i}: {other:?}"),
+            }
+        }
+        let _tx = writer.await.unwrap();
+        let (_, scrape) = gw.admin_get("/metrics").await;
+        assert_eq!(
+            common::metric(
+                &scrape,
+                r#"wsgate_sessions_ended_total{route="duplex",reason="upstream_send_timeout"}"#
+            ),
+            None
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_member_held_up_behind_a_slow_client_is_not_judged_silent() {
+    within(60, async {
+        let mut backend = Backend::plain().await;
+        let gw = Gateway::builder()
+            .route(
+                Route::upstream("/held", [format!("ws://{}", backend.addr)])
+                    .name("held")
+                    .key("upstream_ping_interval", "100ms"),
+            )
+            .start()
+            .await;
+        let mut ws = gw.ws_small_rcvbuf("/held").await;
+        const COUNT: usize = 64;
+        const SIZE: usize = 256 << 10;
+        ws.send(Message::text(format!("cmd:flood:{COUNT}:{SIZE}")))
+            .await
+            .unwrap();
+        // The client reads nothing for 1.5 s, fifteen ping intervals: the
+        // member, busy sending, answers no ping, and the gateway reads
+        // nothing from it while the client takes nothing.
+        let finished = tokio::time::timeout(Duration::from_millis(1500), async {
+            while !matches!(backend.next().await, Event::Flooded(COUNT)) {}
+        })
+        .await;
+        assert!(
+            finished.is_err(),
+            "the flood went through to a client that reads nothing"
+        );
+        // Its silence was the client's doing: the session goes on.
+        for _ in 0..COUNT {
+            match next_data(&mut ws).await {
+                Message::Binary(b) => assert_eq!(b.len(), SIZE),
+                other => panic!("{other:?}"),
+            }
+        }
+        ws.send(Message::text("still here")).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text("still here"));
+        let (_, scrape) = gw.admin_get("/metrics").await;
+        let series = r#"wsgate_sessions_ended_total{route="held",reason="upstream_ping_timeout"}"#;
+        assert_eq!(common::metric(&scrape, series), None);
+    })
+    .await
+}
+
+#[tokio::test]
 async fn the_active_check_marks_members_down_and_up_without_traffic() {
     within(20, async {
         // Held, not listening: the member is down until the test listens.
