@@ -65,6 +65,16 @@ async fn required_client_certificates() {
             without_cert(&gw, "localhost", "/echo").await.is_err(),
             "no certificate, no TLS"
         );
+        // Neither an incompatible client, nor a refusal of ours, nor an
+        // EOF: what is left.
+        let series = r#"wsgate_tls_handshake_failures_total{reason="error"}"#;
+        loop {
+            let (_, scrape) = gw.admin_get("/metrics").await;
+            if common::metric(&scrape, series).is_some_and(|n| n >= 1.0) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         let other_ca = with_cert(&gw, "localhost", "/echo", &mallory).await;
         assert!(
             other_ca.is_err(),

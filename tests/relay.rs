@@ -223,6 +223,47 @@ async fn a_killed_backend_closes_the_client_with_1011() {
 }
 
 #[tokio::test]
+async fn each_way_a_side_goes_has_its_end_reason() {
+    within(20, async {
+        let mut backend = Backend::plain().await;
+        let gw = Gateway::builder()
+            .route(Route::upstream("/ends", [format!("ws://{}", backend.addr)]).name("ends"))
+            .start()
+            .await;
+        let ended = |reason: &str| {
+            format!(r#"wsgate_sessions_ended_total{{route="ends",reason="{reason}"}}"#)
+        };
+
+        // A client whose TCP connection is reset (SO_LINGER 0): gone, as
+        // one that closes it without a Close.
+        let tls = gw.raw_upgrade("/ends").await;
+        tls.get_ref().0.set_zero_linger().unwrap();
+        drop(tls);
+        common::wait_for_metric(&gw, &ended("client_gone"), 1.0).await;
+
+        // A client that sends a TLS record that is not one of the session's
+        // (bad MAC): a transport error, not a client that went away.
+        let mut tls = gw.raw_upgrade("/ends").await;
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+        record.extend_from_slice(&[0x5a; 0x20]);
+        tls.get_mut().0.write_all(&record).await.unwrap();
+        common::wait_for_metric(&gw, &ended("client_io_error"), 1.0).await;
+        drop(tls);
+
+        // A member that vanishes without a Close.
+        let mut ws = gw.ws("/ends").await;
+        ws.send(Message::text("alive?")).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text("alive?"));
+        backend.kill();
+        assert_eq!(next_close(&mut ws).await.unwrap().code, CloseCode::Error);
+        // Our Close in answer goes out as the stream is read to its end.
+        assert!(ws.next().await.is_none());
+        common::wait_for_metric(&gw, &ended("upstream_gone"), 1.0).await;
+    })
+    .await
+}
+
+#[tokio::test]
 async fn upstream_failures_have_their_statuses() {
     within(20, async {
         let backend = Backend::start(
