@@ -18,8 +18,8 @@
 //! sides agreed the extension; where only one did, the direction's codec
 //! (`relay/codec.rs`) inflates or compresses its messages on the way.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -104,6 +104,9 @@ struct Inflow {
     /// A write to the other side was cut short (timed out, failed or given
     /// up at a drain): it may have part of a frame.
     cut: bool,
+    /// A pass was dropped half-way: what was read and what was parsed
+    /// disagree, so nothing more is read from this side.
+    passing: bool,
 }
 
 impl Inflow {
@@ -118,6 +121,7 @@ impl Inflow {
             codec,
             sent_close: false,
             cut: false,
+            passing: false,
         }
     }
 
@@ -238,52 +242,52 @@ where
         }
         let (client_in, mut client_out) = tokio::io::split(&mut **client);
         let (upstream_in, mut upstream_out) = tokio::io::split(&mut **upstream);
-        // The first to end says how the session ended; it lets the task be
-        // polled again at once, so the other sees it.
-        let ended = |end: Option<SessionEnd>| async {
-            let first = end.is_some() && heard.stop();
-            tokio::task::yield_now().await;
-            (first, end)
-        };
-        let both = async {
-            tokio::join!(
-                async {
-                    let end = upward(
-                        client_in,
-                        &mut upstream_out,
-                        up,
-                        ctx,
-                        &heard,
-                        pings,
-                        &tokens.0,
-                    );
-                    ended(end.await).await
-                },
-                async {
-                    let end = downward(
-                        upstream_in,
-                        &mut client_out,
-                        down,
-                        ctx,
-                        &heard,
-                        timers,
-                        &tokens.1,
-                    );
-                    ended(end.await).await
-                },
-            )
-        };
-        // A drain (or the token's expiry) drops both where they are: a
-        // write cut short there has left its side marked mid-frame.
-        tokio::select! {
-            biased;
-            ends = both => match ends {
-                ((true, Some(end)), _) | (_, (true, Some(end))) => end,
-                ((_, Some(end)), _) | (_, (_, Some(end))) => end,
-                _ => ctx.stopped(),
-            },
-            _ = ctx.cancel.cancelled() => ctx.stopped(),
+        {
+            let upward = upward(
+                client_in,
+                &mut upstream_out,
+                up,
+                ctx,
+                &heard,
+                pings,
+                &tokens.0,
+            );
+            let downward = downward(
+                upstream_in,
+                &mut client_out,
+                down,
+                ctx,
+                &heard,
+                timers,
+                &tokens.1,
+            );
+            tokio::pin!(upward, downward);
+            // The first to end says how the session ended. The other stops
+            // where it reads next; a write of its still under way gets
+            // `close_timeout`, then is dropped (its side marked mid-frame).
+            let both = async {
+                let (end, upward_ended) = tokio::select! {
+                    end = &mut upward => (end, true),
+                    end = &mut downward => (end, false),
+                };
+                if let Some(end) = end {
+                    heard.stop(end);
+                }
+                let limit = ctx.limits.close_timeout;
+                let _ = match upward_ended {
+                    true => timeout(limit, &mut downward).await.map(drop),
+                    false => timeout(limit, &mut upward).await.map(drop),
+                };
+            };
+            // A drain (or the token's expiry) drops both where they are,
+            // unless one had already ended the session.
+            tokio::select! {
+                biased;
+                () = both => {}
+                _ = ctx.cancel.cancelled() => {}
+            }
         }
+        heard.first.into_inner().unwrap_or_else(|| ctx.stopped())
     }
 
     /// Both sides' part of the end, at once. A side in the middle of a
@@ -325,7 +329,6 @@ where
         let read = tokio::select! {
             biased;
             _ = heard.stopped() => return None,
-            read = up.buf.read_from(&mut client) => read,
             _ = pings.tick() => {
                 // Nothing may be written into a frame on its way up.
                 if up.mid_frame() {
@@ -351,6 +354,7 @@ where
                 }
                 continue;
             }
+            read = up.buf.read_from(&mut client) => read,
         };
         match read {
             Ok(0) => return Some(SessionEnd::Gone(Side::Client)),
@@ -386,20 +390,16 @@ where
         let read = tokio::select! {
             biased;
             _ = heard.stopped() => return None,
-            read = down.buf.read_from(&mut upstream) => read,
             tick = timers.next() => {
                 // Nothing may be written into a frame on its way down.
                 if matches!(tick, Tick::Ping) && down.mid_frame() {
                     continue;
                 }
-                // The same for the client's pongs, behind the member; and
-                // a message on its way up is not idleness.
-                if heard.client_pong.swap(false, Ordering::Relaxed) {
+                // The same for the client's pongs, behind the member.
+                if heard.client_pong.swap(false, Ordering::Relaxed)
+                    || heard.client_held.load(Ordering::Relaxed)
+                {
                     timers.pong();
-                }
-                if heard.client_held.load(Ordering::Relaxed) {
-                    timers.pong();
-                    timers.touched_at(Instant::now());
                 }
                 if let Some(at) = heard.last_data() {
                     timers.touched_at(at);
@@ -420,6 +420,7 @@ where
                 }
                 continue;
             }
+            read = down.buf.read_from(&mut upstream) => read,
         };
         match read {
             Ok(0) => return Some(SessionEnd::Gone(Side::Upstream)),
@@ -451,8 +452,8 @@ struct Heard {
     /// When a data message last went through, in ms after `since` (0: none).
     data_ms: AtomicU64,
     since: Instant,
-    /// A direction ended: the other stops where it reads next.
-    ended: AtomicBool,
+    /// How the session ended, as the first direction to end said.
+    first: OnceLock<SessionEnd>,
 }
 
 impl Heard {
@@ -464,7 +465,7 @@ impl Heard {
             upstream_held: AtomicBool::new(false),
             data_ms: AtomicU64::new(0),
             since: Instant::now(),
-            ended: AtomicBool::new(false),
+            first: OnceLock::new(),
         }
     }
 
@@ -480,17 +481,18 @@ impl Heard {
         }
     }
 
-    /// This direction ended: true if it was the first.
-    fn stop(&self) -> bool {
-        !self.ended.swap(true, Ordering::Relaxed)
+    /// A direction ended the session so.
+    fn stop(&self, end: SessionEnd) {
+        let _ = self.first.set(end);
     }
 
-    /// Ready once a direction has ended. It registers no waker: the
-    /// direction that ends has the task polled again (both run in it).
+    /// Ready once a direction has ended. It registers no waker: the other
+    /// direction is polled again as soon as one has ended (both are polled
+    /// by the same task).
     fn stopped(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(|_| match self.ended.load(Ordering::Relaxed) {
-            true => Poll::Ready(()),
-            false => Poll::Pending,
+        std::future::poll_fn(|_| match self.first.get() {
+            Some(_) => Poll::Ready(()),
+            None => Poll::Pending,
         })
     }
 }
@@ -519,7 +521,9 @@ where
         codec,
         sent_close,
         cut,
+        passing,
     } = inflow;
+    *passing = true;
     let data = buf.data();
     // `data[..out]` is what goes on; `data[at..]` is not looked at yet.
     let (mut at, mut out) = (0, 0);
@@ -642,7 +646,6 @@ where
     }
     if bytes > 0 || messages > 0 {
         ctx.metrics.counted(from, messages, bytes);
-        heard.data();
     }
     if let Codec::Inflate(inflating) = codec {
         deflated = inflating.take_counts();
@@ -659,7 +662,11 @@ where
     if let Some(size) = wait {
         buf.expect(size);
     }
+    *passing = false;
     written?;
+    if messages > 0 || bytes > 0 {
+        heard.data();
+    }
     ended.map_or(Ok(()), Err)
 }
 
@@ -709,7 +716,7 @@ async fn close<S>(
     let _ = timeout(limit, async {
         if let Some((frame, wait)) = close_to_send(plan, end, mask) {
             let sent = io.write_all(frame.as_bytes()).await.and(io.flush().await);
-            if sent.is_ok() && wait && !inflow.sent_close {
+            if sent.is_ok() && wait && !inflow.sent_close && !inflow.passing {
                 await_close(io, inflow).await;
             }
         }
@@ -797,7 +804,7 @@ mod tests {
             Some(Duration::from_secs(30)),
             &ctx,
         );
-        // Both directions' state, each with a write in progress: 3,840
+        // Both directions' state, each with a write in progress: 3,576
         // bytes with this toolchain.
         let size = std::mem::size_of_val(&session);
         assert!(size <= 4096, "a relayed session's future is {size} bytes");

@@ -552,7 +552,8 @@ async fn both_directions_flow_at_once_through_a_member_that_writes_before_it_rea
         // answers each message before it reads the next does, writ large);
         // the client sends and reads at once. The gateway must carry the
         // member's bytes down while the client's wait to go up.
-        let volume = socket_buffers_max() + (16 << 20);
+        let (r, w) = socket_buffers_max();
+        let volume = 2 * (r + w) + (16 << 20);
         let member = member_that_writes_first(volume).await;
         let gw = Gateway::builder()
             .limits(|l| l.set("send_timeout", "5s"))
@@ -596,7 +597,8 @@ async fn a_member_held_up_behind_a_slow_client_is_not_judged_silent() {
         // More than the socket buffers between the member and the client
         // hold (the member's send buffer, the gateway's two, the client's).
         const SIZE: usize = 256 << 10;
-        let count = (socket_buffers_max() + (16 << 20)) / SIZE;
+        let (r, w) = socket_buffers_max();
+        let count = (r + 2 * w + (16 << 20)) / SIZE;
         ws.send(Message::text(format!("cmd:flood:{count}:{SIZE}")))
             .await
             .unwrap();
@@ -772,17 +774,17 @@ async fn answer_upgrade(tcp: &mut tokio::net::TcpStream) {
 }
 
 /// The most a TCP socket's receive and send buffers may grow to here
-/// (`tcp_rmem` and `tcp_wmem` maxima; 32 MiB if they cannot be read).
-fn socket_buffers_max() -> usize {
+/// (`tcp_rmem` and `tcp_wmem` maxima; 32 and 4 MiB if they cannot be read).
+fn socket_buffers_max() -> (usize, usize) {
     let max = |name: &str| {
         std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
             .ok()
             .and_then(|s| s.split_whitespace().nth(2)?.parse::<usize>().ok())
     };
-    match (max("tcp_rmem"), max("tcp_wmem")) {
-        (Some(r), Some(w)) => r + 2 * w,
-        _ => 32 << 20,
-    }
+    (
+        max("tcp_rmem").unwrap_or(32 << 20),
+        max("tcp_wmem").unwrap_or(4 << 20),
+    )
 }
 
 #[tokio::test]
