@@ -234,38 +234,46 @@ where
         let timers = Timers::new(ctx.limits);
         let heard = Heard::new();
         let tokens = (timers.ping_token(), pings.token());
+        // What the member sent with its 101 goes first.
         if !early.is_empty() {
             down.buf.preload(&early);
-            if let Err(end) = pass(Side::Upstream, down, *client, ctx, &heard, &tokens.1).await {
+            let sent = pass(Side::Upstream, down, *client, ctx, &heard, &tokens.1);
+            let sent = tokio::select! {
+                biased;
+                sent = sent => sent,
+                _ = ctx.cancel.cancelled() => Err(ctx.stopped()),
+            };
+            if let Err(end) = sent {
                 return end;
             }
         }
         let (client_in, mut client_out) = tokio::io::split(&mut **client);
         let (upstream_in, mut upstream_out) = tokio::io::split(&mut **upstream);
         {
-            let upward = upward(
-                client_in,
-                &mut upstream_out,
-                up,
-                ctx,
-                &heard,
-                pings,
-                &tokens.0,
-            );
-            let downward = downward(
-                upstream_in,
-                &mut client_out,
-                down,
-                ctx,
-                &heard,
-                timers,
-                &tokens.1,
-            );
-            tokio::pin!(upward, downward);
-            // The first to end says how the session ended. The other stops
-            // where it reads next; a write of its still under way gets
-            // `close_timeout`, then is dropped (its side marked mid-frame).
             let both = async {
+                let upward = upward(
+                    client_in,
+                    &mut upstream_out,
+                    up,
+                    ctx,
+                    &heard,
+                    pings,
+                    &tokens.0,
+                );
+                let downward = downward(
+                    upstream_in,
+                    &mut client_out,
+                    down,
+                    ctx,
+                    &heard,
+                    timers,
+                    &tokens.1,
+                );
+                tokio::pin!(upward, downward);
+                // The first to end says how the session ended. The other
+                // stops where it reads next; a write of its still under way
+                // gets `close_timeout`, then is dropped (its side marked
+                // mid-frame).
                 let (end, upward_ended) = tokio::select! {
                     end = &mut upward => (end, true),
                     end = &mut downward => (end, false),
@@ -728,7 +736,8 @@ where
     D: AsyncWrite + Unpin,
 {
     *cut = true;
-    let written = ctx.bounded(to, write(dst, bytes, to)).await;
+    // A drain drops the whole relay, this write with it.
+    let written = ctx.timed(to, write(dst, bytes, to)).await;
     *cut = written.is_err();
     written
 }
@@ -848,7 +857,7 @@ mod tests {
             Some(Duration::from_secs(30)),
             &ctx,
         );
-        // Both directions' state, each with a write in progress: 3,736
+        // Both directions' state, each with a write in progress: 3,728
         // bytes with this toolchain.
         let size = std::mem::size_of_val(&session);
         assert!(size <= 4096, "a relayed session's future is {size} bytes");

@@ -48,11 +48,20 @@ impl SessionCtx<'_> {
         work: impl Future<Output = Result<(), SessionEnd>>,
     ) -> Result<(), SessionEnd> {
         tokio::select! {
-            written = timeout(self.limits.send_timeout, work) => {
-                written.unwrap_or(Err(SessionEnd::SendTimeout(to)))
-            }
+            written = self.timed(to, work) => written,
             _ = self.cancel.cancelled() => Err(self.stopped()),
         }
+    }
+
+    /// [`SessionCtx::bounded`] for a caller that gives way to shutdown
+    /// itself: `send_timeout` alone.
+    pub(crate) async fn timed(
+        &self,
+        to: Side,
+        work: impl Future<Output = Result<(), SessionEnd>>,
+    ) -> Result<(), SessionEnd> {
+        let written = timeout(self.limits.send_timeout, work).await;
+        written.unwrap_or(Err(SessionEnd::SendTimeout(to)))
     }
 }
 
