@@ -221,7 +221,7 @@ where
     /// member that answers each message before it reads the next would
     /// otherwise wait on the gateway while the gateway waits on it). The
     /// first direction to end ends the session; the other stops where it
-    /// reads next, its write in progress finished (or cut by its bound).
+    /// reads next, a write in progress given `close_timeout` to finish.
     /// `pings`: the gateway's pings to the upstream member.
     async fn relay(&mut self, early: Vec<u8>, pings: Keepalive) -> SessionEnd {
         let Relay {
